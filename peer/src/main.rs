@@ -1,0 +1,177 @@
+//! The dbs peer: lends disk to other peers' chunks and backs up, restores and deletes its own
+//! files on its clients' request.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use dbs::client::AccessPoint;
+use dbs::core::Config;
+use dbs::net::ChannelAddrs;
+use dbs::protocol::Version;
+use dbs::runtime::{Node, NodeConfig};
+
+/// A dbs peer: stores chunks for the other peers on the LAN and runs backups of its own files.
+///
+/// Peers talk over three multicast channels (MC control, MDB backup, MDR restore). Every
+/// multicast socket is pinned to --iface (127.0.0.1 unless you name another interface).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, after_help = AFTER_HELP)]
+struct Args {
+    /// Protocol version to speak; this build implements 1.0.
+    #[arg(value_parser = parse_version)]
+    protocol_version: Version,
+    /// This peer's id: a positive integer, unique in the group and permanent.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+    peer_id: u32,
+    /// Where clients reach this peer: NAME (Unix socket NAME.sock in the runtime directory) or
+    /// [HOST:]PORT (TCP; host 127.0.0.1 by default, port 0 picks a free one).
+    #[arg(value_parser = parse_access_point)]
+    access_point: AccessPoint,
+    /// Control channel (MC) multicast group, e.g. 224.0.0.1.
+    #[arg(value_parser = parse_group)]
+    mc_addr: Ipv4Addr,
+    /// Control channel (MC) port.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    mc_port: u16,
+    /// Backup channel (MDB) multicast group.
+    #[arg(value_parser = parse_group)]
+    mdb_addr: Ipv4Addr,
+    /// Backup channel (MDB) port.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    mdb_port: u16,
+    /// Restore channel (MDR) multicast group.
+    #[arg(value_parser = parse_group)]
+    mdr_addr: Ipv4Addr,
+    /// Restore channel (MDR) port.
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    mdr_port: u16,
+    /// This peer's directory tree (chunks, metadata, restored files). Default: ./peer<ID>.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// IPv4 address of the interface every multicast socket is pinned to.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    iface: Ipv4Addr,
+    /// Space for stored chunks, in KBytes (1000 bytes); saved in the tree. Default: the saved
+    /// value, else 100000000 (100 GB).
+    #[arg(long, value_name = "KB")]
+    capacity: Option<u64>,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+    /// Chunks of one backup in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    window: u32,
+    /// Send rate limit over all channels, in MB/s (0 = unpaced).
+    #[arg(long, value_name = "MBPS", default_value_t = 100)]
+    rate: u64,
+    /// Worker threads handling messages and disk writes.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+}
+
+const AFTER_HELP: &str = "\
+Example (4 peers on one machine, loopback multicast):
+  peer 1.0 1 peer1 224.0.0.1 8001 224.0.0.2 8002 224.0.0.3 8003
+
+The peer stops on SIGINT or SIGTERM after saving its metadata. Exit codes: 0 stopped cleanly,
+1 could not start (tree, sockets, access point), 2 bad arguments.";
+
+fn parse_version(s: &str) -> Result<Version, String> {
+    let v: Version = s.parse()?;
+    if v != Version::V1_0 {
+        return Err(format!(
+            "protocol version {v} is not supported by this build (it speaks 1.0)"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_group(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+    if !ip.is_multicast() {
+        return Err(format!(
+            "{ip} is not a multicast address (224.0.0.0 to 239.255.255.255)"
+        ));
+    }
+    Ok(ip)
+}
+
+fn parse_access_point(s: &str) -> Result<AccessPoint, String> {
+    AccessPoint::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let id = args.peer_id;
+    let mut core = Config::new(id, args.protocol_version);
+    core.window = args.window as usize;
+    let cfg = NodeConfig {
+        core,
+        channels: ChannelAddrs {
+            mc: SocketAddrV4::new(args.mc_addr, args.mc_port),
+            mdb: SocketAddrV4::new(args.mdb_addr, args.mdb_port),
+            mdr: SocketAddrV4::new(args.mdr_addr, args.mdr_port),
+        },
+        iface: args.iface,
+        dir: args
+            .dir
+            .unwrap_or_else(|| PathBuf::from(format!("peer{id}"))),
+        capacity_kb: args.capacity,
+        send_rate: args.rate.saturating_mul(1_000_000),
+        workers: args.workers as usize,
+        backlog: 512,
+    };
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    let dir = cfg.dir.clone();
+    let node = Node::start(cfg).with_context(|| format!("starting peer {id}"))?;
+    let listener = args
+        .access_point
+        .bind()
+        .with_context(|| format!("opening access point {}", args.access_point))?;
+    tracing::info!(
+        "peer {id} (protocol {}) ready: access point {}, tree {}, multicast on {}",
+        args.protocol_version,
+        listener.describe(),
+        dir.display(),
+        args.iface
+    );
+    let handler = node.handler();
+    std::thread::Builder::new()
+        .name("access-point".into())
+        .spawn(move || dbs::client::server::serve(listener, Arc::clone(&handler)))
+        .context("starting the access point")?;
+    let mut signals = signals;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: stopping");
+    }
+    node.shutdown().context("saving metadata at shutdown")?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Access points: `NAME` is a Unix socket `NAME.sock` in the runtime directory, `[HOST:]PORT` is
+//! TCP (host 127.0.0.1 by default).
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+/// Where a peer takes client requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessPoint {
+    /// A Unix socket (by name; the path is in the runtime directory).
+    Unix(String),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+/// Why an access point string is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessPointError {
+    /// Neither a name nor `[host:]port`.
+    #[error(
+        "access point {0:?} is neither a name (letters, digits, '.', '_', '-') nor [host:]port"
+    )]
+    Invalid(String),
+    /// The host does not resolve.
+    #[error("access point {0:?}: cannot resolve host: {1}")]
+    Resolve(String, io::Error),
+}
+
+impl AccessPoint {
+    /// Parses `NAME` or `[HOST:]PORT`.
+    pub fn parse(s: &str) -> Result<Self, AccessPointError> {
+        let invalid = || AccessPointError::Invalid(s.to_string());
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(AccessPoint::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        if let Some((host, port)) = s.rsplit_once(':') {
+            let port: u16 = port.parse().map_err(|_| invalid())?;
+            if host.is_empty() {
+                return Err(invalid());
+            }
+            let addr = (host, port)
+                .to_socket_addrs()
+                .map_err(|e| AccessPointError::Resolve(s.to_string(), e))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(invalid)?;
+            return Ok(AccessPoint::Tcp(addr));
+        }
+        let ok = !s.is_empty()
+            && s.len() <= 100
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok {
+            Ok(AccessPoint::Unix(s.to_string()))
+        } else {
+            Err(invalid())
+        }
+    }
+
+    /// The Unix socket path for a name.
+    pub fn socket_path(name: &str) -> io::Result<PathBuf> {
+        Ok(runtime_dir()?.join(format!("{name}.sock")))
+    }
+
+    /// Connects as a client.
+    pub fn connect(&self) -> io::Result<Stream> {
+        match self {
+            AccessPoint::Unix(name) => {
+                Ok(Stream::Unix(UnixStream::connect(Self::socket_path(name)?)?))
+            }
+            AccessPoint::Tcp(addr) => Ok(Stream::Tcp(TcpStream::connect(addr)?)),
+        }
+    }
+
+    /// Binds as a server. A Unix socket file left by a dead peer is replaced; one a live peer
+    /// answers on is an error.
+    pub fn bind(&self) -> io::Result<Listener> {
+        match self {
+            AccessPoint::Unix(name) => {
+                let path = Self::socket_path(name)?;
+                if path.exists() {
+                    if UnixStream::connect(&path).is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!(
+                                "access point {name} is in use by another peer ({})",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    std::fs::remove_file(&path)?;
+                }
+                let listener = UnixListener::bind(&path)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(Listener::Unix(listener, path))
+            }
+            AccessPoint::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr)?)),
+        }
+    }
+}
+
+impl fmt::Display for AccessPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessPoint::Unix(name) => f.write_str(name),
+            AccessPoint::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// The directory of access-point sockets: `$DBS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/dbs`, else
+/// `/tmp/dbs-<uid>`; created with mode 0700 and refused if another user owns it.
+pub fn runtime_dir() -> io::Result<PathBuf> {
+    let dir = match (
+        std::env::var_os("DBS_RUNTIME_DIR"),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+    ) {
+        (Some(d), _) if !d.is_empty() => PathBuf::from(d),
+        (_, Some(x)) if !x.is_empty() => PathBuf::from(x).join("dbs"),
+        _ => PathBuf::from(format!("/tmp/dbs-{}", current_uid()?)),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let meta = std::fs::metadata(&dir)?;
+    if meta.uid() != current_uid()? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "runtime directory {} belongs to another user",
+                dir.display()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(dir)
+}
+
+fn current_uid() -> io::Result<u32> {
+    Ok(std::fs::metadata("/proc/self")?.uid())
+}
+
+/// A listening access point.
+pub enum Listener {
+    /// Unix socket and its path (removed on drop).
+    Unix(UnixListener, PathBuf),
+    /// TCP.
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Waits for the next client.
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept()?.0)),
+            Listener::Tcp(l) => Ok(Stream::Tcp(l.accept()?.0)),
+        }
+    }
+
+    /// Where it listens (the TCP port picked when port 0 was asked for).
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Unix(_, path) => path.display().to_string(),
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A client connection.
+pub enum Stream {
+    /// Over a Unix socket.
+    Unix(UnixStream),
+    /// Over TCP.
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    /// A second handle to the same connection.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+}
+
+impl io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_ports() {
+        assert_eq!(
+            AccessPoint::parse("peer1").unwrap(),
+            AccessPoint::Unix("peer1".into())
+        );
+        assert_eq!(
+            AccessPoint::parse("8080").unwrap(),
+            AccessPoint::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            AccessPoint::parse("127.0.0.2:9").unwrap(),
+            AccessPoint::Tcp("127.0.0.2:9".parse().unwrap())
+        );
+        for bad in ["", "a/b", "../x", ":80", "host:99999", "x y"] {
+            assert!(AccessPoint::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The access-point server: one thread accepts, one thread per client reads a request line and
+//! streams the handler's replies back.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::access_point::{Listener, Stream};
+use super::api::{MAX_REQUEST, Reply, Request};
+
+/// Runs client requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Starts `request`; its replies arrive on the returned channel, which closes after the last.
+    fn handle(&self, request: Request) -> Receiver<Reply>;
+}
+
+/// Accepts clients until the listener fails; each on its own thread.
+pub fn serve(listener: Listener, handler: Arc<dyn Handler>) {
+    loop {
+        match listener.accept() {
+            Ok(stream) => {
+                let handler = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("client".into())
+                    .spawn(move || serve_client(stream, handler.as_ref()));
+            }
+            Err(e) => {
+                tracing::warn!("access point accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn serve_client(stream: Stream, handler: &dyn Handler) {
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    let replies = match reader.read_line(&mut line) {
+        Ok(0) => return,
+        Ok(_) if !line.ends_with('\n') => single(Reply::Error {
+            message: format!("request longer than {MAX_REQUEST} bytes or not ended by a newline"),
+        }),
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handler.handle(request),
+            Err(e) => single(Reply::Error {
+                message: format!("malformed request: {e}"),
+            }),
+        },
+        Err(e) => single(Reply::Error {
+            message: format!("unreadable request: {e}"),
+        }),
+    };
+    for reply in replies {
+        let mut text = serde_json::to_vec(&reply).expect("reply serialises");
+        text.push(b'\n');
+        if out.write_all(&text).and_then(|_| out.flush()).is_err() {
+            return; // the client went away; the operation goes on
+        }
+    }
+}
+
+fn single(reply: Reply) -> Receiver<Reply> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _ = tx.send(reply);
+    rx
+}

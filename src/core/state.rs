@@ -1,0 +1,141 @@
+//! The STATE report: files backed up here, chunks stored here, capacity and use (protocol.md §7).
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::Config;
+use super::metadata::Metadata;
+use crate::protocol::FileId;
+
+/// A peer's STATE, serialised as the `--json` document of `testapp STATE`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct StateReport {
+    /// This peer's id.
+    pub peer_id: u32,
+    /// Protocol version it runs.
+    pub protocol_version: String,
+    /// Capacity for stored chunks, KBytes (1000 bytes).
+    pub capacity_kb: u64,
+    /// Space used by stored chunks, KBytes.
+    pub used_kb: f64,
+    /// Files this peer backed up.
+    pub backed_up: Vec<BackedUpReport>,
+    /// Chunks stored here for other peers.
+    pub stored: Vec<StoredReport>,
+}
+
+/// One file in a STATE report.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct BackedUpReport {
+    /// Source path.
+    pub path: String,
+    /// File id.
+    pub file_id: FileId,
+    /// Desired replication degree.
+    pub desired: u8,
+    /// Each chunk with its perceived degree.
+    pub chunks: Vec<ChunkDegree>,
+}
+
+/// A chunk of a backed-up file and its perceived degree.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct ChunkDegree {
+    /// Chunk number.
+    pub no: u32,
+    /// Distinct peers known to hold it.
+    pub perceived: usize,
+}
+
+/// One stored chunk in a STATE report.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct StoredReport {
+    /// File id.
+    pub file_id: FileId,
+    /// Chunk number.
+    pub no: u32,
+    /// Size in KBytes.
+    pub size_kb: f64,
+    /// Desired replication degree.
+    pub desired: u8,
+    /// Distinct peers known to hold it, this one included.
+    pub perceived: usize,
+}
+
+impl StateReport {
+    /// Builds the report from the metadata.
+    pub fn from_metadata(cfg: &Config, meta: &Metadata) -> Self {
+        StateReport {
+            peer_id: cfg.id,
+            protocol_version: cfg.version.to_string(),
+            capacity_kb: meta.capacity / 1000,
+            used_kb: meta.used() as f64 / 1000.0,
+            backed_up: meta
+                .backed_up
+                .iter()
+                .map(|(id, f)| BackedUpReport {
+                    path: f.path.display().to_string(),
+                    file_id: *id,
+                    desired: f.desired,
+                    chunks: f
+                        .chunks
+                        .iter()
+                        .enumerate()
+                        .map(|(no, c)| ChunkDegree {
+                            no: no as u32,
+                            perceived: c.holders.len(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            stored: meta
+                .stored
+                .iter()
+                .flat_map(|(id, chunks)| {
+                    chunks.iter().map(|(no, c)| StoredReport {
+                        file_id: *id,
+                        no: *no,
+                        size_kb: f64::from(c.size) / 1000.0,
+                        desired: c.desired,
+                        perceived: c.holders.len(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for StateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Peer {} (protocol {})",
+            self.peer_id, self.protocol_version
+        )?;
+        writeln!(f, "Files backed up by this peer: {}", self.backed_up.len())?;
+        for file in &self.backed_up {
+            writeln!(f, "  {}", file.path)?;
+            writeln!(
+                f,
+                "    file id {}  desired degree {}",
+                file.file_id, file.desired
+            )?;
+            for c in &file.chunks {
+                writeln!(f, "    chunk {:>6}  perceived degree {}", c.no, c.perceived)?;
+            }
+        }
+        writeln!(f, "Chunks stored here: {}", self.stored.len())?;
+        for c in &self.stored {
+            writeln!(
+                f,
+                "  {} #{:<6} {:>7.3} KB  perceived {} / desired {}",
+                c.file_id, c.no, c.size_kb, c.perceived, c.desired
+            )?;
+        }
+        write!(
+            f,
+            "Storage: {:.3} KB used of {} KB capacity",
+            self.used_kb, self.capacity_kb
+        )
+    }
+}

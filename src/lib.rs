@@ -1,0 +1,17 @@
+//! dbs: a distributed backup service for a local network (library: protocol, storage, networking).
+//!
+//! The crate is layered so that the protocol logic can run without sockets or clocks:
+//! - [`protocol`]: identifiers and the wire codec of the six 1.0 messages;
+//! - [`core`]: the sans-IO protocol state machine (messages, timer events and client commands
+//!   in; sends, disk actions and timers out);
+//! - [`storage`]: chunk files and persisted metadata in a peer's directory tree;
+//! - [`net`]: multicast sockets pinned to one interface;
+//! - [`runtime`]: threads, worker pool and timer wheel that drive the core for real;
+//! - [`client`]: the access point and the line-delimited JSON API between TestApp and peer.
+
+pub mod client;
+pub mod core;
+pub mod net;
+pub mod protocol;
+pub mod runtime;
+pub mod storage;

@@ -1,0 +1,419 @@
+//! Parsing and encoding of protocol messages (protocol.md §3), apart from any I/O.
+//!
+//! We send exactly `TYPE <ver> <id> <fileid> [<chunkNo> [<deg>]] \r\n\r\n` with a lower-case
+//! file id and accept more: several spaces between fields, no trailing space, upper-case hex and
+//! extra header lines (kept, for enhanced versions).
+
+use super::MAX_CHUNK_SIZE;
+use super::ids::{ChunkKey, ChunkNo, FileId, PeerId, Version};
+
+/// One protocol message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Protocol version the sender speaks.
+    pub version: Version,
+    /// Id of the sending peer.
+    pub sender: PeerId,
+    /// The type with its own fields and body.
+    pub kind: MessageKind,
+    /// Header lines after the first (enhanced versions), without their CRLF.
+    pub extra_lines: Vec<String>,
+}
+
+/// The six 1.0 message types with their fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Initiator asks peers to store a chunk (MDB).
+    Putchunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Desired replication degree, 1..=9.
+        degree: u8,
+        /// Chunk bytes, at most 64,000.
+        body: Vec<u8>,
+    },
+    /// A peer holds the chunk (MC).
+    Stored {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
+    /// Initiator asks for a chunk (MC).
+    Getchunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
+    /// A holder answers GETCHUNK (MDR).
+    Chunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Chunk bytes, at most 64,000.
+        body: Vec<u8>,
+    },
+    /// Initiator asks every peer to drop a file's chunks (MC).
+    Delete {
+        /// Which file.
+        file: FileId,
+    },
+    /// A peer dropped its copy of a chunk (MC).
+    Removed {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
+}
+
+/// Why a datagram is not a message we understand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// No CRLF CRLF ends the header.
+    #[error("header does not end with an empty line (CRLF CRLF)")]
+    MissingEmptyLine,
+    /// Header bytes are not ASCII.
+    #[error("header is not ASCII")]
+    NotAscii,
+    /// The message type is not one we know.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// Version is not `<digit>.<digit>`.
+    #[error("version is not <digit>.<digit>")]
+    BadVersion,
+    /// Sender id is not a decimal number that fits in 32 bits.
+    #[error("sender id is not a decimal number")]
+    BadSender,
+    /// File id is not 64 hex digits.
+    #[error("file id is not 64 hex digits")]
+    BadFileId,
+    /// Chunk number is not 1 to 6 decimal digits.
+    #[error("chunk number is not 1 to 6 decimal digits")]
+    BadChunkNo,
+    /// Replication degree is not one digit 1..=9.
+    #[error("replication degree is not one digit 1-9")]
+    BadDegree,
+    /// Too few or too many fields on the first header line.
+    #[error("{kind} takes {expected} fields, got {got}")]
+    FieldCount {
+        /// Message type.
+        kind: &'static str,
+        /// Fields it takes.
+        expected: usize,
+        /// Fields present.
+        got: usize,
+    },
+    /// A message type without a body has one.
+    #[error("{0} carries no body, got {1} bytes")]
+    UnexpectedBody(&'static str, usize),
+    /// Body larger than a chunk.
+    #[error("body of {0} bytes exceeds 64000")]
+    BodyTooLarge(usize),
+}
+
+impl MessageKind {
+    /// The type name as written on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageKind::Putchunk { .. } => "PUTCHUNK",
+            MessageKind::Stored { .. } => "STORED",
+            MessageKind::Getchunk { .. } => "GETCHUNK",
+            MessageKind::Chunk { .. } => "CHUNK",
+            MessageKind::Delete { .. } => "DELETE",
+            MessageKind::Removed { .. } => "REMOVED",
+        }
+    }
+
+    /// The file the message is about.
+    pub fn file(&self) -> FileId {
+        match self {
+            MessageKind::Delete { file } => *file,
+            MessageKind::Putchunk { chunk, .. }
+            | MessageKind::Stored { chunk }
+            | MessageKind::Getchunk { chunk }
+            | MessageKind::Chunk { chunk, .. }
+            | MessageKind::Removed { chunk } => chunk.file,
+        }
+    }
+}
+
+impl Message {
+    /// A message with no extra header lines.
+    pub fn new(version: Version, sender: PeerId, kind: MessageKind) -> Self {
+        Message {
+            version,
+            sender,
+            kind,
+            extra_lines: Vec::new(),
+        }
+    }
+
+    /// Encodes the message into one datagram.
+    pub fn encode(&self) -> Vec<u8> {
+        let body: &[u8] = match &self.kind {
+            MessageKind::Putchunk { body, .. } | MessageKind::Chunk { body, .. } => body,
+            _ => &[],
+        };
+        let mut out = Vec::with_capacity(160 + body.len());
+        self.encode_header(&mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Appends the header (up to and including the empty line) to `out`.
+    pub fn encode_header(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let kind = &self.kind;
+        let _ = write!(
+            out,
+            "{} {} {} {}",
+            kind.name(),
+            self.version,
+            self.sender,
+            kind.file()
+        );
+        match kind {
+            MessageKind::Putchunk { chunk, degree, .. } => {
+                let _ = write!(out, " {} {}", chunk.no, degree);
+            }
+            MessageKind::Stored { chunk }
+            | MessageKind::Getchunk { chunk }
+            | MessageKind::Chunk { chunk, .. }
+            | MessageKind::Removed { chunk } => {
+                let _ = write!(out, " {}", chunk.no);
+            }
+            MessageKind::Delete { .. } => {}
+        }
+        out.extend_from_slice(b" \r\n");
+        for line in &self.extra_lines {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Parses one datagram. Never panics; anything not understood is an error.
+    pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
+        let end = find_header_end(datagram).ok_or(ParseError::MissingEmptyLine)?;
+        let header = &datagram[..end];
+        let body = &datagram[end + 4..];
+        if !header.is_ascii() {
+            return Err(ParseError::NotAscii);
+        }
+        let mut lines = header
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let first = lines.next().unwrap_or_default();
+        let extra_lines = lines
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        let fields: Vec<&[u8]> = first
+            .split(|&b| b == b' ')
+            .filter(|f| !f.is_empty())
+            .collect();
+        let type_name = *fields
+            .first()
+            .ok_or(ParseError::UnknownType(String::new()))?;
+        let (name, expected, has_body): (&'static str, usize, bool) = match type_name {
+            b"PUTCHUNK" => ("PUTCHUNK", 6, true),
+            b"STORED" => ("STORED", 5, false),
+            b"GETCHUNK" => ("GETCHUNK", 5, false),
+            b"CHUNK" => ("CHUNK", 5, true),
+            b"DELETE" => ("DELETE", 4, false),
+            b"REMOVED" => ("REMOVED", 5, false),
+            other => {
+                return Err(ParseError::UnknownType(
+                    String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
+                ));
+            }
+        };
+        let version = fields
+            .get(1)
+            .and_then(|v| Version::parse(v))
+            .ok_or(ParseError::BadVersion)?;
+        if fields.len() != expected {
+            return Err(ParseError::FieldCount {
+                kind: name,
+                expected,
+                got: fields.len(),
+            });
+        }
+        let sender = parse_sender(fields[2])?;
+        let file = FileId::from_hex(fields[3]).map_err(|_| ParseError::BadFileId)?;
+        if has_body {
+            if body.len() > MAX_CHUNK_SIZE {
+                return Err(ParseError::BodyTooLarge(body.len()));
+            }
+        } else if !body.is_empty() {
+            return Err(ParseError::UnexpectedBody(name, body.len()));
+        }
+        let chunk = || -> Result<ChunkKey, ParseError> {
+            Ok(ChunkKey {
+                file,
+                no: parse_chunk_no(fields[4])?,
+            })
+        };
+        let kind = match name {
+            "PUTCHUNK" => MessageKind::Putchunk {
+                chunk: chunk()?,
+                degree: parse_degree(fields[5])?,
+                body: body.to_vec(),
+            },
+            "STORED" => MessageKind::Stored { chunk: chunk()? },
+            "GETCHUNK" => MessageKind::Getchunk { chunk: chunk()? },
+            "CHUNK" => MessageKind::Chunk {
+                chunk: chunk()?,
+                body: body.to_vec(),
+            },
+            "DELETE" => MessageKind::Delete { file },
+            _ => MessageKind::Removed { chunk: chunk()? },
+        };
+        Ok(Message {
+            version,
+            sender,
+            kind,
+            extra_lines,
+        })
+    }
+}
+
+/// Index of the CRLF CRLF that ends the header.
+fn find_header_end(d: &[u8]) -> Option<usize> {
+    d.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+fn all_digits(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
+
+fn parse_sender(s: &[u8]) -> Result<PeerId, ParseError> {
+    if !all_digits(s) || s.len() > 10 {
+        return Err(ParseError::BadSender);
+    }
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ParseError::BadSender)
+}
+
+fn parse_chunk_no(s: &[u8]) -> Result<ChunkNo, ParseError> {
+    if !all_digits(s) || s.len() > 6 {
+        return Err(ParseError::BadChunkNo);
+    }
+    Ok(s.iter().fold(0, |n, d| n * 10 + ChunkNo::from(d - b'0')))
+}
+
+fn parse_degree(s: &[u8]) -> Result<u8, ParseError> {
+    match s {
+        [d @ b'1'..=b'9'] => Ok(d - b'0'),
+        _ => Err(ParseError::BadDegree),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "6f1ed002ab5595859014ebf0951522d9a3f0c3b4d5e6f708192a3b4c5d6e7f80";
+
+    fn key(no: ChunkNo) -> ChunkKey {
+        ChunkKey {
+            file: HEX.parse().unwrap(),
+            no,
+        }
+    }
+
+    #[test]
+    fn encodes_exact_bytes() {
+        let m = Message::new(Version::V1_0, 2, MessageKind::Stored { chunk: key(0) });
+        assert_eq!(
+            m.encode(),
+            format!("STORED 1.0 2 {HEX} 0 \r\n\r\n").into_bytes()
+        );
+        let m = Message::new(
+            Version::V1_0,
+            17,
+            MessageKind::Putchunk {
+                chunk: key(999_999),
+                degree: 3,
+                body: b"abc".to_vec(),
+            },
+        );
+        assert_eq!(
+            m.encode(),
+            format!("PUTCHUNK 1.0 17 {HEX} 999999 3 \r\n\r\nabc").into_bytes()
+        );
+        let m = Message::new(Version::V1_0, 1, MessageKind::Delete { file: key(0).file });
+        assert_eq!(
+            m.encode(),
+            format!("DELETE 1.0 1 {HEX} \r\n\r\n").into_bytes()
+        );
+    }
+
+    #[test]
+    fn accepts_lenient_forms() {
+        let upper = HEX.to_uppercase();
+        for text in [
+            format!("STORED 1.0 2 {HEX} 7\r\n\r\n"),
+            format!("STORED   1.0  2 {upper}   7   \r\n\r\n"),
+            format!("STORED 1.0 2 {HEX} 7 \r\nX-Extra: yes\r\n\r\n"),
+        ] {
+            let m = Message::parse(text.as_bytes()).unwrap();
+            assert_eq!(m.kind, MessageKind::Stored { chunk: key(7) }, "{text:?}");
+            assert_eq!(m.sender, 2);
+        }
+        let m = Message::parse(format!("GETCHUNK 2.0 3 {HEX} 1 \r\nPORT 4000\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(m.extra_lines, vec!["PORT 4000".to_string()]);
+        assert_eq!(m.version.to_string(), "2.0");
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        use ParseError::*;
+        let cases: Vec<(Vec<u8>, ParseError)> = vec![
+            (
+                format!("STORED 1.0 2 {HEX} 0 \r\n").into(),
+                MissingEmptyLine,
+            ),
+            (b"STORED 1.0 2 ../.. 0 \r\n\r\n".to_vec(), BadFileId),
+            (format!("STORED 1.0 2 {HEX} -1 \r\n\r\n").into(), BadChunkNo),
+            (
+                format!("STORED 1.0 2 {HEX} 1000000 \r\n\r\n").into(),
+                BadChunkNo,
+            ),
+            (
+                format!("PUTCHUNK 1.0 2 {HEX} 0 0 \r\n\r\n").into(),
+                BadDegree,
+            ),
+            (
+                format!("PUTCHUNK 1.0 2 {HEX} 0 10 \r\n\r\n").into(),
+                BadDegree,
+            ),
+            (
+                format!("STORED 1.0 2 {HEX} 0 \r\n\r\nx").into(),
+                UnexpectedBody("STORED", 1),
+            ),
+            (
+                format!("HELLO 1.0 2 {HEX} 0 \r\n\r\n").into(),
+                UnknownType("HELLO".into()),
+            ),
+            (format!("STORED 1 2 {HEX} 0 \r\n\r\n").into(), BadVersion),
+            (format!("STORED 1.0 x {HEX} 0 \r\n\r\n").into(), BadSender),
+            (
+                format!("STORED 1.0 2 {HEX} \r\n\r\n").into(),
+                FieldCount {
+                    kind: "STORED",
+                    expected: 5,
+                    got: 4,
+                },
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                Message::parse(&bytes),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let mut big = format!("CHUNK 1.0 2 {HEX} 0 \r\n\r\n").into_bytes();
+        big.resize(big.len() + MAX_CHUNK_SIZE + 1, 0);
+        assert_eq!(Message::parse(&big), Err(BodyTooLarge(MAX_CHUNK_SIZE + 1)));
+    }
+}

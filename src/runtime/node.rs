@@ -1,0 +1,507 @@
+//! A running peer: wires the protocol core to sockets, worker pool, timer wheel, disk and the
+//! client interface.
+//!
+//! Path of a datagram: receiver thread (`recv`, copy) → bounded worker pool → parse → core →
+//! actions, executed on that worker: chunk writes to disk, sends queued to the paced sender
+//! threads, timers into the wheel, reports to the client's connection thread.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use dashmap::DashMap;
+use serde_json::json;
+
+use super::pool::BoundedPool;
+use super::sender::Senders;
+use super::timer::TimerService;
+use crate::client::server::Handler;
+use crate::client::{Reply, Request};
+use crate::core::backup::BackupRequest;
+use crate::core::{Action, Channel, ChunkSource, Config, Core, OpEvent, OpId, TimerEvent};
+use crate::net::{ChannelAddrs, open_receiver};
+use crate::protocol::file_id::file_id;
+use crate::protocol::{Message, MessageKind};
+use crate::storage::meta_file::{MetaFile, snapshot};
+use crate::storage::reconcile::reconcile;
+use crate::storage::{ChunkFiles, StorageError};
+
+/// How a peer runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Protocol parameters.
+    pub core: Config,
+    /// Multicast channels.
+    pub channels: ChannelAddrs,
+    /// Interface every multicast socket is pinned to.
+    pub iface: Ipv4Addr,
+    /// This peer's directory tree.
+    pub dir: PathBuf,
+    /// Capacity for stored chunks in KBytes; `None` keeps the persisted one.
+    pub capacity_kb: Option<u64>,
+    /// Send rate limit, bytes per second (0 = unpaced).
+    pub send_rate: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Received datagrams queued for the workers at most.
+    pub backlog: usize,
+}
+
+/// Why a peer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Its tree or metadata cannot be used.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A channel socket cannot be opened.
+    #[error("cannot open {channel} channel {addr} on interface {iface}: {source}")]
+    Socket {
+        /// Which channel.
+        channel: &'static str,
+        /// Its address.
+        addr: String,
+        /// The interface.
+        iface: Ipv4Addr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Counters a peer keeps about what it received.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Datagrams received, all channels.
+    pub received: AtomicU64,
+    /// Datagrams dropped as malformed (or on the wrong channel).
+    pub malformed: AtomicU64,
+}
+
+struct OpSink {
+    tx: Sender<Reply>,
+    path: PathBuf,
+}
+
+struct Shared {
+    core: Core,
+    files: ChunkFiles,
+    meta_file: MetaFile,
+    pool: BoundedPool,
+    timers: TimerService<TimerEvent>,
+    senders: Senders,
+    ops: DashMap<OpId, OpSink>,
+    next_op: AtomicU64,
+    stats: Stats,
+    stop: AtomicBool,
+}
+
+/// A running peer.
+pub struct Node {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+const RECV_POLL: Duration = Duration::from_millis(200);
+const METADATA_SAVE_EVERY: Duration = Duration::from_millis(100);
+
+impl Node {
+    /// Opens the tree, reconciles it, opens the channels and starts every thread.
+    pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let files = ChunkFiles::open(&cfg.dir)?;
+        let meta_file = MetaFile::new(&cfg.dir, files.tmp_dir());
+        let mut meta = meta_file.load()?;
+        let fixed = reconcile(&mut meta, &files, cfg.core.id)?;
+        if fixed != Default::default() {
+            tracing::warn!(
+                "reconciled {}: dropped {} chunk records without files, adopted {} chunk files, removed {}",
+                cfg.dir.display(),
+                fixed.dropped.len(),
+                fixed.adopted.len(),
+                fixed.removed.len()
+            );
+        }
+        if let Some(kb) = cfg.capacity_kb {
+            meta.capacity = kb.saturating_mul(1000);
+        }
+        meta.touch();
+        let socket_err = |channel: Channel, e| NodeError::Socket {
+            channel: channel.name(),
+            addr: cfg.channels.get(channel).to_string(),
+            iface: cfg.iface,
+            source: e,
+        };
+        let sockets = Channel::ALL
+            .iter()
+            .map(|&c| {
+                open_receiver(cfg.channels.get(c), cfg.iface, RECV_POLL)
+                    .map_err(|e| socket_err(c, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate, 256)
+            .map_err(|e| socket_err(Channel::Mc, e))?;
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let weak = weak.clone();
+            Shared {
+                core: Core::new(cfg.core.clone(), meta),
+                files,
+                meta_file,
+                pool: BoundedPool::new(cfg.workers, cfg.backlog),
+                timers: TimerService::start(Duration::from_millis(5), 1024, move |event| {
+                    if let Some(s) = weak.upgrade() {
+                        let s2 = s.clone();
+                        s.pool.execute(move || s2.run(s2.core.on_timer(event)));
+                    }
+                }),
+                senders,
+                ops: DashMap::new(),
+                next_op: AtomicU64::new(1),
+                stats: Stats::default(),
+                stop: AtomicBool::new(false),
+            }
+        });
+        shared.save_metadata();
+        let mut threads = Vec::new();
+        for (channel, socket) in Channel::ALL.into_iter().zip(sockets) {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("recv-{}", channel.name()))
+                    .spawn(move || s.receive(channel, socket))
+                    .expect("spawn receiver"),
+            );
+        }
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("metadata".into())
+                .spawn(move || {
+                    while !s.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(METADATA_SAVE_EVERY);
+                        s.save_metadata();
+                    }
+                })
+                .expect("spawn metadata saver"),
+        );
+        // Chunks the metadata listed but the disk lost: tell the others.
+        let removed: Vec<Action> = fixed
+            .dropped
+            .into_iter()
+            .map(|chunk| Action::Send {
+                channel: Channel::Mc,
+                message: Message::new(
+                    cfg.core.version,
+                    cfg.core.id,
+                    MessageKind::Removed { chunk },
+                ),
+            })
+            .collect();
+        shared.run(removed);
+        Ok(Node { shared, threads })
+    }
+
+    /// The client-request handler of this peer.
+    pub fn handler(&self) -> Arc<dyn Handler> {
+        Arc::new(ClientHandler(self.shared.clone()))
+    }
+
+    /// The protocol core (for inspection).
+    pub fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    /// Stops receiving, lets queued work finish, saves the metadata.
+    pub fn shutdown(self) -> Result<(), StorageError> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.shared.pool.join();
+        self.shared.save_to_disk()
+    }
+}
+
+impl Shared {
+    fn receive(self: Arc<Self>, channel: Channel, socket: std::net::UdpSocket) {
+        let mut buf = vec![0u8; 65_536];
+        while !self.stop.load(Ordering::Relaxed) {
+            match socket.recv(&mut buf) {
+                Ok(n) => {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let datagram = buf[..n].to_vec();
+                    let s = self.clone();
+                    if !self
+                        .pool
+                        .try_execute(move || s.on_datagram(channel, &datagram))
+                    {
+                        tracing::debug!("backlog full: dropped a datagram on {}", channel.name());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!("receive on {}: {e}", channel.name());
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&self, channel: Channel, datagram: &[u8]) {
+        let msg = match Message::parse(datagram) {
+            Ok(msg) if channel_of(&msg.kind) == channel => msg,
+            Ok(msg) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("dropped {} received on {}", msg.kind.name(), channel.name());
+                return;
+            }
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("dropped malformed datagram on {}: {e}", channel.name());
+                return;
+            }
+        };
+        self.run(self.core.on_message(msg));
+    }
+
+    /// Executes the core's actions in order.
+    fn run(&self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { channel, message } => self.senders.send(channel, message.encode()),
+                Action::SendPutchunk {
+                    chunk,
+                    degree,
+                    source,
+                    op,
+                } => match read_source(&source) {
+                    Ok(body) => {
+                        let msg = Message::new(
+                            self.core.config().version,
+                            self.core.config().id,
+                            MessageKind::Putchunk {
+                                chunk,
+                                degree,
+                                body,
+                            },
+                        );
+                        self.senders.send(Channel::Mdb, msg.encode());
+                    }
+                    Err(e) => self.run(self.core.backup_source_failed(op, e.to_string())),
+                },
+                Action::WriteChunk {
+                    chunk,
+                    desired,
+                    body,
+                } => {
+                    let ok = match self.files.write(&chunk, &body) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!("storing chunk {chunk}: {e}");
+                            false
+                        }
+                    };
+                    self.run(
+                        self.core
+                            .chunk_written(chunk, desired, body.len() as u32, ok),
+                    );
+                }
+                Action::RemoveChunk { chunk } => {
+                    if let Err(e) = self.files.remove(&chunk) {
+                        tracing::error!("removing chunk {chunk}: {e}");
+                    }
+                }
+                Action::SyncMetadata => self.save_metadata(),
+                Action::Schedule { delay, event } => {
+                    self.timers.schedule(delay, event);
+                }
+                Action::Report { op, event } => self.report(op, event),
+            }
+        }
+    }
+
+    fn report(&self, op: OpId, event: OpEvent) {
+        let reply = {
+            let Some(sink) = self.ops.get(&op) else {
+                return;
+            };
+            let path = sink.path.display().to_string();
+            match event {
+                OpEvent::Progress { done, total } => Reply::Progress { done, total },
+                OpEvent::BackupDone {
+                    file,
+                    chunks,
+                    short,
+                } => Reply::Done {
+                    ok: short.is_empty(),
+                    message: if short.is_empty() {
+                        format!("backed up {path}: {chunks} chunks at the desired degree")
+                    } else {
+                        format!(
+                            "backup of {path} incomplete: {} of {chunks} chunks below the desired degree after 5 tries: {}",
+                            short.len(),
+                            list_chunks(&short)
+                        )
+                    },
+                    result: json!({"path": path, "file_id": file, "chunks": chunks, "short": short}),
+                },
+                OpEvent::DeleteDone { file } => Reply::Done {
+                    ok: true,
+                    message: format!("deleted the backup of {path}"),
+                    result: json!({"path": path, "file_id": file}),
+                },
+                OpEvent::Failed(message) => Reply::Error { message },
+            }
+        };
+        let last = !matches!(reply, Reply::Progress { .. });
+        if let Some(sink) = self.ops.get(&op) {
+            let _ = sink.tx.send(reply);
+        }
+        if last {
+            self.ops.remove(&op);
+        }
+    }
+
+    fn save_metadata(&self) {
+        if let Err(e) = self.save_to_disk() {
+            tracing::error!("saving metadata: {e}");
+        }
+    }
+
+    fn save_to_disk(&self) -> Result<(), StorageError> {
+        self.meta_file
+            .save_if_changed(|saved| self.core.with_metadata(|m| snapshot(m, saved)))
+    }
+
+    fn new_op(&self, path: &Path) -> (OpId, Receiver<Reply>) {
+        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.ops.insert(
+            op,
+            OpSink {
+                tx,
+                path: path.to_path_buf(),
+            },
+        );
+        (op, rx)
+    }
+
+    fn backup(&self, path: &Path, degree: u8) -> Result<Receiver<Reply>, String> {
+        let path = std::fs::canonicalize(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", path.display()));
+        }
+        let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        let file = file_id(&path, meta.len(), mtime, self.core.config().id);
+        let (op, rx) = self.new_op(&path);
+        let req = BackupRequest {
+            path,
+            file,
+            size: meta.len(),
+            degree,
+        };
+        match self.core.start_backup(op, req) {
+            Ok(actions) => {
+                self.run(actions);
+                Ok(rx)
+            }
+            Err(e) => {
+                self.ops.remove(&op);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn delete(&self, path: &Path) -> Result<Receiver<Reply>, String> {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let (op, rx) = self.new_op(&path);
+        match self.core.start_delete(op, &path) {
+            Ok(actions) => {
+                self.run(actions);
+                Ok(rx)
+            }
+            Err(e) => {
+                self.ops.remove(&op);
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// Reads a chunk's bytes from its source file.
+fn read_source(source: &ChunkSource) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(&source.path)?;
+    let mut body = vec![0u8; source.len];
+    file.read_exact_at(&mut body, source.offset)?;
+    Ok(body)
+}
+
+/// The channel a message type travels on.
+fn channel_of(kind: &MessageKind) -> Channel {
+    match kind {
+        MessageKind::Putchunk { .. } => Channel::Mdb,
+        MessageKind::Chunk { .. } => Channel::Mdr,
+        _ => Channel::Mc,
+    }
+}
+
+/// "0, 3, 7" (at most 20, then "…").
+fn list_chunks(chunks: &[u32]) -> String {
+    let mut s: Vec<String> = chunks.iter().take(20).map(u32::to_string).collect();
+    if chunks.len() > 20 {
+        s.push(format!("… ({} more)", chunks.len() - 20));
+    }
+    s.join(", ")
+}
+
+struct ClientHandler(Arc<Shared>);
+
+impl Handler for ClientHandler {
+    fn handle(&self, request: Request) -> Receiver<Reply> {
+        let s = &self.0;
+        let version = s.core.config().version;
+        let result = if request.enhanced() && version == crate::protocol::Version::V1_0 {
+            Err(format!(
+                "{}ENH needs a peer started with an enhanced protocol version; this peer runs {version}",
+                request.name()
+            ))
+        } else {
+            match &request {
+                Request::Backup { path, degree, .. } => s.backup(path, *degree),
+                Request::Delete { path, .. } => s.delete(path),
+                Request::State => Ok(done(
+                    String::new(),
+                    serde_json::to_value(s.core.state()).expect("state serialises"),
+                )),
+                Request::Restore { .. } | Request::Reclaim { .. } => Err(format!(
+                    "{} is not implemented by this peer yet",
+                    request.name()
+                )),
+            }
+        };
+        result.unwrap_or_else(|message| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = tx.send(Reply::Error { message });
+            rx
+        })
+    }
+}
+
+fn done(message: String, result: serde_json::Value) -> Receiver<Reply> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _ = tx.send(Reply::Done {
+        ok: true,
+        message,
+        result,
+    });
+    rx
+}

@@ -1,0 +1,142 @@
+//! One sender thread per channel, fed through a bounded queue, all paced by one shared byte
+//! rate so that receivers' socket buffers are not overrun by bursts.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded};
+use parking_lot::Mutex;
+
+use crate::core::Channel;
+use crate::net::{ChannelAddrs, open_sender};
+
+/// Paces sends to `rate` bytes per second across all channels, allowing a short burst.
+pub struct Pacer {
+    rate: f64,
+    burst: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    /// A pacer for `rate` bytes/s (0 = unpaced).
+    pub fn new(rate: u64) -> Self {
+        Pacer {
+            rate: rate as f64,
+            burst: Duration::from_millis(2),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// How long to wait before sending `bytes` now; reserves the slot.
+    pub fn reserve(&self, bytes: usize, now: Instant) -> Duration {
+        if self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut next = self.next.lock();
+        let start = (*next).max(now.checked_sub(self.burst).unwrap_or(now));
+        *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+        start.saturating_duration_since(now)
+    }
+}
+
+/// Counters of what was sent.
+#[derive(Default, Debug)]
+pub struct SendStats {
+    /// Datagrams sent.
+    pub datagrams: AtomicU64,
+    /// Bytes sent.
+    pub bytes: AtomicU64,
+    /// Send errors.
+    pub errors: AtomicU64,
+}
+
+/// The sender threads of one peer.
+pub struct Senders {
+    queues: Vec<Sender<Vec<u8>>>,
+    threads: Vec<JoinHandle<()>>,
+    /// What was sent.
+    pub stats: Arc<SendStats>,
+}
+
+impl Senders {
+    /// Starts one sender thread per channel, each with its own socket on `iface`.
+    pub fn start(
+        addrs: ChannelAddrs,
+        iface: Ipv4Addr,
+        rate: u64,
+        queue: usize,
+    ) -> std::io::Result<Self> {
+        let pacer = Arc::new(Pacer::new(rate));
+        let stats = Arc::new(SendStats::default());
+        let mut queues = Vec::new();
+        let mut threads = Vec::new();
+        for channel in Channel::ALL {
+            let socket: UdpSocket = open_sender(iface)?;
+            let (tx, rx) = bounded::<Vec<u8>>(queue);
+            let dest = addrs.get(channel);
+            let pacer = pacer.clone();
+            let stats = stats.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("send-{}", channel.name()))
+                .spawn(move || {
+                    for datagram in rx {
+                        let wait = pacer.reserve(datagram.len(), Instant::now());
+                        if !wait.is_zero() {
+                            std::thread::sleep(wait);
+                        }
+                        match socket.send_to(&datagram, dest) {
+                            Ok(n) => {
+                                stats.datagrams.fetch_add(1, Ordering::Relaxed);
+                                stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                stats.errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!("send on {} to {dest}: {e}", channel.name());
+                            }
+                        }
+                    }
+                })?;
+            queues.push(tx);
+            threads.push(thread);
+        }
+        Ok(Senders {
+            queues,
+            threads,
+            stats,
+        })
+    }
+
+    /// Queues a datagram on `channel` (blocks while that queue is full).
+    pub fn send(&self, channel: Channel, datagram: Vec<u8>) {
+        let _ = self.queues[channel.index()].send(datagram);
+    }
+
+    /// Sends what is queued, then stops the threads.
+    pub fn finish(self) {
+        drop(self.queues);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_spaces_sends_by_rate() {
+        let p = Pacer::new(1_000_000); // 1 MB/s: 64 kB takes 64 ms
+        let t0 = Instant::now();
+        assert_eq!(p.reserve(64_000, t0), Duration::ZERO);
+        let w = p.reserve(64_000, t0);
+        assert!(
+            w >= Duration::from_millis(60) && w <= Duration::from_millis(64),
+            "{w:?}"
+        );
+        assert_eq!(Pacer::new(0).reserve(1 << 20, t0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,74 @@
+//! A peer's directory tree: chunk files, the metadata file, and their reconciliation at start.
+//!
+//! Layout: `<dir>/metadata.json`, `<dir>/chunks/<file id>/<chunk no>`, `<dir>/tmp/` (temporary
+//! files of atomic writes), `<dir>/restored/` (restored files).
+
+pub mod chunk_files;
+pub mod meta_file;
+pub mod reconcile;
+
+pub use chunk_files::ChunkFiles;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The metadata file is not valid.
+    #[error("metadata file {path} is corrupt: {source}")]
+    CorruptMetadata {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// Attaches a description and a path to an I/O error.
+pub(crate) fn io_err(
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { what, path, source }
+}
+
+/// Writes `data` to `path` atomically and durably: temporary file in `tmp_dir`, fsync, rename,
+/// fsync of the target directory.
+pub fn write_atomic(
+    tmp_dir: &std::path::Path,
+    path: &std::path::Path,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    use std::io::Write;
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)
+        .map_err(io_err("create temporary file in", tmp_dir))?;
+    tmp.write_all(data).map_err(io_err("write", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_err("sync", tmp.path()))?;
+    tmp.persist(path).map_err(|e| StorageError::Io {
+        what: "rename into",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries durable.
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}

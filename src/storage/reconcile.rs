@@ -1,0 +1,79 @@
+//! Start-up reconciliation of the metadata with the chunk files on disk.
+//!
+//! A chunk in the metadata whose file is gone is dropped (the peer then announces REMOVED for
+//! it, so that the other peers' perceived degrees stay true); a chunk file without metadata (a crash between the
+//! durable write and the metadata save) is adopted with desired degree 1 (unknown) and this peer
+//! as its only known holder; a size that differs from the file's is corrected from the file;
+//! files of chunks of our own files are removed; temporary files are deleted.
+
+use std::collections::BTreeSet;
+
+use super::{ChunkFiles, StorageError};
+use crate::core::Metadata;
+use crate::core::metadata::StoredChunk;
+use crate::protocol::{ChunkKey, MAX_CHUNK_SIZE, PeerId};
+
+/// What reconciliation changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Metadata entries dropped because their file is missing.
+    pub dropped: Vec<ChunkKey>,
+    /// Chunk files adopted into the metadata.
+    pub adopted: Vec<ChunkKey>,
+    /// Chunk files removed (oversized, or of a file this peer backed up itself).
+    pub removed: Vec<ChunkKey>,
+}
+
+/// Brings `meta` and the chunk files into agreement.
+pub fn reconcile(
+    meta: &mut Metadata,
+    files: &ChunkFiles,
+    me: PeerId,
+) -> Result<Reconciled, StorageError> {
+    files.clear_tmp();
+    let mut out = Reconciled::default();
+    let on_disk = files.list()?;
+    let present: BTreeSet<ChunkKey> = on_disk.iter().map(|(k, _)| *k).collect();
+    let known: Vec<ChunkKey> = meta
+        .stored
+        .iter()
+        .flat_map(|(file, m)| {
+            m.keys().map(|no| ChunkKey {
+                file: *file,
+                no: *no,
+            })
+        })
+        .collect();
+    for key in known {
+        if !present.contains(&key) {
+            meta.remove_stored(&key);
+            out.dropped.push(key);
+        }
+    }
+    for (key, size) in on_disk {
+        if size > MAX_CHUNK_SIZE as u64 || meta.backed_up.contains_key(&key.file) {
+            files.remove(&key)?;
+            out.removed.push(key);
+            continue;
+        }
+        match meta.stored_chunk_mut(&key) {
+            Some(c) if u64::from(c.size) == size => {}
+            Some(c) => {
+                c.size = size as u32;
+                meta.touch();
+            }
+            None => {
+                meta.insert_stored(
+                    key,
+                    StoredChunk {
+                        size: size as u32,
+                        desired: 1,
+                        holders: [me].into(),
+                    },
+                );
+                out.adopted.push(key);
+            }
+        }
+    }
+    Ok(out)
+}
