@@ -25,7 +25,7 @@ struct Args {
     #[arg(value_parser = parse_version)]
     protocol_version: Version,
     /// This peer's id: a positive integer, unique in the group and permanent.
-    #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(value_parser = parse_peer_id, allow_hyphen_values = true)]
     peer_id: u32,
     /// Where clients reach this peer: NAME (Unix socket NAME.sock in the runtime directory) or
     /// [HOST:]PORT (TCP; host 127.0.0.1 by default, port 0 picks a free one).
@@ -35,19 +35,19 @@ struct Args {
     #[arg(value_parser = parse_group)]
     mc_addr: Ipv4Addr,
     /// Control channel (MC) port.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(value_parser = parse_port)]
     mc_port: u16,
     /// Backup channel (MDB) multicast group.
     #[arg(value_parser = parse_group)]
     mdb_addr: Ipv4Addr,
     /// Backup channel (MDB) port.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(value_parser = parse_port)]
     mdb_port: u16,
     /// Restore channel (MDR) multicast group.
     #[arg(value_parser = parse_group)]
     mdr_addr: Ipv4Addr,
     /// Restore channel (MDR) port.
-    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(value_parser = parse_port)]
     mdr_port: u16,
     /// This peer's directory tree (chunks, metadata, restored files). Default: ./peer<ID>.
     #[arg(long, value_name = "DIR")]
@@ -88,6 +88,20 @@ fn parse_version(s: &str) -> Result<Version, String> {
         ));
     }
     Ok(v)
+}
+
+fn parse_peer_id(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(id) if id > 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
+        _ => Err(format!("peer id must be a positive integer, got {s:?}")),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+        _ => Err(format!("port must be a number from 1 to 65535, got {s:?}")),
+    }
 }
 
 fn parse_group(s: &str) -> Result<Ipv4Addr, String> {

@@ -325,7 +325,8 @@ impl Core {
         }
         let size = body.len() as u32;
         let reserved: u64 = self.writing.iter().map(|e| u64::from(*e.value())).sum();
-        if meta.used() + reserved + u64::from(size) > meta.capacity {
+        // An empty chunk still counts as one byte: a full peer (capacity 0 included) stores nothing.
+        if meta.used() + reserved + u64::from(size.max(1)) > meta.capacity {
             return Vec::new();
         }
         if self.writing.insert(chunk, size).is_some() {

@@ -1,0 +1,339 @@
+//! Test harness: real `peer` processes on loopback multicast driven by the real `testapp`.
+//!
+//! Each cluster gets its own multicast groups and ports, its own runtime directory (access
+//! points) and its own temporary tree, so tests run in parallel. Run the suite with
+//! `scripts/run-tests.sh`, which builds the binaries first and isolates the network.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+/// Where cargo put the binaries of this build.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace, or scripts/run-tests.sh)",
+        path.display()
+    );
+    let built = mtime(&path);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for src in ["src", &format!("{name}/src")] {
+        let newest = newest_mtime(&root.join(src));
+        assert!(
+            newest <= built,
+            "{} is older than the sources in {src}: run cargo build --workspace (or scripts/run-tests.sh)",
+            path.display()
+        );
+    }
+    path
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .expect("mtime")
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir).expect("read source dir").flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else {
+            mtime(&p)
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static NEXT_CLUSTER: AtomicU16 = AtomicU16::new(0);
+
+/// A group of peers with their own channels and directories.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub runtime: PathBuf,
+    pub channels: [SocketAddrV4; 3],
+    pub version: String,
+    peers: Vec<(u32, Child)>,
+    /// Access points that are not the default `peer<ID>`.
+    aps: std::collections::HashMap<u32, String>,
+}
+
+/// A finished TestApp run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The stdout JSON document.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {:?}", self.stdout))
+    }
+
+    /// Asserts exit code 0.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "testapp failed: stdout {:?} stderr {:?}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl Cluster {
+    /// A cluster with no peers running yet.
+    pub fn empty() -> Cluster {
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id() as u16;
+        let port = 20_000 + (pid % 400) * 100 + (n % 33) * 3;
+        let group = |k: u8| Ipv4Addr::new(239, 77, (pid % 250) as u8, (n as u8 % 80) * 3 + k);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime).unwrap();
+        Cluster {
+            channels: [0, 1, 2].map(|k| SocketAddrV4::new(group(k as u8 + 1), port + k)),
+            dir,
+            runtime,
+            version: "1.0".into(),
+            peers: Vec::new(),
+            aps: Default::default(),
+        }
+    }
+
+    /// A cluster with peers 1..=n running.
+    pub fn start(n: u32) -> Cluster {
+        let mut c = Cluster::empty();
+        for id in 1..=n {
+            c.spawn(id, &[]);
+        }
+        c
+    }
+
+    /// Access point name of peer `id`.
+    pub fn ap(&self, id: u32) -> String {
+        self.aps
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("peer{id}"))
+    }
+
+    /// Starts peer `id` on access point `ap` instead of `peer<ID>`.
+    pub fn spawn_at(&mut self, id: u32, ap: &str, extra: &[&str]) {
+        self.aps.insert(id, ap.to_string());
+        self.spawn(id, extra);
+    }
+
+    /// A TCP port for an access point, unique to this cluster.
+    pub fn tcp_port(&self) -> u16 {
+        self.channels[2].port() + 40
+    }
+
+    /// Tree of peer `id`.
+    pub fn peer_dir(&self, id: u32) -> PathBuf {
+        self.dir.path().join(format!("peer{id}"))
+    }
+
+    /// The 9 positional peer arguments for `id`.
+    pub fn peer_args(&self, id: u32) -> Vec<String> {
+        let mut args = vec![self.version.clone(), id.to_string(), self.ap(id)];
+        for ch in self.channels {
+            args.push(ch.ip().to_string());
+            args.push(ch.port().to_string());
+        }
+        args
+    }
+
+    /// Starts peer `id` with extra options and waits until it answers STATE.
+    pub fn spawn(&mut self, id: u32, extra: &[&str]) {
+        let log = std::fs::File::create(self.dir.path().join(format!("peer{id}.log"))).unwrap();
+        let child = Command::new(bin("peer"))
+            .args(self.peer_args(id))
+            .arg("--dir")
+            .arg(self.peer_dir(id))
+            .arg("--log-level")
+            .arg("debug")
+            .args(extra)
+            .env("DBS_RUNTIME_DIR", &self.runtime)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start peer");
+        self.peers.push((id, child));
+        let ap = self.ap(id);
+        assert!(
+            wait_until(Duration::from_secs(20), || self
+                .testapp(&[&ap, "STATE"])
+                .code
+                == 0),
+            "peer {id} did not come up; log:\n{}",
+            self.log(id)
+        );
+    }
+
+    /// Peer `id`'s log so far.
+    pub fn log(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("peer{id}.log"))).unwrap_or_default()
+    }
+
+    /// Runs testapp with `args` (access point first).
+    pub fn testapp(&self, args: &[&str]) -> Run {
+        Run::from(
+            Command::new(bin("testapp"))
+                .args(args)
+                .env("DBS_RUNTIME_DIR", &self.runtime)
+                .output()
+                .expect("run testapp"),
+        )
+    }
+
+    /// `STATE --json` of peer `id`.
+    pub fn state(&self, id: u32) -> Value {
+        self.testapp(&["--json", &self.ap(id), "STATE"]).ok().json()
+    }
+
+    fn take(&mut self, id: u32) -> Child {
+        let i = self
+            .peers
+            .iter()
+            .position(|(p, _)| *p == id)
+            .expect("peer running");
+        self.peers.remove(i).1
+    }
+
+    /// SIGKILLs peer `id`.
+    pub fn kill(&mut self, id: u32) {
+        let mut child = self.take(id);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGTERMs peer `id` and returns its exit code.
+    pub fn stop(&mut self, id: u32) -> Option<i32> {
+        let mut child = self.take(id);
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let status = child.wait().expect("wait peer");
+        status.code()
+    }
+
+    /// Whether peer `id` is still running.
+    pub fn alive(&mut self, id: u32) -> bool {
+        self.peers
+            .iter_mut()
+            .find(|(p, _)| *p == id)
+            .is_some_and(|(_, c)| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Writes `len` pseudo-random bytes to a new file in the cluster directory.
+    pub fn make_file(&self, name: &str, len: usize) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, random_bytes(len, len as u64 ^ 0x5eed)).unwrap();
+        path
+    }
+
+    /// Multicasts raw bytes to channel `k` (0 MC, 1 MDB, 2 MDR) from loopback.
+    pub fn inject(&self, k: usize, datagram: &[u8]) {
+        let s = sender();
+        s.send_to(datagram, self.channels[k])
+            .expect("inject datagram");
+    }
+
+    /// (peer, chunk no) pairs stored for `file_id`, per every running peer's STATE.
+    pub fn holders(&self, ids: &[u32], file_id: &str) -> Vec<Vec<u32>> {
+        let mut per_chunk: Vec<Vec<u32>> = Vec::new();
+        for &id in ids {
+            let st = self.state(id);
+            for c in st["stored"].as_array().unwrap() {
+                if c["file_id"] == file_id {
+                    let no = c["no"].as_u64().unwrap() as usize;
+                    if per_chunk.len() <= no {
+                        per_chunk.resize(no + 1, Vec::new());
+                    }
+                    per_chunk[no].push(id);
+                }
+            }
+        }
+        per_chunk
+    }
+
+    /// Chunk files of `file_id` on disk at peer `id`.
+    pub fn chunk_files(&self, id: u32, file_id: &str) -> Vec<PathBuf> {
+        let dir = self.peer_dir(id).join("chunks").join(file_id);
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.peers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for (id, _) in &self.peers {
+                eprintln!("---- peer {id} log (tail) ----");
+                let log = self.log(*id);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// A UDP socket that multicasts out of loopback only.
+pub fn sender() -> UdpSocket {
+    dbs::net::open_sender(Ipv4Addr::LOCALHOST).expect("loopback multicast sender")
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
