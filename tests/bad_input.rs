@@ -187,7 +187,7 @@ fn hostile() -> Vec<(usize, Vec<u8>)> {
         format!("GETCHUNK 1.0 7 {HEX} 99999999 \r\n\r\n").into_bytes(),
     ));
     v.push((0, format!("DELETED 1.0 7 {HEX} \r\n\r\n").into_bytes()));
-    v.push((0, format!("UP 1.0 7 \r\n\r\n").into_bytes()));
+    v.push((0, b"UP 1.0 7 \r\n\r\n".to_vec()));
     v
 }
 

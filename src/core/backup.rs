@@ -1,5 +1,6 @@
 //! The initiator side of the backup subprotocol: a window of chunks in flight per file, each
-//! PUTCHUNK resent with a doubling wait until enough distinct peers answered STORED.
+//! PUTCHUNK resent with a doubling wait until enough distinct peers answered STORED. Also runs
+//! the one-chunk re-backup a holder starts after a REMOVED.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use super::metadata::{BackedUpFile, ChunkRecord, chunk_count};
 use super::{Action, ChunkSource, CommandError, Core, OpEvent, OpId, TimerEvent};
 use crate::protocol::ids::MAX_CHUNK_NO;
-use crate::protocol::{ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE};
+use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE};
 
 /// A client's request to back up one file (the runtime has read the file's identity).
 #[derive(Clone, Debug)]
@@ -22,21 +23,50 @@ pub struct BackupRequest {
     pub degree: u8,
 }
 
+/// What a backup sends.
+#[derive(Debug)]
+enum Source {
+    /// Every chunk of a file of the home.
+    File { path: PathBuf, size: u64 },
+    /// One chunk this peer stores (re-backup).
+    Stored { no: ChunkNo },
+}
+
 /// One backup in progress.
 #[derive(Debug)]
 pub struct BackupOp {
     /// The file.
     pub file: FileId,
-    path: PathBuf,
-    size: u64,
+    source: Source,
     degree: u8,
+    /// Chunks to send in all.
     chunks: u64,
-    /// Next chunk number to launch.
+    /// Index of the next chunk to launch.
     next: u64,
     /// Chunks finished (reached the degree or ran out of sends).
     finished: u64,
     /// Chunks that ran out of sends below the degree.
     short: Vec<ChunkNo>,
+}
+
+impl BackupOp {
+    fn chunk(&self, index: u64) -> ChunkKey {
+        let no = match self.source {
+            Source::File { .. } => index as ChunkNo,
+            Source::Stored { no } => no,
+        };
+        ChunkKey {
+            file: self.file,
+            no,
+        }
+    }
+
+    fn path(&self) -> Option<&PathBuf> {
+        match &self.source {
+            Source::File { path, .. } => Some(path),
+            Source::Stored { .. } => None,
+        }
+    }
 }
 
 /// A chunk awaiting STORED on the initiator side.
@@ -45,6 +75,11 @@ pub struct PendingPut {
     op: OpId,
     /// PUTCHUNK sends so far.
     sends: u8,
+}
+
+/// Wait after PUTCHUNK send number `send` (1-based): 1, 2, 4, 8, 16 s with the defaults.
+pub fn wait_after_send(first: Duration, send: u8) -> Duration {
+    first * (1u32 << (send - 1))
 }
 
 impl Core {
@@ -64,7 +99,7 @@ impl Core {
             if self
                 .backups
                 .iter()
-                .any(|b| b.file == req.file || b.path == req.path)
+                .any(|b| b.file == req.file || b.path() == Some(&req.path))
             {
                 return Err(CommandError::BackupRunning(req.path));
             }
@@ -91,7 +126,7 @@ impl Core {
             entry.desired = req.degree;
             // Resumable: chunks already confirmed by enough peers are not sent again.
             for (no, c) in entry.chunks.iter().enumerate() {
-                if c.holders.len() >= usize::from(req.degree) {
+                if c.holders.len() >= usize::from(req.degree) && c.hash.is_some() {
                     already_done.push(no as ChunkNo);
                 }
             }
@@ -101,8 +136,10 @@ impl Core {
             op,
             BackupOp {
                 file: req.file,
-                path: req.path,
-                size: req.size,
+                source: Source::File {
+                    path: req.path,
+                    size: req.size,
+                },
                 degree: req.degree,
                 chunks,
                 next: 0,
@@ -114,6 +151,27 @@ impl Core {
         Ok(actions)
     }
 
+    /// Starts re-backing up one chunk stored here (after a REMOVED left it below `degree`).
+    pub(super) fn start_rebackup(&self, chunk: ChunkKey, degree: u8) -> Vec<Action> {
+        if self.pending.contains_key(&chunk) {
+            return Vec::new(); // already being backed up from here
+        }
+        let op = self.internal_op();
+        self.backups.insert(
+            op,
+            BackupOp {
+                file: chunk.file,
+                source: Source::Stored { no: chunk.no },
+                degree,
+                chunks: 1,
+                next: 0,
+                finished: 0,
+                short: Vec::new(),
+            },
+        );
+        self.fill_window(op, &[])
+    }
+
     /// Launches chunks until the window is full; chunks in `skip` count as finished at once.
     fn fill_window(&self, op: OpId, skip: &[ChunkNo]) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -121,15 +179,14 @@ impl Core {
             return actions;
         };
         while b.next < b.chunks && (b.next - b.finished) < self.cfg.window as u64 {
-            let no = b.next as ChunkNo;
+            let chunk = b.chunk(b.next);
             b.next += 1;
-            if skip.binary_search(&no).is_ok() {
+            if skip.binary_search(&chunk.no).is_ok() {
                 b.finished += 1;
                 continue;
             }
-            let chunk = ChunkKey { file: b.file, no };
             self.pending.insert(chunk, PendingPut { op, sends: 1 });
-            actions.push(self.putchunk_action(op, &b, chunk));
+            actions.push(putchunk_action(op, &b, chunk));
             actions.push(Action::Schedule {
                 delay: wait_after_send(self.cfg.first_wait, 1),
                 event: TimerEvent::PutchunkWait { chunk, send: 1 },
@@ -158,27 +215,11 @@ impl Core {
         actions
     }
 
-    fn putchunk_action(&self, op: OpId, b: &BackupOp, chunk: ChunkKey) -> Action {
-        let offset = u64::from(chunk.no) * MAX_CHUNK_SIZE as u64;
-        Action::SendPutchunk {
-            chunk,
-            degree: b.degree,
-            source: ChunkSource {
-                path: b.path.clone(),
-                offset,
-                len: (b.size - offset).min(MAX_CHUNK_SIZE as u64) as usize,
-            },
-            op,
-        }
-    }
-
-    /// A STORED raised the perceived degree of one of our chunks to `perceived`.
+    /// A STORED raised the perceived degree of a chunk to `perceived`.
     pub(super) fn chunk_progress(&self, chunk: ChunkKey, perceived: usize) -> Vec<Action> {
-        let Some(entry) = self.pending.get(&chunk) else {
+        let Some(op) = self.pending.get(&chunk).map(|p| p.op) else {
             return Vec::new();
         };
-        let op = entry.op;
-        drop(entry);
         let enough = self
             .backups
             .get(&op)
@@ -206,30 +247,26 @@ impl Core {
             Some(p) if p.sends == send => p.op,
             _ => return Vec::new(), // finished, or a stale timer
         };
-        let perceived = self
-            .meta
-            .lock()
-            .own_chunk_mut(&chunk)
-            .map_or(0, |c| c.holders.len());
+        let perceived = self.meta.lock().perceived(&chunk).unwrap_or(0);
         let Some(b) = self.backups.get(&op) else {
             self.pending.remove(&chunk);
             return Vec::new();
         };
-        if perceived >= usize::from(b.degree) || send >= self.cfg.max_putchunk_sends {
-            let reached = perceived >= usize::from(b.degree);
+        let reached = perceived >= usize::from(b.degree);
+        if reached || send >= self.cfg.max_putchunk_sends {
             drop(b);
             if self.pending.remove(&chunk).is_none() {
                 return Vec::new(); // a STORED finished it meanwhile
             }
             return self.finish_chunk(op, chunk.no, reached);
         }
-        let send_action = self.putchunk_action(op, &b, chunk);
+        let resend = putchunk_action(op, &b, chunk);
         drop(b);
         if let Some(mut p) = self.pending.get_mut(&chunk) {
             p.sends = send + 1;
         }
         vec![
-            send_action,
+            resend,
             Action::Schedule {
                 delay: wait_after_send(self.cfg.first_wait, send + 1),
                 event: TimerEvent::PutchunkWait {
@@ -240,21 +277,69 @@ impl Core {
         ]
     }
 
-    /// The source of a backup could not be read: the backup fails.
+    /// The runtime read a chunk of a home file for PUTCHUNK: the first read records its hash;
+    /// a later read with another hash means the file changed under the backup, which then
+    /// fails (`Err` holds the actions that end it; the body must not be sent).
+    pub fn putchunk_read(
+        &self,
+        op: OpId,
+        chunk: ChunkKey,
+        hash: ChunkHash,
+    ) -> Result<(), Vec<Action>> {
+        let changed = {
+            let mut meta = self.meta.lock();
+            match meta.own_chunk_mut(&chunk) {
+                Some(record) => match record.hash {
+                    Some(h) => h != hash,
+                    None => {
+                        record.hash = Some(hash);
+                        meta.touch();
+                        false
+                    }
+                },
+                None => false,
+            }
+        };
+        if changed {
+            Err(self
+                .backup_source_failed(op, format!("chunk {} changed during the backup", chunk.no)))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The source of a backup could not be read (or changed): the backup fails.
     pub fn backup_source_failed(&self, op: OpId, reason: String) -> Vec<Action> {
         let Some((_, b)) = self.backups.remove(&op) else {
             return Vec::new();
         };
-        self.pending
-            .retain(|k, p| !(p.op == op && k.file == b.file));
+        self.pending.retain(|_, p| p.op != op);
+        let what = b
+            .path()
+            .map_or_else(|| b.chunk(0).to_string(), |p| p.display().to_string());
         vec![Action::Report {
             op,
-            event: OpEvent::Failed(format!("cannot read {}: {reason}", b.path.display())),
+            event: OpEvent::Failed(format!("backup of {what} failed: {reason}")),
         }]
     }
 }
 
-/// Wait after PUTCHUNK send number `send` (1-based): 1, 2, 4, 8, 16 s with the defaults.
-pub fn wait_after_send(first: Duration, send: u8) -> Duration {
-    first * (1u32 << (send - 1))
+fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey) -> Action {
+    let source = match &b.source {
+        Source::File { path, size } => {
+            let offset = u64::from(chunk.no) * MAX_CHUNK_SIZE as u64;
+            ChunkSource::File {
+                path: path.clone(),
+                offset,
+                len: (size - offset).min(MAX_CHUNK_SIZE as u64) as usize,
+            }
+        }
+        Source::Stored { .. } => ChunkSource::Stored,
+    };
+    Action::SendPutchunk {
+        chunk,
+        degree: b.degree,
+        source,
+        op,
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{ChunkKey, ChunkNo, FileId, PeerId};
+use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, PeerId};
 
 /// Default capacity for stored chunks: 100 GB (in bytes).
 pub const DEFAULT_CAPACITY: u64 = 100_000_000_000;
@@ -22,6 +22,9 @@ pub struct StoredChunk {
     pub desired: u8,
     /// Distinct peers known to hold a copy, this peer included.
     pub holders: BTreeSet<PeerId>,
+    /// SHA-256 of the body as written; checked before the chunk is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ChunkHash>,
 }
 
 /// What the home peer knows of one chunk of a file it backed up.
@@ -29,6 +32,9 @@ pub struct StoredChunk {
 pub struct ChunkRecord {
     /// Distinct peers that confirmed (STORED) and have not announced REMOVED since.
     pub holders: BTreeSet<PeerId>,
+    /// SHA-256 of the chunk as first sent; restores accept only bodies with this hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ChunkHash>,
 }
 
 /// A file this peer backed up (it is the file's home).
@@ -143,6 +149,15 @@ impl Metadata {
             .and_then(|f| f.chunks.get_mut(key.no as usize))
     }
 
+    /// Perceived degree of `key`: confirmations if it is a chunk of our own file, else the
+    /// holders of our stored copy.
+    pub fn perceived(&self, key: &ChunkKey) -> Option<usize> {
+        if let Some(f) = self.backed_up.get(&key.file) {
+            return f.chunks.get(key.no as usize).map(|c| c.holders.len());
+        }
+        self.stored_chunk(key).map(|c| c.holders.len())
+    }
+
     /// The file id under which `path` is backed up, if any.
     pub fn file_for_path(&self, path: &std::path::Path) -> Option<FileId> {
         self.backed_up
@@ -208,6 +223,7 @@ mod tests {
                 size: 10,
                 desired: 2,
                 holders: [1, 4].into(),
+                hash: Some(ChunkHash::of(b"x")),
             },
         );
         m.backed_up.insert(
@@ -218,6 +234,7 @@ mod tests {
                 desired: 1,
                 chunks: vec![ChunkRecord {
                     holders: [2].into(),
+                    hash: None,
                 }],
             },
         );

@@ -1,8 +1,9 @@
 //! The protocol core, free of sockets, threads and clocks.
 //!
 //! Inputs are received messages ([`Core::on_message`]), fired timers ([`Core::on_timer`]),
-//! results of disk actions ([`Core::chunk_written`]) and client commands
-//! ([`Core::start_backup`], [`Core::start_delete`], [`Core::state`]). Outputs are [`Action`]s:
+//! results of disk actions ([`Core::chunk_written`], [`Core::restored_chunk_written`], ...) and
+//! client commands ([`Core::start_backup`], [`Core::start_restore`], [`Core::start_delete`],
+//! [`Core::reclaim`], [`Core::state`]). Outputs are [`Action`]s:
 //! sends, disk writes and removals, timers to schedule and reports to clients. Randomness comes
 //! from a seeded generator, so a run is reproducible; time only as the delays of timers.
 //!
@@ -11,18 +12,26 @@
 //! concurrent maps and is removed when the instance ends.
 
 pub mod backup;
+pub mod delete;
 pub mod metadata;
+pub mod reclaim;
+pub mod restore;
 pub mod state;
+pub mod storer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::protocol::{ChunkKey, FileId, Message, MessageKind, PeerId, Version};
-pub use backup::{BackupOp, PendingPut};
+use crate::protocol::{
+    ChunkHash, ChunkKey, ChunkNo, FileId, Message, MessageKind, PeerId, Version,
+};
+pub use backup::{BackupOp, BackupRequest, PendingPut};
 pub use metadata::Metadata;
+pub use restore::{PendingGet, RestoreOp, RestoreRequest};
 pub use state::StateReport;
 
 /// The three multicast channels.
@@ -71,8 +80,14 @@ pub struct Config {
     pub max_putchunk_sends: u8,
     /// Wait after the first PUTCHUNK; doubled after each resend.
     pub first_wait: Duration,
-    /// Upper bound of the random delay before STORED (and later CHUNK).
+    /// Upper bound of the random delay before STORED, CHUNK and a re-backup after REMOVED.
     pub reply_delay_max: Duration,
+    /// GETCHUNK sends per chunk at most.
+    pub max_getchunk_sends: u8,
+    /// Wait after the first GETCHUNK; doubled after each resend.
+    pub getchunk_wait: Duration,
+    /// Bodies that fail verification tolerated per chunk of a restore (each asks again).
+    pub max_bad_bodies: u8,
     /// Times DELETE is sent.
     pub delete_sends: u8,
     /// Interval between DELETE sends.
@@ -91,6 +106,9 @@ impl Config {
             max_putchunk_sends: 5,
             first_wait: Duration::from_secs(1),
             reply_delay_max: Duration::from_millis(400),
+            max_getchunk_sends: 5,
+            getchunk_wait: Duration::from_millis(600),
+            max_bad_bodies: 20,
             delete_sends: 3,
             delete_interval: Duration::from_millis(500),
             seed: fastrand::u64(..),
@@ -98,15 +116,20 @@ impl Config {
     }
 }
 
-/// Where the initiator reads a chunk's body when it sends it.
+/// Where the bytes of a chunk to PUTCHUNK come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkSource {
-    /// Source file.
-    pub path: PathBuf,
-    /// Byte offset of the chunk.
-    pub offset: u64,
-    /// Chunk length in bytes.
-    pub len: usize,
+pub enum ChunkSource {
+    /// A slice of the home's source file.
+    File {
+        /// Source file.
+        path: PathBuf,
+        /// Byte offset of the chunk.
+        offset: u64,
+        /// Chunk length in bytes.
+        len: usize,
+    },
+    /// The copy this peer stores (re-backup after REMOVED).
+    Stored,
 }
 
 /// What the runtime must do.
@@ -119,7 +142,8 @@ pub enum Action {
         /// What.
         message: Message,
     },
-    /// Read a chunk from its source file and multicast it as PUTCHUNK on MDB.
+    /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB. For a file source, then
+    /// call [`Core::putchunk_read`] with the body's hash.
     SendPutchunk {
         /// Which chunk.
         chunk: ChunkKey,
@@ -127,8 +151,16 @@ pub enum Action {
         degree: u8,
         /// Where its bytes are.
         source: ChunkSource,
-        /// Reports to this operation if the source cannot be read.
+        /// The backup it belongs to.
         op: OpId,
+    },
+    /// Read a stored chunk, check it against `hash`, and multicast it as CHUNK on MDR; if it
+    /// is unreadable or corrupt call [`Core::stored_chunk_lost`] instead.
+    SendChunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Its hash when written.
+        hash: Option<ChunkHash>,
     },
     /// Write a chunk durably, then call [`Core::chunk_written`].
     WriteChunk {
@@ -143,6 +175,43 @@ pub enum Action {
     RemoveChunk {
         /// Which chunk.
         chunk: ChunkKey,
+    },
+    /// Create the temporary file of a restore with its final size; on failure call
+    /// [`Core::restore_failed`].
+    CreateRestoreFile {
+        /// The restore.
+        op: OpId,
+        /// Temporary file.
+        path: PathBuf,
+        /// Size of the restored file.
+        size: u64,
+    },
+    /// Write a restored chunk at `offset` of the temporary file, then call
+    /// [`Core::restored_chunk_written`].
+    WriteRestored {
+        /// The restore.
+        op: OpId,
+        /// Temporary file.
+        path: PathBuf,
+        /// Where the chunk goes.
+        offset: u64,
+        /// Its bytes (already verified).
+        body: Vec<u8>,
+    },
+    /// Make the temporary file durable and rename it to `dest`, then call
+    /// [`Core::restore_committed`].
+    CommitRestore {
+        /// The restore.
+        op: OpId,
+        /// Temporary file.
+        tmp: PathBuf,
+        /// Final name.
+        dest: PathBuf,
+    },
+    /// Remove a failed restore's temporary file.
+    AbortRestore {
+        /// Temporary file.
+        tmp: PathBuf,
     },
     /// Make the metadata durable before the actions that follow.
     SyncMetadata,
@@ -177,6 +246,24 @@ pub enum TimerEvent {
         /// Which chunk.
         chunk: ChunkKey,
     },
+    /// Send CHUNK for a chunk held here, unless another peer's CHUNK was seen meanwhile.
+    SendChunk {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
+    /// The wait after GETCHUNK send number `send` of `chunk` is over.
+    GetchunkWait {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Which send it followed (1-based).
+        send: u8,
+    },
+    /// A REMOVED left a chunk held here below its degree: re-back it up unless a PUTCHUNK for
+    /// it was seen meanwhile.
+    RemovedCheck {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
     /// Send DELETE again; `remaining` sends are left after this one.
     DeleteAgain {
         /// Which file.
@@ -205,7 +292,23 @@ pub enum OpEvent {
         /// Chunks in the file.
         chunks: u64,
         /// Chunks below the desired degree after the last try.
-        short: Vec<u32>,
+        short: Vec<ChunkNo>,
+    },
+    /// A restore wrote every chunk and renamed the file into place.
+    RestoreDone {
+        /// The file's id.
+        file: FileId,
+        /// Where the restored file is.
+        dest: PathBuf,
+        /// Chunks in the file.
+        chunks: u64,
+    },
+    /// A restore could not get every chunk.
+    RestoreIncomplete {
+        /// The file's id.
+        file: FileId,
+        /// Chunks no peer delivered (with a valid body) after every try.
+        missing: Vec<ChunkNo>,
     },
     /// A delete finished its sends.
     DeleteDone {
@@ -231,6 +334,9 @@ pub enum CommandError {
     /// The path was never backed up by this peer.
     #[error("{0} was not backed up by this peer")]
     NotBackedUp(PathBuf),
+    /// A restore of the same file is running.
+    #[error("a restore of {0} is already running")]
+    RestoreRunning(PathBuf),
 }
 
 /// The protocol state machine of one peer.
@@ -238,13 +344,27 @@ pub struct Core {
     cfg: Config,
     meta: Mutex<Metadata>,
     rng: Mutex<fastrand::Rng>,
-    /// Backups in progress, by operation.
+    next_internal_op: AtomicU64,
+    /// Backups in progress (client backups and re-backups), by operation.
     backups: DashMap<OpId, BackupOp>,
     /// Chunks awaiting STORED, initiator side.
     pending: DashMap<ChunkKey, PendingPut>,
     /// Chunks being written here, with their sizes (reserved against capacity).
     writing: DashMap<ChunkKey, u32>,
+    /// Chunks held here with a CHUNK reply scheduled (removed when another CHUNK is seen).
+    replying: DashMap<ChunkKey, ()>,
+    /// Restores in progress, by operation.
+    restores: DashMap<OpId, RestoreOp>,
+    /// Chunks awaiting CHUNK, initiator side.
+    getting: DashMap<ChunkKey, PendingGet>,
+    /// Chunks below their degree after a REMOVED, waiting to see whether someone else
+    /// re-backs them up; `true` once a PUTCHUNK for them was seen.
+    removed_watch: DashMap<ChunkKey, bool>,
 }
+
+/// Operation ids the core gives its own operations (re-backups) start here; clients' ids are
+/// below.
+pub const INTERNAL_OPS: OpId = 1 << 62;
 
 impl Core {
     /// A core with the given persisted metadata.
@@ -254,9 +374,14 @@ impl Core {
             cfg,
             meta: Mutex::new(meta),
             rng: Mutex::new(rng),
+            next_internal_op: AtomicU64::new(INTERNAL_OPS),
             backups: DashMap::new(),
             pending: DashMap::new(),
             writing: DashMap::new(),
+            replying: DashMap::new(),
+            restores: DashMap::new(),
+            getting: DashMap::new(),
+            removed_watch: DashMap::new(),
         }
     }
 
@@ -270,27 +395,36 @@ impl Core {
         f(&self.meta.lock())
     }
 
-    /// Sets the capacity for stored chunks, in bytes.
-    pub fn set_capacity(&self, bytes: u64) {
-        let mut meta = self.meta.lock();
-        if meta.capacity != bytes {
-            meta.capacity = bytes;
-            meta.touch();
-        }
-    }
-
-    /// Number of instances in progress (backups, chunks awaiting STORED, writes).
+    /// Number of protocol instances in progress (backups, restores, chunks awaiting answers,
+    /// writes, scheduled replies); zero when the peer is idle.
     pub fn instances(&self) -> usize {
-        self.backups.len() + self.pending.len() + self.writing.len()
+        self.backups.len()
+            + self.pending.len()
+            + self.writing.len()
+            + self.replying.len()
+            + self.restores.len()
+            + self.getting.len()
+            + self.removed_watch.len()
     }
 
     fn message(&self, kind: MessageKind) -> Message {
         Message::new(self.cfg.version, self.cfg.id, kind)
     }
 
+    fn send(&self, channel: Channel, kind: MessageKind) -> Action {
+        Action::Send {
+            channel,
+            message: self.message(kind),
+        }
+    }
+
     fn reply_delay(&self) -> Duration {
         let max = self.cfg.reply_delay_max.as_millis() as u64;
         Duration::from_millis(self.rng.lock().u64(0..=max))
+    }
+
+    fn internal_op(&self) -> OpId {
+        self.next_internal_op.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Handles a received message.
@@ -305,162 +439,27 @@ impl Core {
                 body,
             } => self.on_putchunk(chunk, degree, body),
             MessageKind::Stored { chunk } => self.on_stored(msg.sender, chunk),
+            MessageKind::Getchunk { chunk } => self.on_getchunk(chunk),
+            MessageKind::Chunk { chunk, body } => self.on_chunk(chunk, body),
             MessageKind::Delete { file } => self.on_delete(file),
-            MessageKind::Removed { chunk } => {
-                self.meta.lock().remove_holder(&chunk, msg.sender);
-                Vec::new()
-            }
-            MessageKind::Getchunk { .. } | MessageKind::Chunk { .. } => Vec::new(),
+            MessageKind::Removed { chunk } => self.on_removed(msg.sender, chunk),
         }
-    }
-
-    fn on_putchunk(&self, chunk: ChunkKey, degree: u8, body: Vec<u8>) -> Vec<Action> {
-        let meta = self.meta.lock();
-        if meta.backed_up.contains_key(&chunk.file) {
-            return Vec::new(); // never store chunks of our own files
-        }
-        if meta.stored_chunk(&chunk).is_some() {
-            drop(meta);
-            return vec![self.stored_timer(chunk)];
-        }
-        let size = body.len() as u32;
-        let reserved: u64 = self.writing.iter().map(|e| u64::from(*e.value())).sum();
-        // An empty chunk still counts as one byte: a full peer (capacity 0 included) stores nothing.
-        if meta.used() + reserved + u64::from(size.max(1)) > meta.capacity {
-            return Vec::new();
-        }
-        if self.writing.insert(chunk, size).is_some() {
-            return Vec::new(); // a write of this chunk is under way; it will answer
-        }
-        vec![Action::WriteChunk {
-            chunk,
-            desired: degree,
-            body,
-        }]
-    }
-
-    fn stored_timer(&self, chunk: ChunkKey) -> Action {
-        Action::Schedule {
-            delay: self.reply_delay(),
-            event: TimerEvent::SendStored { chunk },
-        }
-    }
-
-    /// The runtime finished (or failed) writing a chunk asked for by [`Action::WriteChunk`].
-    pub fn chunk_written(&self, chunk: ChunkKey, desired: u8, size: u32, ok: bool) -> Vec<Action> {
-        let Some((_, reserved)) = self.writing.remove(&chunk) else {
-            // DELETE arrived while the chunk was written: it must not stay.
-            return if ok {
-                vec![Action::RemoveChunk { chunk }]
-            } else {
-                Vec::new()
-            };
-        };
-        debug_assert_eq!(reserved, size);
-        if !ok {
-            return Vec::new();
-        }
-        self.meta.lock().insert_stored(
-            chunk,
-            metadata::StoredChunk {
-                size,
-                desired,
-                holders: [self.cfg.id].into(),
-            },
-        );
-        vec![self.stored_timer(chunk)]
-    }
-
-    fn on_stored(&self, sender: PeerId, chunk: ChunkKey) -> Vec<Action> {
-        let perceived = {
-            let mut meta = self.meta.lock();
-            meta.add_holder(&chunk, sender);
-            meta.own_chunk_mut(&chunk).map(|c| c.holders.len())
-        };
-        match perceived {
-            Some(n) => self.chunk_progress(chunk, n),
-            None => Vec::new(),
-        }
-    }
-
-    fn on_delete(&self, file: FileId) -> Vec<Action> {
-        let removed = self.meta.lock().remove_stored_file(&file);
-        self.writing.retain(|k, _| k.file != file);
-        removed
-            .into_iter()
-            .map(|no| Action::RemoveChunk {
-                chunk: ChunkKey { file, no },
-            })
-            .collect()
     }
 
     /// Handles a fired timer.
     pub fn on_timer(&self, event: TimerEvent) -> Vec<Action> {
         match event {
-            TimerEvent::SendStored { chunk } => {
-                if self.meta.lock().stored_chunk(&chunk).is_none() {
-                    return Vec::new(); // deleted meanwhile
-                }
-                vec![
-                    Action::SyncMetadata,
-                    Action::Send {
-                        channel: Channel::Mc,
-                        message: self.message(MessageKind::Stored { chunk }),
-                    },
-                ]
-            }
+            TimerEvent::SendStored { chunk } => self.send_stored(chunk),
             TimerEvent::PutchunkWait { chunk, send } => self.putchunk_wait_over(chunk, send),
+            TimerEvent::SendChunk { chunk } => self.send_chunk(chunk),
+            TimerEvent::GetchunkWait { chunk, send } => self.getchunk_wait_over(chunk, send),
+            TimerEvent::RemovedCheck { chunk } => self.removed_check(chunk),
             TimerEvent::DeleteAgain {
                 file,
                 remaining,
                 op,
             } => self.delete_send(file, remaining, op),
         }
-    }
-
-    /// Starts DELETE for the file backed up from `path`.
-    pub fn start_delete(
-        &self,
-        op: OpId,
-        path: &std::path::Path,
-    ) -> Result<Vec<Action>, CommandError> {
-        let file = {
-            let mut meta = self.meta.lock();
-            let file = meta
-                .file_for_path(path)
-                .ok_or_else(|| CommandError::NotBackedUp(path.to_path_buf()))?;
-            if self.backups.iter().any(|b| b.file == file) {
-                return Err(CommandError::BackupRunning(path.to_path_buf()));
-            }
-            meta.backed_up.remove(&file);
-            meta.touch();
-            file
-        };
-        Ok(self.delete_send(file, self.cfg.delete_sends - 1, Some(op)))
-    }
-
-    /// Sends DELETE for `file` now and schedules the `remaining` repeats.
-    fn delete_send(&self, file: FileId, remaining: u8, op: Option<OpId>) -> Vec<Action> {
-        let mut actions = vec![Action::Send {
-            channel: Channel::Mc,
-            message: self.message(MessageKind::Delete { file }),
-        }];
-        if remaining > 0 {
-            actions.push(Action::Schedule {
-                delay: self.cfg.delete_interval,
-                event: TimerEvent::DeleteAgain {
-                    file,
-                    remaining: remaining - 1,
-                    op,
-                },
-            });
-        } else if let Some(op) = op {
-            actions.push(Action::Report {
-                op,
-                event: OpEvent::DeleteDone { file },
-            });
-        }
-        actions
     }
 
     /// This peer's STATE report.

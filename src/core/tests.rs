@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::backup::BackupRequest;
 use super::*;
-use crate::protocol::{ChunkKey, FileId, Message, MessageKind, Version};
+use crate::protocol::{ChunkHash, ChunkKey, FileId, Message, MessageKind, Version};
 
 fn core(id: PeerId) -> Core {
     let mut cfg = Config::new(id, Version::V1_0);
@@ -86,7 +86,7 @@ fn putchunk_is_written_then_stored_is_answered_after_a_random_delay() {
     );
     // While the write is under way a repeated PUTCHUNK does nothing.
     assert!(c.on_message(msg(1, putchunk(0, b"abc"))).is_empty());
-    let after = c.chunk_written(key(0), 2, 3, true);
+    let after = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"x")));
     let [(delay, event)] = timers(&after).try_into().unwrap();
     assert!(delay <= Duration::from_millis(400));
     assert_eq!(event, TimerEvent::SendStored { chunk: key(0) });
@@ -127,7 +127,7 @@ fn own_messages_and_own_files_are_ignored() {
 #[test]
 fn capacity_is_never_exceeded() {
     let c = core(2);
-    c.set_capacity(5);
+    c.reclaim(5);
     assert!(c.on_message(msg(1, putchunk(0, b"123456"))).is_empty());
     assert_eq!(c.on_message(msg(1, putchunk(1, b"12345"))).len(), 1);
     // The reservation of the write under way counts too.
@@ -183,7 +183,7 @@ fn delete_removes_every_chunk_of_the_file() {
     let c = core(2);
     for no in 0..3 {
         c.on_message(msg(1, putchunk(no, b"x")));
-        c.chunk_written(key(no), 2, 1, true);
+        c.chunk_written(key(no), 2, 1, Some(ChunkHash::of(b"x")));
     }
     // A write still under way when DELETE arrives is removed when it finishes.
     c.on_message(msg(1, putchunk(3, b"x")));
@@ -191,7 +191,7 @@ fn delete_removes_every_chunk_of_the_file() {
     assert_eq!(actions.len(), 3);
     assert!(c.state().stored.is_empty());
     assert_eq!(
-        c.chunk_written(key(3), 2, 1, true),
+        c.chunk_written(key(3), 2, 1, Some(ChunkHash::of(b"x"))),
         vec![Action::RemoveChunk { chunk: key(3) }]
     );
 }
@@ -248,6 +248,10 @@ fn backing_up_a_changed_file_deletes_the_old_version() {
 fn rebackup_of_an_unchanged_file_skips_chunks_at_their_degree() {
     let c = core(1);
     c.start_backup(1, request(64_000, 1)).unwrap();
+    for no in 0..2 {
+        c.putchunk_read(1, key(no), ChunkHash::of(&[no as u8]))
+            .unwrap();
+    }
     c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
     let finished = c.on_message(msg(2, MessageKind::Stored { chunk: key(1) }));
     assert_eq!(done(&finished), Some(vec![]));
@@ -260,9 +264,231 @@ fn rebackup_of_an_unchanged_file_skips_chunks_at_their_degree() {
 fn removed_lowers_the_perceived_degree() {
     let c = core(2);
     c.on_message(msg(1, putchunk(0, b"x")));
-    c.chunk_written(key(0), 2, 1, true);
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
     c.on_message(msg(3, MessageKind::Stored { chunk: key(0) }));
     assert_eq!(c.state().stored[0].perceived, 2);
     c.on_message(msg(3, MessageKind::Removed { chunk: key(0) }));
     assert_eq!(c.state().stored[0].perceived, 1);
+}
+
+/// A home that backed up `size` bytes whose chunk `no` has body `body(no)`, confirmed by peer 2.
+fn home_with_file(size: u64, body: impl Fn(u32) -> Vec<u8>) -> Core {
+    let c = core(1);
+    c.start_backup(1, request(size, 1)).unwrap();
+    let chunks = size / 64_000 + 1;
+    for no in 0..chunks as u32 {
+        c.putchunk_read(1, key(no), ChunkHash::of(&body(no)))
+            .unwrap();
+        c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
+    }
+    assert_eq!(c.instances(), 0);
+    c
+}
+
+fn restore_request() -> RestoreRequest {
+    RestoreRequest {
+        path: PathBuf::from("/src/file"),
+        tmp: PathBuf::from("/tree/tmp/r"),
+        dest: PathBuf::from("/tree/restored/file"),
+    }
+}
+
+fn getchunks(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { message, .. } => match message.kind {
+                MessageKind::Getchunk { chunk } => Some(chunk.no),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn chunk_msg(from: PeerId, no: u32, body: Vec<u8>) -> Message {
+    msg(
+        from,
+        MessageKind::Chunk {
+            chunk: key(no),
+            body,
+        },
+    )
+}
+
+#[test]
+fn restore_verifies_bodies_writes_them_and_commits_at_the_end() {
+    let body = |no: u32| vec![no as u8; if no == 0 { 64_000 } else { 5 }];
+    let c = home_with_file(64_005, body);
+    let first = c.start_restore(7, restore_request()).unwrap();
+    assert_eq!(
+        first[0],
+        Action::CreateRestoreFile {
+            op: 7,
+            path: "/tree/tmp/r".into(),
+            size: 64_005
+        }
+    );
+    assert_eq!(getchunks(&first), vec![0, 1]);
+    // Wrong size, then right size but wrong bytes: both refused, each asks again at once.
+    assert_eq!(
+        getchunks(&c.on_message(chunk_msg(3, 1, vec![1; 6]))),
+        vec![1]
+    );
+    assert_eq!(
+        getchunks(&c.on_message(chunk_msg(3, 1, vec![9; 5]))),
+        vec![1]
+    );
+    let ok = c.on_message(chunk_msg(4, 1, body(1)));
+    assert!(
+        matches!(&ok[0], Action::WriteRestored { op: 7, offset: 64_000, body, .. } if body == &vec![1; 5])
+    );
+    // A duplicate of an accepted chunk is ignored.
+    assert!(c.on_message(chunk_msg(5, 1, body(1))).is_empty());
+    c.on_message(chunk_msg(3, 0, body(0)));
+    assert!(
+        c.restored_chunk_written(7, true)
+            .iter()
+            .all(|a| matches!(a, Action::Report { .. }))
+    );
+    let last = c.restored_chunk_written(7, true);
+    assert!(matches!(
+        last.last(),
+        Some(Action::CommitRestore { op: 7, .. })
+    ));
+    let done = c.restore_committed(7, Ok(()));
+    assert!(matches!(
+        &done[0],
+        Action::Report {
+            event: OpEvent::RestoreDone { chunks: 2, .. },
+            ..
+        }
+    ));
+    assert_eq!(c.instances(), 0);
+}
+
+#[test]
+fn restore_gives_up_on_a_chunk_after_its_getchunks_and_names_it() {
+    let c = home_with_file(10, |_| vec![0; 10]);
+    let first = c.start_restore(7, restore_request()).unwrap();
+    let mut waits = vec![];
+    let mut next = timers(&first);
+    let mut last = vec![];
+    let mut sends = getchunks(&first).len();
+    while let Some((delay, event)) = next.pop() {
+        waits.push(delay.as_millis());
+        last = c.on_timer(event);
+        sends += getchunks(&last).len();
+        next = timers(&last);
+    }
+    assert_eq!(waits, vec![600, 1200, 2400, 4800, 9600]);
+    assert_eq!(sends, 5);
+    assert!(last.contains(&Action::AbortRestore {
+        tmp: "/tree/tmp/r".into()
+    }));
+    assert!(last.iter().any(|a| matches!(a,
+        Action::Report { event: OpEvent::RestoreIncomplete { missing, .. }, .. } if missing == &vec![0])));
+    assert_eq!(c.instances(), 0);
+}
+
+#[test]
+fn restore_of_an_unknown_file_is_refused() {
+    let c = core(1);
+    assert!(matches!(
+        c.start_restore(1, restore_request()),
+        Err(CommandError::NotBackedUp(_))
+    ));
+}
+
+/// A holder (id 2) of chunks 0..n of `key(..)` at desired degree 2, also held by `others`.
+fn holder(n: u32, others: &[PeerId]) -> Core {
+    let c = core(2);
+    for no in 0..n {
+        c.on_message(msg(1, putchunk(no, &[no as u8; 10])));
+        c.chunk_written(key(no), 2, 10, Some(ChunkHash::of(&[no as u8; 10])));
+        for &o in others {
+            c.on_message(msg(o, MessageKind::Stored { chunk: key(no) }));
+        }
+    }
+    c
+}
+
+#[test]
+fn getchunk_is_answered_after_a_delay_unless_another_chunk_is_seen() {
+    let c = holder(2, &[3]);
+    let get = |no| c.on_message(msg(1, MessageKind::Getchunk { chunk: key(no) }));
+    let [(delay, event)] = timers(&get(0)).try_into().unwrap();
+    assert!(delay <= Duration::from_millis(400));
+    assert!(get(0).is_empty(), "one reply scheduled per chunk");
+    assert_eq!(
+        c.on_timer(event),
+        vec![Action::SendChunk {
+            chunk: key(0),
+            hash: Some(ChunkHash::of(&[0; 10]))
+        }]
+    );
+    // Suppression: another holder's CHUNK during the delay cancels ours.
+    let [(_, event)] = timers(&get(1)).try_into().unwrap();
+    c.on_message(chunk_msg(3, 1, vec![1; 10]));
+    assert!(c.on_timer(event).is_empty());
+    // Chunks not held are not answered.
+    assert!(
+        c.on_message(msg(1, MessageKind::Getchunk { chunk: key(9) }))
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_corrupt_stored_chunk_is_dropped_and_announced() {
+    let c = holder(1, &[]);
+    let actions = c.stored_chunk_lost(key(0));
+    assert_eq!(actions[0], Action::RemoveChunk { chunk: key(0) });
+    assert!(
+        matches!(&actions[1], Action::Send { message, .. } if message.kind == MessageKind::Removed { chunk: key(0) })
+    );
+    assert!(c.state().stored.is_empty());
+}
+
+#[test]
+fn reclaim_evicts_surplus_copies_first_and_announces_removed() {
+    let c = holder(3, &[]);
+    // Chunk 1 has a surplus (3 holders, desired 2).
+    c.on_message(msg(3, MessageKind::Stored { chunk: key(1) }));
+    c.on_message(msg(4, MessageKind::Stored { chunk: key(1) }));
+    let (done, actions) = c.reclaim(25);
+    assert_eq!(done.evicted, vec![key(1)]);
+    assert_eq!(done.used, 20);
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Send { message, .. } if message.kind == MessageKind::Removed { chunk: key(1) })));
+    // Full now: PUTCHUNK of a new chunk is not stored, and not answered.
+    assert!(c.on_message(msg(1, putchunk(5, b"1234567890"))).is_empty());
+    let (done, _) = c.reclaim(0);
+    assert_eq!((done.evicted.len(), done.used), (2, 0));
+    assert!(c.state().stored.is_empty());
+}
+
+#[test]
+fn removed_below_degree_starts_a_rebackup_unless_a_putchunk_is_seen() {
+    let c = holder(2, &[3]);
+    // Chunk 0: peer 3 removes it; nobody else re-backs it up: we do, from our copy.
+    let sched = c.on_message(msg(3, MessageKind::Removed { chunk: key(0) }));
+    let [(delay, event)] = timers(&sched).try_into().unwrap();
+    assert!(delay <= Duration::from_millis(400));
+    let rebackup = c.on_timer(event);
+    assert!(rebackup.iter().any(|a| matches!(a,
+        Action::SendPutchunk { chunk, degree: 2, source: ChunkSource::Stored, .. } if *chunk == key(0))));
+    // A STORED from a new peer brings it back to 2: the re-backup ends.
+    c.on_message(msg(5, MessageKind::Stored { chunk: key(0) }));
+    assert_eq!(c.state().stored[0].perceived, 2);
+    // Chunk 1: another peer's PUTCHUNK during our delay means we stay quiet.
+    let sched = c.on_message(msg(3, MessageKind::Removed { chunk: key(1) }));
+    let [(_, event)] = timers(&sched).try_into().unwrap();
+    c.on_message(msg(4, putchunk(1, &[1; 10])));
+    assert!(c.on_timer(event).is_empty());
+    // A REMOVED that leaves the degree reached does nothing.
+    let c = holder(1, &[3, 4]);
+    assert!(
+        c.on_message(msg(3, MessageKind::Removed { chunk: key(0) }))
+            .is_empty()
+    );
 }

@@ -96,6 +96,40 @@ impl<'de> Deserialize<'de> for FileId {
     }
 }
 
+/// SHA-256 of a chunk body: recorded by the home at backup and by holders at write, checked
+/// before a body is served or accepted.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkHash(pub [u8; 32]);
+
+impl ChunkHash {
+    /// The hash of `body`.
+    pub fn of(body: &[u8]) -> Self {
+        use sha2::Digest;
+        ChunkHash(sha2::Sha256::digest(body).into())
+    }
+}
+
+impl fmt::Debug for ChunkHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkHash({})", &hex_lower(&self.0)[..12])
+    }
+}
+
+impl Serialize for ChunkHash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex_lower(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FileId::from_hex(s.as_bytes())
+            .map(|id| ChunkHash(id.0))
+            .map_err(|_| serde::de::Error::custom("chunk hash must be 64 hexadecimal digits"))
+    }
+}
+
 /// One chunk of one file: what STORED, GETCHUNK, CHUNK and REMOVED name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct ChunkKey {

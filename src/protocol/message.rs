@@ -16,7 +16,8 @@ pub struct Message {
     pub sender: PeerId,
     /// The type with its own fields and body.
     pub kind: MessageKind,
-    /// Header lines after the first (enhanced versions), without their CRLF.
+    /// Header lines after the first (enhanced versions), without their CRLF; never empty and
+    /// never containing CR or LF.
     pub extra_lines: Vec<String>,
 }
 
@@ -67,6 +68,9 @@ pub enum ParseError {
     /// No CRLF CRLF ends the header.
     #[error("header does not end with an empty line (CRLF CRLF)")]
     MissingEmptyLine,
+    /// A header line contains a CR or LF that is not part of a CRLF line end.
+    #[error("header line contains a bare CR or LF")]
+    BadLineEnd,
     /// Header bytes are not ASCII.
     #[error("header is not ASCII")]
     NotAscii,
@@ -181,6 +185,10 @@ impl Message {
         }
         out.extend_from_slice(b" \r\n");
         for line in &self.extra_lines {
+            debug_assert!(
+                !line.is_empty() && !line.contains(['\r', '\n']),
+                "bad header line {line:?}"
+            );
             out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
@@ -195,9 +203,14 @@ impl Message {
         if !header.is_ascii() {
             return Err(ParseError::NotAscii);
         }
-        let mut lines = header
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let lines: Vec<&[u8]> = split_crlf(header);
+        if lines
+            .iter()
+            .any(|l| l.contains(&b'\r') || l.contains(&b'\n'))
+        {
+            return Err(ParseError::BadLineEnd);
+        }
+        let mut lines = lines.into_iter();
         let first = lines.next().unwrap_or_default();
         let extra_lines = lines
             .map(|l| String::from_utf8_lossy(l).into_owned())
@@ -270,6 +283,18 @@ impl Message {
             extra_lines,
         })
     }
+}
+
+/// Splits header bytes (without the final CRLF CRLF) at each CRLF.
+fn split_crlf(header: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut rest = header;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        lines.push(&rest[..i]);
+        rest = &rest[i + 2..];
+    }
+    lines.push(rest);
+    lines
 }
 
 /// Index of the CRLF CRLF that ends the header.

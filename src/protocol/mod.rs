@@ -4,7 +4,7 @@ pub mod file_id;
 pub mod ids;
 pub mod message;
 
-pub use ids::{ChunkKey, ChunkNo, FileId, PeerId, Version};
+pub use ids::{ChunkHash, ChunkKey, ChunkNo, FileId, PeerId, Version};
 pub use message::{Message, MessageKind, ParseError};
 
 /// Largest chunk body, in bytes (protocol.md §2).

@@ -22,11 +22,13 @@ use super::sender::Senders;
 use super::timer::TimerService;
 use crate::client::server::Handler;
 use crate::client::{Reply, Request};
-use crate::core::backup::BackupRequest;
-use crate::core::{Action, Channel, ChunkSource, Config, Core, OpEvent, OpId, TimerEvent};
+use crate::core::{
+    Action, BackupRequest, Channel, ChunkSource, Config, Core, INTERNAL_OPS, OpEvent, OpId,
+    RestoreRequest, TimerEvent,
+};
 use crate::net::{ChannelAddrs, open_receiver};
 use crate::protocol::file_id::file_id;
-use crate::protocol::{Message, MessageKind};
+use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind};
 use crate::storage::meta_file::{MetaFile, snapshot};
 use crate::storage::reconcile::reconcile;
 use crate::storage::{ChunkFiles, StorageError};
@@ -280,42 +282,76 @@ impl Shared {
                     degree,
                     source,
                     op,
-                } => match read_source(&source) {
-                    Ok(body) => {
-                        let msg = Message::new(
-                            self.core.config().version,
-                            self.core.config().id,
-                            MessageKind::Putchunk {
-                                chunk,
-                                degree,
-                                body,
-                            },
-                        );
-                        self.senders.send(Channel::Mdb, msg.encode());
+                } => self.send_putchunk(op, chunk, degree, source),
+                Action::SendChunk { chunk, hash } => match self.files.read(&chunk) {
+                    Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => {
+                        self.send_message(Channel::Mdr, MessageKind::Chunk { chunk, body });
                     }
-                    Err(e) => self.run(self.core.backup_source_failed(op, e.to_string())),
+                    Ok(_) => {
+                        tracing::error!(
+                            "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
+                        );
+                        self.run(self.core.stored_chunk_lost(chunk));
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}: dropping chunk {chunk} and announcing REMOVED");
+                        self.run(self.core.stored_chunk_lost(chunk));
+                    }
                 },
                 Action::WriteChunk {
                     chunk,
                     desired,
                     body,
                 } => {
-                    let ok = match self.files.write(&chunk, &body) {
-                        Ok(()) => true,
+                    let hash = ChunkHash::of(&body);
+                    let written = match self.files.write(&chunk, &body) {
+                        Ok(()) => Some(hash),
                         Err(e) => {
                             tracing::error!("storing chunk {chunk}: {e}");
-                            false
+                            None
                         }
                     };
                     self.run(
                         self.core
-                            .chunk_written(chunk, desired, body.len() as u32, ok),
+                            .chunk_written(chunk, desired, body.len() as u32, written),
                     );
                 }
                 Action::RemoveChunk { chunk } => {
                     if let Err(e) = self.files.remove(&chunk) {
                         tracing::error!("removing chunk {chunk}: {e}");
                     }
+                }
+                Action::CreateRestoreFile { op, path, size } => {
+                    if let Err(e) = std::fs::File::create(&path).and_then(|f| f.set_len(size)) {
+                        self.run(
+                            self.core.restore_failed(
+                                op,
+                                format!("cannot create {}: {e}", path.display()),
+                            ),
+                        );
+                    }
+                }
+                Action::WriteRestored {
+                    op,
+                    path,
+                    offset,
+                    body,
+                } => {
+                    let written = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.write_all_at(&body, offset));
+                    if let Err(e) = &written {
+                        tracing::error!("writing {}: {e}", path.display());
+                    }
+                    self.run(self.core.restored_chunk_written(op, written.is_ok()));
+                }
+                Action::CommitRestore { op, tmp, dest } => {
+                    let result = commit_restore(&tmp, &dest).map_err(|e| e.to_string());
+                    self.run(self.core.restore_committed(op, result));
+                }
+                Action::AbortRestore { tmp } => {
+                    let _ = std::fs::remove_file(tmp);
                 }
                 Action::SyncMetadata => self.save_metadata(),
                 Action::Schedule { delay, event } => {
@@ -326,38 +362,88 @@ impl Shared {
         }
     }
 
+    fn send_message(&self, channel: Channel, kind: MessageKind) {
+        let cfg = self.core.config();
+        self.senders
+            .send(channel, Message::new(cfg.version, cfg.id, kind).encode());
+    }
+
+    /// Reads a chunk for PUTCHUNK (from the home's file or from our stored copy) and sends it.
+    fn send_putchunk(&self, op: OpId, chunk: ChunkKey, degree: u8, source: ChunkSource) {
+        let body = match source {
+            ChunkSource::File { path, offset, len } => match read_at(&path, offset, len) {
+                Ok(body) => {
+                    if let Err(actions) = self.core.putchunk_read(op, chunk, ChunkHash::of(&body)) {
+                        return self.run(actions);
+                    }
+                    body
+                }
+                Err(e) => return self.run(self.core.backup_source_failed(op, e.to_string())),
+            },
+            ChunkSource::Stored => match self.files.read(&chunk) {
+                Ok(body) => body,
+                Err(e) => {
+                    let mut actions = self.core.stored_chunk_lost(chunk);
+                    actions.extend(self.core.backup_source_failed(op, e.to_string()));
+                    return self.run(actions);
+                }
+            },
+        };
+        self.send_message(
+            Channel::Mdb,
+            MessageKind::Putchunk {
+                chunk,
+                degree,
+                body,
+            },
+        );
+    }
+
     fn report(&self, op: OpId, event: OpEvent) {
-        let reply = {
-            let Some(sink) = self.ops.get(&op) else {
-                return;
-            };
-            let path = sink.path.display().to_string();
-            match event {
-                OpEvent::Progress { done, total } => Reply::Progress { done, total },
-                OpEvent::BackupDone {
-                    file,
-                    chunks,
-                    short,
-                } => Reply::Done {
-                    ok: short.is_empty(),
-                    message: if short.is_empty() {
-                        format!("backed up {path}: {chunks} chunks at the desired degree")
-                    } else {
-                        format!(
-                            "backup of {path} incomplete: {} of {chunks} chunks below the desired degree after 5 tries: {}",
-                            short.len(),
-                            list_chunks(&short)
-                        )
-                    },
-                    result: json!({"path": path, "file_id": file, "chunks": chunks, "short": short}),
-                },
-                OpEvent::DeleteDone { file } => Reply::Done {
-                    ok: true,
-                    message: format!("deleted the backup of {path}"),
-                    result: json!({"path": path, "file_id": file}),
-                },
-                OpEvent::Failed(message) => Reply::Error { message },
+        let Some(path) = self.ops.get(&op).map(|s| s.path.display().to_string()) else {
+            if op >= INTERNAL_OPS {
+                tracing::info!("re-backup: {event:?}");
             }
+            return;
+        };
+        let reply = match event {
+            OpEvent::Progress { done, total } => Reply::Progress { done, total },
+            OpEvent::BackupDone {
+                file,
+                chunks,
+                short,
+            } => Reply::Done {
+                ok: short.is_empty(),
+                message: if short.is_empty() {
+                    format!("backed up {path}: {chunks} chunks at the desired degree")
+                } else {
+                    format!(
+                        "backup of {path} incomplete: {} of {chunks} chunks below the desired degree after 5 tries: {}",
+                        short.len(),
+                        list_chunks(&short)
+                    )
+                },
+                result: json!({"path": path, "file_id": file, "chunks": chunks, "short": short}),
+            },
+            OpEvent::RestoreDone { file, dest, chunks } => Reply::Done {
+                ok: true,
+                message: format!("restored {path} to {}", dest.display()),
+                result: json!({"path": path, "file_id": file, "chunks": chunks, "restored_to": dest}),
+            },
+            OpEvent::RestoreIncomplete { file, missing } => Reply::Done {
+                ok: false,
+                message: format!(
+                    "restore of {path} failed: no peer delivered a valid copy of chunk(s) {}",
+                    list_chunks(&missing)
+                ),
+                result: json!({"path": path, "file_id": file, "missing": missing}),
+            },
+            OpEvent::DeleteDone { file } => Reply::Done {
+                ok: true,
+                message: format!("deleted the backup of {path}"),
+                result: json!({"path": path, "file_id": file}),
+            },
+            OpEvent::Failed(message) => Reply::Error { message },
         };
         let last = !matches!(reply, Reply::Progress { .. });
         if let Some(sink) = self.ops.get(&op) {
@@ -409,22 +495,59 @@ impl Shared {
             size: meta.len(),
             degree,
         };
-        match self.core.start_backup(op, req) {
-            Ok(actions) => {
-                self.run(actions);
-                Ok(rx)
-            }
-            Err(e) => {
-                self.ops.remove(&op);
-                Err(e.to_string())
-            }
-        }
+        self.start(op, rx, self.core.start_backup(op, req))
     }
 
     fn delete(&self, path: &Path) -> Result<Receiver<Reply>, String> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let (op, rx) = self.new_op(&path);
-        match self.core.start_delete(op, &path) {
+        self.start(op, rx, self.core.start_delete(op, &path))
+    }
+
+    fn restore(&self, path: &Path) -> Result<Receiver<Reply>, String> {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+        let dest = self.files.root().join("restored").join(name);
+        if std::fs::canonicalize(&dest).is_ok_and(|d| d == path) {
+            return Err(format!(
+                "restoring {} would overwrite the original: move it out of {} first",
+                path.display(),
+                self.files.root().join("restored").display()
+            ));
+        }
+        let (op, rx) = self.new_op(&path);
+        let tmp = self.files.tmp_dir().join(format!("restore-{op}.part"));
+        let req = RestoreRequest { path, tmp, dest };
+        self.start(op, rx, self.core.start_restore(op, req))
+    }
+
+    fn reclaim(&self, max_kb: u64) -> Receiver<Reply> {
+        let (done, actions) = self.core.reclaim(max_kb.saturating_mul(1000));
+        self.run(actions);
+        let message = format!(
+            "capacity set to {} KB: {:.3} KB used, {} chunk(s) evicted",
+            max_kb,
+            done.used as f64 / 1000.0,
+            done.evicted.len()
+        );
+        let result = json!({
+            "capacity_kb": max_kb,
+            "used_kb": done.used as f64 / 1000.0,
+            "evicted": done.evicted.len(),
+        });
+        reply_done(message, result)
+    }
+
+    /// Runs a started command's first actions, or forgets the operation if it was refused.
+    fn start(
+        &self,
+        op: OpId,
+        rx: Receiver<Reply>,
+        started: Result<Vec<Action>, crate::core::CommandError>,
+    ) -> Result<Receiver<Reply>, String> {
+        match started {
             Ok(actions) => {
                 self.run(actions);
                 Ok(rx)
@@ -437,12 +560,25 @@ impl Shared {
     }
 }
 
-/// Reads a chunk's bytes from its source file.
-fn read_source(source: &ChunkSource) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(&source.path)?;
-    let mut body = vec![0u8; source.len];
-    file.read_exact_at(&mut body, source.offset)?;
+/// Reads `len` bytes at `offset` of the file at `path`.
+fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut body = vec![0u8; len];
+    file.read_exact_at(&mut body, offset)?;
     Ok(body)
+}
+
+/// Makes a restored file durable and renames it into place.
+fn commit_restore(tmp: &Path, dest: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(tmp, dest))
+        .map_err(|source| StorageError::Io {
+            what: "move the restored file to",
+            path: dest.to_path_buf(),
+            source,
+        })?;
+    crate::storage::sync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
 /// The channel a message type travels on.
@@ -478,14 +614,12 @@ impl Handler for ClientHandler {
             match &request {
                 Request::Backup { path, degree, .. } => s.backup(path, *degree),
                 Request::Delete { path, .. } => s.delete(path),
-                Request::State => Ok(done(
+                Request::State => Ok(reply_done(
                     String::new(),
                     serde_json::to_value(s.core.state()).expect("state serialises"),
                 )),
-                Request::Restore { .. } | Request::Reclaim { .. } => Err(format!(
-                    "{} is not implemented by this peer yet",
-                    request.name()
-                )),
+                Request::Restore { path, .. } => s.restore(path),
+                Request::Reclaim { max_kb, .. } => Ok(s.reclaim(*max_kb)),
             }
         };
         result.unwrap_or_else(|message| {
@@ -496,7 +630,7 @@ impl Handler for ClientHandler {
     }
 }
 
-fn done(message: String, result: serde_json::Value) -> Receiver<Reply> {
+fn reply_done(message: String, result: serde_json::Value) -> Receiver<Reply> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let _ = tx.send(Reply::Done {
         ok: true,

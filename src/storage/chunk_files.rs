@@ -4,7 +4,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{StorageError, io_err, write_atomic};
-use crate::protocol::{ChunkKey, FileId};
+use crate::protocol::ids::MAX_CHUNK_NO;
+use crate::protocol::{ChunkKey, ChunkNo, FileId};
 
 /// The chunk files of one peer.
 #[derive(Clone, Debug)]
@@ -82,10 +83,11 @@ impl ChunkFiles {
         let mut out = Vec::new();
         for dir in fs::read_dir(&self.chunks).map_err(io_err("list", &self.chunks))? {
             let dir = dir.map_err(io_err("list", &self.chunks))?;
-            let Some(file) = dir
-                .file_name()
+            // Only names this store writes: lower-case hex directories, canonical decimal files.
+            let name = dir.file_name();
+            let Some(file) = name
                 .to_str()
-                .and_then(|n| n.parse::<FileId>().ok())
+                .and_then(|n| n.parse::<FileId>().ok().filter(|f| f.to_hex() == n))
             else {
                 continue;
             };
@@ -94,21 +96,16 @@ impl ChunkFiles {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let Some(no) = name
-                    .to_str()
-                    .filter(|n| n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()))
-                else {
+                let Some(no) = name.to_str().and_then(|n| {
+                    n.parse::<ChunkNo>()
+                        .ok()
+                        .filter(|no| *no <= MAX_CHUNK_NO && no.to_string() == n)
+                }) else {
                     continue;
                 };
                 let Ok(meta) = entry.metadata() else { continue };
                 if meta.is_file() {
-                    out.push((
-                        ChunkKey {
-                            file,
-                            no: no.parse().unwrap_or(0),
-                        },
-                        meta.len(),
-                    ));
+                    out.push((ChunkKey { file, no }, meta.len()));
                 }
             }
         }

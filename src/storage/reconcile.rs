@@ -2,8 +2,8 @@
 //!
 //! A chunk in the metadata whose file is gone is dropped (the peer then announces REMOVED for
 //! it, so that the other peers' perceived degrees stay true); a chunk file without metadata (a crash between the
-//! durable write and the metadata save) is adopted with desired degree 1 (unknown) and this peer
-//! as its only known holder; a size that differs from the file's is corrected from the file;
+//! durable write and the metadata save) is adopted with desired degree 1 (unknown), this peer
+//! as its only known holder and the hash of its contents; a size that differs from the file's is corrected from the file;
 //! files of chunks of our own files are removed; temporary files are deleted.
 
 use std::collections::BTreeSet;
@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use super::{ChunkFiles, StorageError};
 use crate::core::Metadata;
 use crate::core::metadata::StoredChunk;
-use crate::protocol::{ChunkKey, MAX_CHUNK_SIZE, PeerId};
+use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, PeerId};
 
 /// What reconciliation changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -53,6 +53,7 @@ pub fn reconcile(
     for (key, size) in on_disk {
         if size > MAX_CHUNK_SIZE as u64 || meta.backed_up.contains_key(&key.file) {
             files.remove(&key)?;
+            meta.remove_stored(&key);
             out.removed.push(key);
             continue;
         }
@@ -63,12 +64,14 @@ pub fn reconcile(
                 meta.touch();
             }
             None => {
+                let hash = files.read(&key).ok().map(|body| ChunkHash::of(&body));
                 meta.insert_stored(
                     key,
                     StoredChunk {
                         size: size as u32,
                         desired: 1,
                         holders: [me].into(),
+                        hash,
                     },
                 );
                 out.adopted.push(key);

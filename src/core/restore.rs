@@ -1,0 +1,286 @@
+//! The initiator side of the restore subprotocol: GETCHUNK for every chunk within a window,
+//! each resent with a doubling wait; bodies verified against the hashes recorded at backup,
+//! written at their offsets into a temporary file that is renamed into place only when
+//! every chunk is there.
+
+use std::path::PathBuf;
+
+use super::backup::wait_after_send;
+use super::metadata::chunk_count;
+use super::{Action, Channel, CommandError, Core, OpEvent, OpId, TimerEvent};
+use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind};
+
+/// A client's request to restore a file this peer backed up.
+#[derive(Clone, Debug)]
+pub struct RestoreRequest {
+    /// The path the file was backed up from.
+    pub path: PathBuf,
+    /// Temporary file to assemble it in.
+    pub tmp: PathBuf,
+    /// Final name of the restored file.
+    pub dest: PathBuf,
+}
+
+/// One restore in progress.
+#[derive(Debug)]
+pub struct RestoreOp {
+    /// The file.
+    pub file: FileId,
+    size: u64,
+    chunks: u64,
+    /// Expected hash of each chunk (absent for metadata written before hashes were kept).
+    hashes: Vec<Option<ChunkHash>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    /// Next chunk to ask for.
+    next: u64,
+    /// Chunks answered with a valid body or given up.
+    resolved: u64,
+    /// Chunks written to the temporary file.
+    written: u64,
+    /// Chunks given up on.
+    missing: Vec<ChunkNo>,
+}
+
+impl RestoreOp {
+    fn len_of(&self, no: ChunkNo) -> usize {
+        let offset = u64::from(no) * MAX_CHUNK_SIZE as u64;
+        (self.size - offset).min(MAX_CHUNK_SIZE as u64) as usize
+    }
+}
+
+/// A chunk awaiting CHUNK on the initiator side.
+#[derive(Debug)]
+pub struct PendingGet {
+    op: OpId,
+    /// GETCHUNK sends so far.
+    sends: u8,
+    /// Bodies that failed verification.
+    bad: u8,
+}
+
+impl Core {
+    /// Starts restoring the file backed up from `req.path`.
+    pub fn start_restore(
+        &self,
+        op: OpId,
+        req: RestoreRequest,
+    ) -> Result<Vec<Action>, CommandError> {
+        let (file, size, hashes) = {
+            let meta = self.meta.lock();
+            let file = meta
+                .file_for_path(&req.path)
+                .ok_or_else(|| CommandError::NotBackedUp(req.path.clone()))?;
+            let f = &meta.backed_up[&file];
+            (
+                file,
+                f.size,
+                f.chunks.iter().map(|c| c.hash).collect::<Vec<_>>(),
+            )
+        };
+        if self.restores.iter().any(|r| r.file == file) {
+            return Err(CommandError::RestoreRunning(req.path));
+        }
+        self.restores.insert(
+            op,
+            RestoreOp {
+                file,
+                size,
+                chunks: chunk_count(size),
+                hashes,
+                tmp: req.tmp.clone(),
+                dest: req.dest,
+                next: 0,
+                resolved: 0,
+                written: 0,
+                missing: Vec::new(),
+            },
+        );
+        let mut actions = vec![Action::CreateRestoreFile {
+            op,
+            path: req.tmp,
+            size,
+        }];
+        actions.extend(self.fill_restore_window(op));
+        Ok(actions)
+    }
+
+    fn fill_restore_window(&self, op: OpId) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(mut r) = self.restores.get_mut(&op) else {
+            return actions;
+        };
+        while r.next < r.chunks && r.next - r.resolved < self.cfg.window as u64 {
+            let chunk = ChunkKey {
+                file: r.file,
+                no: r.next as ChunkNo,
+            };
+            r.next += 1;
+            self.getting.insert(
+                chunk,
+                PendingGet {
+                    op,
+                    sends: 1,
+                    bad: 0,
+                },
+            );
+            actions.push(self.send(Channel::Mc, MessageKind::Getchunk { chunk }));
+            actions.push(Action::Schedule {
+                delay: wait_after_send(self.cfg.getchunk_wait, 1),
+                event: TimerEvent::GetchunkWait { chunk, send: 1 },
+            });
+        }
+        if r.resolved == r.chunks && !r.missing.is_empty() {
+            drop(r);
+            if let Some((_, r)) = self.restores.remove(&op) {
+                actions.push(Action::AbortRestore { tmp: r.tmp });
+                actions.push(Action::Report {
+                    op,
+                    event: OpEvent::RestoreIncomplete {
+                        file: r.file,
+                        missing: r.missing,
+                    },
+                });
+            }
+        }
+        actions
+    }
+
+    /// A CHUNK body arrived for `chunk`: if a restore waits for it and it verifies, write it.
+    pub(super) fn restore_body(&self, chunk: ChunkKey, body: Vec<u8>) -> Vec<Action> {
+        let Some(op) = self.getting.get(&chunk).map(|p| p.op) else {
+            return Vec::new();
+        };
+        let Some(r) = self.restores.get(&op) else {
+            return Vec::new();
+        };
+        let valid = body.len() == r.len_of(chunk.no)
+            && r.hashes
+                .get(chunk.no as usize)
+                .copied()
+                .flatten()
+                .is_none_or(|h| h == ChunkHash::of(&body));
+        if !valid {
+            drop(r);
+            return self.bad_body(chunk);
+        }
+        let (tmp, offset) = (r.tmp.clone(), u64::from(chunk.no) * MAX_CHUNK_SIZE as u64);
+        drop(r);
+        if self.getting.remove(&chunk).is_none() {
+            return Vec::new(); // a duplicate CHUNK: the first one won
+        }
+        let mut actions = vec![Action::WriteRestored {
+            op,
+            path: tmp,
+            offset,
+            body,
+        }];
+        if let Some(mut r) = self.restores.get_mut(&op) {
+            r.resolved += 1;
+        }
+        actions.extend(self.fill_restore_window(op));
+        actions
+    }
+
+    /// A body failed verification: ask again at once (another holder may answer), up to a bound.
+    fn bad_body(&self, chunk: ChunkKey) -> Vec<Action> {
+        let Some(mut p) = self.getting.get_mut(&chunk) else {
+            return Vec::new();
+        };
+        p.bad += 1;
+        if p.bad > self.cfg.max_bad_bodies {
+            return Vec::new(); // leave it to the timer, which gives up after its sends
+        }
+        vec![self.send(Channel::Mc, MessageKind::Getchunk { chunk })]
+    }
+
+    pub(super) fn getchunk_wait_over(&self, chunk: ChunkKey, send: u8) -> Vec<Action> {
+        let op = match self.getting.get(&chunk) {
+            Some(p) if p.sends == send => p.op,
+            _ => return Vec::new(),
+        };
+        if send >= self.cfg.max_getchunk_sends {
+            if self.getting.remove(&chunk).is_none() {
+                return Vec::new();
+            }
+            if let Some(mut r) = self.restores.get_mut(&op) {
+                r.resolved += 1;
+                r.missing.push(chunk.no);
+            }
+            return self.fill_restore_window(op);
+        }
+        if let Some(mut p) = self.getting.get_mut(&chunk) {
+            p.sends = send + 1;
+        }
+        vec![
+            self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
+            Action::Schedule {
+                delay: wait_after_send(self.cfg.getchunk_wait, send + 1),
+                event: TimerEvent::GetchunkWait {
+                    chunk,
+                    send: send + 1,
+                },
+            },
+        ]
+    }
+
+    /// The runtime wrote a restored chunk (`ok`) or failed to.
+    pub fn restored_chunk_written(&self, op: OpId, ok: bool) -> Vec<Action> {
+        if !ok {
+            return self.restore_failed(op, "cannot write the restored file".into());
+        }
+        let Some(mut r) = self.restores.get_mut(&op) else {
+            return Vec::new();
+        };
+        r.written += 1;
+        let mut actions = vec![Action::Report {
+            op,
+            event: OpEvent::Progress {
+                done: r.written,
+                total: r.chunks,
+            },
+        }];
+        if r.written == r.chunks {
+            actions.push(Action::CommitRestore {
+                op,
+                tmp: r.tmp.clone(),
+                dest: r.dest.clone(),
+            });
+        }
+        actions
+    }
+
+    /// The runtime made the restored file durable and renamed it into place (or failed to).
+    pub fn restore_committed(&self, op: OpId, result: Result<(), String>) -> Vec<Action> {
+        let Some((_, r)) = self.restores.remove(&op) else {
+            return Vec::new();
+        };
+        let event = match result {
+            Ok(()) => OpEvent::RestoreDone {
+                file: r.file,
+                dest: r.dest,
+                chunks: r.chunks,
+            },
+            Err(e) => OpEvent::Failed(format!(
+                "cannot put the restored file at {}: {e}",
+                r.dest.display()
+            )),
+        };
+        vec![Action::Report { op, event }]
+    }
+
+    /// A restore cannot go on (its temporary file cannot be created or written).
+    pub fn restore_failed(&self, op: OpId, reason: String) -> Vec<Action> {
+        let Some((_, r)) = self.restores.remove(&op) else {
+            return Vec::new();
+        };
+        self.getting.retain(|_, p| p.op != op);
+        vec![
+            Action::AbortRestore { tmp: r.tmp },
+            Action::Report {
+                op,
+                event: OpEvent::Failed(format!("restore failed: {reason}")),
+            },
+        ]
+    }
+}
