@@ -190,6 +190,14 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Limits how long a read may block.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+
     /// A second handle to the same connection.
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
