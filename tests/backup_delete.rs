@@ -85,6 +85,8 @@ fn backups_of_every_size_reach_their_degree_with_exact_chunks() {
     backup_and_check(&c, &others, "exact", K, 3);
     backup_and_check(&c, &others, "two", 2 * K, 2);
     backup_and_check(&c, &others, "five-mb", 5_000_000 + 123, 2);
+    // Nothing is left in progress once the STORED delays are over.
+    c.assert_idle(&[1, 2, 3, 4]);
 }
 
 #[test]

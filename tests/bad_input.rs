@@ -253,8 +253,14 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
     use std::os::unix::net::UnixStream;
     let c = Cluster::start(1);
     let sock = c.runtime.join("peer1.sock");
-    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(&c.runtime).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&c.runtime).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let ask = |bytes: &[u8]| -> String {
         let mut s = UnixStream::connect(&sock).unwrap();
         s.write_all(bytes).unwrap();
@@ -262,7 +268,12 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
         BufReader::new(s).read_line(&mut line).unwrap();
         line
     };
-    for bad in [&b"hello\n"[..], b"{\"op\":\"format\"}\n", b"{\"op\":\"backup\",\"path\":1}\n", &[0xff; 100]] {
+    for bad in [
+        &b"hello\n"[..],
+        b"{\"op\":\"format\"}\n",
+        b"{\"op\":\"backup\",\"path\":1}\n",
+        &[0xff; 100],
+    ] {
         let mut bytes = bad.to_vec();
         if !bytes.ends_with(b"\n") {
             bytes.push(b'\n');
@@ -271,6 +282,9 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
         assert_eq!(reply["type"], "error", "{reply}");
     }
     let reply: serde_json::Value = serde_json::from_str(&ask(&vec![b'x'; 70_000])).unwrap();
-    assert!(reply["message"].as_str().unwrap().contains("longer than"), "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("longer than"),
+        "{reply}"
+    );
     c.testapp(&[&c.ap(1), "STATE"]).ok();
 }

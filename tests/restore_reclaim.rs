@@ -79,6 +79,27 @@ fn restores_are_byte_identical_for_every_size_and_initiator() {
 }
 
 #[test]
+fn restores_and_a_backup_run_at_once_on_one_peer() {
+    let c = Cluster::start(3);
+    let a = c.make_file("a", 2_000_000);
+    let b = c.make_file("b", 1_500_000);
+    let fresh = c.make_file("fresh", 1_000_000);
+    backup(&c, 1, &a, 2);
+    backup(&c, 1, &b, 2);
+    std::thread::scope(|s| {
+        let ra = s.spawn(|| restore_identical(&c, 1, &a));
+        let rb = s.spawn(|| restore_identical(&c, 1, &b));
+        let bk = s.spawn(|| backup(&c, 1, &fresh, 2));
+        ra.join().unwrap();
+        rb.join().unwrap();
+        bk.join().unwrap();
+    });
+    restore_identical(&c, 1, &fresh);
+    c.assert_idle(&[1, 2, 3]);
+    assert_eq!(c.counters(1)["bad_bodies"], 0);
+}
+
+#[test]
 fn restore_works_with_one_of_two_holders_down() {
     let mut c = Cluster::start(3);
     let path = c.make_file("half", 5 * K + 17);
@@ -194,6 +215,8 @@ fn a_killed_holder_comes_back_with_its_state_and_serves_alone() {
     let mut c = Cluster::start(3);
     let path = c.make_file("durable", 6 * K + 5);
     backup(&c, 1, &path, 2);
+    c.assert_idle(&[1, 2, 3]);
+    c.wait_saved(2);
     let before = c.state(2);
     c.kill(2);
     c.spawn(2, &[]);
@@ -201,6 +224,7 @@ fn a_killed_holder_comes_back_with_its_state_and_serves_alone() {
     c.kill(3);
     restore_identical(&c, 1, &path);
     // The home survives SIGKILL too, with its chunk hashes (the restore verifies with them).
+    c.wait_saved(1);
     let home = c.state(1);
     c.kill(1);
     c.spawn(1, &[]);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::metadata::{BackedUpFile, ChunkRecord, chunk_count};
-use super::{Action, ChunkSource, CommandError, Core, OpEvent, OpId, TimerEvent};
+use super::{Action, ChunkSource, CommandError, Core, Counters, OpEvent, OpId, TimerEvent};
 use crate::protocol::ids::MAX_CHUNK_NO;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE};
 
@@ -265,6 +265,7 @@ impl Core {
         if let Some(mut p) = self.pending.get_mut(&chunk) {
             p.sends = send + 1;
         }
+        Counters::bump(&self.counters.putchunk_resends);
         vec![
             resend,
             Action::Schedule {

@@ -339,9 +339,30 @@ pub enum CommandError {
     RestoreRunning(PathBuf),
 }
 
+/// Protocol events counted since start (reported in STATE and by benchmarks).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counters {
+    /// PUTCHUNK sends after the first, all chunks.
+    pub putchunk_resends: AtomicU64,
+    /// GETCHUNK sends after the first, all chunks.
+    pub getchunk_resends: AtomicU64,
+    /// CHUNK bodies refused by a restore (wrong size or hash).
+    pub bad_bodies: AtomicU64,
+    /// Chunks stored here.
+    pub chunks_stored: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The protocol state machine of one peer.
 pub struct Core {
     cfg: Config,
+    /// Events counted since start.
+    pub counters: Counters,
     meta: Mutex<Metadata>,
     rng: Mutex<fastrand::Rng>,
     next_internal_op: AtomicU64,
@@ -372,6 +393,7 @@ impl Core {
         let rng = fastrand::Rng::with_seed(cfg.seed);
         Core {
             cfg,
+            counters: Counters::default(),
             meta: Mutex::new(meta),
             rng: Mutex::new(rng),
             next_internal_op: AtomicU64::new(INTERNAL_OPS),

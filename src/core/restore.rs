@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::backup::wait_after_send;
 use super::metadata::chunk_count;
-use super::{Action, Channel, CommandError, Core, OpEvent, OpId, TimerEvent};
+use super::{Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent};
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind};
 
 /// A client's request to restore a file this peer backed up.
@@ -188,6 +188,7 @@ impl Core {
             return Vec::new();
         };
         p.bad += 1;
+        Counters::bump(&self.counters.bad_bodies);
         if p.bad > self.cfg.max_bad_bodies {
             return Vec::new(); // leave it to the timer, which gives up after its sends
         }
@@ -212,6 +213,7 @@ impl Core {
         if let Some(mut p) = self.getting.get_mut(&chunk) {
             p.sends = send + 1;
         }
+        Counters::bump(&self.counters.getchunk_resends);
         vec![
             self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
             Action::Schedule {

@@ -2,7 +2,7 @@
 //! GETCHUNK (with the suppression rule), dropping chunks on DELETE, and counting STOREDs.
 
 use super::metadata::StoredChunk;
-use super::{Action, Channel, Core, TimerEvent};
+use super::{Action, Channel, Core, Counters, TimerEvent};
 use crate::protocol::{ChunkHash, ChunkKey, FileId, MessageKind, PeerId};
 
 impl Core {
@@ -74,6 +74,7 @@ impl Core {
             },
         );
         drop(meta);
+        Counters::bump(&self.counters.chunks_stored);
         vec![self.stored_timer(chunk)]
     }
 

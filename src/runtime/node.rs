@@ -99,6 +99,8 @@ struct Shared {
     next_op: AtomicU64,
     stats: Stats,
     stop: AtomicBool,
+    /// Wakes the metadata saver after actions that may have changed the metadata.
+    save_signal: (Sender<()>, Receiver<()>),
 }
 
 /// A running peer.
@@ -108,7 +110,10 @@ pub struct Node {
 }
 
 const RECV_POLL: Duration = Duration::from_millis(200);
+/// The metadata saver wakes at least this often, and saves at once when signalled...
 const METADATA_SAVE_EVERY: Duration = Duration::from_millis(100);
+/// ...but not more often than this (a group commit of whatever changed meanwhile).
+const METADATA_SAVE_MIN_GAP: Duration = Duration::from_millis(10);
 
 impl Node {
     /// Opens the tree, reconciles it, opens the channels and starts every thread.
@@ -163,6 +168,7 @@ impl Node {
                 next_op: AtomicU64::new(1),
                 stats: Stats::default(),
                 stop: AtomicBool::new(false),
+                save_signal: crossbeam_channel::bounded(1),
             }
         });
         shared.save_metadata();
@@ -182,8 +188,9 @@ impl Node {
                 .name("metadata".into())
                 .spawn(move || {
                     while !s.stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(METADATA_SAVE_EVERY);
+                        let _ = s.save_signal.1.recv_timeout(METADATA_SAVE_EVERY);
                         s.save_metadata();
+                        std::thread::sleep(METADATA_SAVE_MIN_GAP);
                     }
                 })
                 .expect("spawn metadata saver"),
@@ -274,6 +281,10 @@ impl Shared {
 
     /// Executes the core's actions in order.
     fn run(&self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let _ = self.save_signal.0.try_send(());
         for action in actions {
             match action {
                 Action::Send { channel, message } => self.senders.send(channel, message.encode()),
@@ -454,6 +465,28 @@ impl Shared {
         }
     }
 
+    /// STATE with the peer's counters (`counters`): what was received, dropped, resent.
+    fn state_json(&self) -> serde_json::Value {
+        let mut state = serde_json::to_value(self.core.state()).expect("state serialises");
+        let sent = &self.senders.stats;
+        let mut counters = serde_json::to_value(&self.core.counters).expect("counters serialise");
+        let extra = json!({
+            "received": self.stats.received.load(Ordering::Relaxed),
+            "malformed": self.stats.malformed.load(Ordering::Relaxed),
+            "backlog_dropped": self.pool.dropped(),
+            "sent": sent.datagrams.load(Ordering::Relaxed),
+            "send_errors": sent.errors.load(Ordering::Relaxed),
+            "instances": self.core.instances(),
+            "metadata_saved": self.meta_file.saved() == self.core.with_metadata(|m| m.generation),
+            "timers": self.timers.len(),
+        });
+        if let (Some(c), Some(e)) = (counters.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        state["counters"] = counters;
+        state
+    }
+
     fn save_metadata(&self) {
         if let Err(e) = self.save_to_disk() {
             tracing::error!("saving metadata: {e}");
@@ -614,10 +647,7 @@ impl Handler for ClientHandler {
             match &request {
                 Request::Backup { path, degree, .. } => s.backup(path, *degree),
                 Request::Delete { path, .. } => s.delete(path),
-                Request::State => Ok(reply_done(
-                    String::new(),
-                    serde_json::to_value(s.core.state()).expect("state serialises"),
-                )),
+                Request::State => Ok(reply_done(String::new(), s.state_json())),
                 Request::Restore { path, .. } => s.restore(path),
                 Request::Reclaim { max_kb, .. } => Ok(s.reclaim(*max_kb)),
             }

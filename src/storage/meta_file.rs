@@ -39,6 +39,11 @@ impl MetaFile {
         }
     }
 
+    /// Generation of the metadata last saved.
+    pub fn saved(&self) -> u64 {
+        *self.saved_generation.lock()
+    }
+
     /// Saves the metadata if its generation moved since the last save. `snapshot` returns the
     /// current generation and, only when it differs from `saved`, the serialised document.
     pub fn save_if_changed(

@@ -223,9 +223,27 @@ impl Cluster {
         )
     }
 
-    /// `STATE --json` of peer `id`.
+    /// `STATE --json` of peer `id`, without its counters (what the peer persists).
     pub fn state(&self, id: u32) -> Value {
-        self.testapp(&["--json", &self.ap(id), "STATE"]).ok().json()
+        let mut st = self.testapp(&["--json", &self.ap(id), "STATE"]).ok().json();
+        st.as_object_mut().unwrap().remove("counters");
+        st
+    }
+
+    /// The counters in peer `id`'s STATE.
+    pub fn counters(&self, id: u32) -> Value {
+        self.testapp(&["--json", &self.ap(id), "STATE"]).ok().json()["counters"].clone()
+    }
+
+    /// Waits until every peer in `ids` has no protocol instance in progress.
+    pub fn assert_idle(&self, ids: &[u32]) {
+        assert!(
+            wait_until(Duration::from_secs(40), || ids
+                .iter()
+                .all(|&id| self.counters(id)["instances"] == 0)),
+            "instances left: {:?}",
+            ids.iter().map(|&id| self.counters(id)).collect::<Vec<_>>()
+        );
     }
 
     fn take(&mut self, id: u32) -> Child {
@@ -235,6 +253,17 @@ impl Cluster {
             .position(|(p, _)| *p == id)
             .expect("peer running");
         self.peers.remove(i).1
+    }
+
+    /// Waits until peer `id` has saved every metadata change (then a SIGKILL loses nothing).
+    pub fn wait_saved(&self, id: u32) {
+        assert!(
+            wait_until(
+                Duration::from_secs(10),
+                || self.counters(id)["metadata_saved"] == true
+            ),
+            "peer {id} did not save its metadata"
+        );
     }
 
     /// SIGKILLs peer `id`.
