@@ -64,6 +64,8 @@ fn kind() -> impl Strategy<Value = MessageKind> {
         (chunk_key(), body()).prop_map(|(chunk, body)| MessageKind::Chunk { chunk, body }),
         file_id().prop_map(|file| MessageKind::Delete { file }),
         chunk_key().prop_map(|chunk| MessageKind::Removed { chunk }),
+        Just(MessageKind::Up),
+        file_id().prop_map(|file| MessageKind::Deleted { file }),
     ]
 }
 
@@ -92,8 +94,8 @@ fn header_fields(m: &Message) -> Vec<String> {
         m.kind.name().to_string(),
         m.version.to_string(),
         m.sender.to_string(),
-        m.kind.file().to_hex(),
     ];
+    f.extend(m.kind.file().map(|file| file.to_hex()));
     match &m.kind {
         MessageKind::Putchunk { chunk, degree, .. } => {
             f.push(chunk.no.to_string());
@@ -103,7 +105,7 @@ fn header_fields(m: &Message) -> Vec<String> {
         | MessageKind::Getchunk { chunk }
         | MessageKind::Chunk { chunk, .. }
         | MessageKind::Removed { chunk } => f.push(chunk.no.to_string()),
-        MessageKind::Delete { .. } => {}
+        MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
     }
     f
 }
@@ -136,7 +138,7 @@ fn check_parsed(m: &Message) -> Result<(), TestCaseError> {
         MessageKind::Stored { chunk }
         | MessageKind::Getchunk { chunk }
         | MessageKind::Removed { chunk } => prop_assert!(chunk.no <= 999_999),
-        MessageKind::Delete { .. } => {}
+        MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
     }
     check_canonical(m)
 }
@@ -163,13 +165,14 @@ fn check_canonical(m: &Message) -> Result<(), TestCaseError> {
         &fields,
         &want.iter().map(String::as_str).collect::<Vec<_>>()
     );
-    let hex = fields[3];
-    prop_assert_eq!(hex.len(), 64);
-    prop_assert!(
-        hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-        "lower-case file id: {}",
-        hex
-    );
+    if let Some(hex) = fields.get(3) {
+        prop_assert_eq!(hex.len(), 64);
+        prop_assert!(
+            hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "lower-case file id: {}",
+            hex
+        );
+    }
     // The header is followed by exactly the body.
     let body = body_of(m);
     prop_assert!(bytes.ends_with(body));
@@ -295,15 +298,17 @@ proptest! {
         case_seed in any::<u64>(),
     ) {
         let mut fields = header_fields(&m);
-        fields[3] = match case {
-            0 => fields[3].to_uppercase(),
-            1 => fields[3]
-                .chars()
-                .zip(bytes_from_seed(64, case_seed))
-                .map(|(c, r)| if r & 1 == 1 { c.to_ascii_uppercase() } else { c })
-                .collect(),
-            _ => fields[3].clone(),
-        };
+        if let Some(hex) = fields.get_mut(3) {
+            *hex = match case {
+                0 => hex.to_uppercase(),
+                1 => hex
+                    .chars()
+                    .zip(bytes_from_seed(64, case_seed))
+                    .map(|(c, r)| if r & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                    .collect(),
+                _ => hex.clone(),
+            };
+        }
         let mut text = fields[0].clone();
         for (f, gap) in fields[1..].iter().zip(&gaps) {
             text.push_str(&" ".repeat(*gap));
@@ -602,11 +607,24 @@ fn rejects_malformed_messages_with_the_matching_error() {
             format!("HELLO 1.0 2 {HEX} 0 \r\n\r\n"),
             UnknownType("HELLO".into()),
         ),
+        (format!("HELLO 2.0 2 \r\n\r\n"), UnknownType("HELLO".into())),
+        // The enhanced types with wrong field counts.
         (
-            format!("DELETED 1.0 2 {HEX} \r\n\r\n"),
-            UnknownType("DELETED".into()),
+            format!("UP 2.0 2 {HEX} \r\n\r\n"),
+            FieldCount {
+                kind: "UP",
+                expected: 3,
+                got: 4,
+            },
         ),
-        ("UP 1.0 2 \r\n\r\n".into(), UnknownType("UP".into())),
+        (
+            "DELETED 2.0 2 \r\n\r\n".into(),
+            FieldCount {
+                kind: "DELETED",
+                expected: 4,
+                got: 3,
+            },
+        ),
         // Versions.
         (format!("STORED 1 2 {HEX} 0 \r\n\r\n"), BadVersion),
         (format!("STORED 1.0.0 2 {HEX} 0 \r\n\r\n"), BadVersion),

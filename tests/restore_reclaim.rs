@@ -76,6 +76,8 @@ fn restores_are_byte_identical_for_every_size_and_initiator() {
         "{}",
         run.stderr
     );
+    c.assert_idle(&[1, 2, 3, 4]);
+    assert_eq!(c.counters(1)["bad_bodies"], 0);
 }
 
 #[test]

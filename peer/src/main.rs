@@ -21,7 +21,8 @@ use dbs::runtime::{Node, NodeConfig};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_help = AFTER_HELP)]
 struct Args {
-    /// Protocol version to speak; this build implements 1.0.
+    /// Protocol version: 1.0 (the base protocol) or 2.0 (the enhanced protocol, which also
+    /// runs every 1.0 operation and works with 1.0 peers).
     #[arg(value_parser = parse_version)]
     protocol_version: Version,
     /// This peer's id: a positive integer, unique in the group and permanent.
@@ -31,7 +32,7 @@ struct Args {
     /// [HOST:]PORT (TCP; host 127.0.0.1 by default, port 0 picks a free one).
     #[arg(value_parser = parse_access_point)]
     access_point: AccessPoint,
-    /// Control channel (MC) multicast group, e.g. 224.0.0.1.
+    /// Control channel (MC) multicast group, e.g. 239.255.0.1.
     #[arg(value_parser = parse_group)]
     mc_addr: Ipv4Addr,
     /// Control channel (MC) port.
@@ -75,7 +76,7 @@ struct Args {
 
 const AFTER_HELP: &str = "\
 Example (4 peers on one machine, loopback multicast):
-  peer 1.0 1 peer1 224.0.0.1 8001 224.0.0.2 8002 224.0.0.3 8003
+  peer 1.0 1 peer1 239.255.0.1 8001 239.255.0.2 8002 239.255.0.3 8003
 
 The peer stops on SIGINT or SIGTERM after saving its metadata. Exit codes: 0 stopped cleanly,
 1 could not start (tree, sockets, access point), 2 bad arguments.";
@@ -187,5 +188,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("signal {sig}: stopping");
     }
     node.shutdown().context("saving metadata at shutdown")?;
+    if let AccessPoint::Unix(name) = &args.access_point {
+        if let Ok(path) = AccessPoint::socket_path(name) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     Ok(())
 }

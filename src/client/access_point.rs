@@ -81,7 +81,7 @@ impl AccessPoint {
     pub fn bind(&self) -> io::Result<Listener> {
         match self {
             AccessPoint::Unix(name) => {
-                let path = Self::socket_path(name)?;
+                let path = runtime_dir()?.join(format!("{name}.sock"));
                 if path.exists() {
                     if UnixStream::connect(&path).is_ok() {
                         return Err(io::Error::new(
@@ -115,14 +115,7 @@ impl fmt::Display for AccessPoint {
 /// The directory of access-point sockets: `$DBS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/dbs`, else
 /// `/tmp/dbs-<uid>`; created with mode 0700 and refused if another user owns it.
 pub fn runtime_dir() -> io::Result<PathBuf> {
-    let dir = match (
-        std::env::var_os("DBS_RUNTIME_DIR"),
-        std::env::var_os("XDG_RUNTIME_DIR"),
-    ) {
-        (Some(d), _) if !d.is_empty() => PathBuf::from(d),
-        (_, Some(x)) if !x.is_empty() => PathBuf::from(x).join("dbs"),
-        _ => PathBuf::from(format!("/tmp/dbs-{}", current_uid()?)),
-    };
+    let dir = runtime_dir_path()?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -141,6 +134,20 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(dir)
+}
+
+/// Where the runtime directory is, without creating it.
+fn runtime_dir_path() -> io::Result<PathBuf> {
+    Ok(
+        match (
+            std::env::var_os("DBS_RUNTIME_DIR"),
+            std::env::var_os("XDG_RUNTIME_DIR"),
+        ) {
+            (Some(d), _) if !d.is_empty() => PathBuf::from(d),
+            (_, Some(x)) if !x.is_empty() => PathBuf::from(x).join("dbs"),
+            _ => PathBuf::from(format!("/tmp/dbs-{}", current_uid()?)),
+        },
+    )
 }
 
 fn current_uid() -> io::Result<u32> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::metadata::{BackedUpFile, ChunkRecord, chunk_count};
 use super::{Action, ChunkSource, CommandError, Core, Counters, OpEvent, OpId, TimerEvent};
 use crate::protocol::ids::MAX_CHUNK_NO;
-use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE};
+use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
 
 /// A client's request to back up one file (the runtime has read the file's identity).
 #[derive(Clone, Debug)]
@@ -21,6 +21,9 @@ pub struct BackupRequest {
     pub size: u64,
     /// Desired replication degree.
     pub degree: u8,
+    /// Run the enhanced subprotocol (PUTCHUNK 2.0: enhanced peers store only while the degree
+    /// is short).
+    pub enhanced: bool,
 }
 
 /// What a backup sends.
@@ -39,6 +42,8 @@ pub struct BackupOp {
     pub file: FileId,
     source: Source,
     degree: u8,
+    /// Version of its PUTCHUNKs.
+    version: Version,
     /// Chunks to send in all.
     chunks: u64,
     /// Index of the next chunk to launch.
@@ -77,6 +82,12 @@ pub struct PendingPut {
     sends: u8,
 }
 
+/// `v` in ascending order.
+pub(super) fn sorted(mut v: Vec<ChunkNo>) -> Vec<ChunkNo> {
+    v.sort_unstable();
+    v
+}
+
 /// Wait after PUTCHUNK send number `send` (1-based): 1, 2, 4, 8, 16 s with the defaults.
 pub fn wait_after_send(first: Duration, send: u8) -> Duration {
     first * (1u32 << (send - 1))
@@ -111,8 +122,8 @@ impl Core {
                 .map(|(id, _)| *id)
                 .collect();
             for file in old {
-                meta.backed_up.remove(&file);
-                actions.extend(self.delete_send(file, self.cfg.delete_sends - 1, None));
+                let version = self.forget_file(&mut meta, file, req.enhanced);
+                actions.extend(self.delete_send(file, version, self.cfg.delete_sends - 1, None));
             }
             let entry = meta
                 .backed_up
@@ -141,6 +152,11 @@ impl Core {
                     size: req.size,
                 },
                 degree: req.degree,
+                version: if req.enhanced {
+                    Version::V2_0
+                } else {
+                    Version::V1_0
+                },
                 chunks,
                 next: 0,
                 finished: 0,
@@ -152,7 +168,12 @@ impl Core {
     }
 
     /// Starts re-backing up one chunk stored here (after a REMOVED left it below `degree`).
-    pub(super) fn start_rebackup(&self, chunk: ChunkKey, degree: u8) -> Vec<Action> {
+    pub(super) fn start_rebackup(
+        &self,
+        chunk: ChunkKey,
+        degree: u8,
+        version: Version,
+    ) -> Vec<Action> {
         if self.pending.contains_key(&chunk) {
             return Vec::new(); // already being backed up from here
         }
@@ -163,6 +184,7 @@ impl Core {
                 file: chunk.file,
                 source: Source::Stored { no: chunk.no },
                 degree,
+                version,
                 chunks: 1,
                 next: 0,
                 finished: 0,
@@ -207,7 +229,7 @@ impl Core {
                     event: OpEvent::BackupDone {
                         file: b.file,
                         chunks: b.chunks,
-                        short: b.short,
+                        short: sorted(b.short),
                     },
                 });
             }
@@ -338,6 +360,7 @@ fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey) -> Action {
         Source::Stored { .. } => ChunkSource::Stored,
     };
     Action::SendPutchunk {
+        version: b.version,
         chunk,
         degree: b.degree,
         source,

@@ -1,14 +1,27 @@
-//! The initiator side of the delete subprotocol: DELETE sent several times, the file forgotten.
+//! The initiator side of the delete subprotocol: DELETE sent several times and the file
+//! forgotten. Enhanced (DELETE 2.0): the enhanced peers that held the file's chunks must
+//! confirm with DELETED; until they all have, the deletion stays pending (persisted) and is
+//! sent again when one of them announces itself (UP) and every few seconds.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
+use super::metadata::Metadata;
 use super::{Action, Channel, CommandError, Core, OpEvent, OpId, TimerEvent};
-use crate::protocol::{FileId, MessageKind};
+use crate::protocol::{FileId, MessageKind, PeerId, Version};
+
+/// Pending deletions re-sent per retry round at most.
+const RETRY_BATCH: usize = 64;
 
 impl Core {
     /// Starts DELETE for the file backed up from `path`.
-    pub fn start_delete(&self, op: OpId, path: &Path) -> Result<Vec<Action>, CommandError> {
-        let file = {
+    pub fn start_delete(
+        &self,
+        op: OpId,
+        path: &Path,
+        enhanced: bool,
+    ) -> Result<Vec<Action>, CommandError> {
+        let (file, version) = {
             let mut meta = self.meta.lock();
             let file = meta
                 .file_for_path(path)
@@ -19,21 +32,55 @@ impl Core {
             if self.restores.iter().any(|r| r.file == file) {
                 return Err(CommandError::RestoreRunning(path.to_path_buf()));
             }
-            meta.backed_up.remove(&file);
-            meta.touch();
-            file
+            (file, self.forget_file(&mut meta, file, enhanced))
         };
-        Ok(self.delete_send(file, self.cfg.delete_sends - 1, Some(op)))
+        Ok(self.delete_send(file, version, self.cfg.delete_sends - 1, Some(op)))
+    }
+
+    /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must
+    /// confirm it. Returns the version the DELETEs go out with.
+    pub(super) fn forget_file(&self, meta: &mut Metadata, file: FileId, enhanced: bool) -> Version {
+        if let Some(f) = meta.backed_up.remove(&file) {
+            if enhanced {
+                let peers: BTreeSet<PeerId> = f
+                    .chunks
+                    .iter()
+                    .flat_map(|c| c.holders.iter().copied())
+                    .filter(|p| meta.enhanced_peers.contains(p))
+                    .collect();
+                if !peers.is_empty() {
+                    meta.pending_deletes.insert(file, peers);
+                }
+            }
+            meta.touch();
+        }
+        if enhanced {
+            Version::V2_0
+        } else {
+            Version::V1_0
+        }
     }
 
     /// Sends DELETE for `file` now and schedules the `remaining` repeats.
-    pub(super) fn delete_send(&self, file: FileId, remaining: u8, op: Option<OpId>) -> Vec<Action> {
-        let mut actions = vec![self.send(Channel::Mc, MessageKind::Delete { file })];
+    pub(super) fn delete_send(
+        &self,
+        file: FileId,
+        version: Version,
+        remaining: u8,
+        op: Option<OpId>,
+    ) -> Vec<Action> {
+        let mut actions = vec![self.send_v(
+            Channel::Mc,
+            version,
+            MessageKind::Delete { file },
+            Vec::new(),
+        )];
         if remaining > 0 {
             actions.push(Action::Schedule {
                 delay: self.cfg.delete_interval,
                 event: TimerEvent::DeleteAgain {
                     file,
+                    version,
                     remaining: remaining - 1,
                     op,
                 },
@@ -44,6 +91,79 @@ impl Core {
                 event: OpEvent::DeleteDone { file },
             });
         }
+        actions
+    }
+
+    /// Notes that `peer` speaks the enhanced protocol.
+    pub(super) fn note_enhanced_peer(&self, peer: PeerId) {
+        let mut meta = self.meta.lock();
+        if meta.enhanced_peers.insert(peer) {
+            meta.touch();
+        }
+    }
+
+    /// Enhanced: `peer` confirmed it removed `file`.
+    pub(super) fn on_deleted(&self, peer: PeerId, file: FileId) -> Vec<Action> {
+        let mut meta = self.meta.lock();
+        if let Some(peers) = meta.pending_deletes.get_mut(&file)
+            && peers.remove(&peer)
+        {
+            if peers.is_empty() {
+                meta.pending_deletes.remove(&file);
+            }
+            meta.touch();
+        }
+        Vec::new()
+    }
+
+    /// Enhanced: `peer` (re)started; send it the deletions it missed.
+    pub(super) fn on_up(&self, peer: PeerId) -> Vec<Action> {
+        let files: Vec<FileId> = self
+            .meta
+            .lock()
+            .pending_deletes
+            .iter()
+            .filter(|(_, peers)| peers.contains(&peer))
+            .map(|(file, _)| *file)
+            .collect();
+        files
+            .into_iter()
+            .map(|file| {
+                self.send_v(
+                    Channel::Mc,
+                    Version::V2_0,
+                    MessageKind::Delete { file },
+                    Vec::new(),
+                )
+            })
+            .collect()
+    }
+
+    /// Enhanced: re-send pending deletions (for peers that were cut off rather than down).
+    pub(super) fn retry_deletes(&self) -> Vec<Action> {
+        let files: Vec<FileId> = self
+            .meta
+            .lock()
+            .pending_deletes
+            .keys()
+            .take(RETRY_BATCH)
+            .copied()
+            .collect();
+        let mut actions: Vec<Action> = files
+            .into_iter()
+            .map(|file| {
+                self.send_v(
+                    Channel::Mc,
+                    Version::V2_0,
+                    MessageKind::Delete { file },
+                    Vec::new(),
+                )
+            })
+            .collect();
+        actions.push(Action::Schedule {
+            delay: self.cfg.delete_retry_interval,
+            event: TimerEvent::RetryDeletes,
+        });
         actions
     }
 }

@@ -59,6 +59,13 @@ pub struct Metadata {
     pub stored: BTreeMap<FileId, BTreeMap<ChunkNo, StoredChunk>>,
     /// Files this peer backed up.
     pub backed_up: BTreeMap<FileId, BackedUpFile>,
+    /// Enhanced deletions not yet confirmed: for each deleted file, the enhanced peers that
+    /// held its chunks and have not answered DELETED yet.
+    #[serde(default)]
+    pub pending_deletes: BTreeMap<FileId, BTreeSet<PeerId>>,
+    /// Peers known to speak the enhanced protocol (they sent a 2.0 message).
+    #[serde(default)]
+    pub enhanced_peers: BTreeSet<PeerId>,
     /// Bumped on every change; the persister saves when it moved.
     #[serde(skip)]
     pub generation: u64,
@@ -70,6 +77,8 @@ impl Default for Metadata {
             capacity: DEFAULT_CAPACITY,
             stored: BTreeMap::new(),
             backed_up: BTreeMap::new(),
+            pending_deletes: BTreeMap::new(),
+            enhanced_peers: BTreeSet::new(),
             generation: 0,
         }
     }

@@ -13,12 +13,14 @@
 
 pub mod backup;
 pub mod delete;
+pub mod enhanced;
 pub mod metadata;
 pub mod reclaim;
 pub mod restore;
 pub mod state;
 pub mod storer;
 
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -94,6 +96,17 @@ pub struct Config {
     pub delete_interval: Duration,
     /// Seed of the random generator.
     pub seed: u64,
+    /// Enhanced: where this peer takes restored chunk bodies over TCP.
+    pub restore_tcp: Option<SocketAddrV4>,
+    /// Enhanced: chunk bodies held at most while deciding whether to store them.
+    pub max_deferred: usize,
+    /// Enhanced: a chunk held here below its degree is checked again after this long (plus a
+    /// random part as long), and re-backed up if nobody else is doing it.
+    pub audit_delay: Duration,
+    /// Enhanced: re-backups one holder starts for one chunk at most.
+    pub max_rebackups: u8,
+    /// Enhanced: pending deletions are re-announced this often.
+    pub delete_retry_interval: Duration,
 }
 
 impl Config {
@@ -112,7 +125,17 @@ impl Config {
             delete_sends: 3,
             delete_interval: Duration::from_millis(500),
             seed: fastrand::u64(..),
+            restore_tcp: None,
+            max_deferred: 256,
+            audit_delay: Duration::from_secs(5),
+            max_rebackups: 3,
+            delete_retry_interval: Duration::from_secs(10),
         }
+    }
+
+    /// Whether this peer runs the enhanced protocol (any version but 1.0).
+    pub fn enhanced(&self) -> bool {
+        self.version != Version::V1_0
     }
 }
 
@@ -145,6 +168,8 @@ pub enum Action {
     /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB. For a file source, then
     /// call [`Core::putchunk_read`] with the body's hash.
     SendPutchunk {
+        /// Version of the PUTCHUNK (2.0 for an enhanced backup).
+        version: Version,
         /// Which chunk.
         chunk: ChunkKey,
         /// Desired degree for the header.
@@ -161,6 +186,9 @@ pub enum Action {
         chunk: ChunkKey,
         /// Its hash when written.
         hash: Option<ChunkHash>,
+        /// Enhanced: deliver the body over TCP to this address and send only the header on
+        /// MDR (falling back to the body on MDR if TCP fails).
+        tcp: Option<SocketAddrV4>,
     },
     /// Write a chunk durably, then call [`Core::chunk_written`].
     WriteChunk {
@@ -245,6 +273,9 @@ pub enum TimerEvent {
     SendStored {
         /// Which chunk.
         chunk: ChunkKey,
+        /// 2.0 when answering an enhanced PUTCHUNK (it tells the initiator this peer speaks
+        /// 2.0), else 1.0.
+        version: Version,
     },
     /// Send CHUNK for a chunk held here, unless another peer's CHUNK was seen meanwhile.
     SendChunk {
@@ -258,16 +289,25 @@ pub enum TimerEvent {
         /// Which send it followed (1-based).
         send: u8,
     },
-    /// A REMOVED left a chunk held here below its degree: re-back it up unless a PUTCHUNK for
-    /// it was seen meanwhile.
-    RemovedCheck {
+    /// A chunk held here is below its degree (after a REMOVED, or stored on an enhanced
+    /// PUTCHUNK): re-back it up unless a PUTCHUNK for it was seen meanwhile.
+    CheckDegree {
         /// Which chunk.
         chunk: ChunkKey,
     },
+    /// Enhanced: decide whether to store a deferred chunk.
+    StoreDecision {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
+    /// Enhanced: re-announce pending deletions.
+    RetryDeletes,
     /// Send DELETE again; `remaining` sends are left after this one.
     DeleteAgain {
         /// Which file.
         file: FileId,
+        /// Version of the DELETE (2.0 asks 2.0 holders to confirm).
+        version: Version,
         /// Sends left after this one.
         remaining: u8,
         /// Operation to finish after the last send, if a client waits.
@@ -370,17 +410,19 @@ pub struct Core {
     backups: DashMap<OpId, BackupOp>,
     /// Chunks awaiting STORED, initiator side.
     pending: DashMap<ChunkKey, PendingPut>,
-    /// Chunks being written here, with their sizes (reserved against capacity).
-    writing: DashMap<ChunkKey, u32>,
-    /// Chunks held here with a CHUNK reply scheduled (removed when another CHUNK is seen).
-    replying: DashMap<ChunkKey, ()>,
+    /// Chunks being written here (their sizes are reserved against capacity).
+    writing: DashMap<ChunkKey, storer::Writing>,
+    /// Enhanced: chunk bodies held while deciding whether to store them.
+    deferred: DashMap<ChunkKey, storer::Deferred>,
+    /// Chunks held here with a CHUNK reply scheduled (removed when another CHUNK is seen),
+    /// with the TCP address of an enhanced initiator.
+    replying: DashMap<ChunkKey, Option<SocketAddrV4>>,
     /// Restores in progress, by operation.
     restores: DashMap<OpId, RestoreOp>,
     /// Chunks awaiting CHUNK, initiator side.
     getting: DashMap<ChunkKey, PendingGet>,
-    /// Chunks below their degree after a REMOVED, waiting to see whether someone else
-    /// re-backs them up; `true` once a PUTCHUNK for them was seen.
-    removed_watch: DashMap<ChunkKey, bool>,
+    /// Chunks held here below their degree, watched until they are back at it.
+    watches: DashMap<ChunkKey, reclaim::Watch>,
 }
 
 /// Operation ids the core gives its own operations (re-backups) start here; clients' ids are
@@ -400,10 +442,11 @@ impl Core {
             backups: DashMap::new(),
             pending: DashMap::new(),
             writing: DashMap::new(),
+            deferred: DashMap::new(),
             replying: DashMap::new(),
             restores: DashMap::new(),
             getting: DashMap::new(),
-            removed_watch: DashMap::new(),
+            watches: DashMap::new(),
         }
     }
 
@@ -426,18 +469,33 @@ impl Core {
             + self.replying.len()
             + self.restores.len()
             + self.getting.len()
-            + self.removed_watch.len()
+            + self.watches.len()
+            + self.deferred.len()
     }
 
     fn message(&self, kind: MessageKind) -> Message {
-        Message::new(self.cfg.version, self.cfg.id, kind)
+        Message::new(Version::V1_0, self.cfg.id, kind)
     }
 
+    /// Sends an unchanged 1.0 message (every peer, 1.0 or 2.0, sends these as 1.0).
     fn send(&self, channel: Channel, kind: MessageKind) -> Action {
         Action::Send {
             channel,
             message: self.message(kind),
         }
+    }
+
+    /// Sends a message of `version` with extra header lines.
+    fn send_v(
+        &self,
+        channel: Channel,
+        version: Version,
+        kind: MessageKind,
+        extra: Vec<String>,
+    ) -> Action {
+        let mut message = Message::new(version, self.cfg.id, kind);
+        message.extra_lines = extra;
+        Action::Send { channel, message }
     }
 
     fn reply_delay(&self) -> Duration {
@@ -449,38 +507,74 @@ impl Core {
         self.next_internal_op.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// What the peer does when it starts: it announces REMOVED for the chunks its disk lost
+    /// (`lost`, found by reconciliation); an enhanced peer also announces itself (UP) and
+    /// starts re-sending its pending deletions.
+    pub fn startup(&self, lost: Vec<ChunkKey>) -> Vec<Action> {
+        let mut actions: Vec<Action> = lost
+            .into_iter()
+            .map(|chunk| self.send(Channel::Mc, MessageKind::Removed { chunk }))
+            .collect();
+        if self.cfg.enhanced() {
+            actions.push(self.send_v(Channel::Mc, Version::V2_0, MessageKind::Up, Vec::new()));
+            actions.push(Action::Schedule {
+                delay: self.cfg.delete_retry_interval,
+                event: TimerEvent::RetryDeletes,
+            });
+        }
+        actions
+    }
+
     /// Handles a received message.
     pub fn on_message(&self, msg: Message) -> Vec<Action> {
         if msg.sender == self.cfg.id {
             return Vec::new();
+        }
+        let enhanced = self.cfg.enhanced() && msg.version != Version::V1_0;
+        if enhanced {
+            self.note_enhanced_peer(msg.sender);
         }
         match msg.kind {
             MessageKind::Putchunk {
                 chunk,
                 degree,
                 body,
-            } => self.on_putchunk(chunk, degree, body),
+            } => self.on_putchunk(chunk, degree, body, enhanced),
             MessageKind::Stored { chunk } => self.on_stored(msg.sender, chunk),
-            MessageKind::Getchunk { chunk } => self.on_getchunk(chunk),
-            MessageKind::Chunk { chunk, body } => self.on_chunk(chunk, body),
-            MessageKind::Delete { file } => self.on_delete(file),
-            MessageKind::Removed { chunk } => self.on_removed(msg.sender, chunk),
+            MessageKind::Getchunk { chunk } => {
+                let tcp = enhanced
+                    .then(|| enhanced::tcp_reply_address(&msg.extra_lines))
+                    .flatten();
+                self.on_getchunk(chunk, tcp)
+            }
+            MessageKind::Chunk { chunk, body } => {
+                let header_only = body.is_empty() && enhanced::body_by_tcp(&msg.extra_lines);
+                self.on_chunk(chunk, body, header_only)
+            }
+            MessageKind::Delete { file } => self.on_delete(file, enhanced),
+            MessageKind::Removed { chunk } => self.on_removed(msg.sender, chunk, enhanced),
+            MessageKind::Up if enhanced => self.on_up(msg.sender),
+            MessageKind::Deleted { file } if enhanced => self.on_deleted(msg.sender, file),
+            MessageKind::Up | MessageKind::Deleted { .. } => Vec::new(),
         }
     }
 
     /// Handles a fired timer.
     pub fn on_timer(&self, event: TimerEvent) -> Vec<Action> {
         match event {
-            TimerEvent::SendStored { chunk } => self.send_stored(chunk),
+            TimerEvent::SendStored { chunk, version } => self.send_stored(chunk, version),
             TimerEvent::PutchunkWait { chunk, send } => self.putchunk_wait_over(chunk, send),
             TimerEvent::SendChunk { chunk } => self.send_chunk(chunk),
             TimerEvent::GetchunkWait { chunk, send } => self.getchunk_wait_over(chunk, send),
-            TimerEvent::RemovedCheck { chunk } => self.removed_check(chunk),
+            TimerEvent::CheckDegree { chunk } => self.check_degree(chunk),
+            TimerEvent::StoreDecision { chunk } => self.store_decision(chunk),
+            TimerEvent::RetryDeletes => self.retry_deletes(),
             TimerEvent::DeleteAgain {
                 file,
+                version,
                 remaining,
                 op,
-            } => self.delete_send(file, remaining, op),
+            } => self.delete_send(file, version, remaining, op),
         }
     }
 

@@ -1,10 +1,13 @@
-//! Space reclaim: RECLAIM lowers the capacity and evicts chunks (surplus copies first),
-//! announcing each with REMOVED; a REMOVED from another peer that leaves a chunk held here
-//! below its degree starts a re-backup after a random delay, unless someone else's PUTCHUNK
-//! for it is seen first.
+//! Keeping the degree: RECLAIM lowers the capacity and evicts chunks (surplus copies first),
+//! announcing each with REMOVED; a REMOVED that leaves a chunk held here below its degree
+//! starts a re-backup after a random delay, unless someone else's PUTCHUNK for it is seen
+//! first. An enhanced peer also watches such chunks until they are back at their degree and
+//! re-backs them up itself, a bounded number of times, if whoever was doing it died.
+
+use std::time::Duration;
 
 use super::{Action, Channel, Core, TimerEvent};
-use crate::protocol::{ChunkKey, MessageKind, PeerId};
+use crate::protocol::{ChunkKey, MessageKind, PeerId, Version};
 
 /// What a RECLAIM did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,11 +20,23 @@ pub struct Reclaimed {
     pub capacity: u64,
 }
 
+/// A chunk held here below its degree.
+#[derive(Debug)]
+pub struct Watch {
+    /// A PUTCHUNK for it was seen since the last check.
+    pub(super) putchunk_seen: bool,
+    /// Keep watching after the first check (enhanced), not only the 1.0 one-shot check.
+    enhanced: bool,
+    /// Re-backups this peer started for it.
+    rebackups: u8,
+}
+
 impl Core {
     /// Sets the capacity for stored chunks to `bytes` and evicts chunks until the use fits:
     /// first those with more copies than desired (largest surplus first), then the others
-    /// (lowest perceived degree last, larger chunks first).
-    pub fn reclaim(&self, bytes: u64) -> (Reclaimed, Vec<Action>) {
+    /// (larger chunks first). `enhanced` announces the evictions with REMOVED 2.0, which asks
+    /// enhanced holders to see the degree restored even if the re-backup's initiator dies.
+    pub fn reclaim(&self, bytes: u64, enhanced: bool) -> (Reclaimed, Vec<Action>) {
         let mut meta = self.meta.lock();
         meta.capacity = bytes;
         meta.touch();
@@ -55,12 +70,21 @@ impl Core {
             evicted.push(key);
         }
         drop(meta);
-        let mut actions = Vec::new();
+        let version = if enhanced {
+            Version::V2_0
+        } else {
+            Version::V1_0
+        };
+        let mut actions = vec![Action::SyncMetadata];
         for &chunk in &evicted {
             actions.push(Action::RemoveChunk { chunk });
-            actions.push(self.send(Channel::Mc, MessageKind::Removed { chunk }));
+            actions.push(self.send_v(
+                Channel::Mc,
+                version,
+                MessageKind::Removed { chunk },
+                Vec::new(),
+            ));
         }
-        actions.insert(0, Action::SyncMetadata);
         (
             Reclaimed {
                 evicted,
@@ -71,33 +95,92 @@ impl Core {
         )
     }
 
-    pub(super) fn on_removed(&self, sender: PeerId, chunk: ChunkKey) -> Vec<Action> {
+    pub(super) fn on_removed(
+        &self,
+        sender: PeerId,
+        chunk: ChunkKey,
+        enhanced: bool,
+    ) -> Vec<Action> {
         let below = {
             let mut meta = self.meta.lock();
             meta.remove_holder(&chunk, sender);
-            meta.stored_chunk(&chunk)
-                .is_some_and(|c| c.holders.len() < usize::from(c.desired))
+            self.below_degree(&meta, &chunk).is_some()
         };
-        if !below || self.removed_watch.insert(chunk, false).is_some() {
+        if below {
+            self.watch(chunk, enhanced)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The desired degree of `chunk` if it is stored here and below it.
+    fn below_degree(&self, meta: &super::Metadata, chunk: &ChunkKey) -> Option<u8> {
+        meta.stored_chunk(chunk)
+            .filter(|c| c.holders.len() < usize::from(c.desired))
+            .map(|c| c.desired)
+    }
+
+    /// Starts watching a chunk held here below its degree (unless already watched): a check
+    /// after the random 0–400 ms delay, then (enhanced) audits until it is back at its degree.
+    pub(super) fn watch(&self, chunk: ChunkKey, enhanced: bool) -> Vec<Action> {
+        let first = Watch {
+            putchunk_seen: false,
+            enhanced,
+            rebackups: 0,
+        };
+        if let Some(mut w) = self.watches.get_mut(&chunk) {
+            w.enhanced |= enhanced;
             return Vec::new();
         }
+        self.watches.insert(chunk, first);
         vec![Action::Schedule {
             delay: self.reply_delay(),
-            event: TimerEvent::RemovedCheck { chunk },
+            event: TimerEvent::CheckDegree { chunk },
         }]
     }
 
-    pub(super) fn removed_check(&self, chunk: ChunkKey) -> Vec<Action> {
-        let Some((_, seen_putchunk)) = self.removed_watch.remove(&chunk) else {
+    /// A watched chunk's delay is over: re-back it up unless it is back at its degree or
+    /// someone else is at it; an enhanced watch then looks again later.
+    pub(super) fn check_degree(&self, chunk: ChunkKey) -> Vec<Action> {
+        let desired = self.below_degree(&self.meta.lock(), &chunk);
+        let Some(mut w) = self.watches.get_mut(&chunk) else {
             return Vec::new();
         };
-        if seen_putchunk {
-            return Vec::new();
+        let mut actions = Vec::new();
+        let keep_watching = match desired {
+            None => false, // back at its degree, or no longer held here
+            Some(_) if w.putchunk_seen => w.enhanced,
+            Some(_) if w.rebackups >= self.cfg.max_rebackups => {
+                tracing::warn!(
+                    "chunk {chunk} stays below its degree after {} re-backups",
+                    w.rebackups
+                );
+                false
+            }
+            Some(degree) => {
+                w.rebackups += 1;
+                let version = if w.enhanced {
+                    Version::V2_0
+                } else {
+                    Version::V1_0
+                };
+                actions.extend(self.start_rebackup(chunk, degree, version));
+                w.enhanced
+            }
+        };
+        if keep_watching {
+            w.putchunk_seen = false;
+            let extra = self.cfg.audit_delay.as_millis() as u64;
+            let delay =
+                self.cfg.audit_delay + Duration::from_millis(self.rng.lock().u64(0..=extra));
+            actions.push(Action::Schedule {
+                delay,
+                event: TimerEvent::CheckDegree { chunk },
+            });
+        } else {
+            drop(w);
+            self.watches.remove(&chunk);
         }
-        let desired = match self.meta.lock().stored_chunk(&chunk) {
-            Some(c) if c.holders.len() < usize::from(c.desired) => c.desired,
-            _ => return Vec::new(),
-        };
-        self.start_rebackup(chunk, desired)
+        actions
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use super::backup::wait_after_send;
 use super::metadata::chunk_count;
-use super::{Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent};
-use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind};
+use super::{Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent, enhanced};
+use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind, Version};
 
 /// A client's request to restore a file this peer backed up.
 #[derive(Clone, Debug)]
@@ -19,6 +19,9 @@ pub struct RestoreRequest {
     pub tmp: PathBuf,
     /// Final name of the restored file.
     pub dest: PathBuf,
+    /// Run the enhanced subprotocol: the first GETCHUNK of each chunk is 2.0 and asks enhanced
+    /// holders for the body over TCP; later ones are plain 1.0 (any holder answers on MDR).
+    pub enhanced: bool,
 }
 
 /// One restore in progress.
@@ -32,6 +35,7 @@ pub struct RestoreOp {
     hashes: Vec<Option<ChunkHash>>,
     tmp: PathBuf,
     dest: PathBuf,
+    enhanced: bool,
     /// Next chunk to ask for.
     next: u64,
     /// Chunks answered with a valid body or given up.
@@ -90,6 +94,7 @@ impl Core {
                 hashes,
                 tmp: req.tmp.clone(),
                 dest: req.dest,
+                enhanced: req.enhanced,
                 next: 0,
                 resolved: 0,
                 written: 0,
@@ -124,7 +129,15 @@ impl Core {
                     bad: 0,
                 },
             );
-            actions.push(self.send(Channel::Mc, MessageKind::Getchunk { chunk }));
+            actions.push(match self.cfg.restore_tcp.filter(|_| r.enhanced) {
+                Some(addr) => self.send_v(
+                    Channel::Mc,
+                    Version::V2_0,
+                    MessageKind::Getchunk { chunk },
+                    vec![enhanced::tcp_reply_line(addr)],
+                ),
+                None => self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
+            });
             actions.push(Action::Schedule {
                 delay: wait_after_send(self.cfg.getchunk_wait, 1),
                 event: TimerEvent::GetchunkWait { chunk, send: 1 },
@@ -138,7 +151,7 @@ impl Core {
                     op,
                     event: OpEvent::RestoreIncomplete {
                         file: r.file,
-                        missing: r.missing,
+                        missing: super::backup::sorted(r.missing),
                     },
                 });
             }

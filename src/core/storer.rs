@@ -1,14 +1,54 @@
-//! The holder's side: storing chunks on PUTCHUNK and answering STORED, serving CHUNK on
-//! GETCHUNK (with the suppression rule), dropping chunks on DELETE, and counting STOREDs.
+//! The holder's side: storing chunks on PUTCHUNK and answering STORED (at once, or after
+//! deciding whether the degree is still short for an enhanced PUTCHUNK), serving CHUNK on
+//! GETCHUNK (with the suppression rule, over TCP for an enhanced initiator), dropping chunks
+//! on DELETE, and counting STOREDs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
 
 use super::metadata::StoredChunk;
 use super::{Action, Channel, Core, Counters, TimerEvent};
-use crate::protocol::{ChunkHash, ChunkKey, FileId, MessageKind, PeerId};
+use crate::protocol::{ChunkHash, ChunkKey, FileId, MessageKind, PeerId, Version};
+
+/// A chunk being written here.
+#[derive(Debug)]
+pub struct Writing {
+    /// Its size, reserved against capacity.
+    size: u32,
+    /// Other peers known to hold it already.
+    holders: BTreeSet<PeerId>,
+    /// Answer STORED right after the write (the random delay was already taken).
+    reply_now: bool,
+}
+
+/// Enhanced: a chunk body held while this peer waits to see whether others store it.
+#[derive(Debug)]
+pub struct Deferred {
+    body: Vec<u8>,
+    desired: u8,
+    /// Distinct peers whose STORED for it was seen meanwhile.
+    holders: BTreeSet<PeerId>,
+}
+
+/// 2.0 for an answer to an enhanced message, else 1.0.
+fn version_of(enhanced: bool) -> Version {
+    if enhanced {
+        Version::V2_0
+    } else {
+        Version::V1_0
+    }
+}
 
 impl Core {
-    pub(super) fn on_putchunk(&self, chunk: ChunkKey, degree: u8, body: Vec<u8>) -> Vec<Action> {
-        if let Some(mut seen) = self.removed_watch.get_mut(&chunk) {
-            *seen = true; // someone else is re-backing it up
+    pub(super) fn on_putchunk(
+        &self,
+        chunk: ChunkKey,
+        degree: u8,
+        body: Vec<u8>,
+        enhanced: bool,
+    ) -> Vec<Action> {
+        if let Some(mut w) = self.watches.get_mut(&chunk) {
+            w.putchunk_seen = true; // someone is backing it up
         }
         let meta = self.meta.lock();
         if meta.backed_up.contains_key(&chunk.file) {
@@ -16,33 +56,89 @@ impl Core {
         }
         if meta.stored_chunk(&chunk).is_some() {
             drop(meta);
-            return vec![self.stored_timer(chunk)];
+            return vec![self.stored_timer(chunk, version_of(enhanced))];
         }
-        let size = body.len() as u32;
-        if !self.fits(&meta, size) {
+        if self.writing.contains_key(&chunk) || self.deferred.contains_key(&chunk) {
+            return Vec::new(); // already being written or decided; that will answer
+        }
+        if !self.fits(&meta, body.len() as u32) {
             return Vec::new();
         }
-        if self.writing.insert(chunk, size).is_some() {
-            return Vec::new(); // a write of this chunk is under way; it will answer
+        drop(meta);
+        if enhanced && self.deferred.len() < self.cfg.max_deferred {
+            // Store only if, after our random delay, fewer than `degree` peers have.
+            self.deferred.insert(
+                chunk,
+                Deferred {
+                    body,
+                    desired: degree,
+                    holders: BTreeSet::new(),
+                },
+            );
+            return vec![Action::Schedule {
+                delay: self.reply_delay(),
+                event: TimerEvent::StoreDecision { chunk },
+            }];
+        }
+        self.write(chunk, degree, body, BTreeSet::new(), false)
+    }
+
+    fn write(
+        &self,
+        chunk: ChunkKey,
+        desired: u8,
+        body: Vec<u8>,
+        holders: BTreeSet<PeerId>,
+        reply_now: bool,
+    ) -> Vec<Action> {
+        let size = body.len() as u32;
+        if self
+            .writing
+            .insert(
+                chunk,
+                Writing {
+                    size,
+                    holders,
+                    reply_now,
+                },
+            )
+            .is_some()
+        {
+            return Vec::new();
         }
         vec![Action::WriteChunk {
             chunk,
-            desired: degree,
+            desired,
             body,
         }]
+    }
+
+    /// Enhanced: the random delay of a deferred chunk is over.
+    pub(super) fn store_decision(&self, chunk: ChunkKey) -> Vec<Action> {
+        let Some((_, d)) = self.deferred.remove(&chunk) else {
+            return Vec::new();
+        };
+        if d.holders.len() >= usize::from(d.desired) {
+            return Vec::new(); // enough peers stored it: keep our disk free
+        }
+        let fits = self.fits(&self.meta.lock(), d.body.len() as u32);
+        if !fits {
+            return Vec::new();
+        }
+        self.write(chunk, d.desired, d.body, d.holders, true)
     }
 
     /// Whether `size` more bytes fit next to what is stored and being written. An empty chunk
     /// still counts as one byte, so a full peer (capacity 0 included) stores nothing.
     fn fits(&self, meta: &super::Metadata, size: u32) -> bool {
-        let reserved: u64 = self.writing.iter().map(|e| u64::from(*e.value())).sum();
+        let reserved: u64 = self.writing.iter().map(|e| u64::from(e.size)).sum();
         meta.used() + reserved + u64::from(size.max(1)) <= meta.capacity
     }
 
-    fn stored_timer(&self, chunk: ChunkKey) -> Action {
+    fn stored_timer(&self, chunk: ChunkKey, version: Version) -> Action {
         Action::Schedule {
             delay: self.reply_delay(),
-            event: TimerEvent::SendStored { chunk },
+            event: TimerEvent::SendStored { chunk, version },
         }
     }
 
@@ -55,41 +151,66 @@ impl Core {
         size: u32,
         written: Option<ChunkHash>,
     ) -> Vec<Action> {
-        let reservation = self.writing.remove(&chunk);
+        let reservation = self.writing.remove(&chunk).map(|(_, w)| w);
         let Some(hash) = written else {
             return Vec::new();
         };
         let mut meta = self.meta.lock();
         // DELETE arrived, or RECLAIM lowered the capacity, while the chunk was written.
-        if reservation.is_none() || meta.used() + u64::from(size.max(1)) > meta.capacity {
+        let Some(w) = reservation.filter(|_| meta.used() + u64::from(size.max(1)) <= meta.capacity)
+        else {
             return vec![Action::RemoveChunk { chunk }];
-        }
+        };
+        let mut holders = w.holders;
+        holders.insert(self.cfg.id);
+        let below = holders.len() < usize::from(desired);
         meta.insert_stored(
             chunk,
             StoredChunk {
                 size,
                 desired,
-                holders: [self.cfg.id].into(),
+                holders,
                 hash: Some(hash),
             },
         );
         drop(meta);
         Counters::bump(&self.counters.chunks_stored);
-        vec![self.stored_timer(chunk)]
+        let mut actions = if w.reply_now {
+            self.send_stored(chunk, Version::V2_0)
+        } else {
+            vec![self.stored_timer(chunk, Version::V1_0)]
+        };
+        if w.reply_now && below {
+            // Stored on an enhanced PUTCHUNK: make sure the degree is reached even if its
+            // initiator dies.
+            actions.extend(self.watch(chunk, true));
+        }
+        actions
     }
 
-    pub(super) fn send_stored(&self, chunk: ChunkKey) -> Vec<Action> {
+    pub(super) fn send_stored(&self, chunk: ChunkKey, version: Version) -> Vec<Action> {
         if self.meta.lock().stored_chunk(&chunk).is_none() {
             return Vec::new(); // deleted or evicted meanwhile
         }
         // STORED promises durability: the metadata naming the chunk goes to disk first.
         vec![
             Action::SyncMetadata,
-            self.send(Channel::Mc, MessageKind::Stored { chunk }),
+            self.send_v(
+                Channel::Mc,
+                version,
+                MessageKind::Stored { chunk },
+                Vec::new(),
+            ),
         ]
     }
 
     pub(super) fn on_stored(&self, sender: PeerId, chunk: ChunkKey) -> Vec<Action> {
+        if let Some(mut d) = self.deferred.get_mut(&chunk) {
+            d.holders.insert(sender);
+        }
+        if let Some(mut w) = self.writing.get_mut(&chunk) {
+            w.holders.insert(sender);
+        }
         let perceived = {
             let mut meta = self.meta.lock();
             meta.add_holder(&chunk, sender);
@@ -101,22 +222,33 @@ impl Core {
         }
     }
 
-    pub(super) fn on_delete(&self, file: FileId) -> Vec<Action> {
+    pub(super) fn on_delete(&self, file: FileId, enhanced: bool) -> Vec<Action> {
         let removed = self.meta.lock().remove_stored_file(&file);
         self.writing.retain(|k, _| k.file != file);
-        removed
+        self.deferred.retain(|k, _| k.file != file);
+        let mut actions: Vec<Action> = removed
             .into_iter()
             .map(|no| Action::RemoveChunk {
                 chunk: ChunkKey { file, no },
             })
-            .collect()
+            .collect();
+        if enhanced {
+            // Confirm, so that the initiator can stop tracking this peer for the file.
+            actions.push(self.send_v(
+                Channel::Mc,
+                Version::V2_0,
+                MessageKind::Deleted { file },
+                Vec::new(),
+            ));
+        }
+        actions
     }
 
-    pub(super) fn on_getchunk(&self, chunk: ChunkKey) -> Vec<Action> {
+    pub(super) fn on_getchunk(&self, chunk: ChunkKey, tcp: Option<SocketAddrV4>) -> Vec<Action> {
         if self.meta.lock().stored_chunk(&chunk).is_none() {
             return Vec::new();
         }
-        if self.replying.insert(chunk, ()).is_some() {
+        if self.replying.insert(chunk, tcp).is_some() {
             return Vec::new(); // a reply is already scheduled
         }
         vec![Action::Schedule {
@@ -126,22 +258,32 @@ impl Core {
     }
 
     pub(super) fn send_chunk(&self, chunk: ChunkKey) -> Vec<Action> {
-        if self.replying.remove(&chunk).is_none() {
+        let Some((_, tcp)) = self.replying.remove(&chunk) else {
             return Vec::new(); // another holder's CHUNK was seen during the delay
-        }
+        };
         match self.meta.lock().stored_chunk(&chunk) {
             Some(c) => vec![Action::SendChunk {
                 chunk,
                 hash: c.hash,
+                tcp,
             }],
             None => Vec::new(),
         }
     }
 
-    /// A CHUNK was seen on MDR: a reply of ours for the same chunk is no longer needed, and if
-    /// we are restoring that chunk, the body is a candidate.
-    pub(super) fn on_chunk(&self, chunk: ChunkKey, body: Vec<u8>) -> Vec<Action> {
+    /// A CHUNK was seen (on MDR, or over TCP): a reply of ours for the same chunk is no longer
+    /// needed, and if we are restoring that chunk, a body is a candidate. A header-only
+    /// enhanced CHUNK (its body goes over TCP to its initiator) only silences us.
+    pub(super) fn on_chunk(
+        &self,
+        chunk: ChunkKey,
+        body: Vec<u8>,
+        header_only: bool,
+    ) -> Vec<Action> {
         self.replying.remove(&chunk);
+        if header_only {
+            return Vec::new();
+        }
         self.restore_body(chunk, body)
     }
 

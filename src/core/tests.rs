@@ -39,6 +39,7 @@ fn request(size: u64, degree: u8) -> BackupRequest {
         file: key(0).file,
         size,
         degree,
+        enhanced: false,
     }
 }
 
@@ -89,7 +90,13 @@ fn putchunk_is_written_then_stored_is_answered_after_a_random_delay() {
     let after = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"x")));
     let [(delay, event)] = timers(&after).try_into().unwrap();
     assert!(delay <= Duration::from_millis(400));
-    assert_eq!(event, TimerEvent::SendStored { chunk: key(0) });
+    assert_eq!(
+        event,
+        TimerEvent::SendStored {
+            chunk: key(0),
+            version: Version::V1_0
+        }
+    );
     let sent = c.on_timer(event);
     assert_eq!(
         sent[0],
@@ -127,7 +134,7 @@ fn own_messages_and_own_files_are_ignored() {
 #[test]
 fn capacity_is_never_exceeded() {
     let c = core(2);
-    c.reclaim(5);
+    c.reclaim(5, false);
     assert!(c.on_message(msg(1, putchunk(0, b"123456"))).is_empty());
     assert_eq!(c.on_message(msg(1, putchunk(1, b"12345"))).len(), 1);
     // The reservation of the write under way counts too.
@@ -202,7 +209,7 @@ fn delete_is_sent_three_times_then_reported() {
     let first = c.start_backup(1, request(5, 1)).unwrap();
     let (_, _) = timers(&first)[0].clone();
     c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
-    let mut actions = c.start_delete(2, "/src/file".as_ref()).unwrap();
+    let mut actions = c.start_delete(2, "/src/file".as_ref(), false).unwrap();
     let mut deletes = 0;
     loop {
         deletes += actions
@@ -226,7 +233,7 @@ fn delete_is_sent_three_times_then_reported() {
         })
     ));
     assert!(c.state().backed_up.is_empty());
-    assert!(c.start_delete(3, "/src/file".as_ref()).is_err());
+    assert!(c.start_delete(3, "/src/file".as_ref(), false).is_err());
 }
 
 #[test]
@@ -290,6 +297,7 @@ fn restore_request() -> RestoreRequest {
         path: PathBuf::from("/src/file"),
         tmp: PathBuf::from("/tree/tmp/r"),
         dest: PathBuf::from("/tree/restored/file"),
+        enhanced: false,
     }
 }
 
@@ -424,7 +432,8 @@ fn getchunk_is_answered_after_a_delay_unless_another_chunk_is_seen() {
         c.on_timer(event),
         vec![Action::SendChunk {
             chunk: key(0),
-            hash: Some(ChunkHash::of(&[0; 10]))
+            hash: Some(ChunkHash::of(&[0; 10])),
+            tcp: None,
         }]
     );
     // Suppression: another holder's CHUNK during the delay cancels ours.
@@ -455,14 +464,14 @@ fn reclaim_evicts_surplus_copies_first_and_announces_removed() {
     // Chunk 1 has a surplus (3 holders, desired 2).
     c.on_message(msg(3, MessageKind::Stored { chunk: key(1) }));
     c.on_message(msg(4, MessageKind::Stored { chunk: key(1) }));
-    let (done, actions) = c.reclaim(25);
+    let (done, actions) = c.reclaim(25, false);
     assert_eq!(done.evicted, vec![key(1)]);
     assert_eq!(done.used, 20);
     assert!(actions.iter().any(|a| matches!(a,
         Action::Send { message, .. } if message.kind == MessageKind::Removed { chunk: key(1) })));
     // Full now: PUTCHUNK of a new chunk is not stored, and not answered.
     assert!(c.on_message(msg(1, putchunk(5, b"1234567890"))).is_empty());
-    let (done, _) = c.reclaim(0);
+    let (done, _) = c.reclaim(0, false);
     assert_eq!((done.evicted.len(), done.used), (2, 0));
     assert!(c.state().stored.is_empty());
 }

@@ -157,6 +157,8 @@ pub struct Version {
 impl Version {
     /// The base protocol, 1.0.
     pub const V1_0: Version = Version { major: 1, minor: 0 };
+    /// The enhanced protocol, 2.0.
+    pub const V2_0: Version = Version { major: 2, minor: 0 };
 
     /// Parses exactly `<digit>.<digit>`.
     pub fn parse(s: &[u8]) -> Option<Version> {

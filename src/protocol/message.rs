@@ -2,7 +2,8 @@
 //!
 //! We send exactly `TYPE <ver> <id> <fileid> [<chunkNo> [<deg>]] \r\n\r\n` with a lower-case
 //! file id and accept more: several spaces between fields, no trailing space, upper-case hex and
-//! extra header lines (kept, for enhanced versions).
+//! extra header lines (kept, for enhanced versions). The enhanced (2.0) types UP and DELETED
+//! are parsed too; a 1.0 peer ignores them.
 
 use super::MAX_CHUNK_SIZE;
 use super::ids::{ChunkKey, ChunkNo, FileId, PeerId, Version};
@@ -59,6 +60,13 @@ pub enum MessageKind {
     Removed {
         /// Which chunk.
         chunk: ChunkKey,
+    },
+    /// Enhanced (2.0): a peer started and is reachable (MC).
+    Up,
+    /// Enhanced (2.0): a peer removed every chunk of a file after DELETE (MC).
+    Deleted {
+        /// Which file.
+        file: FileId,
     },
 }
 
@@ -120,18 +128,21 @@ impl MessageKind {
             MessageKind::Chunk { .. } => "CHUNK",
             MessageKind::Delete { .. } => "DELETE",
             MessageKind::Removed { .. } => "REMOVED",
+            MessageKind::Up => "UP",
+            MessageKind::Deleted { .. } => "DELETED",
         }
     }
 
-    /// The file the message is about.
-    pub fn file(&self) -> FileId {
+    /// The file the message is about (none for UP).
+    pub fn file(&self) -> Option<FileId> {
         match self {
-            MessageKind::Delete { file } => *file,
+            MessageKind::Delete { file } | MessageKind::Deleted { file } => Some(*file),
             MessageKind::Putchunk { chunk, .. }
             | MessageKind::Stored { chunk }
             | MessageKind::Getchunk { chunk }
             | MessageKind::Chunk { chunk, .. }
-            | MessageKind::Removed { chunk } => chunk.file,
+            | MessageKind::Removed { chunk } => Some(chunk.file),
+            MessageKind::Up => None,
         }
     }
 }
@@ -163,14 +174,10 @@ impl Message {
     pub fn encode_header(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         let kind = &self.kind;
-        let _ = write!(
-            out,
-            "{} {} {} {}",
-            kind.name(),
-            self.version,
-            self.sender,
-            kind.file()
-        );
+        let _ = write!(out, "{} {} {}", kind.name(), self.version, self.sender);
+        if let Some(file) = kind.file() {
+            let _ = write!(out, " {file}");
+        }
         match kind {
             MessageKind::Putchunk { chunk, degree, .. } => {
                 let _ = write!(out, " {} {}", chunk.no, degree);
@@ -181,7 +188,7 @@ impl Message {
             | MessageKind::Removed { chunk } => {
                 let _ = write!(out, " {}", chunk.no);
             }
-            MessageKind::Delete { .. } => {}
+            MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
         }
         out.extend_from_slice(b" \r\n");
         for line in &self.extra_lines {
@@ -229,6 +236,8 @@ impl Message {
             b"CHUNK" => ("CHUNK", 5, true),
             b"DELETE" => ("DELETE", 4, false),
             b"REMOVED" => ("REMOVED", 5, false),
+            b"UP" => ("UP", 3, false),
+            b"DELETED" => ("DELETED", 4, false),
             other => {
                 return Err(ParseError::UnknownType(
                     String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
@@ -247,7 +256,6 @@ impl Message {
             });
         }
         let sender = parse_sender(fields[2])?;
-        let file = FileId::from_hex(fields[3]).map_err(|_| ParseError::BadFileId)?;
         if has_body {
             if body.len() > MAX_CHUNK_SIZE {
                 return Err(ParseError::BodyTooLarge(body.len()));
@@ -255,6 +263,15 @@ impl Message {
         } else if !body.is_empty() {
             return Err(ParseError::UnexpectedBody(name, body.len()));
         }
+        if name == "UP" {
+            return Ok(Message {
+                version,
+                sender,
+                kind: MessageKind::Up,
+                extra_lines,
+            });
+        }
+        let file = FileId::from_hex(fields[3]).map_err(|_| ParseError::BadFileId)?;
         let chunk = || -> Result<ChunkKey, ParseError> {
             Ok(ChunkKey {
                 file,
@@ -274,6 +291,7 @@ impl Message {
                 body: body.to_vec(),
             },
             "DELETE" => MessageKind::Delete { file },
+            "DELETED" => MessageKind::Deleted { file },
             _ => MessageKind::Removed { chunk: chunk()? },
         };
         Ok(Message {
@@ -362,6 +380,20 @@ mod tests {
         assert_eq!(
             m.encode(),
             format!("PUTCHUNK 1.0 17 {HEX} 999999 3 \r\n\r\nabc").into_bytes()
+        );
+        let m = Message::new(Version::V1_0, 1, MessageKind::Delete { file: key(0).file });
+        assert_eq!(
+            m.encode(),
+            format!("DELETE 1.0 1 {HEX} \r\n\r\n").into_bytes()
+        );
+        let v2 = Version::V2_0;
+        let m = Message::new(v2, 4, MessageKind::Up);
+        assert_eq!(Message::parse(&m.encode()), Ok(m.clone()));
+        assert_eq!(m.encode(), b"UP 2.0 4 \r\n\r\n".to_vec());
+        let m = Message::new(v2, 4, MessageKind::Deleted { file: key(0).file });
+        assert_eq!(
+            m.encode(),
+            format!("DELETED 2.0 4 {HEX} \r\n\r\n").into_bytes()
         );
         let m = Message::new(Version::V1_0, 1, MessageKind::Delete { file: key(0).file });
         assert_eq!(

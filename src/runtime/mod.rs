@@ -4,6 +4,7 @@
 pub mod node;
 pub mod pool;
 pub mod sender;
+pub mod tcp;
 pub mod timer;
 
 pub use node::{Node, NodeConfig, NodeError};

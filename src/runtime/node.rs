@@ -5,7 +5,7 @@
 //! actions, executed on that worker: chunk writes to disk, sends queued to the paced sender
 //! threads, timers into the wheel, reports to the client's connection thread.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,16 +19,18 @@ use serde_json::json;
 
 use super::pool::BoundedPool;
 use super::sender::Senders;
+use super::tcp::{self, ConnectionPool};
 use super::timer::TimerService;
 use crate::client::server::Handler;
 use crate::client::{Reply, Request};
+use crate::core::enhanced::BODY_BY_TCP;
 use crate::core::{
     Action, BackupRequest, Channel, ChunkSource, Config, Core, INTERNAL_OPS, OpEvent, OpId,
     RestoreRequest, TimerEvent,
 };
 use crate::net::{ChannelAddrs, open_receiver};
 use crate::protocol::file_id::file_id;
-use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind};
+use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version};
 use crate::storage::meta_file::{MetaFile, snapshot};
 use crate::storage::reconcile::reconcile;
 use crate::storage::{ChunkFiles, StorageError};
@@ -60,6 +62,14 @@ pub enum NodeError {
     /// Its tree or metadata cannot be used.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The TCP listener of enhanced restores cannot be opened.
+    #[error("cannot listen for TCP chunk bodies on {iface}: {source}")]
+    Tcp {
+        /// The interface.
+        iface: Ipv4Addr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A channel socket cannot be opened.
     #[error("cannot open {channel} channel {addr} on interface {iface}: {source}")]
     Socket {
@@ -95,6 +105,8 @@ struct Shared {
     pool: BoundedPool,
     timers: TimerService<TimerEvent>,
     senders: Senders,
+    /// Enhanced: connections to initiators that take chunk bodies over TCP.
+    tcp_pool: ConnectionPool,
     ops: DashMap<OpId, OpSink>,
     next_op: AtomicU64,
     stats: Stats,
@@ -110,6 +122,8 @@ pub struct Node {
 }
 
 const RECV_POLL: Duration = Duration::from_millis(200);
+/// Connections to initiators a holder keeps open at most.
+const TCP_CONNECTIONS: usize = 8;
 /// The metadata saver wakes at least this often, and saves at once when signalled...
 const METADATA_SAVE_EVERY: Duration = Duration::from_millis(100);
 /// ...but not more often than this (a group commit of whatever changed meanwhile).
@@ -117,7 +131,7 @@ const METADATA_SAVE_MIN_GAP: Duration = Duration::from_millis(10);
 
 impl Node {
     /// Opens the tree, reconciles it, opens the channels and starts every thread.
-    pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+    pub fn start(mut cfg: NodeConfig) -> Result<Node, NodeError> {
         let files = ChunkFiles::open(&cfg.dir)?;
         let meta_file = MetaFile::new(&cfg.dir, files.tmp_dir());
         let mut meta = meta_file.load()?;
@@ -150,6 +164,17 @@ impl Node {
             .collect::<Result<Vec<_>, _>>()?;
         let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate, 256)
             .map_err(|e| socket_err(Channel::Mc, e))?;
+        // Enhanced restores take chunk bodies over TCP on the multicast interface.
+        let body_listener = if cfg.core.enhanced() {
+            let (listener, addr) = tcp::bind(cfg.iface).map_err(|source| NodeError::Tcp {
+                iface: cfg.iface,
+                source,
+            })?;
+            cfg.core.restore_tcp = Some(addr);
+            Some(listener)
+        } else {
+            None
+        };
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
             let weak = weak.clone();
             Shared {
@@ -164,6 +189,7 @@ impl Node {
                     }
                 }),
                 senders,
+                tcp_pool: ConnectionPool::new(TCP_CONNECTIONS),
                 ops: DashMap::new(),
                 next_op: AtomicU64::new(1),
                 stats: Stats::default(),
@@ -195,20 +221,15 @@ impl Node {
                 })
                 .expect("spawn metadata saver"),
         );
-        // Chunks the metadata listed but the disk lost: tell the others.
-        let removed: Vec<Action> = fixed
-            .dropped
-            .into_iter()
-            .map(|chunk| Action::Send {
-                channel: Channel::Mc,
-                message: Message::new(
-                    cfg.core.version,
-                    cfg.core.id,
-                    MessageKind::Removed { chunk },
-                ),
-            })
-            .collect();
-        shared.run(removed);
+        if let Some(listener) = body_listener {
+            let s = shared.clone();
+            tcp::serve(listener, move |msg: Message| {
+                if matches!(msg.kind, MessageKind::Chunk { .. }) {
+                    s.run(s.core.on_message(msg));
+                }
+            });
+        }
+        shared.run(shared.core.startup(fixed.dropped));
         Ok(Node { shared, threads })
     }
 
@@ -289,14 +310,15 @@ impl Shared {
             match action {
                 Action::Send { channel, message } => self.senders.send(channel, message.encode()),
                 Action::SendPutchunk {
+                    version,
                     chunk,
                     degree,
                     source,
                     op,
-                } => self.send_putchunk(op, chunk, degree, source),
-                Action::SendChunk { chunk, hash } => match self.files.read(&chunk) {
+                } => self.send_putchunk(op, version, chunk, degree, source),
+                Action::SendChunk { chunk, hash, tcp } => match self.files.read(&chunk) {
                     Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => {
-                        self.send_message(Channel::Mdr, MessageKind::Chunk { chunk, body });
+                        self.send_chunk(chunk, body, tcp);
                     }
                     Ok(_) => {
                         tracing::error!(
@@ -373,14 +395,49 @@ impl Shared {
         }
     }
 
-    fn send_message(&self, channel: Channel, kind: MessageKind) {
-        let cfg = self.core.config();
-        self.senders
-            .send(channel, Message::new(cfg.version, cfg.id, kind).encode());
+    fn message(&self, version: Version, kind: MessageKind) -> Message {
+        Message::new(version, self.core.config().id, kind)
+    }
+
+    /// Sends a CHUNK on MDR; or (enhanced) its header on MDR and the whole of it over TCP to
+    /// the initiator, falling back to MDR if TCP fails.
+    fn send_chunk(&self, chunk: ChunkKey, body: Vec<u8>, tcp: Option<SocketAddrV4>) {
+        let body = match tcp {
+            None => body,
+            Some(addr) => {
+                let mut header = self.message(
+                    Version::V2_0,
+                    MessageKind::Chunk {
+                        chunk,
+                        body: Vec::new(),
+                    },
+                );
+                header.extra_lines.push(BODY_BY_TCP.to_string());
+                self.senders.send(Channel::Mdr, header.encode());
+                let whole = self.message(Version::V2_0, MessageKind::Chunk { chunk, body });
+                let Err(e) = self.tcp_pool.send(addr, &tcp::frame(&whole)) else {
+                    return;
+                };
+                tracing::warn!("sending chunk {chunk} over TCP to {addr}: {e}; sending it on MDR");
+                match whole.kind {
+                    MessageKind::Chunk { body, .. } => body,
+                    _ => return,
+                }
+            }
+        };
+        let msg = self.message(Version::V1_0, MessageKind::Chunk { chunk, body });
+        self.senders.send(Channel::Mdr, msg.encode());
     }
 
     /// Reads a chunk for PUTCHUNK (from the home's file or from our stored copy) and sends it.
-    fn send_putchunk(&self, op: OpId, chunk: ChunkKey, degree: u8, source: ChunkSource) {
+    fn send_putchunk(
+        &self,
+        op: OpId,
+        version: Version,
+        chunk: ChunkKey,
+        degree: u8,
+        source: ChunkSource,
+    ) {
         let body = match source {
             ChunkSource::File { path, offset, len } => match read_at(&path, offset, len) {
                 Ok(body) => {
@@ -400,14 +457,15 @@ impl Shared {
                 }
             },
         };
-        self.send_message(
-            Channel::Mdb,
+        let msg = self.message(
+            version,
             MessageKind::Putchunk {
                 chunk,
                 degree,
                 body,
             },
         );
+        self.senders.send(Channel::Mdb, msg.encode());
     }
 
     fn report(&self, op: OpId, event: OpEvent) {
@@ -511,7 +569,7 @@ impl Shared {
         (op, rx)
     }
 
-    fn backup(&self, path: &Path, degree: u8) -> Result<Receiver<Reply>, String> {
+    fn backup(&self, path: &Path, degree: u8, enhanced: bool) -> Result<Receiver<Reply>, String> {
         let path = std::fs::canonicalize(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let meta =
@@ -527,17 +585,18 @@ impl Shared {
             file,
             size: meta.len(),
             degree,
+            enhanced,
         };
         self.start(op, rx, self.core.start_backup(op, req))
     }
 
-    fn delete(&self, path: &Path) -> Result<Receiver<Reply>, String> {
+    fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, String> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let (op, rx) = self.new_op(&path);
-        self.start(op, rx, self.core.start_delete(op, &path))
+        self.start(op, rx, self.core.start_delete(op, &path, enhanced))
     }
 
-    fn restore(&self, path: &Path) -> Result<Receiver<Reply>, String> {
+    fn restore(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, String> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let name = path
             .file_name()
@@ -552,12 +611,17 @@ impl Shared {
         }
         let (op, rx) = self.new_op(&path);
         let tmp = self.files.tmp_dir().join(format!("restore-{op}.part"));
-        let req = RestoreRequest { path, tmp, dest };
+        let req = RestoreRequest {
+            path,
+            tmp,
+            dest,
+            enhanced,
+        };
         self.start(op, rx, self.core.start_restore(op, req))
     }
 
-    fn reclaim(&self, max_kb: u64) -> Receiver<Reply> {
-        let (done, actions) = self.core.reclaim(max_kb.saturating_mul(1000));
+    fn reclaim(&self, max_kb: u64, enhanced: bool) -> Receiver<Reply> {
+        let (done, actions) = self.core.reclaim(max_kb.saturating_mul(1000), enhanced);
         self.run(actions);
         let message = format!(
             "capacity set to {} KB: {:.3} KB used, {} chunk(s) evicted",
@@ -645,11 +709,15 @@ impl Handler for ClientHandler {
             ))
         } else {
             match &request {
-                Request::Backup { path, degree, .. } => s.backup(path, *degree),
-                Request::Delete { path, .. } => s.delete(path),
+                Request::Backup {
+                    path,
+                    degree,
+                    enhanced,
+                } => s.backup(path, *degree, *enhanced),
+                Request::Delete { path, enhanced } => s.delete(path, *enhanced),
                 Request::State => Ok(reply_done(String::new(), s.state_json())),
-                Request::Restore { path, .. } => s.restore(path),
-                Request::Reclaim { max_kb, .. } => Ok(s.reclaim(*max_kb)),
+                Request::Restore { path, enhanced } => s.restore(path, *enhanced),
+                Request::Reclaim { max_kb, enhanced } => Ok(s.reclaim(*max_kb, *enhanced)),
             }
         };
         result.unwrap_or_else(|message| {

@@ -1,0 +1,177 @@
+//! Enhanced restore over TCP: the initiator's listener for chunk bodies, and the holder's
+//! bounded pool of connections to initiators (least recently used closed first).
+//!
+//! A frame is a 4-byte big-endian length followed by one encoded CHUNK message.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::protocol::{MAX_CHUNK_SIZE, Message};
+
+/// Largest frame accepted: a full chunk plus a generous header.
+pub const MAX_FRAME: usize = MAX_CHUNK_SIZE + 4096;
+
+/// How long a connection may stay idle before the initiator closes it.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Binds the body listener on `iface` at a port picked by the system.
+pub fn bind(iface: Ipv4Addr) -> io::Result<(TcpListener, SocketAddrV4)> {
+    let listener = TcpListener::bind(SocketAddrV4::new(iface, 0))?;
+    match listener.local_addr()? {
+        SocketAddr::V4(addr) => Ok((listener, addr)),
+        SocketAddr::V6(_) => Err(io::Error::other("IPv4 listener has an IPv6 address")),
+    }
+}
+
+/// Accepts holders' connections; every message read is handed to `deliver` on the
+/// connection's own thread (so a fast holder is slowed down by TCP, not dropped).
+pub fn serve(listener: TcpListener, deliver: impl Fn(Message) + Send + Sync + Clone + 'static) {
+    std::thread::Builder::new()
+        .name("tcp-bodies".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let deliver = deliver.clone();
+                let _ = std::thread::Builder::new()
+                    .name("tcp-body-conn".into())
+                    .spawn(move || read_frames(stream, deliver));
+            }
+        })
+        .expect("spawn TCP body listener");
+}
+
+fn read_frames(mut stream: TcpStream, deliver: impl Fn(Message)) {
+    if stream.set_read_timeout(Some(IDLE)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME || stream.read_exact(&mut buf[..len]).is_err() {
+            return; // a frame we cannot take: drop the connection
+        }
+        match Message::parse(&buf[..len]) {
+            Ok(msg) => deliver(msg),
+            Err(e) => tracing::debug!("dropped a malformed TCP frame: {e}"),
+        }
+    }
+}
+
+/// Encodes `msg` as one frame.
+pub fn frame(msg: &Message) -> Vec<u8> {
+    let bytes = msg.encode();
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// Open connections to initiators, at most `max`, least recently used closed first.
+pub struct ConnectionPool {
+    max: usize,
+    conns: Mutex<VecDeque<(SocketAddrV4, TcpStream)>>,
+}
+
+impl ConnectionPool {
+    /// A pool of at most `max` connections.
+    pub fn new(max: usize) -> Self {
+        ConnectionPool {
+            max: max.max(1),
+            conns: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Sends `frame` to `addr`, reusing an open connection (and reconnecting once if it broke).
+    pub fn send(&self, addr: SocketAddrV4, frame: &[u8]) -> io::Result<()> {
+        let reused = {
+            let mut conns = self.conns.lock();
+            conns
+                .iter()
+                .position(|(a, _)| *a == addr)
+                .and_then(|i| conns.remove(i))
+        };
+        let stream = match reused.map(|(_, mut s)| s.write_all(frame).map(|()| s)) {
+            Some(Ok(s)) => s,
+            _ => {
+                let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1))?;
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(frame)?;
+                s
+            }
+        };
+        let mut conns = self.conns.lock();
+        conns.push_front((addr, stream));
+        conns.truncate(self.max);
+        Ok(())
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ChunkKey, FileId, MessageKind, Version};
+
+    #[test]
+    fn frames_arrive_in_order_over_reused_connections_and_the_pool_is_bounded() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut addrs = Vec::new();
+        for _ in 0..3 {
+            let (listener, addr) = bind(Ipv4Addr::LOCALHOST).unwrap();
+            let tx = tx.clone();
+            serve(listener, move |m: Message| {
+                let _ = tx.send(m);
+            });
+            addrs.push(addr);
+        }
+        let pool = ConnectionPool::new(2);
+        let chunk = |no| {
+            Message::new(
+                Version::V2_0,
+                9,
+                MessageKind::Chunk {
+                    chunk: ChunkKey {
+                        file: FileId([1; 32]),
+                        no,
+                    },
+                    body: vec![no as u8; 64_000],
+                },
+            )
+        };
+        for no in 0..6 {
+            pool.send(addrs[no as usize % 3], &frame(&chunk(no)))
+                .unwrap();
+            assert!(pool.len() <= 2);
+        }
+        let mut got: Vec<u32> = (0..6)
+            .map(
+                |_| match rx.recv_timeout(Duration::from_secs(5)).unwrap().kind {
+                    MessageKind::Chunk { chunk, body } => {
+                        assert_eq!(body, vec![chunk.no as u8; 64_000]);
+                        chunk.no
+                    }
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+    }
+}
