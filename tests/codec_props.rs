@@ -607,7 +607,10 @@ fn rejects_malformed_messages_with_the_matching_error() {
             format!("HELLO 1.0 2 {HEX} 0 \r\n\r\n"),
             UnknownType("HELLO".into()),
         ),
-        ("HELLO 2.0 2 \r\n\r\n".to_string(), UnknownType("HELLO".into())),
+        (
+            "HELLO 2.0 2 \r\n\r\n".to_string(),
+            UnknownType("HELLO".into()),
+        ),
         // The enhanced types with wrong field counts.
         (
             format!("UP 2.0 2 {HEX} \r\n\r\n"),

@@ -186,18 +186,17 @@ fn partial_reclaim_fits_the_limit_and_a_full_peer_stays_out() {
     let c = Cluster::start(3);
     let first = c.make_file("first", 10 * K);
     backup(&c, 1, &first, 2);
-    // 640 KB stored; a limit of 300 KB keeps 4 full chunks (256 KB) and leaves no room for
-    // another; a limit of 256 KB then evicts nothing more.
+    // 640 KB stored; a limit of 300 KB keeps 4 full chunks (256 KB) and the empty last one,
+    // leaving 43,999 bytes of room (an empty chunk counts as one byte).
     let run = c.testapp(&["--json", &c.ap(2), "RECLAIM", "300"]).ok();
     assert_eq!(run.json()["evicted"], 6);
     let st = c.state(2);
     assert_eq!(st["used_kb"], 256.0, "{st}");
     assert_eq!(st["capacity_kb"], 300);
-    let run = c.testapp(&["--json", &c.ap(2), "RECLAIM", "256"]).ok();
-    assert_eq!(run.json()["evicted"], 0);
-    // Peer 2 is now full: a new file's chunks go to peer 3 alone, and peer 2 sends no STORED
-    // (the home perceives exactly one holder per chunk).
-    let second = c.make_file("second", 3 * K);
+
+    // No chunk of a new file fits on peer 2 now: they go to peer 3 alone, and peer 2 sends
+    // no STORED (the home perceives exactly one holder per chunk).
+    let second = c.make_file("second", 3 * K + 50_000);
     let file_id = backup(&c, 1, &second, 1);
     assert!(c.chunk_files(2, &file_id).is_empty());
     let home = c.state(1);

@@ -83,9 +83,9 @@ The peer stops on SIGINT or SIGTERM after saving its metadata. Exit codes: 0 sto
 
 fn parse_version(s: &str) -> Result<Version, String> {
     let v: Version = s.parse()?;
-    if v != Version::V1_0 {
+    if v != Version::V1_0 && v != Version::V2_0 {
         return Err(format!(
-            "protocol version {v} is not supported by this build (it speaks 1.0)"
+            "protocol version {v} is not supported: use 1.0 or 2.0"
         ));
     }
     Ok(v)
@@ -152,9 +152,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             mdr: SocketAddrV4::new(args.mdr_addr, args.mdr_port),
         },
         iface: args.iface,
-        dir: args
-            .dir
-            .unwrap_or_else(|| PathBuf::from(format!("peer{id}"))),
+        dir: std::path::absolute(
+            args.dir
+                .unwrap_or_else(|| PathBuf::from(format!("peer{id}"))),
+        )
+        .context("resolving the peer's directory")?,
         capacity_kb: args.capacity,
         send_rate: args.rate.saturating_mul(1_000_000),
         workers: args.workers as usize,

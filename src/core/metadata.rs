@@ -84,6 +84,11 @@ impl Default for Metadata {
     }
 }
 
+/// Space a chunk of `size` bytes takes for capacity purposes (an empty chunk counts as 1).
+pub fn footprint(size: u32) -> u64 {
+    u64::from(size.max(1))
+}
+
 /// Number of chunks of a file of `size` bytes: every chunk full but a strictly shorter last one.
 pub fn chunk_count(size: u64) -> u64 {
     size / crate::protocol::MAX_CHUNK_SIZE as u64 + 1
@@ -101,6 +106,16 @@ impl Metadata {
             .values()
             .flat_map(|m| m.values())
             .map(|c| u64::from(c.size))
+            .sum()
+    }
+
+    /// Space stored chunks take for capacity purposes: their sizes, an empty chunk counting as
+    /// one byte (so a peer with capacity 0 holds nothing, not even empty chunks).
+    pub fn footprint(&self) -> u64 {
+        self.stored
+            .values()
+            .flat_map(|m| m.values())
+            .map(|c| footprint(c.size))
             .sum()
     }
 

@@ -105,6 +105,9 @@ pub struct Config {
     pub audit_delay: Duration,
     /// Enhanced: re-backups one holder starts for one chunk at most.
     pub max_rebackups: u8,
+    /// Enhanced: how long after storing a chunk a peer checks whether more peers than desired
+    /// stored it too (then the copies of the higher peer ids are dropped).
+    pub trim_delay: Duration,
     /// Enhanced: pending deletions are re-announced this often.
     pub delete_retry_interval: Duration,
 }
@@ -129,6 +132,7 @@ impl Config {
             max_deferred: 256,
             audit_delay: Duration::from_secs(5),
             max_rebackups: 3,
+            trim_delay: Duration::from_secs(1),
             delete_retry_interval: Duration::from_secs(10),
         }
     }
@@ -302,6 +306,11 @@ pub enum TimerEvent {
     },
     /// Enhanced: re-announce pending deletions.
     RetryDeletes,
+    /// Enhanced: drop our copy of a chunk if `desired` peers with lower ids hold it.
+    TrimCheck {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
     /// Send DELETE again; `remaining` sends are left after this one.
     DeleteAgain {
         /// Which file.
@@ -390,6 +399,8 @@ pub struct Counters {
     pub bad_bodies: AtomicU64,
     /// Chunks stored here.
     pub chunks_stored: AtomicU64,
+    /// Enhanced: surplus copies this peer dropped after an enhanced backup.
+    pub chunks_trimmed: AtomicU64,
 }
 
 impl Counters {
@@ -503,6 +514,13 @@ impl Core {
         Duration::from_millis(self.rng.lock().u64(0..=max))
     }
 
+    /// Enhanced: the wait before looking again at a chunk below its degree: `audit_delay` plus
+    /// a random part as long.
+    fn audit_delay(&self) -> Duration {
+        let extra = self.cfg.audit_delay.as_millis() as u64;
+        self.cfg.audit_delay + Duration::from_millis(self.rng.lock().u64(0..=extra))
+    }
+
     fn internal_op(&self) -> OpId {
         self.next_internal_op.fetch_add(1, Ordering::Relaxed)
     }
@@ -569,6 +587,7 @@ impl Core {
             TimerEvent::CheckDegree { chunk } => self.check_degree(chunk),
             TimerEvent::StoreDecision { chunk } => self.store_decision(chunk),
             TimerEvent::RetryDeletes => self.retry_deletes(),
+            TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
             TimerEvent::DeleteAgain {
                 file,
                 version,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::metadata::footprint;
 use super::{Action, Channel, Core, TimerEvent};
 use crate::protocol::{ChunkKey, MessageKind, PeerId, Version};
 
@@ -61,11 +62,14 @@ impl Core {
         // Best eviction candidates last, for pop().
         candidates.sort_by_key(|&(surplus, size, key)| (surplus, size, std::cmp::Reverse(key)));
         let mut evicted = Vec::new();
-        while used > bytes {
+        // Evict by footprint (an empty chunk counts as one byte), so RECLAIM 0 frees all.
+        let mut taken = meta.footprint();
+        while taken > bytes {
             let Some((_, size, key)) = candidates.pop() else {
                 break;
             };
             meta.remove_stored(&key);
+            taken -= footprint(size);
             used -= u64::from(size);
             evicted.push(key);
         }
@@ -107,7 +111,7 @@ impl Core {
             self.below_degree(&meta, &chunk).is_some()
         };
         if below {
-            self.watch(chunk, enhanced)
+            self.watch(chunk, enhanced, self.reply_delay())
         } else {
             Vec::new()
         }
@@ -121,8 +125,13 @@ impl Core {
     }
 
     /// Starts watching a chunk held here below its degree (unless already watched): a check
-    /// after the random 0–400 ms delay, then (enhanced) audits until it is back at its degree.
-    pub(super) fn watch(&self, chunk: ChunkKey, enhanced: bool) -> Vec<Action> {
+    /// after `first_check`, then (enhanced) more checks until it is back at its degree.
+    pub(super) fn watch(
+        &self,
+        chunk: ChunkKey,
+        enhanced: bool,
+        first_check: Duration,
+    ) -> Vec<Action> {
         let first = Watch {
             putchunk_seen: false,
             enhanced,
@@ -134,7 +143,7 @@ impl Core {
         }
         self.watches.insert(chunk, first);
         vec![Action::Schedule {
-            delay: self.reply_delay(),
+            delay: first_check,
             event: TimerEvent::CheckDegree { chunk },
         }]
     }
@@ -147,9 +156,16 @@ impl Core {
             return Vec::new();
         };
         let mut actions = Vec::new();
+        tracing::debug!(
+            "degree check of {chunk}: desired {desired:?} if below, putchunk seen {}, own re-backup running {}, re-backups {}",
+            w.putchunk_seen,
+            self.pending.contains_key(&chunk),
+            w.rebackups
+        );
         let keep_watching = match desired {
             None => false, // back at its degree, or no longer held here
-            Some(_) if w.putchunk_seen => w.enhanced,
+            // Someone else's PUTCHUNK was seen, or our own re-backup is still running.
+            Some(_) if w.putchunk_seen || self.pending.contains_key(&chunk) => w.enhanced,
             Some(_) if w.rebackups >= self.cfg.max_rebackups => {
                 tracing::warn!(
                     "chunk {chunk} stays below its degree after {} re-backups",
@@ -170,11 +186,8 @@ impl Core {
         };
         if keep_watching {
             w.putchunk_seen = false;
-            let extra = self.cfg.audit_delay.as_millis() as u64;
-            let delay =
-                self.cfg.audit_delay + Duration::from_millis(self.rng.lock().u64(0..=extra));
             actions.push(Action::Schedule {
-                delay,
+                delay: self.audit_delay(),
                 event: TimerEvent::CheckDegree { chunk },
             });
         } else {

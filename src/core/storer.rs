@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 
-use super::metadata::StoredChunk;
+use super::metadata::{StoredChunk, footprint};
 use super::{Action, Channel, Core, Counters, TimerEvent};
 use crate::protocol::{ChunkHash, ChunkKey, FileId, MessageKind, PeerId, Version};
 
@@ -118,6 +118,11 @@ impl Core {
         let Some((_, d)) = self.deferred.remove(&chunk) else {
             return Vec::new();
         };
+        tracing::debug!(
+            "store decision for {chunk}: seen holders {:?}, desired {}",
+            d.holders,
+            d.desired
+        );
         if d.holders.len() >= usize::from(d.desired) {
             return Vec::new(); // enough peers stored it: keep our disk free
         }
@@ -128,11 +133,11 @@ impl Core {
         self.write(chunk, d.desired, d.body, d.holders, true)
     }
 
-    /// Whether `size` more bytes fit next to what is stored and being written. An empty chunk
-    /// still counts as one byte, so a full peer (capacity 0 included) stores nothing.
+    /// Whether a chunk of `size` bytes fits next to what is stored and being written (see
+    /// [`footprint`]: a full peer, capacity 0 included, stores nothing).
     fn fits(&self, meta: &super::Metadata, size: u32) -> bool {
-        let reserved: u64 = self.writing.iter().map(|e| u64::from(e.size)).sum();
-        meta.used() + reserved + u64::from(size.max(1)) <= meta.capacity
+        let reserved: u64 = self.writing.iter().map(|e| footprint(e.size)).sum();
+        meta.footprint() + reserved + footprint(size) <= meta.capacity
     }
 
     fn stored_timer(&self, chunk: ChunkKey, version: Version) -> Action {
@@ -157,7 +162,7 @@ impl Core {
         };
         let mut meta = self.meta.lock();
         // DELETE arrived, or RECLAIM lowered the capacity, while the chunk was written.
-        let Some(w) = reservation.filter(|_| meta.used() + u64::from(size.max(1)) <= meta.capacity)
+        let Some(w) = reservation.filter(|_| meta.footprint() + footprint(size) <= meta.capacity)
         else {
             return vec![Action::RemoveChunk { chunk }];
         };
@@ -180,10 +185,17 @@ impl Core {
         } else {
             vec![self.stored_timer(chunk, Version::V1_0)]
         };
-        if w.reply_now && below {
-            // Stored on an enhanced PUTCHUNK: make sure the degree is reached even if its
-            // initiator dies.
-            actions.extend(self.watch(chunk, true));
+        if w.reply_now {
+            // Stored on an enhanced PUTCHUNK: drop the copy later if others stored it too, and
+            // make sure the degree is reached even if the initiator dies.
+            actions.push(Action::Schedule {
+                delay: self.cfg.trim_delay,
+                event: TimerEvent::TrimCheck { chunk },
+            });
+            if below {
+                // Give the other storers' STOREDs time to arrive before checking.
+                actions.extend(self.watch(chunk, true, self.audit_delay()));
+            }
         }
         actions
     }
@@ -285,6 +297,39 @@ impl Core {
             return Vec::new();
         }
         self.restore_body(chunk, body)
+    }
+
+    /// Enhanced: peers that decide to store at nearly the same time may all store. Once their
+    /// STOREDs are known, the holder whose id is above those of `desired` other holders drops
+    /// its copy (and says REMOVED). Every holder applies the same rule, so the `desired`
+    /// lowest ids always keep theirs: the degree never drops below the desired one.
+    pub(super) fn trim_check(&self, chunk: ChunkKey) -> Vec<Action> {
+        let mut meta = self.meta.lock();
+        let Some(c) = meta.stored_chunk(&chunk) else {
+            return Vec::new();
+        };
+        let lower = c.holders.iter().filter(|&&p| p < self.cfg.id).count();
+        tracing::debug!(
+            "trim check of {chunk}: holders {:?}, desired {}",
+            c.holders,
+            c.desired
+        );
+        if lower < usize::from(c.desired) {
+            return Vec::new();
+        }
+        meta.remove_stored(&chunk);
+        drop(meta);
+        Counters::bump(&self.counters.chunks_trimmed);
+        vec![
+            Action::SyncMetadata,
+            Action::RemoveChunk { chunk },
+            self.send_v(
+                Channel::Mc,
+                Version::V2_0,
+                MessageKind::Removed { chunk },
+                Vec::new(),
+            ),
+        ]
     }
 
     /// A stored chunk turned out unreadable or corrupt when it was to be served: forget it and

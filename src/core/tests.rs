@@ -474,6 +474,11 @@ fn reclaim_evicts_surplus_copies_first_and_announces_removed() {
     let (done, _) = c.reclaim(0, false);
     assert_eq!((done.evicted.len(), done.used), (2, 0));
     assert!(c.state().stored.is_empty());
+    // RECLAIM 0 frees empty chunks too.
+    let c = core(2);
+    c.on_message(msg(1, putchunk(0, b"")));
+    c.chunk_written(key(0), 2, 0, Some(ChunkHash::of(b"")));
+    assert_eq!(c.reclaim(0, false).0.evicted, vec![key(0)]);
 }
 
 #[test]
@@ -500,4 +505,312 @@ fn removed_below_degree_starts_a_rebackup_unless_a_putchunk_is_seen() {
         c.on_message(msg(3, MessageKind::Removed { chunk: key(0) }))
             .is_empty()
     );
+}
+
+/// Fires every timer `actions` schedule (and those they schedule) in due-time order, as a
+/// clock would; returns every action produced.
+fn run_timers(c: &Core, actions: Vec<Action>) -> Vec<Action> {
+    let mut queue = std::collections::BTreeMap::new();
+    let mut seq = 0u64;
+    let mut now = Duration::ZERO;
+    let mut all = Vec::new();
+    let mut pending = actions;
+    loop {
+        for (delay, event) in timers(&pending) {
+            queue.insert((now + delay, seq), event);
+            seq += 1;
+        }
+        all.append(&mut pending);
+        let Some(((at, _), event)) = queue.pop_first() else {
+            return all;
+        };
+        now = at;
+        pending = c.on_timer(event);
+    }
+}
+
+// ---- Enhanced protocol (2.0) ----
+
+const V2: Version = Version::V2_0;
+
+fn core2(id: PeerId) -> Core {
+    let mut cfg = Config::new(id, V2);
+    cfg.seed = 11;
+    cfg.window = 2;
+    cfg.restore_tcp = Some("127.0.0.1:4000".parse().unwrap());
+    Core::new(cfg, Metadata::default())
+}
+
+fn msg2(sender: PeerId, kind: MessageKind) -> Message {
+    Message::new(V2, sender, kind)
+}
+
+fn sends(actions: &[Action]) -> Vec<&Message> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn enhanced_storer_stores_only_while_the_degree_is_short() {
+    let c = core2(4);
+    // Two others stored chunk 0 during our delay: we keep our disk free.
+    let [(delay, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
+        .try_into()
+        .unwrap();
+    assert!(delay <= Duration::from_millis(400));
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+    c.on_message(msg(3, MessageKind::Stored { chunk: key(0) }));
+    assert!(c.on_timer(decide).is_empty());
+    // Only one other for chunk 1: we store, and answer STORED 2.0 at once after the write.
+    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(1, b"abc"))))
+        .try_into()
+        .unwrap();
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(1) }));
+    let write = c.on_timer(decide);
+    assert!(matches!(&write[..], [Action::WriteChunk { .. }]));
+    let after = c.chunk_written(key(1), 2, 3, Some(ChunkHash::of(b"abc")));
+    assert_eq!(after[0], Action::SyncMetadata);
+    assert_eq!(
+        sends(&after)[0],
+        &msg2(4, MessageKind::Stored { chunk: key(1) })
+    );
+    assert_eq!(
+        c.state().stored[0].perceived,
+        2,
+        "the STORED seen while deciding counts"
+    );
+    // A 1.0 PUTCHUNK gets the 1.0 treatment: written at once.
+    assert!(matches!(
+        &c.on_message(msg(1, putchunk(2, b"x")))[..],
+        [Action::WriteChunk { .. }]
+    ));
+    assert_eq!(c.instances(), 1, "only the 1.0 write is in progress");
+}
+
+#[test]
+fn a_base_peer_treats_enhanced_messages_as_1_0_and_ignores_new_types() {
+    let c = core(4);
+    assert!(matches!(
+        &c.on_message(msg2(1, putchunk(0, b"x")))[..],
+        [Action::WriteChunk { .. }]
+    ));
+    assert!(c.on_message(msg2(1, MessageKind::Up)).is_empty());
+    assert!(
+        c.on_message(msg2(1, MessageKind::Deleted { file: key(0).file }))
+            .is_empty()
+    );
+    assert!(c.startup(vec![]).is_empty());
+}
+
+#[test]
+fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders() {
+    let c = core2(2);
+    c.on_message(msg(1, putchunk(0, b"x")));
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    let mut get = msg2(1, MessageKind::Getchunk { chunk: key(0) });
+    get.extra_lines = vec!["TCP 127.0.0.1:5000".into()];
+    let [(_, event)] = timers(&c.on_message(get.clone())).try_into().unwrap();
+    assert_eq!(
+        c.on_timer(event),
+        vec![Action::SendChunk {
+            chunk: key(0),
+            hash: Some(ChunkHash::of(b"x")),
+            tcp: Some("127.0.0.1:5000".parse().unwrap()),
+        }]
+    );
+    // Another holder's header-only CHUNK suppresses our reply like a full one.
+    let [(_, event)] = timers(&c.on_message(get)).try_into().unwrap();
+    let mut header_only = msg2(
+        3,
+        MessageKind::Chunk {
+            chunk: key(0),
+            body: vec![],
+        },
+    );
+    header_only.extra_lines = vec![enhanced::BODY_BY_TCP.into()];
+    assert!(c.on_message(header_only).is_empty());
+    assert!(c.on_timer(event).is_empty());
+    // A plain GETCHUNK is answered on MDR.
+    let [(_, event)] = timers(&c.on_message(msg(1, MessageKind::Getchunk { chunk: key(0) })))
+        .try_into()
+        .unwrap();
+    assert!(matches!(
+        &c.on_timer(event)[..],
+        [Action::SendChunk { tcp: None, .. }]
+    ));
+}
+
+#[test]
+fn enhanced_restore_asks_for_tcp_first_then_falls_back_to_plain_getchunk() {
+    let c = core2(1);
+    c.start_backup(1, request(5, 1)).unwrap();
+    c.putchunk_read(1, key(0), ChunkHash::of(b"hello")).unwrap();
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+    let mut req = restore_request();
+    req.enhanced = true;
+    let first = c.start_restore(7, req).unwrap();
+    let get = sends(&first)[0];
+    assert_eq!(get.version, V2);
+    assert_eq!(get.extra_lines, vec!["TCP 127.0.0.1:4000".to_string()]);
+    // A header-only CHUNK is not a body: no refusal, no re-ask.
+    let mut header_only = msg2(
+        2,
+        MessageKind::Chunk {
+            chunk: key(0),
+            body: vec![],
+        },
+    );
+    header_only.extra_lines = vec![enhanced::BODY_BY_TCP.into()];
+    assert!(c.on_message(header_only).is_empty());
+    // No body came: the resend is a plain 1.0 GETCHUNK.
+    let (_, wait) = timers(&first).pop().unwrap();
+    let resend = c.on_timer(wait);
+    let get = sends(&resend)[0];
+    assert_eq!((get.version, get.extra_lines.len()), (Version::V1_0, 0));
+    // The body over TCP (a CHUNK 2.0 with its body) is accepted.
+    let got = c.on_message(msg2(
+        2,
+        MessageKind::Chunk {
+            chunk: key(0),
+            body: b"hello".to_vec(),
+        },
+    ));
+    assert!(matches!(&got[0], Action::WriteRestored { .. }));
+    assert_eq!(
+        c.counters
+            .bad_bodies
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[test]
+fn enhanced_delete_stays_pending_until_every_enhanced_holder_confirms() {
+    let c = core2(1);
+    c.on_message(msg2(2, MessageKind::Up)); // peer 2 speaks 2.0; peer 3 is not known to
+    c.start_backup(1, request(5, 2)).unwrap();
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+    c.on_message(msg(3, MessageKind::Stored { chunk: key(0) }));
+    let actions = c.start_delete(2, "/src/file".as_ref(), true).unwrap();
+    assert_eq!(sends(&actions)[0].version, V2);
+    let pending = || c.with_metadata(|m| m.pending_deletes.clone());
+    assert_eq!(pending()[&key(0).file], [2].into());
+    // Peer 2 comes back: it is sent the DELETE it missed.
+    let again = c.on_message(msg2(2, MessageKind::Up));
+    assert_eq!(
+        sends(&again),
+        vec![&msg2(1, MessageKind::Delete { file: key(0).file })]
+    );
+    // The periodic retry re-sends it too, and schedules itself again.
+    let retry = c.on_timer(TimerEvent::RetryDeletes);
+    assert_eq!(sends(&retry).len(), 1);
+    assert!(matches!(
+        retry.last(),
+        Some(Action::Schedule {
+            event: TimerEvent::RetryDeletes,
+            ..
+        })
+    ));
+    // Its confirmation ends the tracking.
+    c.on_message(msg2(2, MessageKind::Deleted { file: key(0).file }));
+    assert!(pending().is_empty());
+    assert!(sends(&c.on_timer(TimerEvent::RetryDeletes)).is_empty());
+}
+
+#[test]
+fn enhanced_holder_confirms_delete_and_announces_itself_at_start() {
+    let c = core2(2);
+    c.on_message(msg(1, putchunk(0, b"x")));
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    let actions = c.on_message(msg2(1, MessageKind::Delete { file: key(0).file }));
+    assert_eq!(actions[0], Action::RemoveChunk { chunk: key(0) });
+    assert_eq!(
+        sends(&actions),
+        vec![&msg2(2, MessageKind::Deleted { file: key(0).file })]
+    );
+    // A 1.0 DELETE is not confirmed.
+    assert!(sends(&c.on_message(msg(1, MessageKind::Delete { file: key(0).file }))).is_empty());
+    let start = c.startup(vec![key(5)]);
+    let announced: Vec<&str> = sends(&start).iter().map(|m| m.kind.name()).collect();
+    assert_eq!(announced, vec!["REMOVED", "UP"]);
+}
+
+#[test]
+fn enhanced_watch_rebacks_up_again_when_nobody_restores_the_degree_and_then_gives_up() {
+    let c = core2(2);
+    c.on_message(msg(1, putchunk(0, b"x")));
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    c.on_message(msg(3, MessageKind::Stored { chunk: key(0) }));
+    // Each check: if no PUTCHUNK was seen and the degree is still short, re-back it up; the
+    // re-backups find nobody (their PUTCHUNK waits run out); the watch gives up after 3.
+    let all = run_timers(
+        &c,
+        c.on_message(msg2(3, MessageKind::Removed { chunk: key(0) })),
+    );
+    let rebackups = all
+        .iter()
+        .filter(|a| matches!(a, Action::Report { event: OpEvent::BackupDone { short, .. }, .. } if short == &vec![0]))
+        .count();
+    assert!(
+        all.iter()
+            .all(|a| !matches!(a, Action::SendPutchunk { version, .. } if *version != V2))
+    );
+    assert_eq!(rebackups, 3);
+    assert_eq!(c.instances(), 0);
+    // Someone else's PUTCHUNK during the wait keeps this peer quiet, and a STORED that brings
+    // the degree back ends the watch.
+    let c = core2(2);
+    c.on_message(msg(1, putchunk(0, b"x")));
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    let [(_, check)] = timers(&c.on_message(msg2(3, MessageKind::Removed { chunk: key(0) })))
+        .try_into()
+        .unwrap();
+    c.on_message(msg2(4, putchunk(0, b"x")));
+    let later = c.on_timer(check);
+    assert!(sent_putchunks(&later).is_empty());
+    let [(_, audit)] = timers(&later).try_into().unwrap();
+    c.on_message(msg(4, MessageKind::Stored { chunk: key(0) }));
+    assert!(c.on_timer(audit).is_empty());
+    assert_eq!(c.instances(), 0);
+}
+
+#[test]
+fn enhanced_holders_above_the_lowest_ids_drop_surplus_copies() {
+    // Peers 2, 4 and 6 all decided to store chunk 0 (degree 2) at nearly the same time.
+    let store = |id: PeerId| {
+        let c = core2(id);
+        let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
+            .try_into()
+            .unwrap();
+        let write = c.on_timer(decide);
+        assert!(matches!(&write[..], [Action::WriteChunk { .. }]));
+        let done = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"abc")));
+        for other in [2, 4, 6].into_iter().filter(|&p| p != id) {
+            c.on_message(msg2(other, MessageKind::Stored { chunk: key(0) }));
+        }
+        let trim = timers(&done)
+            .into_iter()
+            .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
+            .expect("trim check scheduled");
+        assert_eq!(trim.0, Duration::from_secs(1));
+        (c.on_timer(trim.1), c)
+    };
+    for (id, keeps) in [(2, true), (4, true), (6, false)] {
+        let (actions, c) = store(id);
+        assert_eq!(actions.is_empty(), keeps, "peer {id}");
+        assert_eq!(c.state().stored.len(), usize::from(keeps), "peer {id}");
+        if !keeps {
+            assert!(actions.contains(&Action::RemoveChunk { chunk: key(0) }));
+            assert!(
+                sends(&actions)
+                    .iter()
+                    .any(|m| m.kind == MessageKind::Removed { chunk: key(0) })
+            );
+        }
+    }
 }

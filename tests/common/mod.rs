@@ -82,6 +82,8 @@ pub struct Cluster {
     peers: Vec<(u32, Child)>,
     /// Access points that are not the default `peer<ID>`.
     aps: std::collections::HashMap<u32, String>,
+    /// Protocol versions that are not the cluster's default.
+    versions: std::collections::HashMap<u32, String>,
 }
 
 /// A finished TestApp run.
@@ -134,6 +136,7 @@ impl Cluster {
             version: "1.0".into(),
             peers: Vec::new(),
             aps: Default::default(),
+            versions: Default::default(),
         }
     }
 
@@ -154,6 +157,12 @@ impl Cluster {
             .unwrap_or_else(|| format!("peer{id}"))
     }
 
+    /// Starts peer `id` speaking protocol `version` (it keeps it across restarts).
+    pub fn spawn_version(&mut self, id: u32, version: &str, extra: &[&str]) {
+        self.versions.insert(id, version.to_string());
+        self.spawn(id, extra);
+    }
+
     /// Starts peer `id` on access point `ap` instead of `peer<ID>`.
     pub fn spawn_at(&mut self, id: u32, ap: &str, extra: &[&str]) {
         self.aps.insert(id, ap.to_string());
@@ -172,7 +181,8 @@ impl Cluster {
 
     /// The 9 positional peer arguments for `id`.
     pub fn peer_args(&self, id: u32) -> Vec<String> {
-        let mut args = vec![self.version.clone(), id.to_string(), self.ap(id)];
+        let version = self.versions.get(&id).unwrap_or(&self.version).clone();
+        let mut args = vec![version, id.to_string(), self.ap(id)];
         for ch in self.channels {
             args.push(ch.ip().to_string());
             args.push(ch.port().to_string());
@@ -198,10 +208,9 @@ impl Cluster {
         self.peers.push((id, child));
         let ap = self.ap(id);
         assert!(
-            wait_until(Duration::from_secs(20), || self
-                .testapp(&[&ap, "STATE"])
-                .code
-                == 0),
+            wait_until(Duration::from_secs(20), || {
+                !self.alive(id) || self.testapp(&[&ap, "STATE"]).code == 0
+            }) && self.alive(id),
             "peer {id} did not come up; log:\n{}",
             self.log(id)
         );
@@ -324,6 +333,23 @@ impl Cluster {
         per_chunk
     }
 
+    /// For each chunk of `file_id`, the peers among `ids` with its file on disk (running or
+    /// not).
+    pub fn copies_on_disk(
+        &self,
+        ids: &[u32],
+        file_id: &str,
+    ) -> std::collections::BTreeMap<u32, Vec<u32>> {
+        let mut copies = std::collections::BTreeMap::<u32, Vec<u32>>::new();
+        for &id in ids {
+            for f in self.chunk_files(id, file_id) {
+                let no = f.file_name().unwrap().to_str().unwrap().parse().unwrap();
+                copies.entry(no).or_default().push(id);
+            }
+        }
+        copies
+    }
+
     /// Chunk files of `file_id` on disk at peer `id`.
     pub fn chunk_files(&self, id: u32, file_id: &str) -> Vec<PathBuf> {
         let dir = self.peer_dir(id).join("chunks").join(file_id);
@@ -342,6 +368,13 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            if std::env::var_os("DBS_KEEP_FAILED").is_some() {
+                self.dir.disable_cleanup(true);
+                eprintln!(
+                    "---- kept {} (DBS_KEEP_FAILED) ----",
+                    self.dir.path().display()
+                );
+            }
             for (id, _) in &self.peers {
                 eprintln!("---- peer {id} log (tail) ----");
                 let log = self.log(*id);

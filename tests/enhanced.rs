@@ -1,0 +1,286 @@
+//! End to end: the enhanced protocol (2.0) and its interoperation with 1.0 peers.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Cluster, wait_until};
+use dbs::protocol::{Message, MessageKind};
+
+const K: usize = 64_000;
+
+fn run_ok(c: &Cluster, id: u32, args: &[&str]) -> serde_json::Value {
+    let ap = c.ap(id);
+    let mut all = vec!["--json", ap.as_str()];
+    all.extend_from_slice(args);
+    c.testapp(&all).ok().json()
+}
+
+fn backup(c: &Cluster, id: u32, op: &str, path: &Path, degree: u32) -> String {
+    let doc = run_ok(c, id, &[op, path.to_str().unwrap(), &degree.to_string()]);
+    doc["file_id"].as_str().unwrap().to_string()
+}
+
+fn restore_identical(c: &Cluster, id: u32, op: &str, path: &Path) {
+    let doc = run_ok(c, id, &[op, path.to_str().unwrap()]);
+    let dest = doc["restored_to"].as_str().unwrap();
+    assert!(
+        std::fs::read(dest).unwrap() == std::fs::read(path).unwrap(),
+        "{dest} differs"
+    );
+}
+
+fn all_deleted(c: &Cluster, ids: &[u32], file_id: &str) -> bool {
+    ids.iter().all(|&id| c.chunk_files(id, file_id).is_empty())
+}
+
+/// A cluster of 1.0 peers `v1` and 2.0 peers `v2`.
+fn mixed(v1: &[u32], v2: &[u32]) -> Cluster {
+    let mut c = Cluster::empty();
+    for &id in v1 {
+        c.spawn_version(id, "1.0", &[]);
+    }
+    for &id in v2 {
+        c.spawn_version(id, "2.0", &[]);
+    }
+    c
+}
+
+#[test]
+fn mixed_groups_complete_every_operation_in_both_roles() {
+    let c = mixed(&[1, 2], &[3, 4, 5]);
+    let everyone = [1, 2, 3, 4, 5];
+    // Initiators: 1.0 peer 1 (plain), 2.0 peer 3 (enhanced), 2.0 peer 4 (plain on a 2.0 peer).
+    for (home, suffix) in [(1, ""), (3, "ENH"), (4, "")] {
+        let path = c.make_file(&format!("f{home}"), 3 * K + 7);
+        let file_id = backup(&c, home, &format!("BACKUP{suffix}"), &path, 2);
+        let others: Vec<u32> = everyone.iter().copied().filter(|&p| p != home).collect();
+        let holders = c.holders(&others, &file_id);
+        assert_eq!(holders.len(), 4);
+        assert!(holders.iter().all(|h| h.len() >= 2), "{holders:?}");
+        restore_identical(&c, home, &format!("RESTORE{suffix}"), &path);
+        // One holder of each version reclaims everything; the others restore the degree.
+        run_ok(&c, 2, &["RECLAIM", "0"]);
+        run_ok(&c, 5, &[&format!("RECLAIM{suffix}"), "0"]);
+        restore_identical(&c, home, &format!("RESTORE{suffix}"), &path);
+        run_ok(&c, 2, &["RECLAIM", "1000000"]);
+        run_ok(&c, 5, &["RECLAIM", "1000000"]);
+        run_ok(
+            &c,
+            home,
+            &[&format!("DELETE{suffix}"), path.to_str().unwrap()],
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || all_deleted(
+                &c, &others, &file_id
+            )),
+            "chunks left after DELETE{suffix} from peer {home}"
+        );
+    }
+    // A 1.0 peer refuses the enhanced operations clearly.
+    let f = c.make_file("x", 10);
+    let run = c.testapp(&[&c.ap(1), "BACKUPENH", f.to_str().unwrap(), "1"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("runs 1.0"), "{}", run.stderr);
+}
+
+#[test]
+fn enhanced_backup_does_not_over_replicate() {
+    let c = mixed(&[], &[1, 2, 3, 4, 5, 6]);
+    let path = c.make_file("big", 20_000_000);
+    let file_id = backup(&c, 1, "BACKUPENH", &path, 2);
+    let chunks = 20_000_000 / K + 1;
+    // (average copies per chunk, fewest copies of a chunk, chunks seen)
+    let measure = || {
+        let copies = c.copies_on_disk(&[2, 3, 4, 5, 6], &file_id);
+        let total: usize = copies.values().map(Vec::len).sum();
+        let min = copies.values().map(Vec::len).min().unwrap_or(0);
+        (total as f64 / chunks as f64, min, copies.len())
+    };
+    let at_end = measure();
+    // Storers that decided at nearly the same time drop their surplus copies about a second
+    // after storing; the degree never goes below 2 meanwhile.
+    let mut settled = at_end;
+    let ok = wait_until(Duration::from_secs(15), || {
+        settled = measure();
+        assert!(
+            settled.1 >= 2 && settled.2 == chunks,
+            "a chunk below degree 2: {settled:?}"
+        );
+        settled.0 <= 2.2
+    });
+    eprintln!(
+        "enhanced backup: {:.3} copies per chunk when BACKUP returned, {:.3} settled",
+        at_end.0, settled.0
+    );
+    assert!(ok, "average {:.3} copies per chunk", settled.0);
+    restore_identical(&c, 1, "RESTOREENH", &path);
+}
+
+/// Counts CHUNK messages that carry a body on the MDR channel while it runs.
+struct MdrListener {
+    stop: Arc<AtomicBool>,
+    bodies: Arc<AtomicU64>,
+    headers: Arc<AtomicU64>,
+}
+
+impl MdrListener {
+    fn start(c: &Cluster) -> MdrListener {
+        let socket = dbs::net::open_receiver(
+            c.channels[2],
+            Ipv4Addr::LOCALHOST,
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        let (stop, bodies, headers) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, b, h) = (stop.clone(), bodies.clone(), headers.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf)
+                    && let Ok(Message {
+                        kind: MessageKind::Chunk { body, .. },
+                        ..
+                    }) = Message::parse(&buf[..n])
+                {
+                    if body.is_empty() { &h } else { &b }.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        MdrListener {
+            stop,
+            bodies,
+            headers,
+        }
+    }
+}
+
+impl Drop for MdrListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn enhanced_restore_sends_no_chunk_bodies_on_mdr() {
+    let c = mixed(&[], &[1, 2, 3, 4]);
+    let path = c.make_file("viatcp", 40 * K + 3);
+    backup(&c, 1, "BACKUPENH", &path, 2);
+    let mdr = MdrListener::start(&c);
+    restore_identical(&c, 1, "RESTOREENH", &path);
+    assert_eq!(
+        mdr.bodies.load(Ordering::Relaxed),
+        0,
+        "chunk bodies multicast on MDR"
+    );
+    assert!(
+        mdr.headers.load(Ordering::Relaxed) >= 41,
+        "header-only CHUNKs keep other holders quiet"
+    );
+    // The plain RESTORE on the same peers still multicasts bodies (1.0).
+    restore_identical(&c, 1, "RESTORE", &path);
+    assert!(mdr.bodies.load(Ordering::Relaxed) >= 41);
+}
+
+#[test]
+fn a_holder_that_was_down_during_delete_frees_the_space_when_it_returns() {
+    let mut c = mixed(&[], &[1, 2, 3]);
+    let path = c.make_file("gone", 5 * K);
+    let file_id = backup(&c, 1, "BACKUPENH", &path, 2);
+    assert!(!c.chunk_files(3, &file_id).is_empty());
+    c.stop(3);
+    run_ok(&c, 1, &["DELETEENH", path.to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .chunk_files(2, &file_id)
+        .is_empty()));
+    // The pending deletion survives the initiator's restart.
+    c.wait_saved(1);
+    c.kill(1);
+    c.spawn(1, &[]);
+    c.spawn(3, &[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || c
+            .chunk_files(3, &file_id)
+            .is_empty()
+            && c.state(3)["stored"].as_array().unwrap().is_empty()),
+        "peer 3 still holds chunks of the deleted file"
+    );
+}
+
+#[test]
+fn chunks_reach_their_degree_when_the_backup_initiator_dies() {
+    let mut c = mixed(&[], &[1, 2, 3, 4, 5]);
+    let path = c.make_file("orphan", 8_000_000);
+    let ap = c.ap(1);
+    let p = path.to_str().unwrap().to_string();
+    let runtime = c.runtime.clone();
+    let client = std::thread::spawn(move || {
+        std::process::Command::new(common::bin("testapp"))
+            .args([&ap, "BACKUPENH", &p, "3"])
+            .env("DBS_RUNTIME_DIR", runtime)
+            .output()
+            .unwrap()
+    });
+    // Kill the initiator once part of the file is out.
+    assert!(wait_until(Duration::from_secs(30), || c.state(2)["stored"]
+        .as_array()
+        .unwrap()
+        .len()
+        >= 20));
+    let file_id = c.state(2)["stored"][0]["file_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.kill(1);
+    let _ = client.join();
+    let holders = [2, 3, 4, 5];
+    assert!(
+        wait_until(Duration::from_secs(60), || c
+            .copies_on_disk(&holders, &file_id)
+            .values()
+            .all(|h| h.len() >= 3)),
+        "chunks below degree 3: {:?}",
+        c.copies_on_disk(&holders, &file_id)
+            .iter()
+            .filter(|(_, h)| h.len() < 3)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn rereplication_survives_the_death_of_the_peer_running_it() {
+    let mut c = mixed(&[], &[1, 2, 3, 4]);
+    let path = c.make_file("heal", 10 * K);
+    let file_id = backup(&c, 1, "BACKUPENH", &path, 3);
+    assert!(
+        c.copies_on_disk(&[2, 3, 4], &file_id)
+            .values()
+            .all(|h| h.len() == 3)
+    );
+    c.spawn_version(5, "2.0", &["--capacity", "0"]); // no room yet: re-backups must wait
+    run_ok(&c, 2, &["RECLAIMENH", "0"]);
+    // Peers 3 and 4 re-back the chunks up (randomly split); the PUTCHUNKs find no room and are
+    // resent. Kill peer 3 in the middle of that, then make room on peer 5.
+    assert!(wait_until(
+        Duration::from_secs(10),
+        || c.counters(3)["putchunk_resends"].as_u64().unwrap() > 0
+    ));
+    c.kill(3);
+    run_ok(&c, 5, &["RECLAIM", "1000000"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let copies = c.copies_on_disk(&[3, 4, 5], &file_id);
+            copies.len() == 11 && copies.values().all(|h| h.len() >= 3)
+        }),
+        "chunks below degree 3: {:?}",
+        c.copies_on_disk(&[3, 4, 5], &file_id)
+    );
+}
