@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
     /// Chunks of one backup in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(4..=4096))]
     window: u32,
     /// Send rate limit over all channels, in MB/s (0 = unpaced).
     #[arg(long, value_name = "MBPS", default_value_t = 100)]

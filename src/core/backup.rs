@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::metadata::{BackedUpFile, ChunkRecord, chunk_count};
-use super::{Action, ChunkSource, CommandError, Core, Counters, OpEvent, OpId, TimerEvent};
+use super::{Action, ChunkSource, CommandError, Core, Counters, OpEvent, OpId};
 use crate::protocol::ids::MAX_CHUNK_NO;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
 
@@ -80,6 +80,8 @@ pub struct PendingPut {
     op: OpId,
     /// PUTCHUNK sends so far.
     sends: u8,
+    /// Its launch number in the congestion window.
+    launch: u64,
 }
 
 /// `v` in ascending order.
@@ -194,26 +196,14 @@ impl Core {
         self.fill_window(op, &[])
     }
 
-    /// Launches chunks until the window is full; chunks in `skip` count as finished at once.
+    /// Launches chunks of backup `op` while the congestion window allows; chunks in `skip`
+    /// count as finished at once. Reports progress, and the end of the backup.
     fn fill_window(&self, op: OpId, skip: &[ChunkNo]) -> Vec<Action> {
         let mut actions = Vec::new();
         let Some(mut b) = self.backups.get_mut(&op) else {
             return actions;
         };
-        while b.next < b.chunks && (b.next - b.finished) < self.cfg.window as u64 {
-            let chunk = b.chunk(b.next);
-            b.next += 1;
-            if skip.binary_search(&chunk.no).is_ok() {
-                b.finished += 1;
-                continue;
-            }
-            self.pending.insert(chunk, PendingPut { op, sends: 1 });
-            actions.push(putchunk_action(op, &b, chunk));
-            actions.push(Action::Schedule {
-                delay: wait_after_send(self.cfg.first_wait, 1),
-                event: TimerEvent::PutchunkWait { chunk, send: 1 },
-            });
-        }
+        actions.extend(self.launch(op, &mut b, skip));
         actions.push(Action::Report {
             op,
             event: OpEvent::Progress {
@@ -237,6 +227,55 @@ impl Core {
         actions
     }
 
+    fn launch(&self, op: OpId, b: &mut BackupOp, skip: &[ChunkNo]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while b.next < b.chunks {
+            let chunk = b.chunk(b.next);
+            if skip.binary_search(&chunk.no).is_ok() {
+                b.next += 1;
+                b.finished += 1;
+                continue;
+            }
+            let mut flow = self.flow.lock();
+            if !flow.can_launch() {
+                break;
+            }
+            let launch = flow.launch();
+            drop(flow);
+            b.next += 1;
+            self.pending.insert(
+                chunk,
+                PendingPut {
+                    op,
+                    sends: 1,
+                    launch,
+                },
+            );
+            actions.push(putchunk_action(op, b, chunk, 1, self.cfg.first_wait));
+        }
+        actions
+    }
+
+    /// A chunk left the window: the backups that wait for room get it, this one first.
+    fn refill(&self, op: OpId) -> Vec<Action> {
+        let mut actions = self.fill_window(op, &[]);
+        let others: Vec<OpId> = self
+            .backups
+            .iter()
+            .map(|b| *b.key())
+            .filter(|o| *o != op)
+            .collect();
+        for other in others {
+            if !self.flow.lock().can_launch() {
+                break;
+            }
+            if let Some(mut b) = self.backups.get_mut(&other) {
+                actions.extend(self.launch(other, &mut b, &[]));
+            }
+        }
+        actions
+    }
+
     /// A STORED raised the perceived degree of a chunk to `perceived`.
     pub(super) fn chunk_progress(&self, chunk: ChunkKey, perceived: usize) -> Vec<Action> {
         let Some(op) = self.pending.get(&chunk).map(|p| p.op) else {
@@ -246,58 +285,57 @@ impl Core {
             .backups
             .get(&op)
             .is_some_and(|b| perceived >= usize::from(b.degree));
-        if enough && self.pending.remove(&chunk).is_some() {
-            self.finish_chunk(op, chunk.no, true)
-        } else {
-            Vec::new()
+        if !enough {
+            return Vec::new();
+        }
+        match self.pending.remove(&chunk) {
+            Some((_, p)) => self.finish_chunk(chunk, p, true),
+            None => Vec::new(), // another STORED finished it meanwhile
         }
     }
 
-    fn finish_chunk(&self, op: OpId, no: ChunkNo, reached: bool) -> Vec<Action> {
-        if let Some(mut b) = self.backups.get_mut(&op) {
+    /// A chunk is done: it reached its degree, or ran out of sends.
+    fn finish_chunk(&self, chunk: ChunkKey, p: PendingPut, reached: bool) -> Vec<Action> {
+        self.flow.lock().finish(reached && p.sends == 1);
+        if let Some(mut b) = self.backups.get_mut(&p.op) {
             b.finished += 1;
             if !reached {
-                b.short.push(no);
+                b.short.push(chunk.no);
             }
         }
-        self.fill_window(op, &[])
+        self.refill(p.op)
     }
 
     /// The wait after PUTCHUNK send number `send` is over: done, resend, or give up.
     pub(super) fn putchunk_wait_over(&self, chunk: ChunkKey, send: u8) -> Vec<Action> {
-        let op = match self.pending.get(&chunk) {
-            Some(p) if p.sends == send => p.op,
+        let (op, launch) = match self.pending.get(&chunk) {
+            Some(p) if p.sends == send => (p.op, p.launch),
             _ => return Vec::new(), // finished, or a stale timer
         };
         let perceived = self.meta.lock().perceived(&chunk).unwrap_or(0);
-        let Some(b) = self.backups.get(&op) else {
-            self.pending.remove(&chunk);
+        let degree = self.backups.get(&op).map(|b| b.degree);
+        let reached = degree.is_some_and(|d| perceived >= usize::from(d));
+        if !reached {
+            self.flow.lock().timeout(launch);
+        }
+        if reached || degree.is_none() || send >= self.cfg.max_putchunk_sends {
+            return match self.pending.remove(&chunk) {
+                Some((_, p)) => self.finish_chunk(chunk, p, reached),
+                None => Vec::new(), // a STORED finished it meanwhile
+            };
+        }
+        let resend = self
+            .backups
+            .get(&op)
+            .map(|b| putchunk_action(op, &b, chunk, send + 1, self.cfg.first_wait));
+        let Some(resend) = resend else {
             return Vec::new();
         };
-        let reached = perceived >= usize::from(b.degree);
-        if reached || send >= self.cfg.max_putchunk_sends {
-            drop(b);
-            if self.pending.remove(&chunk).is_none() {
-                return Vec::new(); // a STORED finished it meanwhile
-            }
-            return self.finish_chunk(op, chunk.no, reached);
-        }
-        let resend = putchunk_action(op, &b, chunk);
-        drop(b);
         if let Some(mut p) = self.pending.get_mut(&chunk) {
             p.sends = send + 1;
         }
         Counters::bump(&self.counters.putchunk_resends);
-        vec![
-            resend,
-            Action::Schedule {
-                delay: wait_after_send(self.cfg.first_wait, send + 1),
-                event: TimerEvent::PutchunkWait {
-                    chunk,
-                    send: send + 1,
-                },
-            },
-        ]
+        vec![resend]
     }
 
     /// The runtime read a chunk of a home file for PUTCHUNK: the first read records its hash;
@@ -336,7 +374,14 @@ impl Core {
         let Some((_, b)) = self.backups.remove(&op) else {
             return Vec::new();
         };
-        self.pending.retain(|_, p| p.op != op);
+        let mut flow = self.flow.lock();
+        self.pending.retain(|_, p| {
+            if p.op == op {
+                flow.finish(false);
+            }
+            p.op != op
+        });
+        drop(flow);
         let what = b
             .path()
             .map_or_else(|| b.chunk(0).to_string(), |p| p.display().to_string());
@@ -347,7 +392,14 @@ impl Core {
     }
 }
 
-fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey) -> Action {
+/// Send number `send` of `chunk`'s PUTCHUNK, its wait starting when it is actually sent.
+fn putchunk_action(
+    op: OpId,
+    b: &BackupOp,
+    chunk: ChunkKey,
+    send: u8,
+    first_wait: Duration,
+) -> Action {
     let source = match &b.source {
         Source::File { path, size } => {
             let offset = u64::from(chunk.no) * MAX_CHUNK_SIZE as u64;
@@ -365,5 +417,7 @@ fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey) -> Action {
         degree: b.degree,
         source,
         op,
+        send,
+        wait: wait_after_send(first_wait, send),
     }
 }

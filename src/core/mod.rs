@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod delete;
 pub mod enhanced;
+pub mod flow;
 pub mod metadata;
 pub mod reclaim;
 pub mod restore;
@@ -76,7 +77,8 @@ pub struct Config {
     pub id: PeerId,
     /// Protocol version this peer was started with.
     pub version: Version,
-    /// Chunks of one backup in flight at once.
+    /// Chunks in flight at most: PUTCHUNKs (all backups together; the congestion window
+    /// adapts below it) and GETCHUNKs of one restore.
     pub window: usize,
     /// PUTCHUNK sends per chunk at most.
     pub max_putchunk_sends: u8,
@@ -118,7 +120,7 @@ impl Config {
         Config {
             id,
             version,
-            window: 128,
+            window: 1024,
             max_putchunk_sends: 5,
             first_wait: Duration::from_secs(1),
             reply_delay_max: Duration::from_millis(400),
@@ -169,8 +171,10 @@ pub enum Action {
         /// What.
         message: Message,
     },
-    /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB. For a file source, then
-    /// call [`Core::putchunk_read`] with the body's hash.
+    /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB (for a file source,
+    /// calling [`Core::putchunk_read`] with the body's hash first); once it is sent, deliver
+    /// [`TimerEvent::PutchunkWait`] `{ chunk, send }` after `wait`. (The wait starts at the
+    /// actual send, not while the datagram waits for the pacer.)
     SendPutchunk {
         /// Version of the PUTCHUNK (2.0 for an enhanced backup).
         version: Version,
@@ -182,6 +186,10 @@ pub enum Action {
         source: ChunkSource,
         /// The backup it belongs to.
         op: OpId,
+        /// Which send of this chunk it is (1-based).
+        send: u8,
+        /// How long to wait for STOREDs after it.
+        wait: Duration,
     },
     /// Read a stored chunk, check it against `hash`, and multicast it as CHUNK on MDR; if it
     /// is unreadable or corrupt call [`Core::stored_chunk_lost`] instead.
@@ -421,6 +429,8 @@ pub struct Core {
     backups: DashMap<OpId, BackupOp>,
     /// Chunks awaiting STORED, initiator side.
     pending: DashMap<ChunkKey, PendingPut>,
+    /// The congestion window over `pending`.
+    flow: Mutex<flow::FlowControl>,
     /// Chunks being written here (their sizes are reserved against capacity).
     writing: DashMap<ChunkKey, storer::Writing>,
     /// Enhanced: chunk bodies held while deciding whether to store them.
@@ -436,6 +446,11 @@ pub struct Core {
     watches: DashMap<ChunkKey, reclaim::Watch>,
 }
 
+/// Chunks in flight when a peer starts (the congestion window grows from there).
+const INITIAL_WINDOW: usize = 32;
+/// The congestion window never shrinks below this many chunks.
+const MIN_WINDOW: usize = 4;
+
 /// Operation ids the core gives its own operations (re-backups) start here; clients' ids are
 /// below.
 pub const INTERNAL_OPS: OpId = 1 << 62;
@@ -444,6 +459,7 @@ impl Core {
     /// A core with the given persisted metadata.
     pub fn new(cfg: Config, meta: Metadata) -> Self {
         let rng = fastrand::Rng::with_seed(cfg.seed);
+        let flow = flow::FlowControl::new(INITIAL_WINDOW.min(cfg.window), MIN_WINDOW, cfg.window);
         Core {
             cfg,
             counters: Counters::default(),
@@ -452,6 +468,7 @@ impl Core {
             next_internal_op: AtomicU64::new(INTERNAL_OPS),
             backups: DashMap::new(),
             pending: DashMap::new(),
+            flow: Mutex::new(flow),
             writing: DashMap::new(),
             deferred: DashMap::new(),
             replying: DashMap::new(),

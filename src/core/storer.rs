@@ -17,8 +17,10 @@ pub struct Writing {
     size: u32,
     /// Other peers known to hold it already.
     holders: BTreeSet<PeerId>,
-    /// Answer STORED right after the write (the random delay was already taken).
-    reply_now: bool,
+    /// Enhanced store: the random delay was taken before deciding to store.
+    enhanced: bool,
+    /// The STORED to send once the write is durable (its delay is over, or it is enhanced).
+    stored_due: Option<Version>,
 }
 
 /// Enhanced: a chunk body held while this peer waits to see whether others store it.
@@ -80,7 +82,10 @@ impl Core {
                 event: TimerEvent::StoreDecision { chunk },
             }];
         }
-        self.write(chunk, degree, body, BTreeSet::new(), false)
+        // The STORED delay runs while the chunk is written (and made durable with others).
+        let mut actions = self.write(chunk, degree, body, BTreeSet::new(), false);
+        actions.push(self.stored_timer(chunk, Version::V1_0));
+        actions
     }
 
     fn write(
@@ -89,21 +94,16 @@ impl Core {
         desired: u8,
         body: Vec<u8>,
         holders: BTreeSet<PeerId>,
-        reply_now: bool,
+        enhanced: bool,
     ) -> Vec<Action> {
         let size = body.len() as u32;
-        if self
-            .writing
-            .insert(
-                chunk,
-                Writing {
-                    size,
-                    holders,
-                    reply_now,
-                },
-            )
-            .is_some()
-        {
+        let writing = Writing {
+            size,
+            holders,
+            enhanced,
+            stored_due: enhanced.then_some(Version::V2_0),
+        };
+        if self.writing.insert(chunk, writing).is_some() {
             return Vec::new();
         }
         vec![Action::WriteChunk {
@@ -147,8 +147,8 @@ impl Core {
         }
     }
 
-    /// The runtime finished writing a chunk asked for by [`Action::WriteChunk`]: `written` is
-    /// the hash of the durable body, or `None` if the write failed.
+    /// A chunk asked for by [`Action::WriteChunk`] is durable under its final name (`written`
+    /// is the hash of its body), or its write failed (`None`).
     pub fn chunk_written(
         &self,
         chunk: ChunkKey,
@@ -156,11 +156,13 @@ impl Core {
         size: u32,
         written: Option<ChunkHash>,
     ) -> Vec<Action> {
+        // The metadata lock is held across taking the reservation and recording the chunk, so
+        // that a STORED timer sees the chunk either being written or stored.
+        let mut meta = self.meta.lock();
         let reservation = self.writing.remove(&chunk).map(|(_, w)| w);
         let Some(hash) = written else {
             return Vec::new();
         };
-        let mut meta = self.meta.lock();
         // DELETE arrived, or RECLAIM lowered the capacity, while the chunk was written.
         let Some(w) = reservation.filter(|_| meta.footprint() + footprint(size) <= meta.capacity)
         else {
@@ -180,12 +182,11 @@ impl Core {
         );
         drop(meta);
         Counters::bump(&self.counters.chunks_stored);
-        let mut actions = if w.reply_now {
-            self.send_stored(chunk, Version::V2_0)
-        } else {
-            vec![self.stored_timer(chunk, Version::V1_0)]
+        let mut actions = match w.stored_due {
+            Some(version) => self.send_stored(chunk, version),
+            None => Vec::new(), // its STORED timer will find it stored
         };
-        if w.reply_now {
+        if w.enhanced {
             // Stored on an enhanced PUTCHUNK: drop the copy later if others stored it too, and
             // make sure the degree is reached even if the initiator dies.
             actions.push(Action::Schedule {
@@ -201,9 +202,14 @@ impl Core {
     }
 
     pub(super) fn send_stored(&self, chunk: ChunkKey, version: Version) -> Vec<Action> {
-        if self.meta.lock().stored_chunk(&chunk).is_none() {
-            return Vec::new(); // deleted or evicted meanwhile
+        let meta = self.meta.lock();
+        if meta.stored_chunk(&chunk).is_none() {
+            if let Some(mut w) = self.writing.get_mut(&chunk) {
+                w.stored_due = Some(version); // sent as soon as the write is durable
+            }
+            return Vec::new(); // still being written, or deleted or evicted meanwhile
         }
+        drop(meta);
         // STORED promises durability: the metadata naming the chunk goes to disk first.
         vec![
             Action::SyncMetadata,

@@ -53,11 +53,21 @@ fn sent_putchunks(actions: &[Action]) -> Vec<u32> {
         .collect()
 }
 
+/// The timers `actions` start (a PUTCHUNK starts its wait when it is sent).
 fn timers(actions: &[Action]) -> Vec<(Duration, TimerEvent)> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Schedule { delay, event } => Some((*delay, event.clone())),
+            Action::SendPutchunk {
+                chunk, send, wait, ..
+            } => Some((
+                *wait,
+                TimerEvent::PutchunkWait {
+                    chunk: *chunk,
+                    send: *send,
+                },
+            )),
             _ => None,
         })
         .collect()
@@ -78,17 +88,14 @@ fn putchunk_is_written_then_stored_is_answered_after_a_random_delay() {
     let c = core(2);
     let actions = c.on_message(msg(1, putchunk(0, b"abc")));
     assert_eq!(
-        actions,
-        vec![Action::WriteChunk {
+        actions[0],
+        Action::WriteChunk {
             chunk: key(0),
             desired: 2,
             body: b"abc".to_vec()
-        }]
+        }
     );
-    // While the write is under way a repeated PUTCHUNK does nothing.
-    assert!(c.on_message(msg(1, putchunk(0, b"abc"))).is_empty());
-    let after = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"x")));
-    let [(delay, event)] = timers(&after).try_into().unwrap();
+    let [(delay, event)] = timers(&actions).try_into().unwrap();
     assert!(delay <= Duration::from_millis(400));
     assert_eq!(
         event,
@@ -97,7 +104,11 @@ fn putchunk_is_written_then_stored_is_answered_after_a_random_delay() {
             version: Version::V1_0
         }
     );
-    let sent = c.on_timer(event);
+    // While the write is under way a repeated PUTCHUNK does nothing.
+    assert!(c.on_message(msg(1, putchunk(0, b"abc"))).is_empty());
+    // The delay ended before the write was durable: STORED waits for it.
+    assert!(c.on_timer(event.clone()).is_empty());
+    let sent = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"abc")));
     assert_eq!(
         sent[0],
         Action::SyncMetadata,
@@ -110,16 +121,23 @@ fn putchunk_is_written_then_stored_is_answered_after_a_random_delay() {
             message: msg(2, MessageKind::Stored { chunk: key(0) })
         }
     );
-    // A held chunk is answered again, without a second write.
+    // A held chunk is answered again after a new delay, without a second write.
     let again = c.on_message(msg(3, putchunk(0, b"abc")));
-    assert!(matches!(
-        again[..],
-        [Action::Schedule {
-            event: TimerEvent::SendStored { .. },
-            ..
-        }]
-    ));
+    let [(_, event)] = timers(&again).try_into().unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(c.on_timer(event).len(), 2);
     assert_eq!(c.state().stored[0].perceived, 1);
+    // The usual order: the write is durable before the delay ends.
+    let actions = c.on_message(msg(1, putchunk(1, b"abc")));
+    assert!(
+        c.chunk_written(key(1), 2, 3, Some(ChunkHash::of(b"abc")))
+            .is_empty()
+    );
+    let [(_, event)] = timers(&actions).try_into().unwrap();
+    assert!(matches!(
+        &c.on_timer(event)[..],
+        [Action::SyncMetadata, Action::Send { .. }]
+    ));
 }
 
 #[test]
@@ -136,7 +154,7 @@ fn capacity_is_never_exceeded() {
     let c = core(2);
     c.reclaim(5, false);
     assert!(c.on_message(msg(1, putchunk(0, b"123456"))).is_empty());
-    assert_eq!(c.on_message(msg(1, putchunk(1, b"12345"))).len(), 1);
+    assert_eq!(c.on_message(msg(1, putchunk(1, b"12345"))).len(), 2);
     // The reservation of the write under way counts too.
     assert!(c.on_message(msg(1, putchunk(2, b"1"))).is_empty());
 }
@@ -587,7 +605,7 @@ fn enhanced_storer_stores_only_while_the_degree_is_short() {
     // A 1.0 PUTCHUNK gets the 1.0 treatment: written at once.
     assert!(matches!(
         &c.on_message(msg(1, putchunk(2, b"x")))[..],
-        [Action::WriteChunk { .. }]
+        [Action::WriteChunk { .. }, Action::Schedule { .. }]
     ));
     assert_eq!(c.instances(), 1, "only the 1.0 write is in progress");
 }
@@ -597,7 +615,7 @@ fn a_base_peer_treats_enhanced_messages_as_1_0_and_ignores_new_types() {
     let c = core(4);
     assert!(matches!(
         &c.on_message(msg2(1, putchunk(0, b"x")))[..],
-        [Action::WriteChunk { .. }]
+        [Action::WriteChunk { .. }, Action::Schedule { .. }]
     ));
     assert!(c.on_message(msg2(1, MessageKind::Up)).is_empty());
     assert!(

@@ -303,6 +303,16 @@ impl Message {
     }
 }
 
+/// The sender id of a datagram, read from its first header line only: cheap enough for a
+/// receiver thread to skip its own multicasts without copying or parsing them. `None` when the
+/// first line has no valid sender field (the full parse then refuses the datagram).
+pub fn peek_sender(datagram: &[u8]) -> Option<PeerId> {
+    let head = &datagram[..datagram.len().min(256)];
+    let end = head.windows(2).position(|w| w == b"\r\n")?;
+    let mut fields = head[..end].split(|&b| b == b' ').filter(|f| !f.is_empty());
+    fields.nth(2).and_then(|f| parse_sender(f).ok())
+}
+
 /// Splits header bytes (without the final CRLF CRLF) at each CRLF.
 fn split_crlf(header: &[u8]) -> Vec<&[u8]> {
     let mut lines = Vec::new();
@@ -359,6 +369,15 @@ mod tests {
             file: HEX.parse().unwrap(),
             no,
         }
+    }
+
+    #[test]
+    fn peeks_the_sender_of_the_first_line() {
+        let m = Message::new(Version::V1_0, 42, MessageKind::Stored { chunk: key(3) });
+        assert_eq!(peek_sender(&m.encode()), Some(42));
+        assert_eq!(peek_sender(b"UP 2.0 7 \r\n\r\n"), Some(7));
+        assert_eq!(peek_sender(b"STORED 1.0 x \r\n\r\n"), None);
+        assert_eq!(peek_sender(b"no line end"), None);
     }
 
     #[test]

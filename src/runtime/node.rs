@@ -5,6 +5,7 @@
 //! actions, executed on that worker: chunk writes to disk, sends queued to the paced sender
 //! threads, timers into the wheel, reports to the client's connection thread.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use serde_json::json;
 
 use super::pool::BoundedPool;
@@ -30,7 +32,8 @@ use crate::core::{
 };
 use crate::net::{ChannelAddrs, open_receiver};
 use crate::protocol::file_id::file_id;
-use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version};
+use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version, peek_sender};
+use crate::storage::chunk_files::Staged;
 use crate::storage::meta_file::{MetaFile, snapshot};
 use crate::storage::reconcile::reconcile;
 use crate::storage::{ChunkFiles, StorageError};
@@ -99,6 +102,8 @@ struct OpSink {
 }
 
 struct Shared {
+    /// Itself, for work handed to other threads.
+    this: Weak<Shared>,
     core: Core,
     files: ChunkFiles,
     meta_file: MetaFile,
@@ -111,8 +116,27 @@ struct Shared {
     next_op: AtomicU64,
     stats: Stats,
     stop: AtomicBool,
-    /// Wakes the metadata saver after actions that may have changed the metadata.
+    /// Wakes the commit thread after actions that may have changed the metadata.
     save_signal: (Sender<()>, Receiver<()>),
+    /// What the next group commit makes durable, and what waits for it.
+    commits: Mutex<Commits>,
+}
+
+/// Work for the next group commit.
+#[derive(Default)]
+struct Commits {
+    /// Chunks written to temporary files, to make durable and record.
+    staged: Vec<StagedWrite>,
+    /// Action sequences that follow a `SyncMetadata`, to run once the metadata is saved.
+    after: Vec<Vec<Action>>,
+}
+
+/// A staged chunk with what the core needs to record it.
+struct StagedWrite {
+    staged: Staged,
+    desired: u8,
+    size: u32,
+    hash: ChunkHash,
 }
 
 /// A running peer.
@@ -124,10 +148,10 @@ pub struct Node {
 const RECV_POLL: Duration = Duration::from_millis(200);
 /// Connections to initiators a holder keeps open at most.
 const TCP_CONNECTIONS: usize = 8;
-/// The metadata saver wakes at least this often, and saves at once when signalled...
+/// The commit thread wakes at least this often, and commits at once when signalled...
 const METADATA_SAVE_EVERY: Duration = Duration::from_millis(100);
 /// ...but not more often than this (a group commit of whatever changed meanwhile).
-const METADATA_SAVE_MIN_GAP: Duration = Duration::from_millis(10);
+const COMMIT_MIN_GAP: Duration = Duration::from_millis(5);
 
 impl Node {
     /// Opens the tree, reconciles it, opens the channels and starts every thread.
@@ -162,7 +186,7 @@ impl Node {
                     .map_err(|e| socket_err(c, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate, 256)
+        let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate)
             .map_err(|e| socket_err(Channel::Mc, e))?;
         // Enhanced restores take chunk bodies over TCP on the multicast interface.
         let body_listener = if cfg.core.enhanced() {
@@ -176,8 +200,10 @@ impl Node {
             None
         };
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let this = weak.clone();
             let weak = weak.clone();
             Shared {
+                this,
                 core: Core::new(cfg.core.clone(), meta),
                 files,
                 meta_file,
@@ -195,6 +221,7 @@ impl Node {
                 stats: Stats::default(),
                 stop: AtomicBool::new(false),
                 save_signal: crossbeam_channel::bounded(1),
+                commits: Mutex::default(),
             }
         });
         shared.save_metadata();
@@ -211,12 +238,12 @@ impl Node {
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
-                .name("metadata".into())
+                .name("commit".into())
                 .spawn(move || {
                     while !s.stop.load(Ordering::Relaxed) {
                         let _ = s.save_signal.1.recv_timeout(METADATA_SAVE_EVERY);
-                        s.save_metadata();
-                        std::thread::sleep(METADATA_SAVE_MIN_GAP);
+                        s.commit();
+                        std::thread::sleep(COMMIT_MIN_GAP);
                     }
                 })
                 .expect("spawn metadata saver"),
@@ -250,6 +277,7 @@ impl Node {
             let _ = t.join();
         }
         self.shared.pool.join();
+        self.shared.commit();
         self.shared.save_to_disk()
     }
 }
@@ -257,10 +285,14 @@ impl Node {
 impl Shared {
     fn receive(self: Arc<Self>, channel: Channel, socket: std::net::UdpSocket) {
         let mut buf = vec![0u8; 65_536];
+        let me = self.core.config().id;
         while !self.stop.load(Ordering::Relaxed) {
             match socket.recv(&mut buf) {
                 Ok(n) => {
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if peek_sender(&buf[..n]) == Some(me) {
+                        continue; // our own multicast: not worth a copy
+                    }
                     let datagram = buf[..n].to_vec();
                     let s = self.clone();
                     if !self
@@ -306,7 +338,8 @@ impl Shared {
             return;
         }
         let _ = self.save_signal.0.try_send(());
-        for action in actions {
+        let mut actions = actions.into_iter();
+        while let Some(action) = actions.next() {
             match action {
                 Action::Send { channel, message } => self.senders.send(channel, message.encode()),
                 Action::SendPutchunk {
@@ -315,40 +348,45 @@ impl Shared {
                     degree,
                     source,
                     op,
-                } => self.send_putchunk(op, version, chunk, degree, source),
-                Action::SendChunk { chunk, hash, tcp } => match self.files.read(&chunk) {
-                    Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => {
-                        self.send_chunk(chunk, body, tcp);
-                    }
-                    Ok(_) => {
-                        tracing::error!(
-                            "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
-                        );
-                        self.run(self.core.stored_chunk_lost(chunk));
-                    }
-                    Err(e) => {
-                        tracing::error!("{e}: dropping chunk {chunk} and announcing REMOVED");
-                        self.run(self.core.stored_chunk_lost(chunk));
-                    }
-                },
+                    send,
+                    wait,
+                } => {
+                    let s = self.this();
+                    self.senders.send_built(Channel::Mdb, move || {
+                        let datagram = s.putchunk_datagram(op, version, chunk, degree, source)?;
+                        s.timers
+                            .schedule(wait, TimerEvent::PutchunkWait { chunk, send });
+                        Some(datagram)
+                    });
+                }
+                Action::SendChunk { chunk, hash, tcp } => {
+                    let s = self.this();
+                    self.senders
+                        .send_built(Channel::Mdr, move || s.chunk_datagram(chunk, hash, tcp));
+                }
                 Action::WriteChunk {
                     chunk,
                     desired,
                     body,
-                } => {
-                    let hash = ChunkHash::of(&body);
-                    let written = match self.files.write(&chunk, &body) {
-                        Ok(()) => Some(hash),
-                        Err(e) => {
-                            tracing::error!("storing chunk {chunk}: {e}");
-                            None
-                        }
-                    };
-                    self.run(
-                        self.core
-                            .chunk_written(chunk, desired, body.len() as u32, written),
-                    );
-                }
+                } => match self.files.stage(chunk, &body) {
+                    Ok(staged) => {
+                        let write = StagedWrite {
+                            staged,
+                            desired,
+                            size: body.len() as u32,
+                            hash: ChunkHash::of(&body),
+                        };
+                        self.commits.lock().staged.push(write);
+                        let _ = self.save_signal.0.try_send(());
+                    }
+                    Err(e) => {
+                        tracing::error!("storing chunk {chunk}: {e}");
+                        let failed =
+                            self.core
+                                .chunk_written(chunk, desired, body.len() as u32, None);
+                        self.run(failed);
+                    }
+                },
                 Action::RemoveChunk { chunk } => {
                     if let Err(e) = self.files.remove(&chunk) {
                         tracing::error!("removing chunk {chunk}: {e}");
@@ -386,7 +424,12 @@ impl Shared {
                 Action::AbortRestore { tmp } => {
                     let _ = std::fs::remove_file(tmp);
                 }
-                Action::SyncMetadata => self.save_metadata(),
+                Action::SyncMetadata => {
+                    // What follows waits for the next commit (which saves the metadata).
+                    self.commits.lock().after.push(actions.collect());
+                    let _ = self.save_signal.0.try_send(());
+                    return;
+                }
                 Action::Schedule { delay, event } => {
                     self.timers.schedule(delay, event);
                 }
@@ -399,73 +442,108 @@ impl Shared {
         Message::new(version, self.core.config().id, kind)
     }
 
-    /// Sends a CHUNK on MDR; or (enhanced) its header on MDR and the whole of it over TCP to
-    /// the initiator, falling back to MDR if TCP fails.
-    fn send_chunk(&self, chunk: ChunkKey, body: Vec<u8>, tcp: Option<SocketAddrV4>) {
+    /// This peer, shared (for work handed to other threads).
+    fn this(&self) -> Arc<Shared> {
+        self.this.upgrade().expect("a running peer is alive")
+    }
+
+    /// Builds a CHUNK reply when its turn to be sent comes: reads the stored copy and checks
+    /// it (a corrupt or unreadable copy is dropped and announced instead). Enhanced: the whole
+    /// CHUNK goes over TCP to the initiator and only its header on MDR (the body goes on MDR
+    /// if TCP fails).
+    fn chunk_datagram(
+        &self,
+        chunk: ChunkKey,
+        hash: Option<ChunkHash>,
+        tcp: Option<SocketAddrV4>,
+    ) -> Option<Vec<u8>> {
+        let body = match self.files.read(&chunk) {
+            Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => body,
+            Ok(_) => {
+                tracing::error!(
+                    "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
+                );
+                self.run(self.core.stored_chunk_lost(chunk));
+                return None;
+            }
+            Err(e) => {
+                tracing::error!("{e}: dropping chunk {chunk} and announcing REMOVED");
+                self.run(self.core.stored_chunk_lost(chunk));
+                return None;
+            }
+        };
         let body = match tcp {
             None => body,
             Some(addr) => {
-                let mut header = self.message(
-                    Version::V2_0,
-                    MessageKind::Chunk {
-                        chunk,
-                        body: Vec::new(),
-                    },
-                );
-                header.extra_lines.push(BODY_BY_TCP.to_string());
-                self.senders.send(Channel::Mdr, header.encode());
                 let whole = self.message(Version::V2_0, MessageKind::Chunk { chunk, body });
-                let Err(e) = self.tcp_pool.send(addr, &tcp::frame(&whole)) else {
-                    return;
-                };
-                tracing::warn!("sending chunk {chunk} over TCP to {addr}: {e}; sending it on MDR");
-                match whole.kind {
-                    MessageKind::Chunk { body, .. } => body,
-                    _ => return,
+                match self.tcp_pool.send(addr, &tcp::frame(&whole)) {
+                    Ok(()) => {
+                        let empty = MessageKind::Chunk {
+                            chunk,
+                            body: Vec::new(),
+                        };
+                        let mut header = self.message(Version::V2_0, empty);
+                        header.extra_lines.push(BODY_BY_TCP.to_string());
+                        return Some(header.encode());
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "sending chunk {chunk} over TCP to {addr}: {e}; sending it on MDR"
+                        );
+                        let MessageKind::Chunk { body, .. } = whole.kind else {
+                            return None;
+                        };
+                        body
+                    }
                 }
             }
         };
-        let msg = self.message(Version::V1_0, MessageKind::Chunk { chunk, body });
-        self.senders.send(Channel::Mdr, msg.encode());
+        Some(
+            self.message(Version::V1_0, MessageKind::Chunk { chunk, body })
+                .encode(),
+        )
     }
 
-    /// Reads a chunk for PUTCHUNK (from the home's file or from our stored copy) and sends it.
-    fn send_putchunk(
+    /// Builds a PUTCHUNK when its turn to be sent comes: reads the chunk from the home's file
+    /// (checking it did not change) or from our stored copy (re-backup).
+    fn putchunk_datagram(
         &self,
         op: OpId,
         version: Version,
         chunk: ChunkKey,
         degree: u8,
         source: ChunkSource,
-    ) {
+    ) -> Option<Vec<u8>> {
         let body = match source {
             ChunkSource::File { path, offset, len } => match read_at(&path, offset, len) {
                 Ok(body) => {
                     if let Err(actions) = self.core.putchunk_read(op, chunk, ChunkHash::of(&body)) {
-                        return self.run(actions);
+                        self.run(actions);
+                        return None;
                     }
                     body
                 }
-                Err(e) => return self.run(self.core.backup_source_failed(op, e.to_string())),
+                Err(e) => {
+                    self.run(self.core.backup_source_failed(op, e.to_string()));
+                    return None;
+                }
             },
             ChunkSource::Stored => match self.files.read(&chunk) {
                 Ok(body) => body,
                 Err(e) => {
                     let mut actions = self.core.stored_chunk_lost(chunk);
                     actions.extend(self.core.backup_source_failed(op, e.to_string()));
-                    return self.run(actions);
+                    self.run(actions);
+                    return None;
                 }
             },
         };
-        let msg = self.message(
-            version,
-            MessageKind::Putchunk {
-                chunk,
-                degree,
-                body,
-            },
-        );
-        self.senders.send(Channel::Mdb, msg.encode());
+        let putchunk = MessageKind::Putchunk {
+            chunk,
+            degree,
+            body,
+        };
+        Some(self.message(version, putchunk).encode())
     }
 
     fn report(&self, op: OpId, event: OpEvent) {
@@ -535,7 +613,8 @@ impl Shared {
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),
             "instances": self.core.instances(),
-            "metadata_saved": self.meta_file.saved() == self.core.with_metadata(|m| m.generation),
+            "metadata_saved": self.meta_file.saved() == self.core.with_metadata(|m| m.generation)
+                && { let c = self.commits.lock(); c.staged.is_empty() && c.after.is_empty() },
             "timers": self.timers.len(),
         });
         if let (Some(c), Some(e)) = (counters.as_object_mut(), extra.as_object()) {
@@ -543,6 +622,37 @@ impl Shared {
         }
         state["counters"] = counters;
         state
+    }
+
+    /// Group commit, on the commit thread: makes the staged chunks durable and records them,
+    /// saves the metadata, then runs the actions that waited for it (STOREDs, REMOVEDs).
+    fn commit(&self) {
+        let staged = std::mem::take(&mut self.commits.lock().staged);
+        if !staged.is_empty() {
+            let mut info: HashMap<ChunkKey, (u8, u32, ChunkHash)> = staged
+                .iter()
+                .map(|w| (w.staged.key, (w.desired, w.size, w.hash)))
+                .collect();
+            let results = self
+                .files
+                .commit(staged.into_iter().map(|w| w.staged).collect());
+            for (chunk, result) in results {
+                let (desired, size, hash) = info.remove(&chunk).expect("staged chunk");
+                let written = match result {
+                    Ok(()) => Some(hash),
+                    Err(e) => {
+                        tracing::error!("storing chunk {chunk}: {e}");
+                        None
+                    }
+                };
+                self.run(self.core.chunk_written(chunk, desired, size, written));
+            }
+        }
+        let after = std::mem::take(&mut self.commits.lock().after);
+        self.save_metadata();
+        for actions in after {
+            self.run(actions);
+        }
     }
 
     fn save_metadata(&self) {

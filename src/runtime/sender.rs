@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Sender, unbounded};
 use parking_lot::Mutex;
 
 use crate::core::Channel;
@@ -53,36 +53,49 @@ pub struct SendStats {
     pub errors: AtomicU64,
 }
 
+/// Something to send: a ready datagram, or one built when its turn comes (so that a chunk body
+/// is read from disk at send time, not held while it waits for the pacer).
+pub enum Outgoing {
+    /// A datagram.
+    Ready(Vec<u8>),
+    /// Builds the datagram (or nothing, if it cannot) just before it is sent.
+    Build(Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
+}
+
 /// The sender threads of one peer.
 pub struct Senders {
-    queues: Vec<Sender<Vec<u8>>>,
+    queues: Vec<Sender<Outgoing>>,
     threads: Vec<JoinHandle<()>>,
     /// What was sent.
     pub stats: Arc<SendStats>,
 }
 
 impl Senders {
-    /// Starts one sender thread per channel, each with its own socket on `iface`.
-    pub fn start(
-        addrs: ChannelAddrs,
-        iface: Ipv4Addr,
-        rate: u64,
-        queue: usize,
-    ) -> std::io::Result<Self> {
+    /// Starts one sender thread per channel, each with its own socket on `iface`. Queues are
+    /// unbounded: what waits in them is bounded by the protocol's windows, and a chunk waits
+    /// as a [`Outgoing::Build`], not as its body.
+    pub fn start(addrs: ChannelAddrs, iface: Ipv4Addr, rate: u64) -> std::io::Result<Self> {
         let pacer = Arc::new(Pacer::new(rate));
         let stats = Arc::new(SendStats::default());
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         for channel in Channel::ALL {
             let socket: UdpSocket = open_sender(iface)?;
-            let (tx, rx) = bounded::<Vec<u8>>(queue);
+            let (tx, rx) = unbounded::<Outgoing>();
             let dest = addrs.get(channel);
             let pacer = pacer.clone();
             let stats = stats.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("send-{}", channel.name()))
                 .spawn(move || {
-                    for datagram in rx {
+                    for out in rx {
+                        let datagram = match out {
+                            Outgoing::Ready(d) => d,
+                            Outgoing::Build(build) => match build() {
+                                Some(d) => d,
+                                None => continue,
+                            },
+                        };
                         let wait = pacer.reserve(datagram.len(), Instant::now());
                         if !wait.is_zero() {
                             std::thread::sleep(wait);
@@ -109,9 +122,23 @@ impl Senders {
         })
     }
 
-    /// Queues a datagram on `channel` (blocks while that queue is full).
+    /// Queues a datagram on `channel`.
     pub fn send(&self, channel: Channel, datagram: Vec<u8>) {
-        let _ = self.queues[channel.index()].send(datagram);
+        let _ = self.queues[channel.index()].send(Outgoing::Ready(datagram));
+    }
+
+    /// Queues a datagram built by `build` when its turn comes on `channel`.
+    pub fn send_built(
+        &self,
+        channel: Channel,
+        build: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
+    ) {
+        let _ = self.queues[channel.index()].send(Outgoing::Build(Box::new(build)));
+    }
+
+    /// Datagrams waiting on `channel`.
+    pub fn queued(&self, channel: Channel) -> usize {
+        self.queues[channel.index()].len()
     }
 
     /// Sends what is queued, then stops the threads.
