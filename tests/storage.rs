@@ -7,9 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use dbs::core::Metadata;
-use dbs::core::metadata::{BackedUpFile, ChunkRecord, StoredChunk};
+use dbs::core::metadata::StoredChunk;
 use dbs::protocol::{ChunkKey, FileId, MAX_CHUNK_SIZE, PeerId};
-use dbs::storage::meta_file::{MetaFile, snapshot};
+use dbs::storage::meta_file::MetaFile;
 use dbs::storage::reconcile::{Reconciled, reconcile};
 use dbs::storage::{ChunkFiles, StorageError};
 
@@ -61,15 +61,6 @@ fn stored(size: u32, desired: u8, holders: &[PeerId]) -> StoredChunk {
         desired,
         holders: holders.iter().copied().collect(),
         hash: None,
-    }
-}
-
-fn backed_up(chunks: usize) -> BackedUpFile {
-    BackedUpFile {
-        path: "/home/u/file.bin".into(),
-        size: 10,
-        desired: 2,
-        chunks: vec![ChunkRecord::default(); chunks],
     }
 }
 
@@ -199,7 +190,7 @@ fn leftover_temporary_files_are_removed_by_reconcile_and_never_become_chunks() {
         vec![(done, 8)],
         "only the complete chunk"
     );
-    assert_eq!(meta.stored.len(), 1);
+    assert_eq!(meta.stored().len(), 1);
     assert_eq!(meta.stored_chunk(&done), Some(&stored(8, 2, &[ME, 3])));
 }
 
@@ -208,36 +199,36 @@ fn leftover_temporary_files_are_removed_by_reconcile_and_never_become_chunks() {
 // ---------------------------------------------------------------------------------------------
 
 fn sample_metadata() -> Metadata {
-    let mut m = Metadata {
-        capacity: 123_456,
-        ..Metadata::default()
-    };
+    let mut m = Metadata::default();
+    m.set_capacity(123_456);
     m.insert_stored(key(1, 0), stored(10, 2, &[ME, 3]));
     m.insert_stored(key(1, 4), stored(64_000, 9, &[ME]));
     m.insert_stored(key(2, 999_999), stored(0, 1, &[]));
-    m.backed_up.insert(
-        fid(9),
-        BackedUpFile {
-            path: "/home/u/some file ✓.txt".into(),
-            size: 64_000,
-            desired: 3,
-            chunks: vec![
-                ChunkRecord {
-                    holders: [1, 2, 3].into(),
-                    hash: Some(dbs::protocol::ChunkHash::of(b"chunk")),
-                },
-                ChunkRecord::default(),
-            ],
-        },
-    );
-    m.touch();
+    m.register_file(fid(9), "/home/u/some file ✓.txt".into(), 64_000, 3);
+    let first = ChunkKey {
+        file: fid(9),
+        no: 0,
+    };
+    m.record_own_hash(&first, dbs::protocol::ChunkHash::of(b"chunk"));
+    for peer in [1, 2, 3] {
+        m.add_holder(&first, peer);
+    }
     m
 }
 
 fn assert_same(a: &Metadata, b: &Metadata) {
-    assert_eq!(a.capacity, b.capacity);
-    assert_eq!(a.stored, b.stored);
-    assert_eq!(a.backed_up, b.backed_up);
+    assert_eq!(a.capacity(), b.capacity());
+    assert_eq!(a.stored(), b.stored());
+    assert_eq!(a.backed_up(), b.backed_up());
+    assert_eq!(a.pending_deletes(), b.pending_deletes());
+}
+
+/// Saves what changed in `meta` (a snapshot if `snapshot`), as the runtime does.
+fn save(mf: &MetaFile, meta: &mut Metadata, snapshot: bool) {
+    mf.save(snapshot, |compact| {
+        (compact || meta.has_changes()).then(|| (meta.generation(), meta.drain_changes(compact)))
+    })
+    .unwrap();
 }
 
 #[test]
@@ -246,64 +237,116 @@ fn missing_metadata_file_loads_as_default() {
     let mf = MetaFile::new(dir.path(), files.tmp_dir());
     let m = mf.load().unwrap();
     assert_same(&m, &Metadata::default());
-    assert_eq!(m.generation, 0);
+    assert_eq!(m.generation(), 0);
 }
 
 #[test]
-fn metadata_save_load_round_trip() {
+fn metadata_snapshot_and_journal_round_trip() {
     let (dir, files) = tree();
     let mf = MetaFile::new(dir.path(), files.tmp_dir());
-    let meta = sample_metadata();
-    mf.save_if_changed(|saved| snapshot(&meta, saved)).unwrap();
-    let path = dir.path().join("metadata.json");
-    assert!(path.is_file());
+    let mut meta = sample_metadata();
+    save(&mf, &mut meta, true);
+    assert!(dir.path().join("metadata.json").is_file());
     assert!(
         entries(files.tmp_dir()).is_empty(),
         "no temporary file left"
     );
-    // Loaded by a new instance, as after a restart.
+    // Later changes go to the journal; a new instance (a restart) sees all of them.
+    meta.remove_stored(&key(1, 4));
+    meta.add_holder(&key(1, 0), 8);
+    meta.set_pending_delete(fid(5), [2, 3].into());
+    save(&mf, &mut meta, false);
+    meta.set_capacity(7);
+    save(&mf, &mut meta, false);
+    let journal = fs::read_to_string(dir.path().join("metadata.journal")).unwrap();
+    assert_eq!(
+        journal.lines().count(),
+        4,
+        "one line per changed item: {journal}"
+    );
     let back = MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap();
     assert_same(&back, &meta);
-    assert_eq!(back.used(), 64_010);
+    assert_eq!(back.used(), 10);
 }
 
 #[test]
-fn metadata_save_with_unchanged_generation_writes_nothing() {
+fn a_save_with_nothing_changed_writes_nothing() {
     let (dir, files) = tree();
-    let path = dir.path().join("metadata.json");
+    let snapshot = dir.path().join("metadata.json");
+    let journal = dir.path().join("metadata.journal");
     let mf = MetaFile::new(dir.path(), files.tmp_dir());
     let mut meta = sample_metadata();
-    mf.save_if_changed(|saved| snapshot(&meta, saved)).unwrap();
-    let inode = fs::metadata(&path).unwrap().ino();
-
-    // Scribble over the file in place (same inode): a save that writes would replace it.
-    fs::write(&path, b"marker").unwrap();
-    assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
-    let mut asked = None;
-    mf.save_if_changed(|saved| {
-        asked = Some(saved);
-        snapshot(&meta, saved)
-    })
-    .unwrap();
-    assert_eq!(
-        asked,
-        Some(meta.generation),
-        "snapshot gets the saved generation"
-    );
-    assert_eq!(fs::read(&path).unwrap(), b"marker", "nothing written");
-    assert_eq!(
-        fs::metadata(&path).unwrap().ino(),
-        inode,
-        "file not replaced"
-    );
-
-    // A change moves the generation: the next save writes (atomically: a new inode).
+    save(&mf, &mut meta, true);
+    let inode = fs::metadata(&snapshot).unwrap().ino();
     meta.insert_stored(key(3, 1), stored(5, 1, &[ME]));
-    mf.save_if_changed(|saved| snapshot(&meta, saved)).unwrap();
-    assert_ne!(fs::read(&path).unwrap(), b"marker");
-    assert_ne!(fs::metadata(&path).unwrap().ino(), inode);
+    save(&mf, &mut meta, false);
+    let journal_len = fs::metadata(&journal).unwrap().len();
+    save(&mf, &mut meta, false);
+    assert_eq!(
+        fs::metadata(&journal).unwrap().len(),
+        journal_len,
+        "nothing appended"
+    );
+    assert_eq!(
+        fs::metadata(&snapshot).unwrap().ino(),
+        inode,
+        "snapshot not replaced"
+    );
+    assert_eq!(mf.saved(), meta.generation());
     assert_same(&mf.load().unwrap(), &meta);
-    assert!(entries(files.tmp_dir()).is_empty());
+}
+
+#[test]
+fn a_torn_last_journal_line_is_dropped_and_the_rest_kept() {
+    let (dir, files) = tree();
+    let journal = dir.path().join("metadata.journal");
+    let mf = MetaFile::new(dir.path(), files.tmp_dir());
+    let mut meta = sample_metadata();
+    save(&mf, &mut meta, true);
+    meta.set_capacity(99);
+    save(&mf, &mut meta, false);
+    // A crash in the middle of the next append.
+    let mut bytes = fs::read(&journal).unwrap();
+    let good_len = bytes.len() as u64;
+    bytes.extend_from_slice(b"{\"capacity\":{\"by");
+    fs::write(&journal, &bytes).unwrap();
+    let back = MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap();
+    assert_same(&back, &meta);
+    assert_eq!(
+        fs::metadata(&journal).unwrap().len(),
+        good_len,
+        "torn tail cut off"
+    );
+    // Garbage before the last line is corruption, not a torn write.
+    fs::write(&journal, b"garbage\n{\"capacity\":{\"bytes\":1}}\n").unwrap();
+    assert!(matches!(
+        MetaFile::new(dir.path(), files.tmp_dir()).load(),
+        Err(StorageError::CorruptMetadata { .. })
+    ));
+}
+
+#[test]
+fn a_large_journal_is_folded_into_a_new_snapshot() {
+    let (dir, files) = tree();
+    let journal = dir.path().join("metadata.journal");
+    let mf = MetaFile::new(dir.path(), files.tmp_dir());
+    let mut meta = Metadata::default();
+    save(&mf, &mut meta, true);
+    // Enough changes to pass the 1 MB journal threshold, saved in small batches.
+    for round in 0..40u32 {
+        for no in 0..200u32 {
+            meta.insert_stored(key(4, round * 200 + no), stored(no, 2, &[ME, 1, 2, 3]));
+        }
+        save(&mf, &mut meta, false);
+    }
+    assert!(
+        fs::metadata(&journal).unwrap().len() < 1 << 20,
+        "the journal was folded into the snapshot"
+    );
+    assert_same(
+        &MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap(),
+        &meta,
+    );
 }
 
 #[test]
@@ -343,8 +386,8 @@ fn corrupt_metadata_file_is_reported() {
 fn reconcile_of_an_agreeing_tree_changes_nothing() {
     let (_dir, files) = tree();
     let mut meta = sample_metadata();
-    meta.backed_up.clear();
-    for (file, chunks) in meta.stored.clone() {
+    meta.forget_file(&fid(9));
+    for (file, chunks) in meta.stored().clone() {
         for (no, c) in chunks {
             files
                 .write(&ChunkKey { file, no }, &vec![1; c.size as usize])
@@ -355,7 +398,7 @@ fn reconcile_of_an_agreeing_tree_changes_nothing() {
     let out = reconcile(&mut meta, &files, ME).unwrap();
     assert_eq!(out, Reconciled::default());
     assert_same(&meta, &before);
-    assert_eq!(meta.generation, before.generation, "nothing to save");
+    assert_eq!(meta.generation(), before.generation(), "nothing to save");
 }
 
 #[test]
@@ -369,18 +412,18 @@ fn metadata_entry_without_its_file_is_dropped() {
     }
     fs::remove_file(chunk_path(dir.path(), &lost)).unwrap();
     fs::remove_dir_all(dir.path().join("chunks").join(fid(2).to_hex())).unwrap();
-    let generation = meta.generation;
+    let generation = meta.generation();
     let out = reconcile(&mut meta, &files, ME).unwrap();
     assert_eq!(set(&out.dropped), set(&[lost, lost2]));
     assert!(out.adopted.is_empty() && out.removed.is_empty(), "{out:?}");
     assert_eq!(meta.stored_chunk(&lost), None);
     assert_eq!(meta.stored_chunk(&lost2), None);
     assert!(
-        !meta.stored.contains_key(&fid(2)),
+        !meta.stored().contains_key(&fid(2)),
         "no empty file entry left"
     );
     assert_eq!(meta.stored_chunk(&kept), Some(&stored(3, 2, &[ME, 1])));
-    assert!(meta.generation > generation, "the change gets saved");
+    assert!(meta.generation() > generation, "the change gets saved");
 }
 
 #[test]
@@ -413,15 +456,15 @@ fn chunk_files_without_metadata_are_adopted() {
     }
     assert_eq!(meta.used(), 100 + MAX_CHUNK_SIZE as u64);
     // The adoption is a change to save, and what is saved comes back.
-    mf.save_if_changed(|s| snapshot(&meta, s)).unwrap();
+    save(&mf, &mut meta, false);
     assert_same(&mf.load().unwrap(), &meta);
     // Reconciling again finds nothing more to do.
-    let generation = meta.generation;
+    let generation = meta.generation();
     assert_eq!(
         reconcile(&mut meta, &files, ME).unwrap(),
         Reconciled::default()
     );
-    assert_eq!(meta.generation, generation);
+    assert_eq!(meta.generation(), generation);
 }
 
 #[test]
@@ -433,7 +476,7 @@ fn size_mismatch_is_corrected_from_the_file() {
     let mut meta = Metadata::default();
     meta.insert_stored(k, stored(10, 3, &[ME, 1, 2]));
     meta.insert_stored(other, stored(4, 3, &[ME]));
-    let generation = meta.generation;
+    let generation = meta.generation();
     let out = reconcile(&mut meta, &files, ME).unwrap();
     assert_eq!(
         out,
@@ -446,7 +489,7 @@ fn size_mismatch_is_corrected_from_the_file() {
         "size fixed, degree and holders kept"
     );
     assert_eq!(meta.stored_chunk(&other), Some(&stored(4, 3, &[ME])));
-    assert!(meta.generation > generation, "the correction gets saved");
+    assert!(meta.generation() > generation, "the correction gets saved");
 }
 
 #[test]
@@ -489,7 +532,7 @@ fn chunk_files_of_our_own_files_are_removed() {
     let (dir, files) = tree();
     let own = fid(9);
     let mut meta = Metadata::default();
-    meta.backed_up.insert(own, backed_up(3));
+    meta.register_file(own, "/home/u/file.bin".into(), 10, 2);
     let (a, b, foreign) = (
         ChunkKey { file: own, no: 0 },
         ChunkKey { file: own, no: 2 },
@@ -505,7 +548,10 @@ fn chunk_files_of_our_own_files_are_removed() {
     assert!(!dir.path().join("chunks").join(own.to_hex()).exists());
     assert_eq!(meta.stored_chunk(&a), None);
     assert_eq!(meta.stored_chunk(&b), None);
-    assert!(meta.backed_up.contains_key(&own), "the backup record stays");
+    assert!(
+        meta.backed_up().contains_key(&own),
+        "the backup record stays"
+    );
     assert_eq!(files.list().unwrap(), vec![(foreign, 4)]);
 }
 
@@ -535,8 +581,8 @@ fn badly_named_entries_in_chunks_are_ignored() {
     let out = reconcile(&mut meta, &files, ME).unwrap();
     assert_eq!(out.adopted, vec![good], "{out:?}");
     assert!(out.dropped.is_empty() && out.removed.is_empty(), "{out:?}");
-    assert_eq!(meta.stored.len(), 1);
-    assert_eq!(meta.stored[&fid(1)].len(), 1);
+    assert_eq!(meta.stored().len(), 1);
+    assert_eq!(meta.stored()[&fid(1)].len(), 1);
     for p in &junk {
         assert!(p.exists(), "left alone: {}", p.display());
     }
@@ -580,7 +626,7 @@ fn non_canonical_chunk_names_are_not_adopted() {
         "non-canonical names are ignored"
     );
     assert_eq!(meta.stored_chunk(&good), Some(&stored(4, 2, &[ME, 1])));
-    assert_eq!(meta.stored[&fid(1)].len(), 1);
+    assert_eq!(meta.stored()[&fid(1)].len(), 1);
     for p in &junk {
         assert!(p.exists(), "left alone: {}", p.display());
     }

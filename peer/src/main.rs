@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(4..=4096))]
     window: u32,
     /// Send rate limit over all channels, in MB/s (0 = unpaced).
-    #[arg(long, value_name = "MBPS", default_value_t = 100)]
+    #[arg(long, value_name = "MBPS", default_value_t = 250)]
     rate: u64,
     /// Worker threads handling messages and disk writes.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::metadata::{BackedUpFile, ChunkRecord, chunk_count};
+use super::metadata::chunk_count;
 use super::{Action, ChunkSource, CommandError, Core, Counters, OpEvent, OpId};
 use crate::protocol::ids::MAX_CHUNK_NO;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
@@ -118,7 +118,7 @@ impl Core {
             }
             // An earlier version of the same path: its chunks are no longer wanted.
             let old: Vec<FileId> = meta
-                .backed_up
+                .backed_up()
                 .iter()
                 .filter(|(id, f)| f.path == req.path && **id != req.file)
                 .map(|(id, _)| *id)
@@ -127,23 +127,13 @@ impl Core {
                 let version = self.forget_file(&mut meta, file, req.enhanced);
                 actions.extend(self.delete_send(file, version, self.cfg.delete_sends - 1, None));
             }
-            let entry = meta
-                .backed_up
-                .entry(req.file)
-                .or_insert_with(|| BackedUpFile {
-                    path: req.path.clone(),
-                    size: req.size,
-                    desired: req.degree,
-                    chunks: vec![ChunkRecord::default(); chunks as usize],
-                });
-            entry.desired = req.degree;
+            let entry = meta.register_file(req.file, req.path.clone(), req.size, req.degree);
             // Resumable: chunks already confirmed by enough peers are not sent again.
             for (no, c) in entry.chunks.iter().enumerate() {
                 if c.holders.len() >= usize::from(req.degree) && c.hash.is_some() {
                     already_done.push(no as ChunkNo);
                 }
             }
-            meta.touch();
         }
         self.backups.insert(
             op,
@@ -347,20 +337,8 @@ impl Core {
         chunk: ChunkKey,
         hash: ChunkHash,
     ) -> Result<(), Vec<Action>> {
-        let changed = {
-            let mut meta = self.meta.lock();
-            match meta.own_chunk_mut(&chunk) {
-                Some(record) => match record.hash {
-                    Some(h) => h != hash,
-                    None => {
-                        record.hash = Some(hash);
-                        meta.touch();
-                        false
-                    }
-                },
-                None => false,
-            }
-        };
+        let recorded = self.meta.lock().record_own_hash(&chunk, hash);
+        let changed = recorded.is_some_and(|h| h != hash);
         if changed {
             Err(self
                 .backup_source_failed(op, format!("chunk {} changed during the backup", chunk.no)))

@@ -40,19 +40,16 @@ impl Core {
     /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must
     /// confirm it. Returns the version the DELETEs go out with.
     pub(super) fn forget_file(&self, meta: &mut Metadata, file: FileId, enhanced: bool) -> Version {
-        if let Some(f) = meta.backed_up.remove(&file) {
-            if enhanced {
-                let peers: BTreeSet<PeerId> = f
-                    .chunks
-                    .iter()
-                    .flat_map(|c| c.holders.iter().copied())
-                    .filter(|p| meta.enhanced_peers.contains(p))
-                    .collect();
-                if !peers.is_empty() {
-                    meta.pending_deletes.insert(file, peers);
-                }
-            }
-            meta.touch();
+        if let Some(f) = meta.forget_file(&file)
+            && enhanced
+        {
+            let peers: BTreeSet<PeerId> = f
+                .chunks
+                .iter()
+                .flat_map(|c| c.holders.iter().copied())
+                .filter(|p| meta.enhanced_peers().contains(p))
+                .collect();
+            meta.set_pending_delete(file, peers);
         }
         if enhanced {
             Version::V2_0
@@ -96,22 +93,16 @@ impl Core {
 
     /// Notes that `peer` speaks the enhanced protocol.
     pub(super) fn note_enhanced_peer(&self, peer: PeerId) {
-        let mut meta = self.meta.lock();
-        if meta.enhanced_peers.insert(peer) {
-            meta.touch();
-        }
+        self.meta.lock().add_enhanced_peer(peer);
     }
 
     /// Enhanced: `peer` confirmed it removed `file`.
     pub(super) fn on_deleted(&self, peer: PeerId, file: FileId) -> Vec<Action> {
         let mut meta = self.meta.lock();
-        if let Some(peers) = meta.pending_deletes.get_mut(&file)
+        if let Some(mut peers) = meta.pending_deletes().get(&file).cloned()
             && peers.remove(&peer)
         {
-            if peers.is_empty() {
-                meta.pending_deletes.remove(&file);
-            }
-            meta.touch();
+            meta.set_pending_delete(file, peers);
         }
         Vec::new()
     }
@@ -121,7 +112,7 @@ impl Core {
         let files: Vec<FileId> = self
             .meta
             .lock()
-            .pending_deletes
+            .pending_deletes()
             .iter()
             .filter(|(_, peers)| peers.contains(&peer))
             .map(|(file, _)| *file)
@@ -144,7 +135,7 @@ impl Core {
         let files: Vec<FileId> = self
             .meta
             .lock()
-            .pending_deletes
+            .pending_deletes()
             .keys()
             .take(RETRY_BATCH)
             .copied()

@@ -1,7 +1,10 @@
-//! What a peer persists: chunks it stores for others, files it backed up, its capacity.
+//! What a peer persists: chunks it stores for others, files it backed up, its capacity, and
+//! (enhanced) pending deletions and the peers known to speak 2.0.
 //!
-//! Plain data with the operations the protocol core needs; no I/O. The runtime saves it
-//! (see [`crate::storage::meta_file`]) whenever its generation moved.
+//! Plain data with the operations the protocol core needs; no I/O. Every change goes through
+//! a method that notes which item changed, so that the runtime can save just those items as
+//! journal [`Record`]s ([`Metadata::drain_changes`]) instead of rewriting everything; see
+//! [`crate::storage::meta_file`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -50,25 +53,112 @@ pub struct BackedUpFile {
     pub chunks: Vec<ChunkRecord>,
 }
 
-/// Everything a peer persists.
+/// A backed-up file without its chunk records (a journal record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// Canonical path of the source file.
+    pub path: PathBuf,
+    /// Size in bytes when backed up.
+    pub size: u64,
+    /// Desired replication degree.
+    pub desired: u8,
+}
+
+/// Everything a peer persists. Read through the accessors; change only through the methods,
+/// which note what changed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metadata {
-    /// Maximum bytes of stored chunks.
-    pub capacity: u64,
-    /// Chunks stored here, by file then chunk number.
-    pub stored: BTreeMap<FileId, BTreeMap<ChunkNo, StoredChunk>>,
-    /// Files this peer backed up.
-    pub backed_up: BTreeMap<FileId, BackedUpFile>,
-    /// Enhanced deletions not yet confirmed: for each deleted file, the enhanced peers that
-    /// held its chunks and have not answered DELETED yet.
+    capacity: u64,
+    stored: BTreeMap<FileId, BTreeMap<ChunkNo, StoredChunk>>,
+    backed_up: BTreeMap<FileId, BackedUpFile>,
     #[serde(default)]
-    pub pending_deletes: BTreeMap<FileId, BTreeSet<PeerId>>,
-    /// Peers known to speak the enhanced protocol (they sent a 2.0 message).
+    pending_deletes: BTreeMap<FileId, BTreeSet<PeerId>>,
     #[serde(default)]
-    pub enhanced_peers: BTreeSet<PeerId>,
-    /// Bumped on every change; the persister saves when it moved.
+    enhanced_peers: BTreeSet<PeerId>,
+    /// Items changed since the last save.
     #[serde(skip)]
-    pub generation: u64,
+    changed: BTreeSet<Item>,
+    /// Bumped on every change.
+    #[serde(skip)]
+    generation: u64,
+}
+
+/// One item of the metadata, as tracked for saving. The order matters: when changes are
+/// replayed, a file's record comes before its chunks' records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Capacity,
+    OwnFile(FileId),
+    OwnChunk(ChunkKey),
+    StoredFile(FileId),
+    Stored(ChunkKey),
+    PendingDelete(FileId),
+    EnhancedPeer(PeerId),
+}
+
+/// The new value of one changed item: a line of the metadata journal. Replaying the records
+/// of a save in order, after the snapshot and the saves before it, gives the metadata back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    /// The capacity.
+    Capacity {
+        /// Bytes.
+        bytes: u64,
+    },
+    /// A file backed up here (`None`: forgotten). A new file starts with empty chunk records.
+    OwnFile {
+        /// The file.
+        file: FileId,
+        /// Its header, or `None`.
+        header: Option<FileHeader>,
+    },
+    /// One chunk record of a file backed up here.
+    OwnChunk {
+        /// The file.
+        file: FileId,
+        /// The chunk.
+        no: ChunkNo,
+        /// Its record.
+        record: ChunkRecord,
+    },
+    /// Every chunk stored here for a file, replacing what was recorded.
+    StoredFile {
+        /// The file.
+        file: FileId,
+        /// Its chunks.
+        chunks: BTreeMap<ChunkNo, StoredChunk>,
+    },
+    /// One chunk stored here (`None`: no longer).
+    Stored {
+        /// The file.
+        file: FileId,
+        /// The chunk.
+        no: ChunkNo,
+        /// Its record, or `None`.
+        chunk: Option<StoredChunk>,
+    },
+    /// An enhanced deletion pending confirmation (`None`: none any more).
+    PendingDelete {
+        /// The file.
+        file: FileId,
+        /// Peers that have not confirmed, or `None`.
+        peers: Option<BTreeSet<PeerId>>,
+    },
+    /// A peer known to speak the enhanced protocol.
+    EnhancedPeer {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// What a save writes.
+#[derive(Debug)]
+pub enum Changes {
+    /// Journal records of the items changed since the last save.
+    Records(Vec<Record>),
+    /// The whole metadata (a new snapshot; the journal starts over).
+    Snapshot(Vec<u8>),
 }
 
 impl Default for Metadata {
@@ -79,6 +169,7 @@ impl Default for Metadata {
             backed_up: BTreeMap::new(),
             pending_deletes: BTreeMap::new(),
             enhanced_peers: BTreeSet::new(),
+            changed: BTreeSet::new(),
             generation: 0,
         }
     }
@@ -95,9 +186,48 @@ pub fn chunk_count(size: u64) -> u64 {
 }
 
 impl Metadata {
-    /// Marks a change so that it gets saved.
-    pub fn touch(&mut self) {
+    fn mark(&mut self, item: Item) {
+        self.changed.insert(item);
         self.generation += 1;
+    }
+
+    /// Counts changes; the runtime compares it with what it saved.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Capacity for stored chunks, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Chunks stored here, by file then chunk number.
+    pub fn stored(&self) -> &BTreeMap<FileId, BTreeMap<ChunkNo, StoredChunk>> {
+        &self.stored
+    }
+
+    /// Files this peer backed up.
+    pub fn backed_up(&self) -> &BTreeMap<FileId, BackedUpFile> {
+        &self.backed_up
+    }
+
+    /// Enhanced deletions not yet confirmed: for each deleted file, the enhanced peers that
+    /// held its chunks and have not answered DELETED yet.
+    pub fn pending_deletes(&self) -> &BTreeMap<FileId, BTreeSet<PeerId>> {
+        &self.pending_deletes
+    }
+
+    /// Peers known to speak the enhanced protocol.
+    pub fn enhanced_peers(&self) -> &BTreeSet<PeerId> {
+        &self.enhanced_peers
+    }
+
+    /// Sets the capacity for stored chunks, in bytes.
+    pub fn set_capacity(&mut self, bytes: u64) {
+        if self.capacity != bytes {
+            self.capacity = bytes;
+            self.mark(Item::Capacity);
+        }
     }
 
     /// Bytes used by stored chunks.
@@ -124,27 +254,20 @@ impl Metadata {
         self.stored.get(&key.file).and_then(|m| m.get(&key.no))
     }
 
-    /// Mutable access to the stored chunk for `key`.
-    pub fn stored_chunk_mut(&mut self, key: &ChunkKey) -> Option<&mut StoredChunk> {
-        self.stored
-            .get_mut(&key.file)
-            .and_then(|m| m.get_mut(&key.no))
-    }
-
-    /// Records a stored chunk.
+    /// Records a stored chunk (or replaces its record).
     pub fn insert_stored(&mut self, key: ChunkKey, chunk: StoredChunk) {
         self.stored
             .entry(key.file)
             .or_default()
             .insert(key.no, chunk);
-        self.touch();
+        self.mark(Item::Stored(key));
     }
 
     /// Forgets every stored chunk of `file`; returns their numbers.
     pub fn remove_stored_file(&mut self, file: &FileId) -> Vec<ChunkNo> {
         match self.stored.remove(file) {
             Some(m) => {
-                self.touch();
+                self.mark(Item::StoredFile(*file));
                 m.into_keys().collect()
             }
             None => Vec::new(),
@@ -161,16 +284,58 @@ impl Metadata {
             self.stored.remove(&key.file);
         }
         if removed {
-            self.touch();
+            self.mark(Item::Stored(*key));
         }
         removed
     }
 
     /// The record of chunk `key` of a file backed up here.
-    pub fn own_chunk_mut(&mut self, key: &ChunkKey) -> Option<&mut ChunkRecord> {
+    pub fn own_chunk(&self, key: &ChunkKey) -> Option<&ChunkRecord> {
         self.backed_up
+            .get(&key.file)
+            .and_then(|f| f.chunks.get(key.no as usize))
+    }
+
+    /// Records a file this peer backs up: a new one with no confirmed chunks, or a known one
+    /// (same id: unchanged) keeping its chunk records with the new desired degree.
+    pub fn register_file(
+        &mut self,
+        file: FileId,
+        path: PathBuf,
+        size: u64,
+        desired: u8,
+    ) -> &BackedUpFile {
+        self.mark(Item::OwnFile(file));
+        let entry = self.backed_up.entry(file).or_insert_with(|| BackedUpFile {
+            path,
+            size,
+            desired,
+            chunks: vec![ChunkRecord::default(); chunk_count(size) as usize],
+        });
+        entry.desired = desired;
+        entry
+    }
+
+    /// Forgets a file this peer backed up.
+    pub fn forget_file(&mut self, file: &FileId) -> Option<BackedUpFile> {
+        let f = self.backed_up.remove(file)?;
+        self.mark(Item::OwnFile(*file));
+        Some(f)
+    }
+
+    /// Records the hash of chunk `key` of a file backed up here, unless one is recorded;
+    /// returns the recorded one (`None` if the chunk is unknown).
+    pub fn record_own_hash(&mut self, key: &ChunkKey, hash: ChunkHash) -> Option<ChunkHash> {
+        let record = self
+            .backed_up
             .get_mut(&key.file)
-            .and_then(|f| f.chunks.get_mut(key.no as usize))
+            .and_then(|f| f.chunks.get_mut(key.no as usize))?;
+        if let Some(h) = record.hash {
+            return Some(h);
+        }
+        record.hash = Some(hash);
+        self.mark(Item::OwnChunk(*key));
+        Some(hash)
     }
 
     /// Perceived degree of `key`: confirmations if it is a chunk of our own file, else the
@@ -190,34 +355,177 @@ impl Metadata {
             .map(|(id, _)| *id)
     }
 
-    /// Notes that `peer` holds `key`, wherever this peer tracks that chunk. True if anything changed.
+    /// Notes that `peer` holds (`holds`) or dropped `key`, wherever this peer tracks that
+    /// chunk. True if anything changed.
+    fn set_holder(&mut self, key: &ChunkKey, peer: PeerId, holds: bool) -> bool {
+        let apply = |set: &mut BTreeSet<PeerId>| {
+            if holds {
+                set.insert(peer)
+            } else {
+                set.remove(&peer)
+            }
+        };
+        let stored = self
+            .stored
+            .get_mut(&key.file)
+            .and_then(|m| m.get_mut(&key.no))
+            .is_some_and(|c| apply(&mut c.holders));
+        let own = self
+            .backed_up
+            .get_mut(&key.file)
+            .and_then(|f| f.chunks.get_mut(key.no as usize))
+            .is_some_and(|c| apply(&mut c.holders));
+        if stored {
+            self.mark(Item::Stored(*key));
+        }
+        if own {
+            self.mark(Item::OwnChunk(*key));
+        }
+        stored || own
+    }
+
+    /// Notes that `peer` holds `key`. True if anything changed.
     pub fn add_holder(&mut self, key: &ChunkKey, peer: PeerId) -> bool {
-        let mut changed = false;
-        if let Some(c) = self.stored_chunk_mut(key) {
-            changed |= c.holders.insert(peer);
-        }
-        if let Some(c) = self.own_chunk_mut(key) {
-            changed |= c.holders.insert(peer);
-        }
-        if changed {
-            self.touch();
-        }
-        changed
+        self.set_holder(key, peer, true)
     }
 
     /// Notes that `peer` dropped `key`. True if anything changed.
     pub fn remove_holder(&mut self, key: &ChunkKey, peer: PeerId) -> bool {
-        let mut changed = false;
-        if let Some(c) = self.stored_chunk_mut(key) {
-            changed |= c.holders.remove(&peer);
+        self.set_holder(key, peer, false)
+    }
+
+    /// Sets (or with an empty set, ends) the pending deletion of `file`.
+    pub fn set_pending_delete(&mut self, file: FileId, peers: BTreeSet<PeerId>) {
+        if peers.is_empty() {
+            if self.pending_deletes.remove(&file).is_none() {
+                return;
+            }
+        } else {
+            self.pending_deletes.insert(file, peers);
         }
-        if let Some(c) = self.own_chunk_mut(key) {
-            changed |= c.holders.remove(&peer);
+        self.mark(Item::PendingDelete(file));
+    }
+
+    /// Notes that `peer` speaks the enhanced protocol; true if it was not known.
+    pub fn add_enhanced_peer(&mut self, peer: PeerId) -> bool {
+        let new = self.enhanced_peers.insert(peer);
+        if new {
+            self.mark(Item::EnhancedPeer(peer));
         }
-        if changed {
-            self.touch();
+        new
+    }
+
+    /// Takes what changed since the last call: the journal records of the changed items, or
+    /// with `snapshot`, the whole metadata as JSON.
+    pub fn drain_changes(&mut self, snapshot: bool) -> Changes {
+        let changed = std::mem::take(&mut self.changed);
+        if snapshot {
+            return Changes::Snapshot(serde_json::to_vec(self).expect("metadata serialises"));
         }
-        changed
+        Changes::Records(changed.into_iter().map(|item| self.record(item)).collect())
+    }
+
+    /// Whether anything changed since the last [`Metadata::drain_changes`].
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    fn record(&self, item: Item) -> Record {
+        match item {
+            Item::Capacity => Record::Capacity {
+                bytes: self.capacity,
+            },
+            Item::OwnFile(file) => Record::OwnFile {
+                file,
+                header: self.backed_up.get(&file).map(|f| FileHeader {
+                    path: f.path.clone(),
+                    size: f.size,
+                    desired: f.desired,
+                }),
+            },
+            Item::OwnChunk(key) => Record::OwnChunk {
+                file: key.file,
+                no: key.no,
+                record: self.own_chunk(&key).cloned().unwrap_or_default(),
+            },
+            Item::StoredFile(file) => Record::StoredFile {
+                file,
+                chunks: self.stored.get(&file).cloned().unwrap_or_default(),
+            },
+            Item::Stored(key) => Record::Stored {
+                file: key.file,
+                no: key.no,
+                chunk: self.stored_chunk(&key).cloned(),
+            },
+            Item::PendingDelete(file) => Record::PendingDelete {
+                file,
+                peers: self.pending_deletes.get(&file).cloned(),
+            },
+            Item::EnhancedPeer(peer) => Record::EnhancedPeer { peer },
+        }
+    }
+
+    /// Applies a journal record (when loading); changes nothing to save.
+    pub fn apply(&mut self, record: Record) {
+        match record {
+            Record::Capacity { bytes } => self.capacity = bytes,
+            Record::OwnFile { file, header: None } => {
+                self.backed_up.remove(&file);
+            }
+            Record::OwnFile {
+                file,
+                header: Some(h),
+            } => {
+                let entry = self.backed_up.entry(file).or_insert_with(|| BackedUpFile {
+                    path: h.path.clone(),
+                    size: h.size,
+                    desired: h.desired,
+                    chunks: vec![ChunkRecord::default(); chunk_count(h.size) as usize],
+                });
+                entry.path = h.path;
+                entry.desired = h.desired;
+            }
+            Record::OwnChunk { file, no, record } => {
+                if let Some(c) = self
+                    .backed_up
+                    .get_mut(&file)
+                    .and_then(|f| f.chunks.get_mut(no as usize))
+                {
+                    *c = record;
+                }
+            }
+            Record::StoredFile { file, chunks } => {
+                if chunks.is_empty() {
+                    self.stored.remove(&file);
+                } else {
+                    self.stored.insert(file, chunks);
+                }
+            }
+            Record::Stored { file, no, chunk } => match chunk {
+                Some(c) => {
+                    self.stored.entry(file).or_default().insert(no, c);
+                }
+                None => {
+                    if let Some(m) = self.stored.get_mut(&file) {
+                        m.remove(&no);
+                        if m.is_empty() {
+                            self.stored.remove(&file);
+                        }
+                    }
+                }
+            },
+            Record::PendingDelete { file, peers } => match peers {
+                Some(p) => {
+                    self.pending_deletes.insert(file, p);
+                }
+                None => {
+                    self.pending_deletes.remove(&file);
+                }
+            },
+            Record::EnhancedPeer { peer } => {
+                self.enhanced_peers.insert(peer);
+            }
+        }
     }
 }
 
@@ -234,38 +542,102 @@ mod tests {
         assert_eq!(chunk_count(128_000), 3);
     }
 
+    fn key(file: u8, no: ChunkNo) -> ChunkKey {
+        ChunkKey {
+            file: FileId([file; 32]),
+            no,
+        }
+    }
+
+    fn stored(size: u32) -> StoredChunk {
+        StoredChunk {
+            size,
+            desired: 2,
+            holders: [1, 4].into(),
+            hash: Some(ChunkHash::of(b"x")),
+        }
+    }
+
+    /// Replays `records` (as a load would, through JSON lines) onto `base`.
+    fn replay(base: &Metadata, records: Vec<Record>) -> Metadata {
+        let mut m: Metadata = serde_json::from_slice(&serde_json::to_vec(base).unwrap()).unwrap();
+        for r in records {
+            let line = serde_json::to_string(&r).unwrap();
+            m.apply(serde_json::from_str(&line).unwrap());
+        }
+        m
+    }
+
+    fn same(a: &Metadata, b: &Metadata) {
+        assert_eq!(a.capacity, b.capacity);
+        assert_eq!(a.stored, b.stored);
+        assert_eq!(a.backed_up, b.backed_up);
+        assert_eq!(a.pending_deletes, b.pending_deletes);
+        assert_eq!(a.enhanced_peers, b.enhanced_peers);
+    }
+
     #[test]
-    fn json_round_trip_keeps_everything() {
+    fn snapshot_round_trip_keeps_everything() {
         let mut m = Metadata::default();
-        let key = ChunkKey {
-            file: FileId([7; 32]),
-            no: 3,
+        m.insert_stored(key(7, 3), stored(10));
+        m.register_file(FileId([9; 32]), "/x".into(), 5, 1);
+        m.add_holder(&key(9, 0), 2);
+        let Changes::Snapshot(bytes) = m.drain_changes(true) else {
+            panic!()
         };
-        m.insert_stored(
-            key,
-            StoredChunk {
-                size: 10,
-                desired: 2,
-                holders: [1, 4].into(),
-                hash: Some(ChunkHash::of(b"x")),
-            },
-        );
-        m.backed_up.insert(
-            FileId([9; 32]),
-            BackedUpFile {
-                path: "/x".into(),
-                size: 5,
-                desired: 1,
-                chunks: vec![ChunkRecord {
-                    holders: [2].into(),
-                    hash: None,
-                }],
-            },
-        );
-        let text = serde_json::to_string(&m).unwrap();
-        let back: Metadata = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.stored, m.stored);
-        assert_eq!(back.backed_up, m.backed_up);
+        let back: Metadata = serde_json::from_slice(&bytes).unwrap();
+        same(&back, &m);
         assert_eq!(back.used(), 10);
+        assert!(!m.has_changes());
+    }
+
+    #[test]
+    fn journal_records_replay_to_the_same_metadata() {
+        let mut m = Metadata::default();
+        m.insert_stored(key(1, 0), stored(5));
+        m.insert_stored(key(1, 1), stored(6));
+        let base = m.clone();
+        m.drain_changes(false);
+        // A batch of changes, some undoing others, in an order the record order differs from.
+        m.set_capacity(123);
+        m.remove_stored_file(&FileId([1; 32]));
+        m.insert_stored(key(1, 4), stored(7)); // after the file's removal
+        m.remove_holder(&key(1, 4), 4);
+        m.register_file(FileId([2; 32]), "/a".into(), 64_001, 3);
+        m.record_own_hash(&key(2, 1), ChunkHash::of(b"h"));
+        m.add_holder(&key(2, 1), 5);
+        m.register_file(FileId([3; 32]), "/b".into(), 1, 1);
+        m.forget_file(&FileId([3; 32]));
+        m.set_pending_delete(FileId([3; 32]), [5, 6].into());
+        m.set_pending_delete(FileId([3; 32]), [6].into());
+        m.add_enhanced_peer(5);
+        let Changes::Records(records) = m.drain_changes(false) else {
+            panic!()
+        };
+        let back = replay(&base, records);
+        same(&back, &m);
+        // A second batch on top of the first.
+        let base = back;
+        m.set_pending_delete(FileId([3; 32]), BTreeSet::new());
+        m.remove_stored(&key(1, 4));
+        m.forget_file(&FileId([2; 32]));
+        let Changes::Records(records) = m.drain_changes(false) else {
+            panic!()
+        };
+        same(&replay(&base, records), &m);
+        assert!(m.stored.is_empty() && m.backed_up.is_empty() && m.pending_deletes.is_empty());
+    }
+
+    #[test]
+    fn a_known_file_keeps_its_chunk_records_when_registered_again() {
+        let mut m = Metadata::default();
+        let file = FileId([2; 32]);
+        m.register_file(file, "/a".into(), 10, 1);
+        m.add_holder(&key(2, 0), 7);
+        assert_eq!(
+            m.register_file(file, "/a".into(), 10, 3).chunks[0].holders,
+            [7].into()
+        );
+        assert_eq!(m.backed_up[&file].desired, 3);
     }
 }

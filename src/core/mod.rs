@@ -483,9 +483,19 @@ impl Core {
         &self.cfg
     }
 
-    /// Runs `f` on the metadata (for the persister and for inspection).
+    /// Runs `f` on the metadata (for inspection).
     pub fn with_metadata<R>(&self, f: impl FnOnce(&Metadata) -> R) -> R {
         f(&self.meta.lock())
+    }
+
+    /// For the persister: what changed in the metadata since the last call (or, with
+    /// `snapshot`, all of it) and the generation that brings it to; `None` if nothing changed.
+    pub fn drain_changes(&self, snapshot: bool) -> Option<(u64, metadata::Changes)> {
+        let mut meta = self.meta.lock();
+        if !snapshot && !meta.has_changes() {
+            return None;
+        }
+        Some((meta.generation(), meta.drain_changes(snapshot)))
     }
 
     /// Number of protocol instances in progress (backups, restores, chunks awaiting answers,

@@ -39,11 +39,10 @@ impl Core {
     /// enhanced holders to see the degree restored even if the re-backup's initiator dies.
     pub fn reclaim(&self, bytes: u64, enhanced: bool) -> (Reclaimed, Vec<Action>) {
         let mut meta = self.meta.lock();
-        meta.capacity = bytes;
-        meta.touch();
+        meta.set_capacity(bytes);
         let mut used = meta.used();
         let mut candidates: Vec<(i64, u32, ChunkKey)> = meta
-            .stored
+            .stored()
             .iter()
             .flat_map(|(file, m)| {
                 m.iter().map(|(no, c)| {

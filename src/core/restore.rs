@@ -75,7 +75,7 @@ impl Core {
             let file = meta
                 .file_for_path(&req.path)
                 .ok_or_else(|| CommandError::NotBackedUp(req.path.clone()))?;
-            let f = &meta.backed_up[&file];
+            let f = &meta.backed_up()[&file];
             (
                 file,
                 f.size,

@@ -68,10 +68,10 @@ impl StateReport {
         StateReport {
             peer_id: cfg.id,
             protocol_version: cfg.version.to_string(),
-            capacity_kb: meta.capacity / 1000,
+            capacity_kb: meta.capacity() / 1000,
             used_kb: meta.used() as f64 / 1000.0,
             backed_up: meta
-                .backed_up
+                .backed_up()
                 .iter()
                 .map(|(id, f)| BackedUpReport {
                     path: f.path.display().to_string(),
@@ -89,7 +89,7 @@ impl StateReport {
                 })
                 .collect(),
             stored: meta
-                .stored
+                .stored()
                 .iter()
                 .flat_map(|(id, chunks)| {
                     chunks.iter().map(|(no, c)| StoredReport {

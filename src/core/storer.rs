@@ -53,7 +53,7 @@ impl Core {
             w.putchunk_seen = true; // someone is backing it up
         }
         let meta = self.meta.lock();
-        if meta.backed_up.contains_key(&chunk.file) {
+        if meta.backed_up().contains_key(&chunk.file) {
             return Vec::new(); // never store chunks of our own files
         }
         if meta.stored_chunk(&chunk).is_some() {
@@ -137,7 +137,7 @@ impl Core {
     /// [`footprint`]: a full peer, capacity 0 included, stores nothing).
     fn fits(&self, meta: &super::Metadata, size: u32) -> bool {
         let reserved: u64 = self.writing.iter().map(|e| footprint(e.size)).sum();
-        meta.footprint() + reserved + footprint(size) <= meta.capacity
+        meta.footprint() + reserved + footprint(size) <= meta.capacity()
     }
 
     fn stored_timer(&self, chunk: ChunkKey, version: Version) -> Action {
@@ -164,7 +164,7 @@ impl Core {
             return Vec::new();
         };
         // DELETE arrived, or RECLAIM lowered the capacity, while the chunk was written.
-        let Some(w) = reservation.filter(|_| meta.footprint() + footprint(size) <= meta.capacity)
+        let Some(w) = reservation.filter(|_| meta.footprint() + footprint(size) <= meta.capacity())
         else {
             return vec![Action::RemoveChunk { chunk }];
         };

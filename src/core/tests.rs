@@ -716,7 +716,7 @@ fn enhanced_delete_stays_pending_until_every_enhanced_holder_confirms() {
     c.on_message(msg(3, MessageKind::Stored { chunk: key(0) }));
     let actions = c.start_delete(2, "/src/file".as_ref(), true).unwrap();
     assert_eq!(sends(&actions)[0].version, V2);
-    let pending = || c.with_metadata(|m| m.pending_deletes.clone());
+    let pending = || c.with_metadata(|m| m.pending_deletes().clone());
     assert_eq!(pending()[&key(0).file], [2].into());
     // Peer 2 comes back: it is sent the DELETE it missed.
     let again = c.on_message(msg2(2, MessageKind::Up));

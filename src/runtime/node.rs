@@ -34,7 +34,7 @@ use crate::net::{ChannelAddrs, open_receiver};
 use crate::protocol::file_id::file_id;
 use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version, peek_sender};
 use crate::storage::chunk_files::Staged;
-use crate::storage::meta_file::{MetaFile, snapshot};
+use crate::storage::meta_file::MetaFile;
 use crate::storage::reconcile::reconcile;
 use crate::storage::{ChunkFiles, StorageError};
 
@@ -170,9 +170,12 @@ impl Node {
             );
         }
         if let Some(kb) = cfg.capacity_kb {
-            meta.capacity = kb.saturating_mul(1000);
+            meta.set_capacity(kb.saturating_mul(1000));
         }
-        meta.touch();
+        // Start from a fresh snapshot (folding in the journal and reconciliation).
+        meta_file.save(true, |_| {
+            Some((meta.generation(), meta.drain_changes(true)))
+        })?;
         let socket_err = |channel: Channel, e| NodeError::Socket {
             channel: channel.name(),
             addr: cfg.channels.get(channel).to_string(),
@@ -613,7 +616,7 @@ impl Shared {
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),
             "instances": self.core.instances(),
-            "metadata_saved": self.meta_file.saved() == self.core.with_metadata(|m| m.generation)
+            "metadata_saved": self.meta_file.saved() == self.core.with_metadata(|m| m.generation())
                 && { let c = self.commits.lock(); c.staged.is_empty() && c.after.is_empty() },
             "timers": self.timers.len(),
         });
@@ -663,7 +666,7 @@ impl Shared {
 
     fn save_to_disk(&self) -> Result<(), StorageError> {
         self.meta_file
-            .save_if_changed(|saved| self.core.with_metadata(|m| snapshot(m, saved)))
+            .save(false, |snapshot| self.core.drain_changes(snapshot))
     }
 
     fn new_op(&self, path: &Path) -> (OpId, Receiver<Reply>) {

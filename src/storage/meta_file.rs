@@ -1,71 +1,164 @@
-//! The metadata file `metadata.json`: loaded at start, saved atomically when it changed.
+//! The metadata on disk: a snapshot `metadata.json` and a journal `metadata.journal` of the
+//! items changed since (one JSON [`Record`] per line).
+//!
+//! A save appends the records of what changed and fdatasyncs the journal: its cost follows the
+//! change, not the size of the metadata, and it creates no file. When the journal has grown
+//! past twice the snapshot (and at least 1 MB), the save writes a new snapshot atomically
+//! (temporary file, fsync, rename, directory fsync) and empties the journal. Loading reads the
+//! snapshot and replays the journal; a torn last line (a crash during an append) is dropped.
 
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
 use super::{StorageError, io_err, write_atomic};
 use crate::core::Metadata;
+use crate::core::metadata::{Changes, Record};
 
-/// Saves a peer's metadata; serialises concurrent saves and skips saves with nothing new.
+/// A journal at least this large may be folded into a new snapshot.
+const COMPACT_MIN: u64 = 1 << 20;
+
+/// A peer's metadata files.
 #[derive(Debug)]
 pub struct MetaFile {
-    path: PathBuf,
+    snapshot: PathBuf,
+    journal: PathBuf,
     tmp_dir: PathBuf,
-    saved_generation: Mutex<u64>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The journal, open for appending (after the first save).
+    journal: Option<File>,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
+    /// Generation of the metadata last saved.
+    saved: u64,
 }
 
 impl MetaFile {
-    /// The metadata file of the tree at `root` (temporary files go to `tmp_dir`).
+    /// The metadata files of the tree at `root` (temporary files go to `tmp_dir`).
     pub fn new(root: &Path, tmp_dir: &Path) -> Self {
         MetaFile {
-            path: root.join("metadata.json"),
+            snapshot: root.join("metadata.json"),
+            journal: root.join("metadata.journal"),
             tmp_dir: tmp_dir.to_path_buf(),
-            saved_generation: Mutex::new(0),
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// Loads the metadata; a missing file means a new peer.
+    /// Loads the snapshot and replays the journal; missing files mean a new peer.
     pub fn load(&self) -> Result<Metadata, StorageError> {
-        match std::fs::read(&self.path) {
+        let mut meta = match std::fs::read(&self.snapshot) {
             Ok(bytes) => {
+                self.state.lock().snapshot_bytes = bytes.len() as u64;
                 serde_json::from_slice(&bytes).map_err(|source| StorageError::CorruptMetadata {
-                    path: self.path.clone(),
+                    path: self.snapshot.clone(),
                     source,
-                })
+                })?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Metadata::default()),
-            Err(e) => Err(io_err("read", &self.path)(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metadata::default(),
+            Err(e) => return Err(io_err("read", &self.snapshot)(e)),
+        };
+        let file = match File::open(&self.journal) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(meta),
+            Err(e) => return Err(io_err("read", &self.journal)(e)),
+        };
+        let mut good = 0u64;
+        let mut lines = BufReader::new(file).split(b'\n').peekable();
+        while let Some(line) = lines.next() {
+            let line = line.map_err(io_err("read", &self.journal))?;
+            match serde_json::from_slice::<Record>(&line) {
+                Ok(record) => {
+                    meta.apply(record);
+                    good += line.len() as u64 + 1;
+                }
+                // A crash during an append leaves a torn last line: drop it.
+                Err(_) if lines.peek().is_none() => {
+                    tracing::warn!("{}: dropping a torn last line", self.journal.display());
+                    let f = OpenOptions::new().write(true).open(&self.journal);
+                    f.and_then(|f| f.set_len(good).and_then(|()| f.sync_all()))
+                        .map_err(io_err("truncate", &self.journal))?;
+                }
+                Err(source) => {
+                    return Err(StorageError::CorruptMetadata {
+                        path: self.journal.clone(),
+                        source,
+                    });
+                }
+            }
         }
+        self.state.lock().journal_bytes = good;
+        Ok(meta)
     }
 
     /// Generation of the metadata last saved.
     pub fn saved(&self) -> u64 {
-        *self.saved_generation.lock()
+        self.state.lock().saved
     }
 
-    /// Saves the metadata if its generation moved since the last save. `snapshot` returns the
-    /// current generation and, only when it differs from `saved`, the serialised document.
-    pub fn save_if_changed(
+    /// Saves what changed. `drain(snapshot)` takes the changes from the metadata (under its
+    /// lock) with the generation they bring it to; `force_snapshot` writes a full snapshot
+    /// whatever the journal's size.
+    pub fn save(
         &self,
-        snapshot: impl FnOnce(u64) -> (u64, Option<Vec<u8>>),
+        force_snapshot: bool,
+        drain: impl FnOnce(bool) -> Option<(u64, Changes)>,
     ) -> Result<(), StorageError> {
-        let mut saved = self.saved_generation.lock();
-        let (generation, bytes) = snapshot(*saved);
-        if let Some(bytes) = bytes {
-            write_atomic(&self.tmp_dir, &self.path, &bytes)?;
-            *saved = generation;
+        let mut st = self.state.lock();
+        let compact = force_snapshot || st.journal_bytes > COMPACT_MIN.max(2 * st.snapshot_bytes);
+        let Some((generation, changes)) = drain(compact) else {
+            return Ok(());
+        };
+        match changes {
+            Changes::Snapshot(bytes) => {
+                write_atomic(&self.tmp_dir, &self.snapshot, &bytes)?;
+                // The snapshot holds everything: the journal starts over.
+                let journal = self.open_journal(&mut st)?;
+                journal
+                    .set_len(0)
+                    .and_then(|()| journal.sync_data())
+                    .map_err(io_err("truncate", &self.journal))?;
+                st.journal_bytes = 0;
+                st.snapshot_bytes = bytes.len() as u64;
+            }
+            Changes::Records(records) => {
+                if !records.is_empty() {
+                    let mut text = Vec::new();
+                    for r in &records {
+                        serde_json::to_writer(&mut text, r).expect("record serialises");
+                        text.push(b'\n');
+                    }
+                    let journal = self.open_journal(&mut st)?;
+                    journal
+                        .write_all(&text)
+                        .and_then(|()| journal.sync_data())
+                        .map_err(io_err("append to", &self.journal))?;
+                    st.journal_bytes += text.len() as u64;
+                }
+            }
         }
+        st.saved = generation;
         Ok(())
     }
-}
 
-/// Serialises `meta` unless its generation equals `saved`.
-pub fn snapshot(meta: &Metadata, saved: u64) -> (u64, Option<Vec<u8>>) {
-    if meta.generation == saved {
-        (saved, None)
-    } else {
-        let bytes = serde_json::to_vec(meta).expect("metadata serialises");
-        (meta.generation, Some(bytes))
+    fn open_journal<'a>(&self, st: &'a mut State) -> Result<&'a mut File, StorageError> {
+        if st.journal.is_none() {
+            let existed = self.journal.exists();
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.journal)
+                .map_err(io_err("open", &self.journal))?;
+            if !existed {
+                super::sync_dir(self.journal.parent().unwrap_or(Path::new(".")))?;
+            }
+            st.journal = Some(f);
+        }
+        Ok(st.journal.as_mut().expect("just opened"))
     }
 }

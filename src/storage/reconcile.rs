@@ -35,7 +35,7 @@ pub fn reconcile(
     let on_disk = files.list()?;
     let present: BTreeSet<ChunkKey> = on_disk.iter().map(|(k, _)| *k).collect();
     let known: Vec<ChunkKey> = meta
-        .stored
+        .stored()
         .iter()
         .flat_map(|(file, m)| {
             m.keys().map(|no| ChunkKey {
@@ -51,18 +51,21 @@ pub fn reconcile(
         }
     }
     for (key, size) in on_disk {
-        if size > MAX_CHUNK_SIZE as u64 || meta.backed_up.contains_key(&key.file) {
+        if size > MAX_CHUNK_SIZE as u64 || meta.backed_up().contains_key(&key.file) {
             files.remove(&key)?;
             meta.remove_stored(&key);
             out.removed.push(key);
             continue;
         }
-        match meta.stored_chunk_mut(&key) {
+        match meta.stored_chunk(&key).cloned() {
             Some(c) if u64::from(c.size) == size => {}
-            Some(c) => {
-                c.size = size as u32;
-                meta.touch();
-            }
+            Some(c) => meta.insert_stored(
+                key,
+                StoredChunk {
+                    size: size as u32,
+                    ..c
+                },
+            ),
             None => {
                 let hash = files.read(&key).ok().map(|body| ChunkHash::of(&body));
                 meta.insert_stored(
