@@ -32,6 +32,9 @@ tool() {
 missing=()
 tool unshare >/dev/null || missing+=(util-linux)
 tool ip >/dev/null || missing+=(iproute2)
+# The multi-host fault tests (tests/faults.rs): nsenter, and nft for packet loss/duplication.
+tool nsenter >/dev/null || missing+=(util-linux)
+tool nft >/dev/null || missing+=(nftables)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then

@@ -232,6 +232,7 @@ impl Core {
             }
             let launch = flow.launch();
             drop(flow);
+            Counters::bump(&self.counters.putchunk_launches);
             b.next += 1;
             self.pending.insert(
                 chunk,

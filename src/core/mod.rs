@@ -399,6 +399,8 @@ pub enum CommandError {
 /// Protocol events counted since start (reported in STATE and by benchmarks).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Counters {
+    /// Chunks whose backup started here (first PUTCHUNK sends).
+    pub putchunk_launches: AtomicU64,
     /// PUTCHUNK sends after the first, all chunks.
     pub putchunk_resends: AtomicU64,
     /// GETCHUNK sends after the first, all chunks.

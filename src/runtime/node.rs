@@ -94,6 +94,20 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Datagrams dropped as malformed (or on the wrong channel).
     pub malformed: AtomicU64,
+    /// Disk operations that failed (writing, syncing, removing chunks; saving metadata).
+    pub disk_errors: AtomicU64,
+    /// The last disk error, for STATE.
+    pub last_disk_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Stats {
+    /// Logs and counts a disk error; the peer keeps running.
+    fn disk_error(&self, what: std::fmt::Arguments<'_>) {
+        let text = what.to_string();
+        tracing::error!("{text}");
+        self.disk_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_disk_error.lock() = Some(text);
+    }
 }
 
 struct OpSink {
@@ -383,7 +397,8 @@ impl Shared {
                         let _ = self.save_signal.0.try_send(());
                     }
                     Err(e) => {
-                        tracing::error!("storing chunk {chunk}: {e}");
+                        self.stats
+                            .disk_error(format_args!("storing chunk {chunk}: {e}"));
                         let failed =
                             self.core
                                 .chunk_written(chunk, desired, body.len() as u32, None);
@@ -392,7 +407,8 @@ impl Shared {
                 },
                 Action::RemoveChunk { chunk } => {
                     if let Err(e) = self.files.remove(&chunk) {
-                        tracing::error!("removing chunk {chunk}: {e}");
+                        self.stats
+                            .disk_error(format_args!("removing chunk {chunk}: {e}"));
                     }
                 }
                 Action::CreateRestoreFile { op, path, size } => {
@@ -616,6 +632,7 @@ impl Shared {
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),
             "instances": self.core.instances(),
+            "disk_errors": self.stats.disk_errors.load(Ordering::Relaxed),
             "metadata_saved": self.meta_file.saved() == self.core.with_metadata(|m| m.generation())
                 && { let c = self.commits.lock(); c.staged.is_empty() && c.after.is_empty() },
             "timers": self.timers.len(),
@@ -624,6 +641,7 @@ impl Shared {
             c.extend(e.clone());
         }
         state["counters"] = counters;
+        state["last_disk_error"] = json!(*self.stats.last_disk_error.lock());
         state
     }
 
@@ -644,7 +662,8 @@ impl Shared {
                 let written = match result {
                     Ok(()) => Some(hash),
                     Err(e) => {
-                        tracing::error!("storing chunk {chunk}: {e}");
+                        self.stats
+                            .disk_error(format_args!("storing chunk {chunk}: {e}"));
                         None
                     }
                 };
@@ -660,7 +679,7 @@ impl Shared {
 
     fn save_metadata(&self) {
         if let Err(e) = self.save_to_disk() {
-            tracing::error!("saving metadata: {e}");
+            self.stats.disk_error(format_args!("saving metadata: {e}"));
         }
     }
 

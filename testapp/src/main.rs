@@ -221,9 +221,14 @@ fn print_done(
         }
         out(&result.to_string());
     } else if matches!(request, Request::State) {
+        let disk_errors = result["counters"]["disk_errors"].as_u64().unwrap_or(0);
+        let last = result["last_disk_error"].as_str().unwrap_or("").to_string();
         match serde_json::from_value::<StateReport>(result) {
             Ok(state) => out(&state.to_string()),
             Err(e) => eprintln!("testapp: unreadable STATE: {e}"),
+        }
+        if disk_errors > 0 {
+            out(&format!("Disk errors: {disk_errors} (last: {last})"));
         }
     } else if ok {
         out(message);

@@ -84,6 +84,8 @@ pub struct Cluster {
     aps: std::collections::HashMap<u32, String>,
     /// Protocol versions that are not the cluster's default.
     versions: std::collections::HashMap<u32, String>,
+    /// Shell wrappers peers are started under (see [`Cluster::spawn_wrapped`]).
+    wrappers: std::collections::HashMap<u32, String>,
 }
 
 /// A finished TestApp run.
@@ -137,6 +139,7 @@ impl Cluster {
             peers: Vec::new(),
             aps: Default::default(),
             versions: Default::default(),
+            wrappers: Default::default(),
         }
     }
 
@@ -192,8 +195,23 @@ impl Cluster {
 
     /// Starts peer `id` with extra options and waits until it answers STATE.
     pub fn spawn(&mut self, id: u32, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.path().join(format!("peer{id}.log"))).unwrap();
-        let child = Command::new(bin("peer"))
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("peer{id}.log")))
+            .unwrap();
+        let mut command = match self.wrappers.get(&id) {
+            Some(wrapper) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(wrapper)
+                    .arg("peer-wrapper")
+                    .arg(bin("peer"));
+                c
+            }
+            None => Command::new(bin("peer")),
+        };
+        let child = command
             .args(self.peer_args(id))
             .arg("--dir")
             .arg(self.peer_dir(id))
@@ -235,7 +253,9 @@ impl Cluster {
     /// `STATE --json` of peer `id`, without its counters (what the peer persists).
     pub fn state(&self, id: u32) -> Value {
         let mut st = self.testapp(&["--json", &self.ap(id), "STATE"]).ok().json();
-        st.as_object_mut().unwrap().remove("counters");
+        let obj = st.as_object_mut().unwrap();
+        obj.remove("counters");
+        obj.remove("last_disk_error");
         st
     }
 
@@ -291,6 +311,33 @@ impl Cluster {
             .status();
         let status = child.wait().expect("wait peer");
         status.code()
+    }
+
+    /// Process id of peer `id`.
+    pub fn pid(&self, id: u32) -> u32 {
+        self.peers
+            .iter()
+            .find(|(p, _)| *p == id)
+            .expect("peer running")
+            .1
+            .id()
+    }
+
+    /// Resident memory of peer `id` in KiB (VmRSS).
+    pub fn rss_kb(&self, id: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(id))).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Starts peer `id` under a shell `wrapper` that gets the peer command line as "$@" (e.g.
+    /// to run it in its own mount namespace).
+    pub fn spawn_wrapped(&mut self, id: u32, wrapper: &str, extra: &[&str]) {
+        self.wrappers.insert(id, wrapper.to_string());
+        self.spawn(id, extra);
     }
 
     /// Whether peer `id` is still running.

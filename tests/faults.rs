@@ -1,0 +1,561 @@
+//! Fault tolerance on a LAN of namespaces (see tests/netns/mod.rs): every peer in a network
+//! namespace of its own, behind a bridge, with packet loss and duplication from nftables rules
+//! in its namespace and links that can be cut.
+
+mod common;
+mod netns;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::wait_until;
+use netns::{Faults, Net};
+use serde_json::Value;
+
+const K: usize = 64_000;
+/// About 2 MB: 32 chunks.
+const FILE_LEN: usize = 2_000_000 + 123;
+const CHUNKS: u32 = (FILE_LEN / K + 1) as u32;
+
+fn file_id(doc: &Value) -> String {
+    doc["file_id"].as_str().expect("file_id").to_string()
+}
+
+/// The home's STATE entry of `file_id`: each chunk's perceived degree.
+fn perceived_at_home(net: &Net, home: u32, file_id: &str) -> Vec<u64> {
+    let st = net.state(home);
+    let entry = st["backed_up"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file_id"] == file_id)
+        .unwrap_or_else(|| panic!("{file_id} not in the home's STATE: {st}"));
+    entry["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["perceived"].as_u64().unwrap())
+        .collect()
+}
+
+/// Chunks of `file_id` with fewer than `degree` holders among `ids`, both by STATE and on disk
+/// (empty when every chunk has them).
+fn short_chunks(net: &Net, ids: &[u32], file_id: &str, degree: usize) -> Vec<String> {
+    let disk = net.copies_on_disk(ids, file_id);
+    let state = net.holders_by_state(ids, file_id);
+    (0..CHUNKS)
+        .filter_map(|no| {
+            let d = disk.get(&no).cloned().unwrap_or_default();
+            let s = state.get(&no).cloned().unwrap_or_default();
+            (d.len() < degree || s.len() < degree)
+                .then(|| format!("chunk {no}: on disk at {d:?}, in STATE of {s:?}"))
+        })
+        .collect()
+}
+
+/// Every chunk file of `file_id` among `ids` equals its slice of the source.
+fn assert_chunk_bytes(net: &Net, ids: &[u32], file_id: &str, source: &[u8]) {
+    for &id in ids {
+        for f in net.chunk_files(id, file_id) {
+            let no: usize = f.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            let want = &source[no * K..((no + 1) * K).min(source.len())];
+            assert!(
+                std::fs::read(&f).unwrap() == want,
+                "chunk {no} at peer {id} differs from the source"
+            );
+        }
+    }
+}
+
+fn restore_identical(net: &Net, home: u32, op: &str, path: &Path) {
+    let doc = net.run_ok(home, &[op, path.to_str().unwrap()]);
+    let dest = doc["restored_to"].as_str().expect("restored_to");
+    assert!(
+        std::fs::read(dest).unwrap() == std::fs::read(path).unwrap(),
+        "{op}: {dest} differs from {}",
+        path.display()
+    );
+    std::fs::remove_file(dest).unwrap();
+}
+
+/// Backs up `path` from `home` at degree 2 and checks that every chunk reached it, per the
+/// STATE of `others` and on their disks, with the source's bytes. A chunk whose STOREDs were
+/// all lost within its 5 PUTCHUNK sends is reported short (docs/protocol.md): as documented,
+/// running BACKUP again resends only those; that happens at most twice.
+fn backup(net: &Net, home: u32, op: &str, path: &Path, others: &[u32]) -> String {
+    let mut doc = Value::Null;
+    for attempt in 1..=3 {
+        let run = net.testapp(&["--json", &net.ap(home), op, path.to_str().unwrap(), "2"]);
+        doc = run.json();
+        if run.code == 0 {
+            break;
+        }
+        let short = doc["short"].as_array().map_or(0, Vec::len);
+        assert!(
+            short > 0 && attempt < 3,
+            "{op} failed (run {attempt}): {doc} {}",
+            run.stderr
+        );
+        eprintln!(
+            "{op} attempt {attempt}: short chunks {} (running it again)",
+            doc["short"]
+        );
+    }
+    assert_eq!(doc["ok"], true, "{op}: {doc}");
+    assert_eq!(doc["short"], Value::Array(vec![]), "{op}: {doc}");
+    assert_eq!(doc["chunks"], CHUNKS);
+    let id = file_id(&doc);
+    // Holders learn of each other through STORED, which the loss may hide for a while; the
+    // copies themselves are there when BACKUP returns.
+    assert!(
+        wait_until(Duration::from_secs(10), || short_chunks(
+            net, others, &id, 2
+        )
+        .is_empty()),
+        "{op}: chunks below degree 2 after the backup: {:?}",
+        short_chunks(net, others, &id, 2)
+    );
+    eprintln!(
+        "{op}: the home's perceived degrees {:?}",
+        perceived_at_home(net, home, &id)
+    );
+    assert_chunk_bytes(net, others, &id, &std::fs::read(path).unwrap());
+    id
+}
+
+/// Deletes `path`'s backup from `home` and waits until no chunk of it is left anywhere.
+fn delete_everywhere(
+    net: &Net,
+    home: u32,
+    op: &str,
+    path: &Path,
+    others: &[u32],
+    within: Duration,
+) {
+    let id = {
+        let st = net.state(home);
+        let canon = std::fs::canonicalize(path).unwrap();
+        st["backed_up"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == canon.to_str().unwrap())
+            .map(|f| f["file_id"].as_str().unwrap().to_string())
+            .expect("file backed up")
+    };
+    let start = Instant::now();
+    net.run_ok(home, &[op, path.to_str().unwrap()]);
+    assert!(
+        wait_until(within, || net.copies_on_disk(others, &id).is_empty()
+            && net.holders_by_state(others, &id).is_empty()),
+        "{op}: chunks left after {}: on disk {:?}, in STATE {:?}",
+        Net::since(start),
+        net.copies_on_disk(others, &id),
+        net.holders_by_state(others, &id)
+    );
+    eprintln!("{op}: every chunk gone after {}", Net::since(start));
+}
+
+/// RECLAIM 0 on `victim`; waits until every chunk of `file_id` is back at degree 2 among
+/// `rest` (STATE and disk).
+fn reclaim_and_heal(
+    net: &Net,
+    victim: u32,
+    op: &str,
+    file_id: &str,
+    rest: &[u32],
+    within: Duration,
+) {
+    let start = Instant::now();
+    net.run_ok(victim, &[op, "0"]);
+    let st = net.state(victim);
+    assert_eq!(st["stored"], Value::Array(vec![]), "{op} 0 left chunks");
+    assert!(
+        wait_until(Duration::from_secs(5), || net
+            .chunk_files(victim, file_id)
+            .is_empty()),
+        "{op} 0 left chunk files at peer {victim}: {:?}",
+        net.chunk_files(victim, file_id)
+    );
+    assert!(
+        wait_until(within, || short_chunks(net, rest, file_id, 2).is_empty()),
+        "{op} 0 at peer {victim}: after {} chunks still below degree 2 among {rest:?}: {:#?}",
+        Net::since(start),
+        short_chunks(net, rest, file_id, 2)
+    );
+    eprintln!(
+        "{op}: every chunk back at degree 2 after {}",
+        Net::since(start)
+    );
+}
+
+/// Asserts the fault rules really acted at every peer.
+fn assert_faults_happened(net: &Net, ids: &[u32], what: &str) {
+    let counts: BTreeMap<u32, netns::FaultCounts> =
+        ids.iter().map(|&id| (id, net.fault_counts(id))).collect();
+    eprintln!("{what}: fault counters {counts:?}");
+    for (id, c) in &counts {
+        let n = match what {
+            "loss" => c.dropped_in,
+            _ => c.duplicated,
+        };
+        assert!(n > 0, "no {what} at peer {id}: {c:?}");
+    }
+}
+
+/// The group of the loss tests: 1.0 peers 1–3, 2.0 peers 4 and 5 (which run the 1.0
+/// subprotocols as 1.0 peers do), `pct` % of the datagrams each one receives lost.
+fn mixed_group(name: &str, pct: u8, extra_4_5: &[&str]) -> Net {
+    let mut net = Net::new(name);
+    for id in 1..=3 {
+        net.spawn(id, Some("1.0"), &[]);
+    }
+    for id in 4..=5 {
+        net.spawn(id, Some("2.0"), extra_4_5);
+    }
+    net.set_faults_all(&ALL, Faults::loss(pct));
+    net
+}
+
+/// A group of 2.0 peers 1–5, `pct` % of the datagrams each one receives lost.
+fn enhanced_group(name: &str, pct: u8) -> Net {
+    let mut net = Net::new(name);
+    for id in ALL {
+        net.spawn(id, Some("2.0"), &[]);
+    }
+    net.set_faults_all(&ALL, Faults::loss(pct));
+    net
+}
+
+const ALL: [u32; 5] = [1, 2, 3, 4, 5];
+const OTHERS: [u32; 4] = [2, 3, 4, 5];
+
+/// 10 % loss at every peer of a mixed group: BACKUP, RESTORE and DELETE from 1.0 peer 1.
+#[test]
+fn ten_percent_loss_backup_restore_delete_in_a_mixed_group() {
+    let net = mixed_group("loss10", 10, &[]);
+    let start = Instant::now();
+    let path = net.make_file("doc", FILE_LEN);
+    let id = backup(&net, 1, "BACKUP", &path, &OTHERS);
+    let home = perceived_at_home(&net, 1, &id);
+    assert!(home.iter().all(|&p| p >= 2), "home's view {home:?}");
+    restore_identical(&net, 1, "RESTORE", &path);
+    delete_everywhere(&net, 1, "DELETE", &path, &OTHERS, Duration::from_secs(10));
+    assert_faults_happened(&net, &ALL, "loss");
+    eprintln!("10 % loss: done in {}", Net::since(start));
+}
+
+/// 25 % loss at every peer of a 2.0 group: BACKUPENH, RESTOREENH and DELETEENH. (A 1.0
+/// DELETE is sent three times and never confirmed: at 25 % loss a holder misses all three
+/// 1.6 % of the time, so the delete that must reach everyone at this rate is the enhanced one.)
+#[test]
+fn twenty_five_percent_loss_enhanced_backup_restore_delete() {
+    let net = enhanced_group("loss25", 25);
+    let start = Instant::now();
+    let path = net.make_file("doc", FILE_LEN);
+    backup(&net, 1, "BACKUPENH", &path, &OTHERS);
+    restore_identical(&net, 1, "RESTOREENH", &path);
+    delete_everywhere(
+        &net,
+        1,
+        "DELETEENH",
+        &path,
+        &OTHERS,
+        Duration::from_secs(35),
+    );
+    assert_faults_happened(&net, &ALL, "loss");
+    eprintln!("25 % loss, enhanced: done in {}", Net::since(start));
+}
+
+/// 25 % loss, 1.0 operations in the mixed group: BACKUP and RESTORE.
+#[test]
+fn twenty_five_percent_loss_plain_backup_restore_in_a_mixed_group() {
+    let net = mixed_group("loss25plain", 25, &[]);
+    let start = Instant::now();
+    let path = net.make_file("doc", FILE_LEN);
+    backup(&net, 1, "BACKUP", &path, &OTHERS);
+    restore_identical(&net, 1, "RESTORE", &path);
+    assert_faults_happened(&net, &ALL, "loss");
+    eprintln!("25 % loss, plain: done in {}", Net::since(start));
+}
+
+/// RECLAIM 0 under 10 % loss in the mixed group. Peers 4 and 5 start with no room, so the
+/// backup leaves exactly two copies of each chunk (peers 2 and 3); they get room, peer 2
+/// reclaims everything, and peer 3 must re-back every chunk up.
+#[test]
+#[ignore = "bug: REMOVED is sent once and never repeated; a holder that loses it never \
+            re-backs the chunk up, which stays below its degree for good"]
+fn ten_percent_loss_reclaim_restores_the_degree_in_a_mixed_group() {
+    let net = mixed_group("reclaim10", 10, &["--capacity", "0"]);
+    let path = net.make_file("doc", FILE_LEN);
+    let id = backup(&net, 1, "BACKUP", &path, &OTHERS);
+    for id in [4, 5] {
+        net.run_ok(id, &["RECLAIM", "100000"]);
+    }
+    reclaim_and_heal(&net, 2, "RECLAIM", &id, &[3, 4, 5], Duration::from_secs(40));
+    restore_identical(&net, 1, "RESTORE", &path);
+    assert_faults_happened(&net, &ALL, "loss");
+}
+
+/// RECLAIMENH 0 under 25 % loss in a 2.0 group, on the peer holding the most chunks.
+#[test]
+#[ignore = "bug: REMOVED 2.0 is sent once and never repeated; a holder that loses it never \
+            re-backs the chunk up, which stays below its degree for good"]
+fn twenty_five_percent_loss_reclaimenh_restores_the_degree() {
+    let net = enhanced_group("reclaim25", 25);
+    let path = net.make_file("doc", FILE_LEN);
+    let id = backup(&net, 1, "BACKUPENH", &path, &OTHERS);
+    let disk = net.copies_on_disk(&OTHERS, &id);
+    let victim = *OTHERS
+        .iter()
+        .max_by_key(|&&p| disk.values().filter(|h| h.contains(&p)).count())
+        .unwrap();
+    let rest: Vec<u32> = OTHERS.iter().copied().filter(|&p| p != victim).collect();
+    reclaim_and_heal(
+        &net,
+        victim,
+        "RECLAIMENH",
+        &id,
+        &rest,
+        Duration::from_secs(40),
+    );
+    restore_identical(&net, 1, "RESTOREENH", &path);
+    assert_faults_happened(&net, &ALL, "loss");
+}
+
+/// Per chunk of `file_id`: (the home's perceived degree, distinct holders on disk, each
+/// holder's own perceived degree).
+fn degree_views(net: &Net, home: u32, file_id: &str) -> Vec<(u64, Vec<u32>, Vec<u64>)> {
+    let at_home = perceived_at_home(net, home, file_id);
+    let others: Vec<u32> = ALL.iter().copied().filter(|&p| p != home).collect();
+    let disk = net.copies_on_disk(&others, file_id);
+    let states: BTreeMap<u32, Value> = others.iter().map(|&p| (p, net.state(p))).collect();
+    at_home
+        .iter()
+        .enumerate()
+        .map(|(no, &p)| {
+            let holders = disk.get(&(no as u32)).cloned().unwrap_or_default();
+            let theirs = holders
+                .iter()
+                .filter_map(|h| {
+                    states[h]["stored"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|c| c["file_id"] == file_id && c["no"] == no)
+                        .map(|c| c["perceived"].as_u64().unwrap())
+                })
+                .collect();
+            (p, holders, theirs)
+        })
+        .collect()
+}
+
+/// Waits until, for every chunk of `file_id`, the home's perceived degree equals the number of
+/// distinct holders with the chunk on disk, each of which lists it in its STATE, and that stays
+/// so for 2 s (trims and re-backups settle within about a second).
+fn assert_home_degrees_exact(net: &Net, home: u32, file_id: &str, what: &str) {
+    let exact = |v: &[(u64, Vec<u32>, Vec<u64>)]| {
+        v.iter().all(|(p, holders, theirs)| {
+            *p as usize == holders.len() && theirs.len() == holders.len()
+        })
+    };
+    let start = Instant::now();
+    let mut since: Option<Instant> = None;
+    loop {
+        let views = degree_views(net, home, file_id);
+        if exact(&views) {
+            if since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(2) {
+                return;
+            }
+        } else {
+            since = None;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: (home's perceived degree, holders on disk, holders' perceived degrees) per \
+             chunk: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Half the datagrams every peer sends go out twice: STORED, REMOVED, CHUNK, DELETE … are
+/// all handled idempotently, in both protocol versions.
+#[test]
+fn duplicated_datagrams_are_counted_once() {
+    let mut net = Net::new("dup");
+    for id in 1..=2 {
+        net.spawn(id, Some("1.0"), &[]);
+    }
+    for id in 3..=5 {
+        net.spawn(id, Some("2.0"), &[]);
+    }
+    net.set_faults_all(
+        &ALL,
+        Faults {
+            dup_out: 50,
+            ..Faults::default()
+        },
+    );
+    let start = Instant::now();
+    let plain = net.make_file("plain", FILE_LEN);
+    let enh = net.make_file("enh", FILE_LEN - 1000);
+    let plain_id = backup(&net, 1, "BACKUP", &plain, &OTHERS);
+    let enh_id = backup(&net, 3, "BACKUPENH", &enh, &[1, 2, 4, 5]);
+    assert_home_degrees_exact(&net, 1, &plain_id, "BACKUP");
+    assert_home_degrees_exact(&net, 3, &enh_id, "BACKUPENH");
+    restore_identical(&net, 1, "RESTORE", &plain);
+    restore_identical(&net, 3, "RESTOREENH", &enh);
+    // Peer 2 holds chunks of both files; its REMOVEDs arrive twice half the time.
+    net.run_ok(2, &["RECLAIM", "0"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || short_chunks(
+            &net,
+            &[3, 4, 5],
+            &plain_id,
+            2
+        )
+        .is_empty()
+            && short_chunks(&net, &[1, 4, 5], &enh_id, 2).is_empty()),
+        "chunks below their degree after RECLAIM 0"
+    );
+    assert_home_degrees_exact(&net, 1, &plain_id, "RECLAIM");
+    assert_home_degrees_exact(&net, 3, &enh_id, "RECLAIM");
+    restore_identical(&net, 1, "RESTORE", &plain);
+    restore_identical(&net, 3, "RESTOREENH", &enh);
+    delete_everywhere(&net, 1, "DELETE", &plain, &OTHERS, Duration::from_secs(10));
+    delete_everywhere(
+        &net,
+        3,
+        "DELETEENH",
+        &enh,
+        &[1, 2, 4, 5],
+        Duration::from_secs(10),
+    );
+    assert_faults_happened(&net, &ALL, "duplication");
+    eprintln!("duplication: done in {}", Net::since(start));
+}
+
+/// How a holder is cut off.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// The bridge side of its veth goes down: its `eth0` loses its carrier.
+    Cable,
+    /// Its own `eth0` is set down: its sends fail with "network unreachable".
+    Interface,
+}
+
+/// A holder cut off the LAN while a 2.0 home runs DELETEENH keeps its chunks while cut off,
+/// and frees them once its link is back, from the pending deletion the home re-sends every
+/// 10 s (docs/protocol.md, enhanced delete).
+fn holder_cut_off_during_deleteenh(how: Cut) {
+    let mut net = Net::new(&format!("cut-{how:?}").to_lowercase());
+    for id in 1..=4 {
+        net.spawn(id, Some("2.0"), &[]);
+    }
+    let path = net.make_file("doc", 5 * K + 3);
+    let doc = net.run_ok(1, &["BACKUPENH", path.to_str().unwrap(), "3"]);
+    let id = file_id(&doc);
+    assert!(
+        wait_until(Duration::from_secs(10), || net.chunk_files(4, &id).len()
+            == 6),
+        "peer 4 holds {:?}",
+        net.chunk_files(4, &id)
+    );
+    match how {
+        Cut::Cable => net.cut(4),
+        Cut::Interface => net.iface_down(4),
+    }
+    net.run_ok(1, &["DELETEENH", path.to_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(5), || net
+            .copies_on_disk(&[2, 3], &id)
+            .is_empty()),
+        "peers 2 and 3 kept chunks: {:?}",
+        net.copies_on_disk(&[2, 3], &id)
+    );
+    // Cut off, peer 4 hears neither the DELETEs nor the first re-send (10 s later).
+    assert!(
+        !wait_until(Duration::from_secs(11), || net.chunk_files(4, &id).len()
+            < 6),
+        "peer 4 lost chunks while cut off: the cut does not isolate it"
+    );
+    assert!(net.alive(4), "peer 4 died while cut off:\n{}", net.log(4));
+    let back = Instant::now();
+    match how {
+        Cut::Cable => net.reconnect(4),
+        Cut::Interface => net.iface_up(4),
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || net
+            .chunk_files(4, &id)
+            .is_empty()
+            && net.state(4)["stored"].as_array().unwrap().is_empty()),
+        "peer 4 still holds {:?} 30 s after its link came back",
+        net.chunk_files(4, &id)
+    );
+    eprintln!(
+        "{how:?} cut: peer 4 freed the space {} after its link came back",
+        Net::since(back)
+    );
+}
+
+#[test]
+fn a_holder_cut_off_during_deleteenh_frees_the_space_when_its_link_returns() {
+    holder_cut_off_during_deleteenh(Cut::Cable);
+}
+
+#[test]
+fn a_holder_whose_interface_was_down_during_deleteenh_frees_the_space_when_it_is_up() {
+    holder_cut_off_during_deleteenh(Cut::Interface);
+}
+
+/// The harness itself: peers in separate namespaces reach each other over the bridge, nothing
+/// appears in the test's own namespace, and dropping the LAN removes every namespace.
+#[test]
+fn the_harness_isolates_the_peers_and_cleans_up() {
+    let ours = || {
+        let out = std::process::Command::new(netns::tool("ip"))
+            .args(["-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = ours();
+    let mut net = Net::new("self");
+    net.spawn(1, Some("1.0"), &[]);
+    net.spawn(2, Some("2.0"), &[]);
+    assert_eq!(ours(), before, "links appeared in the test's namespace");
+    for id in [1, 2] {
+        let links = net.links(id);
+        assert_eq!(
+            links,
+            ["lo", netns::IFACE],
+            "links of peer {id}'s namespace"
+        );
+    }
+    // Multicast across the bridge: peer 2 stores what peer 1 backs up.
+    let path = net.make_file("small", 1000);
+    let doc = net.run_ok(1, &["BACKUP", path.to_str().unwrap(), "1"]);
+    assert_eq!(net.chunk_files(2, &file_id(&doc)).len(), 1);
+    // A peer stopped and started again comes back in its own namespace: peer 1 restores the
+    // file from it.
+    assert_eq!(net.stop(2), Some(0), "SIGTERM ends the peer with exit 0");
+    net.spawn(2, None, &[]);
+    restore_identical(&net, 1, "RESTORE", &path);
+    let pids = net.pids();
+    assert_eq!(pids.len(), 2 + 3, "2 peers, 2 hosts and the bridge");
+    drop(net);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left after the LAN was dropped"
+        );
+    }
+    assert_eq!(ours(), before, "links left in the test's namespace");
+}
