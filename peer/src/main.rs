@@ -190,10 +190,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("signal {sig}: stopping");
     }
     node.shutdown().context("saving metadata at shutdown")?;
-    if let AccessPoint::Unix(name) = &args.access_point {
-        if let Ok(path) = AccessPoint::socket_path(name) {
-            let _ = std::fs::remove_file(path);
-        }
+    if let AccessPoint::Unix(name) = &args.access_point
+        && let Ok(path) = AccessPoint::socket_path(name)
+    {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }
