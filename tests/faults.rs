@@ -284,8 +284,6 @@ fn twenty_five_percent_loss_plain_backup_restore_in_a_mixed_group() {
 /// backup leaves exactly two copies of each chunk (peers 2 and 3); they get room, peer 2
 /// reclaims everything, and peer 3 must re-back every chunk up.
 #[test]
-#[ignore = "bug: REMOVED is sent once and never repeated; a holder that loses it never \
-            re-backs the chunk up, which stays below its degree for good"]
 fn ten_percent_loss_reclaim_restores_the_degree_in_a_mixed_group() {
     let net = mixed_group("reclaim10", 10, &["--capacity", "0"]);
     let path = net.make_file("doc", FILE_LEN);
@@ -300,8 +298,6 @@ fn ten_percent_loss_reclaim_restores_the_degree_in_a_mixed_group() {
 
 /// RECLAIMENH 0 under 25 % loss in a 2.0 group, on the peer holding the most chunks.
 #[test]
-#[ignore = "bug: REMOVED 2.0 is sent once and never repeated; a holder that loses it never \
-            re-backs the chunk up, which stays below its degree for good"]
 fn twenty_five_percent_loss_reclaimenh_restores_the_degree() {
     let net = enhanced_group("reclaim25", 25);
     let path = net.make_file("doc", FILE_LEN);

@@ -34,7 +34,7 @@ impl Core {
             }
             (file, self.forget_file(&mut meta, file, enhanced))
         };
-        Ok(self.delete_send(file, version, self.cfg.delete_sends - 1, Some(op)))
+        Ok(self.delete_send(file, version, self.cfg.repeats - 1, Some(op)))
     }
 
     /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must
@@ -74,7 +74,7 @@ impl Core {
         )];
         if remaining > 0 {
             actions.push(Action::Schedule {
-                delay: self.cfg.delete_interval,
+                delay: self.cfg.repeat_interval,
                 event: TimerEvent::DeleteAgain {
                     file,
                     version,

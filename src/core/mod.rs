@@ -92,10 +92,11 @@ pub struct Config {
     pub getchunk_wait: Duration,
     /// Bodies that fail verification tolerated per chunk of a restore (each asks again).
     pub max_bad_bodies: u8,
-    /// Times DELETE is sent.
-    pub delete_sends: u8,
-    /// Interval between DELETE sends.
-    pub delete_interval: Duration,
+    /// Times DELETE and REMOVED are sent (no one confirms them in 1.0: a receiver that lost
+    /// them all would keep a deleted chunk, or never restore a chunk's degree).
+    pub repeats: u8,
+    /// Interval between those sends.
+    pub repeat_interval: Duration,
     /// Seed of the random generator.
     pub seed: u64,
     /// Enhanced: where this peer takes restored chunk bodies over TCP.
@@ -127,8 +128,8 @@ impl Config {
             max_getchunk_sends: 5,
             getchunk_wait: Duration::from_millis(600),
             max_bad_bodies: 20,
-            delete_sends: 3,
-            delete_interval: Duration::from_millis(500),
+            repeats: 3,
+            repeat_interval: Duration::from_millis(500),
             seed: fastrand::u64(..),
             restore_tcp: None,
             max_deferred: 256,
@@ -318,6 +319,15 @@ pub enum TimerEvent {
     TrimCheck {
         /// Which chunk.
         chunk: ChunkKey,
+    },
+    /// Send REMOVED again; `remaining` sends are left after this one.
+    RemovedAgain {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Version of the REMOVED.
+        version: Version,
+        /// Sends left after this one.
+        remaining: u8,
     },
     /// Send DELETE again; `remaining` sends are left after this one.
     DeleteAgain {
@@ -560,7 +570,7 @@ impl Core {
     pub fn startup(&self, lost: Vec<ChunkKey>) -> Vec<Action> {
         let mut actions: Vec<Action> = lost
             .into_iter()
-            .map(|chunk| self.send(Channel::Mc, MessageKind::Removed { chunk }))
+            .flat_map(|chunk| self.removed_sends(chunk, Version::V1_0, self.cfg.repeats - 1))
             .collect();
         if self.cfg.enhanced() {
             actions.push(self.send_v(Channel::Mc, Version::V2_0, MessageKind::Up, Vec::new()));
@@ -617,6 +627,11 @@ impl Core {
             TimerEvent::StoreDecision { chunk } => self.store_decision(chunk),
             TimerEvent::RetryDeletes => self.retry_deletes(),
             TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
+            TimerEvent::RemovedAgain {
+                chunk,
+                version,
+                remaining,
+            } => self.removed_sends(chunk, version, remaining),
             TimerEvent::DeleteAgain {
                 file,
                 version,

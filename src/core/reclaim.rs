@@ -81,12 +81,7 @@ impl Core {
         let mut actions = vec![Action::SyncMetadata];
         for &chunk in &evicted {
             actions.push(Action::RemoveChunk { chunk });
-            actions.push(self.send_v(
-                Channel::Mc,
-                version,
-                MessageKind::Removed { chunk },
-                Vec::new(),
-            ));
+            actions.extend(self.removed_sends(chunk, version, self.cfg.repeats - 1));
         }
         (
             Reclaimed {
@@ -96,6 +91,32 @@ impl Core {
             },
             actions,
         )
+    }
+
+    /// Sends REMOVED for `chunk` now and schedules the `remaining` repeats.
+    pub(super) fn removed_sends(
+        &self,
+        chunk: ChunkKey,
+        version: Version,
+        remaining: u8,
+    ) -> Vec<Action> {
+        let mut actions = vec![self.send_v(
+            Channel::Mc,
+            version,
+            MessageKind::Removed { chunk },
+            Vec::new(),
+        )];
+        if remaining > 0 {
+            actions.push(Action::Schedule {
+                delay: self.cfg.repeat_interval,
+                event: TimerEvent::RemovedAgain {
+                    chunk,
+                    version,
+                    remaining: remaining - 1,
+                },
+            });
+        }
+        actions
     }
 
     pub(super) fn on_removed(

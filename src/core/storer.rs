@@ -326,16 +326,9 @@ impl Core {
         meta.remove_stored(&chunk);
         drop(meta);
         Counters::bump(&self.counters.chunks_trimmed);
-        vec![
-            Action::SyncMetadata,
-            Action::RemoveChunk { chunk },
-            self.send_v(
-                Channel::Mc,
-                Version::V2_0,
-                MessageKind::Removed { chunk },
-                Vec::new(),
-            ),
-        ]
+        let mut actions = vec![Action::SyncMetadata, Action::RemoveChunk { chunk }];
+        actions.extend(self.removed_sends(chunk, Version::V2_0, self.cfg.repeats - 1));
+        actions
     }
 
     /// A stored chunk turned out unreadable or corrupt when it was to be served: forget it and
@@ -344,9 +337,8 @@ impl Core {
         if !self.meta.lock().remove_stored(&chunk) {
             return Vec::new();
         }
-        vec![
-            Action::RemoveChunk { chunk },
-            self.send(Channel::Mc, MessageKind::Removed { chunk }),
-        ]
+        let mut actions = vec![Action::RemoveChunk { chunk }];
+        actions.extend(self.removed_sends(chunk, Version::V1_0, self.cfg.repeats - 1));
+        actions
     }
 }

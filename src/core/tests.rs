@@ -832,3 +832,17 @@ fn enhanced_holders_above_the_lowest_ids_drop_surplus_copies() {
         }
     }
 }
+
+#[test]
+fn removed_is_sent_three_times_half_a_second_apart() {
+    let c = holder(1, &[]);
+    let (_, actions) = c.reclaim(0, false);
+    let all = run_timers(&c, actions);
+    let removed: Vec<&Message> = sends(&all)
+        .into_iter()
+        .filter(|m| m.kind == MessageKind::Removed { chunk: key(0) })
+        .collect();
+    assert_eq!(removed.len(), 3);
+    let waits: Vec<Duration> = timers(&all).into_iter().map(|(d, _)| d).collect();
+    assert_eq!(waits, vec![Duration::from_millis(500); 2]);
+}
