@@ -294,3 +294,160 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
     );
     c.testapp(&[&c.ap(1), "STATE"]).ok();
 }
+
+/// 100,000 random and mutated datagrams on all three channels: the peers stay up, store
+/// nothing (no mutation that is still a valid PUTCHUNK is sent), write nothing outside their
+/// trees, and their memory stays flat.
+#[test]
+fn a_hundred_thousand_hostile_datagrams_change_nothing() {
+    use dbs::protocol::{ChunkKey, Message, MessageKind, Version};
+    let mut c = Cluster::start(3);
+    let outside_before = std::fs::read_dir(c.dir.path()).unwrap().count();
+    let rss_before: Vec<u64> = (1..=3).map(|id| c.rss_kb(id)).collect();
+    let chunk = ChunkKey {
+        file: HEX.parse().unwrap(),
+        no: 3,
+    };
+    let valid: Vec<(usize, Vec<u8>)> = vec![
+        (
+            1,
+            Message::new(
+                Version::V1_0,
+                9,
+                MessageKind::Putchunk {
+                    chunk,
+                    degree: 2,
+                    body: vec![7; 1000],
+                },
+            )
+            .encode(),
+        ),
+        (
+            0,
+            Message::new(Version::V1_0, 9, MessageKind::Stored { chunk }).encode(),
+        ),
+        (
+            0,
+            Message::new(Version::V1_0, 9, MessageKind::Getchunk { chunk }).encode(),
+        ),
+        (
+            2,
+            Message::new(
+                Version::V1_0,
+                9,
+                MessageKind::Chunk {
+                    chunk,
+                    body: vec![1; 500],
+                },
+            )
+            .encode(),
+        ),
+        (
+            0,
+            Message::new(Version::V1_0, 9, MessageKind::Delete { file: chunk.file }).encode(),
+        ),
+        (
+            0,
+            Message::new(Version::V1_0, 9, MessageKind::Removed { chunk }).encode(),
+        ),
+        (0, Message::new(Version::V2_0, 9, MessageKind::Up).encode()),
+    ];
+    let mut rng = fastrand::Rng::with_seed(2026);
+    let socket = common::sender();
+    let mut sent = 0;
+    while sent < 100_000 {
+        let (ch, mut d) = if rng.u8(..) < 40 {
+            (
+                rng.usize(..3),
+                common::random_bytes(rng.usize(..2000), rng.u64(..)),
+            )
+        } else {
+            valid[rng.usize(..valid.len())].clone()
+        };
+        for _ in 0..rng.usize(1..4) {
+            if d.is_empty() {
+                break;
+            }
+            let i = rng.usize(..d.len());
+            match rng.u8(..4) {
+                0 => d[i] = rng.u8(..),
+                1 => d.truncate(i),
+                2 => d.insert(i, rng.u8(..)),
+                _ => {
+                    d.remove(i);
+                }
+            }
+        }
+        // A mutation that still is a valid PUTCHUNK would rightly be stored: skip those.
+        if matches!(
+            Message::parse(&d),
+            Ok(Message {
+                kind: MessageKind::Putchunk { .. },
+                ..
+            })
+        ) {
+            continue;
+        }
+        let _ = socket.send_to(&d, c.channels[ch]);
+        sent += 1;
+        if sent % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(2)); // paced: ~250k datagrams/s at most
+        }
+    }
+    // Every datagram was received or dropped by the kernel; wait for the peers to drain them.
+    let settled =
+        |c: &Cluster, id| c.counters(id)["instances"] == 0 && c.counters(id)["timers"] == 0;
+    assert!(wait_until(Duration::from_secs(30), || (1..=3)
+        .all(|id| settled(&c, id))));
+    for id in 1..=3u32 {
+        assert!(c.alive(id), "peer {id} died");
+        let st = c.state(id);
+        assert!(
+            st["stored"].as_array().unwrap().is_empty(),
+            "peer {id} stored something"
+        );
+        assert_eq!(
+            std::fs::read_dir(c.peer_dir(id).join("chunks"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let k = c.counters(id);
+        assert!(k["malformed"].as_u64().unwrap() > 10_000, "peer {id}: {k}");
+        let (before, after) = (rss_before[id as usize - 1], c.rss_kb(id));
+        assert!(
+            after < before + 16 * 1024,
+            "peer {id} memory grew from {before} KiB to {after} KiB"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(c.dir.path()).unwrap().count(),
+        outside_before
+    );
+    let f = c.make_file("after", 1000);
+    c.testapp(&[&c.ap(1), "BACKUP", f.to_str().unwrap(), "2"])
+        .ok();
+}
+
+#[test]
+fn a_half_open_client_blocks_nobody_and_is_dropped() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(1);
+    let sock = c.runtime.join("peer1.sock");
+    let mut idle = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    idle.write_all(b"{\"op\":\"sta").unwrap(); // half a request, then nothing
+    // Other clients are served meanwhile.
+    for _ in 0..5 {
+        c.testapp(&[&c.ap(1), "STATE"]).ok();
+    }
+    // The peer gives up on the silent client (10 s) and closes the connection.
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = idle.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "connection not closed"
+    );
+}

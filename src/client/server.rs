@@ -33,7 +33,14 @@ pub fn serve(listener: Listener, handler: Arc<dyn Handler>) {
     }
 }
 
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn serve_client(stream: Stream, handler: &dyn Handler) {
+    // A client that connects and sends nothing (or half a line) is dropped after the timeout.
+    if stream.set_read_timeout(Some(REQUEST_TIMEOUT)).is_err() {
+        return;
+    }
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
