@@ -129,9 +129,18 @@ impl Core {
             }
             let entry = meta.register_file(req.file, req.path.clone(), req.size, req.degree);
             // Resumable: chunks already confirmed by enough peers are not sent again.
+            // (A confirmed chunk whose hash was not saved before a crash gets it from the file.)
             for (no, c) in entry.chunks.iter().enumerate() {
-                if c.holders.len() >= usize::from(req.degree) && c.hash.is_some() {
+                if c.holders.len() >= usize::from(req.degree) {
                     already_done.push(no as ChunkNo);
+                    if c.hash.is_none() {
+                        let chunk = ChunkKey {
+                            file: req.file,
+                            no: no as ChunkNo,
+                        };
+                        let source = file_source(&req.path, req.size, chunk.no);
+                        actions.push(Action::RecordHash { op, chunk, source });
+                    }
                 }
             }
         }
@@ -371,6 +380,16 @@ impl Core {
     }
 }
 
+/// Where chunk `no` of the file at `path` (`size` bytes) is.
+fn file_source(path: &std::path::Path, size: u64, no: ChunkNo) -> ChunkSource {
+    let offset = u64::from(no) * MAX_CHUNK_SIZE as u64;
+    ChunkSource::File {
+        path: path.to_path_buf(),
+        offset,
+        len: (size - offset).min(MAX_CHUNK_SIZE as u64) as usize,
+    }
+}
+
 /// Send number `send` of `chunk`'s PUTCHUNK, its wait starting when it is actually sent.
 fn putchunk_action(
     op: OpId,
@@ -380,14 +399,7 @@ fn putchunk_action(
     first_wait: Duration,
 ) -> Action {
     let source = match &b.source {
-        Source::File { path, size } => {
-            let offset = u64::from(chunk.no) * MAX_CHUNK_SIZE as u64;
-            ChunkSource::File {
-                path: path.clone(),
-                offset,
-                len: (size - offset).min(MAX_CHUNK_SIZE as u64) as usize,
-            }
-        }
+        Source::File { path, size } => file_source(path, *size, chunk.no),
         Source::Stored { .. } => ChunkSource::Stored,
     };
     Action::SendPutchunk {

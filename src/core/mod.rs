@@ -192,6 +192,16 @@ pub enum Action {
         /// How long to wait for STOREDs after it.
         wait: Duration,
     },
+    /// Read a chunk of a home file and pass its hash to [`Core::putchunk_read`] without
+    /// sending it (a resumed backup: the chunk is confirmed, its hash was lost in a crash).
+    RecordHash {
+        /// The backup.
+        op: OpId,
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Where its bytes are.
+        source: ChunkSource,
+    },
     /// Read a stored chunk, check it against `hash`, and multicast it as CHUNK on MDR; if it
     /// is unreadable or corrupt call [`Core::stored_chunk_lost`] instead.
     SendChunk {

@@ -283,6 +283,28 @@ fn rebackup_of_an_unchanged_file_skips_chunks_at_their_degree() {
     c.on_message(msg(2, MessageKind::Removed { chunk: key(1) }));
     let again = c.start_backup(2, request(64_000, 1)).unwrap();
     assert_eq!(sent_putchunks(&again), vec![1]);
+    assert!(!again.iter().any(|a| matches!(a, Action::RecordHash { .. })));
+}
+
+#[test]
+fn a_resumed_backup_recovers_a_lost_hash_without_resending() {
+    // The home crashed after the STORED of chunk 0 but before saving its hash.
+    let c = core(1);
+    c.start_backup(1, request(64_000, 1)).unwrap();
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+    c.backup_source_failed(1, "killed".into());
+    let again = c.start_backup(2, request(64_000, 1)).unwrap();
+    assert_eq!(sent_putchunks(&again), vec![1]);
+    assert!(
+        again
+            .iter()
+            .any(|a| matches!(a, Action::RecordHash { chunk, .. } if *chunk == key(0)))
+    );
+    c.putchunk_read(2, key(0), ChunkHash::of(b"zero")).unwrap();
+    assert_eq!(
+        c.with_metadata(|m| m.own_chunk(&key(0)).unwrap().hash),
+        Some(ChunkHash::of(b"zero"))
+    );
 }
 
 #[test]

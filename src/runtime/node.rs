@@ -376,6 +376,18 @@ impl Shared {
                         Some(datagram)
                     });
                 }
+                Action::RecordHash { op, chunk, source } => {
+                    let ChunkSource::File { path, offset, len } = source else {
+                        continue;
+                    };
+                    let recorded = match read_at(&path, offset, len) {
+                        Ok(body) => self.core.putchunk_read(op, chunk, ChunkHash::of(&body)),
+                        Err(e) => Err(self.core.backup_source_failed(op, e.to_string())),
+                    };
+                    if let Err(actions) = recorded {
+                        self.run(actions);
+                    }
+                }
                 Action::SendChunk { chunk, hash, tcp } => {
                     let s = self.this();
                     self.senders
