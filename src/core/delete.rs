@@ -117,17 +117,16 @@ impl Core {
             .filter(|(_, peers)| peers.contains(&peer))
             .map(|(file, _)| *file)
             .collect();
-        files
-            .into_iter()
-            .map(|file| {
-                self.send_v(
-                    Channel::Mc,
-                    Version::V2_0,
-                    MessageKind::Delete { file },
-                    Vec::new(),
-                )
-            })
-            .collect()
+        files.into_iter().map(|file| self.delete_v2(file)).collect()
+    }
+
+    fn delete_v2(&self, file: FileId) -> Action {
+        self.send_v(
+            Channel::Mc,
+            Version::V2_0,
+            MessageKind::Delete { file },
+            Vec::new(),
+        )
     }
 
     /// Enhanced: re-send pending deletions (for peers that were cut off rather than down).
@@ -140,17 +139,7 @@ impl Core {
             .take(RETRY_BATCH)
             .copied()
             .collect();
-        let mut actions: Vec<Action> = files
-            .into_iter()
-            .map(|file| {
-                self.send_v(
-                    Channel::Mc,
-                    Version::V2_0,
-                    MessageKind::Delete { file },
-                    Vec::new(),
-                )
-            })
-            .collect();
+        let mut actions: Vec<Action> = files.into_iter().map(|file| self.delete_v2(file)).collect();
         actions.push(Action::Schedule {
             delay: self.cfg.delete_retry_interval,
             event: TimerEvent::RetryDeletes,

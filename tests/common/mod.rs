@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -382,29 +383,13 @@ impl Cluster {
 
     /// For each chunk of `file_id`, the peers among `ids` with its file on disk (running or
     /// not).
-    pub fn copies_on_disk(
-        &self,
-        ids: &[u32],
-        file_id: &str,
-    ) -> std::collections::BTreeMap<u32, Vec<u32>> {
-        let mut copies = std::collections::BTreeMap::<u32, Vec<u32>>::new();
-        for &id in ids {
-            for f in self.chunk_files(id, file_id) {
-                let no = f.file_name().unwrap().to_str().unwrap().parse().unwrap();
-                copies.entry(no).or_default().push(id);
-            }
-        }
-        copies
+    pub fn copies_on_disk(&self, ids: &[u32], file_id: &str) -> BTreeMap<u32, Vec<u32>> {
+        copies_on_disk(ids, |id| self.peer_dir(id), file_id)
     }
 
     /// Chunk files of `file_id` on disk at peer `id`.
     pub fn chunk_files(&self, id: u32, file_id: &str) -> Vec<PathBuf> {
-        let dir = self.peer_dir(id).join("chunks").join(file_id);
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
+        chunk_files_in(&self.peer_dir(id), file_id)
     }
 }
 
@@ -432,6 +417,33 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Chunk files of `file_id` in the peer tree `tree`, sorted.
+pub fn chunk_files_in(tree: &Path, file_id: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(tree.join("chunks").join(file_id))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// For each chunk of `file_id`, the peers among `ids` (trees given by `tree`) with its file on
+/// disk. Temporary files are under tmp/, so every name found is a chunk number.
+pub fn copies_on_disk(
+    ids: &[u32],
+    tree: impl Fn(u32) -> PathBuf,
+    file_id: &str,
+) -> BTreeMap<u32, Vec<u32>> {
+    let mut copies = BTreeMap::<u32, Vec<u32>>::new();
+    for &id in ids {
+        for f in chunk_files_in(&tree(id), file_id) {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            let no = name.parse().unwrap_or_else(|_| panic!("chunk file {f:?}"));
+            copies.entry(no).or_default().push(id);
+        }
+    }
+    copies
 }
 
 /// A UDP socket that multicasts out of loopback only.

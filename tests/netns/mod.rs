@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Run, bin, random_bytes, wait_until};
+use crate::common::{Run, bin, chunk_files_in, copies_on_disk, random_bytes, wait_until};
 
 /// The peer's interface inside its namespace.
 pub const IFACE: &str = "eth0";
@@ -619,26 +619,12 @@ table netdev dbsdup {{
 
     /// Chunk files of `file_id` on disk at peer `id`.
     pub fn chunk_files(&self, id: u32, file_id: &str) -> Vec<PathBuf> {
-        let dir = self.peer_dir(id).join("chunks").join(file_id);
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
+        chunk_files_in(&self.peer_dir(id), file_id)
     }
 
     /// For each chunk of `file_id`, the peers among `ids` with its file on disk.
     pub fn copies_on_disk(&self, ids: &[u32], file_id: &str) -> BTreeMap<u32, Vec<u32>> {
-        let mut copies = BTreeMap::<u32, Vec<u32>>::new();
-        for &id in ids {
-            for f in self.chunk_files(id, file_id) {
-                let name = f.file_name().unwrap().to_str().unwrap();
-                // Temporary files are written under tmp/, so every name here is a chunk number.
-                let no = name.parse().unwrap_or_else(|_| panic!("chunk file {f:?}"));
-                copies.entry(no).or_default().push(id);
-            }
-        }
-        copies
+        copies_on_disk(ids, |id| self.peer_dir(id), file_id)
     }
 
     /// For each chunk of `file_id`, the peers among `ids` whose STATE lists it as stored.
