@@ -261,12 +261,16 @@ fn metadata_snapshot_and_journal_round_trip() {
     let journal = fs::read_to_string(dir.path().join("metadata.journal")).unwrap();
     assert_eq!(
         journal.lines().count(),
-        4,
-        "one line per changed item: {journal}"
+        1 + 4,
+        "the epoch, then one line per changed item: {journal}"
     );
     let back = MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap();
     assert_same(&back, &meta);
     assert_eq!(back.used(), 10);
+    for name in ["metadata.json", "metadata.journal"] {
+        let mode = fs::metadata(dir.path().join(name)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} is private");
+    }
 }
 
 #[test]
@@ -323,6 +327,51 @@ fn a_torn_last_journal_line_is_dropped_and_the_rest_kept() {
         MetaFile::new(dir.path(), files.tmp_dir()).load(),
         Err(StorageError::CorruptMetadata { .. })
     ));
+}
+
+#[test]
+fn a_journal_older_than_the_snapshot_is_not_replayed() {
+    let (dir, files) = tree();
+    let journal = dir.path().join("metadata.journal");
+    let mf = MetaFile::new(dir.path(), files.tmp_dir());
+    let mut meta = sample_metadata();
+    save(&mf, &mut meta, true);
+    meta.set_capacity(99);
+    save(&mf, &mut meta, false);
+    let old = fs::read(&journal).unwrap();
+    meta.set_capacity(7);
+    save(&mf, &mut meta, true);
+    // A crash right after the new snapshot, before the journal was started over.
+    fs::write(&journal, &old).unwrap();
+    let back = MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap();
+    assert_eq!(
+        back.capacity(),
+        7,
+        "the older journal's capacity must not come back"
+    );
+    assert_same(&back, &meta);
+}
+
+#[test]
+fn a_file_forgotten_and_backed_up_again_starts_with_no_confirmations() {
+    let (dir, files) = tree();
+    let mf = MetaFile::new(dir.path(), files.tmp_dir());
+    let mut meta = Metadata::default();
+    save(&mf, &mut meta, true);
+    let first = ChunkKey {
+        file: fid(9),
+        no: 0,
+    };
+    meta.register_file(fid(9), "/f".into(), 10, 2);
+    meta.add_holder(&first, 4);
+    save(&mf, &mut meta, false);
+    // Deleted and backed up again between two saves.
+    meta.forget_file(&fid(9));
+    meta.register_file(fid(9), "/f".into(), 10, 2);
+    save(&mf, &mut meta, false);
+    let back = MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap();
+    assert!(back.own_chunk(&first).unwrap().holders.is_empty());
+    assert_same(&back, &meta);
 }
 
 #[test]

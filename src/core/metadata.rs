@@ -78,6 +78,13 @@ pub struct Metadata {
     /// Items changed since the last save.
     #[serde(skip)]
     changed: BTreeSet<Item>,
+    /// Files registered anew since the last save.
+    #[serde(skip)]
+    fresh_files: BTreeSet<FileId>,
+    /// Counts snapshots: the journal written after a snapshot carries its epoch, so that a
+    /// journal older than the snapshot (a crash between the two) is not replayed onto it.
+    #[serde(default)]
+    epoch: u64,
     /// Bumped on every change.
     #[serde(skip)]
     generation: u64,
@@ -112,6 +119,10 @@ pub enum Record {
         file: FileId,
         /// Its header, or `None`.
         header: Option<FileHeader>,
+        /// Registered anew since the last save (it may have been forgotten in between): its
+        /// chunk records start empty.
+        #[serde(default)]
+        fresh: bool,
     },
     /// One chunk record of a file backed up here.
     OwnChunk {
@@ -157,8 +168,13 @@ pub enum Record {
 pub enum Changes {
     /// Journal records of the items changed since the last save.
     Records(Vec<Record>),
-    /// The whole metadata (a new snapshot; the journal starts over).
-    Snapshot(Vec<u8>),
+    /// The whole metadata (a new snapshot; the journal starts over, marked with `epoch`).
+    Snapshot {
+        /// The snapshot document.
+        bytes: Vec<u8>,
+        /// Its epoch.
+        epoch: u64,
+    },
 }
 
 impl Default for Metadata {
@@ -170,6 +186,8 @@ impl Default for Metadata {
             pending_deletes: BTreeMap::new(),
             enhanced_peers: BTreeSet::new(),
             changed: BTreeSet::new(),
+            fresh_files: BTreeSet::new(),
+            epoch: 0,
             generation: 0,
         }
     }
@@ -306,6 +324,9 @@ impl Metadata {
         desired: u8,
     ) -> &BackedUpFile {
         self.mark(Item::OwnFile(file));
+        if !self.backed_up.contains_key(&file) {
+            self.fresh_files.insert(file);
+        }
         let entry = self.backed_up.entry(file).or_insert_with(|| BackedUpFile {
             path,
             size,
@@ -419,10 +440,22 @@ impl Metadata {
     /// with `snapshot`, the whole metadata as JSON.
     pub fn drain_changes(&mut self, snapshot: bool) -> Changes {
         let changed = std::mem::take(&mut self.changed);
-        if snapshot {
-            return Changes::Snapshot(serde_json::to_vec(self).expect("metadata serialises"));
-        }
-        Changes::Records(changed.into_iter().map(|item| self.record(item)).collect())
+        let changes = if snapshot {
+            self.epoch += 1;
+            Changes::Snapshot {
+                bytes: serde_json::to_vec(self).expect("metadata serialises"),
+                epoch: self.epoch,
+            }
+        } else {
+            Changes::Records(changed.into_iter().map(|item| self.record(item)).collect())
+        };
+        self.fresh_files.clear();
+        changes
+    }
+
+    /// The epoch of the last snapshot this metadata was loaded from or written to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether anything changed since the last [`Metadata::drain_changes`].
@@ -442,6 +475,7 @@ impl Metadata {
                     size: f.size,
                     desired: f.desired,
                 }),
+                fresh: self.fresh_files.contains(&file),
             },
             Item::OwnChunk(key) => Record::OwnChunk {
                 file: key.file,
@@ -469,13 +503,19 @@ impl Metadata {
     pub fn apply(&mut self, record: Record) {
         match record {
             Record::Capacity { bytes } => self.capacity = bytes,
-            Record::OwnFile { file, header: None } => {
+            Record::OwnFile {
+                file, header: None, ..
+            } => {
                 self.backed_up.remove(&file);
             }
             Record::OwnFile {
                 file,
                 header: Some(h),
+                fresh,
             } => {
+                if fresh {
+                    self.backed_up.remove(&file); // registered anew: no chunk record carries over
+                }
                 let entry = self.backed_up.entry(file).or_insert_with(|| BackedUpFile {
                     path: h.path.clone(),
                     size: h.size,
@@ -582,7 +622,7 @@ mod tests {
         m.insert_stored(key(7, 3), stored(10));
         m.register_file(FileId([9; 32]), "/x".into(), 5, 1);
         m.add_holder(&key(9, 0), 2);
-        let Changes::Snapshot(bytes) = m.drain_changes(true) else {
+        let Changes::Snapshot { bytes, .. } = m.drain_changes(true) else {
             panic!()
         };
         let back: Metadata = serde_json::from_slice(&bytes).unwrap();
