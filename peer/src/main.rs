@@ -63,8 +63,8 @@ struct Args {
     /// Log level: error, warn, info, debug or trace (or a tracing filter).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
-    /// Chunks in flight at most: PUTCHUNKs of all backups together (a congestion window adapts
-    /// below it) and GETCHUNKs of one restore.
+    /// PUTCHUNKs in flight at most, all backups together (a congestion window adapts below
+    /// it).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(4..=4096))]
     window: u32,
     /// Send rate limit over all channels, in MB/s (0 = unpaced).

@@ -77,9 +77,13 @@ pub struct Config {
     pub id: PeerId,
     /// Protocol version this peer was started with.
     pub version: Version,
-    /// Chunks in flight at most: PUTCHUNKs (all backups together; the congestion window
-    /// adapts below it) and GETCHUNKs of one restore.
+    /// PUTCHUNKs in flight at most (all backups together; the congestion window adapts below
+    /// it).
     pub window: usize,
+    /// GETCHUNKs of one restore in flight at most. Every holder of a chunk may answer a
+    /// GETCHUNK (suppression only works for replies that are not yet out), so this stays
+    /// modest.
+    pub restore_window: usize,
     /// PUTCHUNK sends per chunk at most.
     pub max_putchunk_sends: u8,
     /// Wait after the first PUTCHUNK; doubled after each resend.
@@ -122,6 +126,7 @@ impl Config {
             id,
             version,
             window: 1024,
+            restore_window: 256,
             max_putchunk_sends: 5,
             first_wait: Duration::from_secs(1),
             reply_delay_max: Duration::from_millis(400),

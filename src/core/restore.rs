@@ -115,7 +115,7 @@ impl Core {
         let Some(mut r) = self.restores.get_mut(&op) else {
             return actions;
         };
-        while r.next < r.chunks && r.next - r.resolved < self.cfg.window as u64 {
+        while r.next < r.chunks && r.next - r.resolved < self.cfg.restore_window as u64 {
             let chunk = ChunkKey {
                 file: r.file,
                 no: r.next as ChunkNo,

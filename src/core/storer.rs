@@ -276,7 +276,9 @@ impl Core {
     }
 
     pub(super) fn send_chunk(&self, chunk: ChunkKey) -> Vec<Action> {
-        let Some((_, tcp)) = self.replying.remove(&chunk) else {
+        // The reply stays pending until it is actually sent (see `chunk_reply_due`), so that a
+        // CHUNK seen while it waits for the sender still silences it.
+        let Some(tcp) = self.replying.get(&chunk).map(|r| *r) else {
             return Vec::new(); // another holder's CHUNK was seen during the delay
         };
         match self.meta.lock().stored_chunk(&chunk) {
@@ -285,8 +287,17 @@ impl Core {
                 hash: c.hash,
                 tcp,
             }],
-            None => Vec::new(),
+            None => {
+                self.replying.remove(&chunk);
+                Vec::new()
+            }
         }
+    }
+
+    /// Right before a CHUNK reply goes out: whether it is still wanted (no other holder's
+    /// CHUNK for it was seen since its delay began). Ends the pending reply either way.
+    pub fn chunk_reply_due(&self, chunk: ChunkKey) -> bool {
+        self.replying.remove(&chunk).is_some()
     }
 
     /// A CHUNK was seen (on MDR, or over TCP): a reply of ours for the same chunk is no longer

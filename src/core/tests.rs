@@ -11,6 +11,7 @@ fn core(id: PeerId) -> Core {
     let mut cfg = Config::new(id, Version::V1_0);
     cfg.seed = 7;
     cfg.window = 2;
+    cfg.restore_window = 2;
     Core::new(cfg, Metadata::default())
 }
 
@@ -476,10 +477,20 @@ fn getchunk_is_answered_after_a_delay_unless_another_chunk_is_seen() {
             tcp: None,
         }]
     );
+    assert!(
+        c.chunk_reply_due(key(0)),
+        "nobody else answered: it goes out"
+    );
+    assert!(!c.chunk_reply_due(key(0)), "once");
     // Suppression: another holder's CHUNK during the delay cancels ours.
     let [(_, event)] = timers(&get(1)).try_into().unwrap();
     c.on_message(chunk_msg(3, 1, vec![1; 10]));
     assert!(c.on_timer(event).is_empty());
+    // ... and so does one seen after the delay, while our reply waits for the sender.
+    let [(_, event)] = timers(&get(1)).try_into().unwrap();
+    assert_eq!(c.on_timer(event).len(), 1);
+    c.on_message(chunk_msg(3, 1, vec![1; 10]));
+    assert!(!c.chunk_reply_due(key(1)));
     // Chunks not held are not answered.
     assert!(
         c.on_message(msg(1, MessageKind::Getchunk { chunk: key(9) }))
@@ -577,6 +588,7 @@ fn core2(id: PeerId) -> Core {
     let mut cfg = Config::new(id, V2);
     cfg.seed = 11;
     cfg.window = 2;
+    cfg.restore_window = 2;
     cfg.restore_tcp = Some("127.0.0.1:4000".parse().unwrap());
     Core::new(cfg, Metadata::default())
 }
@@ -663,6 +675,7 @@ fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders
             tcp: Some("127.0.0.1:5000".parse().unwrap()),
         }]
     );
+    assert!(c.chunk_reply_due(key(0))); // it goes out
     // Another holder's header-only CHUNK suppresses our reply like a full one.
     let [(_, event)] = timers(&c.on_message(get)).try_into().unwrap();
     let mut header_only = msg2(

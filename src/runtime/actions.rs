@@ -56,8 +56,13 @@ impl Shared {
                 }
                 Action::SendChunk { chunk, hash, tcp } => {
                     let s = self.this();
-                    self.senders
-                        .send_built(Channel::Mdr, move || s.chunk_datagram(chunk, hash, tcp));
+                    self.senders.send_built(Channel::Mdr, move || {
+                        // Another holder's CHUNK may have gone out while this one waited.
+                        s.core
+                            .chunk_reply_due(chunk)
+                            .then(|| s.chunk_datagram(chunk, hash, tcp))
+                            .flatten()
+                    });
                 }
                 Action::WriteChunk {
                     chunk,
