@@ -68,6 +68,9 @@ if [ "${#ns[@]}" -eq 0 ]; then
         "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)."
 fi
 say "cargo test --workspace --offline --no-fail-fast${*:+ $*} (in a network namespace: ${ns[*]})"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
 # shellcheck disable=SC2016 # the inner script expands its own arguments
 "${ns[@]}" bash -euo pipefail -c '
     ip="$1"
@@ -79,4 +82,10 @@ say "cargo test --workspace --offline --no-fail-fast${*:+ $*} (in a network name
         exit 1
     fi
     exec cargo test --workspace --offline --no-fail-fast "$@"
-' run-tests "$ip" "$@"
+' run-tests "$ip" "$@" 2>&1 | tee "$log"
+status="${PIPESTATUS[0]}"
+set -e
+# One closing line for all the test binaries together.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i - 1); if ($i ~ /^failed;?$/) f += $(i - 1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
