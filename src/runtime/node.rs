@@ -270,11 +270,6 @@ impl Node {
         Arc::new(ClientHandler(self.shared.clone()))
     }
 
-    /// The protocol core (for inspection).
-    pub fn core(&self) -> &Core {
-        &self.shared.core
-    }
-
     /// Stops receiving, lets queued work finish, saves the metadata.
     pub fn shutdown(self) -> Result<(), StorageError> {
         self.shared.stop.store(true, Ordering::Relaxed);

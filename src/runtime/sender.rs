@@ -4,7 +4,6 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, unbounded};
@@ -65,7 +64,6 @@ pub enum Outgoing {
 /// The sender threads of one peer.
 pub struct Senders {
     queues: Vec<Sender<Outgoing>>,
-    threads: Vec<JoinHandle<()>>,
     /// What was sent.
     pub stats: Arc<SendStats>,
 }
@@ -78,14 +76,13 @@ impl Senders {
         let pacer = Arc::new(Pacer::new(rate));
         let stats = Arc::new(SendStats::default());
         let mut queues = Vec::new();
-        let mut threads = Vec::new();
         for channel in Channel::ALL {
             let socket: UdpSocket = open_sender(iface)?;
             let (tx, rx) = unbounded::<Outgoing>();
             let dest = addrs.get(channel);
             let pacer = pacer.clone();
             let stats = stats.clone();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("send-{}", channel.name()))
                 .spawn(move || {
                     for out in rx {
@@ -113,13 +110,8 @@ impl Senders {
                     }
                 })?;
             queues.push(tx);
-            threads.push(thread);
         }
-        Ok(Senders {
-            queues,
-            threads,
-            stats,
-        })
+        Ok(Senders { queues, stats })
     }
 
     /// Queues a datagram on `channel`.
@@ -134,19 +126,6 @@ impl Senders {
         build: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
     ) {
         let _ = self.queues[channel.index()].send(Outgoing::Build(Box::new(build)));
-    }
-
-    /// Datagrams waiting on `channel`.
-    pub fn queued(&self, channel: Channel) -> usize {
-        self.queues[channel.index()].len()
-    }
-
-    /// Sends what is queued, then stops the threads.
-    pub fn finish(self) {
-        drop(self.queues);
-        for t in self.threads {
-            let _ = t.join();
-        }
     }
 }
 
