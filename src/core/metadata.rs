@@ -88,6 +88,12 @@ pub struct Metadata {
     /// Bumped on every change.
     #[serde(skip)]
     generation: u64,
+    /// Sum of the stored chunks' sizes (kept by `put_stored`).
+    #[serde(skip)]
+    used_bytes: u64,
+    /// Sum of the stored chunks' footprints (kept by `put_stored`).
+    #[serde(skip)]
+    footprint_bytes: u64,
 }
 
 /// One item of the metadata, as tracked for saving. The order matters: when changes are
@@ -189,6 +195,8 @@ impl Default for Metadata {
             fresh_files: BTreeSet::new(),
             epoch: 0,
             generation: 0,
+            used_bytes: 0,
+            footprint_bytes: 0,
         }
     }
 }
@@ -250,21 +258,68 @@ impl Metadata {
 
     /// Bytes used by stored chunks.
     pub fn used(&self) -> u64 {
-        self.stored
-            .values()
-            .flat_map(|m| m.values())
-            .map(|c| u64::from(c.size))
-            .sum()
+        self.used_bytes
     }
 
     /// Space stored chunks take for capacity purposes: their sizes, an empty chunk counting as
     /// one byte (so a peer with capacity 0 holds nothing, not even empty chunks).
     pub fn footprint(&self) -> u64 {
-        self.stored
-            .values()
-            .flat_map(|m| m.values())
-            .map(|c| footprint(c.size))
-            .sum()
+        self.footprint_bytes
+    }
+
+    /// Reads a snapshot (as written by [`Metadata::drain_changes`]).
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<Metadata> {
+        let mut m: Metadata = serde_json::from_slice(bytes)?;
+        for c in m.stored.values().flat_map(|chunks| chunks.values()) {
+            m.used_bytes += u64::from(c.size);
+            m.footprint_bytes += footprint(c.size);
+        }
+        Ok(m)
+    }
+
+    /// Sets (`Some`) or removes (`None`) the record of a stored chunk, keeping the space
+    /// counts; returns the record it replaces. Every change of `stored` goes through here.
+    fn put_stored(&mut self, key: ChunkKey, chunk: Option<StoredChunk>) -> Option<StoredChunk> {
+        if let Some(c) = &chunk {
+            self.used_bytes += u64::from(c.size);
+            self.footprint_bytes += footprint(c.size);
+        }
+        let old = match chunk {
+            Some(c) => self.stored.entry(key.file).or_default().insert(key.no, c),
+            None => {
+                let m = self.stored.get_mut(&key.file)?;
+                let old = m.remove(&key.no);
+                if m.is_empty() {
+                    self.stored.remove(&key.file);
+                }
+                old
+            }
+        };
+        if let Some(c) = &old {
+            self.used_bytes -= u64::from(c.size);
+            self.footprint_bytes -= footprint(c.size);
+        }
+        old
+    }
+
+    /// Replaces the records of every stored chunk of `file`; returns the chunk numbers it had.
+    fn replace_stored_file(
+        &mut self,
+        file: FileId,
+        chunks: BTreeMap<ChunkNo, StoredChunk>,
+    ) -> Vec<ChunkNo> {
+        let old: Vec<ChunkNo> = self
+            .stored
+            .get(&file)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        for &no in &old {
+            self.put_stored(ChunkKey { file, no }, None);
+        }
+        for (no, c) in chunks {
+            self.put_stored(ChunkKey { file, no }, Some(c));
+        }
+        old
     }
 
     /// The stored chunk for `key`, if held here.
@@ -274,33 +329,22 @@ impl Metadata {
 
     /// Records a stored chunk (or replaces its record).
     pub fn insert_stored(&mut self, key: ChunkKey, chunk: StoredChunk) {
-        self.stored
-            .entry(key.file)
-            .or_default()
-            .insert(key.no, chunk);
+        self.put_stored(key, Some(chunk));
         self.mark(Item::Stored(key));
     }
 
     /// Forgets every stored chunk of `file`; returns their numbers.
     pub fn remove_stored_file(&mut self, file: &FileId) -> Vec<ChunkNo> {
-        match self.stored.remove(file) {
-            Some(m) => {
-                self.mark(Item::StoredFile(*file));
-                m.into_keys().collect()
-            }
-            None => Vec::new(),
+        let removed = self.replace_stored_file(*file, BTreeMap::new());
+        if !removed.is_empty() {
+            self.mark(Item::StoredFile(*file));
         }
+        removed
     }
 
     /// Forgets one stored chunk; true if it was held.
     pub fn remove_stored(&mut self, key: &ChunkKey) -> bool {
-        let Some(m) = self.stored.get_mut(&key.file) else {
-            return false;
-        };
-        let removed = m.remove(&key.no).is_some();
-        if m.is_empty() {
-            self.stored.remove(&key.file);
-        }
+        let removed = self.put_stored(*key, None).is_some();
         if removed {
             self.mark(Item::Stored(*key));
         }
@@ -535,25 +579,11 @@ impl Metadata {
                 }
             }
             Record::StoredFile { file, chunks } => {
-                if chunks.is_empty() {
-                    self.stored.remove(&file);
-                } else {
-                    self.stored.insert(file, chunks);
-                }
+                self.replace_stored_file(file, chunks);
             }
-            Record::Stored { file, no, chunk } => match chunk {
-                Some(c) => {
-                    self.stored.entry(file).or_default().insert(no, c);
-                }
-                None => {
-                    if let Some(m) = self.stored.get_mut(&file) {
-                        m.remove(&no);
-                        if m.is_empty() {
-                            self.stored.remove(&file);
-                        }
-                    }
-                }
-            },
+            Record::Stored { file, no, chunk } => {
+                self.put_stored(ChunkKey { file, no }, chunk);
+            }
             Record::PendingDelete { file, peers } => match peers {
                 Some(p) => {
                     self.pending_deletes.insert(file, p);
@@ -600,7 +630,7 @@ mod tests {
 
     /// Replays `records` (as a load would, through JSON lines) onto `base`.
     fn replay(base: &Metadata, records: Vec<Record>) -> Metadata {
-        let mut m: Metadata = serde_json::from_slice(&serde_json::to_vec(base).unwrap()).unwrap();
+        let mut m = Metadata::from_json(&serde_json::to_vec(base).unwrap()).unwrap();
         for r in records {
             let line = serde_json::to_string(&r).unwrap();
             m.apply(serde_json::from_str(&line).unwrap());
@@ -608,7 +638,18 @@ mod tests {
         m
     }
 
+    /// The space counts recomputed from the records.
+    fn recount(m: &Metadata) -> (u64, u64) {
+        let sizes = m.stored.values().flat_map(|c| c.values()).map(|c| c.size);
+        (
+            sizes.clone().map(u64::from).sum(),
+            sizes.map(footprint).sum(),
+        )
+    }
+
     fn same(a: &Metadata, b: &Metadata) {
+        assert_eq!((a.used(), a.footprint()), recount(a), "kept counts");
+        assert_eq!((b.used(), b.footprint()), recount(b), "kept counts");
         assert_eq!(a.capacity, b.capacity);
         assert_eq!(a.stored, b.stored);
         assert_eq!(a.backed_up, b.backed_up);
@@ -625,7 +666,7 @@ mod tests {
         let Changes::Snapshot { bytes, .. } = m.drain_changes(true) else {
             panic!()
         };
-        let back: Metadata = serde_json::from_slice(&bytes).unwrap();
+        let back = Metadata::from_json(&bytes).unwrap();
         same(&back, &m);
         assert_eq!(back.used(), 10);
         assert!(!m.has_changes());

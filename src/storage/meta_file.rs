@@ -78,7 +78,7 @@ impl MetaFile {
         let mut meta = match std::fs::read(&self.snapshot) {
             Ok(bytes) => {
                 self.state.lock().snapshot_bytes = bytes.len() as u64;
-                serde_json::from_slice(&bytes).map_err(|source| StorageError::CorruptMetadata {
+                Metadata::from_json(&bytes).map_err(|source| StorageError::CorruptMetadata {
                     path: self.snapshot.clone(),
                     source,
                 })?
