@@ -58,13 +58,7 @@ fn backup_and_check(c: &Cluster, others: &[u32], name: &str, len: usize, degree:
         }
     }
     // The home's view: each chunk's perceived degree reaches the desired one.
-    let home = c.state(1);
-    let entry = home["backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["file_id"] == file_id.as_str())
-        .expect("file listed in the home's STATE");
+    let entry = common::backed_up_entry(&c.state(1), &file_id);
     assert_eq!(entry["desired"], degree);
     assert_eq!(
         entry["path"],

@@ -10,24 +10,6 @@ use common::{Cluster, wait_until};
 
 const K: usize = 64_000;
 
-/// Starts `testapp <peer id> <op> <args…>` in a thread; returns its handle.
-fn in_background(
-    c: &Cluster,
-    id: u32,
-    args: &[&str],
-) -> std::thread::JoinHandle<std::process::Output> {
-    let mut all = vec![c.ap(id)];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let runtime = c.runtime.clone();
-    std::thread::spawn(move || {
-        std::process::Command::new(common::bin("testapp"))
-            .args(all)
-            .env("DBS_RUNTIME_DIR", runtime)
-            .output()
-            .unwrap()
-    })
-}
-
 fn stored_count(c: &Cluster, id: u32) -> usize {
     c.state(id)["stored"].as_array().unwrap().len()
 }
@@ -66,15 +48,11 @@ fn a_killed_initiator_resumes_its_backup_without_resending_finished_chunks() {
     let mut c = Cluster::start(4);
     let path = c.make_file("resumable", 12_000_000);
     let p = path.to_str().unwrap().to_string();
-    let first = in_background(&c, 1, &["BACKUP", &p, "2"]);
+    let first = c.testapp_in_background(&[&c.ap(1), "BACKUP", &p, "2"]);
     assert!(wait_until(Duration::from_secs(30), || stored_count(&c, 2) >= 40));
     c.kill(1);
     let out = first.join().unwrap();
-    assert_ne!(
-        out.status.code(),
-        Some(0),
-        "the interrupted backup did not succeed"
-    );
+    assert_ne!(out.code, 0, "the interrupted backup did not succeed");
     c.spawn(1, &[]);
     // Let the holders' last STOREDs (up to 400 ms late) reach the restarted home first.
     let quiet = |id| c.counters(id)["timers"] == 0;
@@ -103,17 +81,10 @@ fn a_holder_killed_while_writing_serves_no_partial_chunk_after_restart() {
     let mut c = Cluster::start(4);
     let path = c.make_file("torn", 10_000_000);
     let p = path.to_str().unwrap().to_string();
-    let backup = in_background(&c, 1, &["--json", "BACKUP", &p, "2"]);
+    let backup = c.testapp_in_background(&["--json", &c.ap(1), "BACKUP", &p, "2"]);
     assert!(wait_until(Duration::from_secs(30), || stored_count(&c, 2) >= 20));
     c.kill(2);
-    let out = backup.join().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = backup.join().unwrap().ok().json();
     let file_id = doc["file_id"].as_str().unwrap().to_string();
     c.spawn(2, &[]);
     // Whatever peer 2 kept is complete and correct, and its records match its files.
@@ -147,16 +118,9 @@ fn a_restore_survives_a_holder_killed_in_the_middle() {
     let path = c.make_file("steady", 15_000_000);
     let p = path.to_str().unwrap().to_string();
     c.testapp(&[&c.ap(1), "BACKUP", &p, "2"]).ok();
-    let restore = in_background(&c, 1, &["--json", "RESTORE", &p]);
+    let restore = c.testapp_in_background(&["--json", &c.ap(1), "RESTORE", &p]);
     c.kill(3);
-    let out = restore.join().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = restore.join().unwrap().ok().json();
     let dest = doc["restored_to"].as_str().unwrap();
     assert!(std::fs::read(dest).unwrap() == std::fs::read(&path).unwrap());
 }

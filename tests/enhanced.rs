@@ -219,16 +219,7 @@ fn a_holder_that_was_down_during_delete_frees_the_space_when_it_returns() {
 fn chunks_reach_their_degree_when_the_backup_initiator_dies() {
     let mut c = mixed(&[], &[1, 2, 3, 4, 5]);
     let path = c.make_file("orphan", 8_000_000);
-    let ap = c.ap(1);
-    let p = path.to_str().unwrap().to_string();
-    let runtime = c.runtime.clone();
-    let client = std::thread::spawn(move || {
-        std::process::Command::new(common::bin("testapp"))
-            .args([&ap, "BACKUPENH", &p, "3"])
-            .env("DBS_RUNTIME_DIR", runtime)
-            .output()
-            .unwrap()
-    });
+    let client = c.testapp_in_background(&[&c.ap(1), "BACKUPENH", path.to_str().unwrap(), "3"]);
     // Kill the initiator once part of the file is out.
     assert!(wait_until(Duration::from_secs(30), || c.state(2)["stored"]
         .as_array()

@@ -24,13 +24,7 @@ fn file_id(doc: &Value) -> String {
 
 /// The home's STATE entry of `file_id`: each chunk's perceived degree.
 fn perceived_at_home(net: &Net, home: u32, file_id: &str) -> Vec<u64> {
-    let st = net.state(home);
-    let entry = st["backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["file_id"] == file_id)
-        .unwrap_or_else(|| panic!("{file_id} not in the home's STATE: {st}"));
+    let entry = common::backed_up_entry(&net.state(home), file_id);
     entry["chunks"]
         .as_array()
         .unwrap()

@@ -199,13 +199,7 @@ fn partial_reclaim_fits_the_limit_and_a_full_peer_stays_out() {
     let second = c.make_file("second", 3 * K + 50_000);
     let file_id = backup(&c, 1, &second, 1);
     assert!(c.chunk_files(2, &file_id).is_empty());
-    let home = c.state(1);
-    let entry = home["backed_up"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["file_id"] == file_id.as_str())
-        .unwrap();
+    let entry = common::backed_up_entry(&c.state(1), &file_id);
     for ch in entry["chunks"].as_array().unwrap() {
         assert_eq!(ch["perceived"], 1, "{entry}");
     }

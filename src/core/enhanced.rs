@@ -7,6 +7,8 @@
 
 use std::net::SocketAddrV4;
 
+use crate::protocol::{ChunkKey, Message, MessageKind, PeerId, Version};
+
 /// The line a CHUNK header-only announcement carries.
 pub const BODY_BY_TCP: &str = "BODY TCP";
 
@@ -24,6 +26,20 @@ pub fn tcp_reply_address(lines: &[String]) -> Option<SocketAddrV4> {
             _ => None,
         }
     })
+}
+
+/// The header-only CHUNK 2.0 a holder multicasts on MDR when the body goes over TCP.
+pub fn header_only_chunk(sender: PeerId, chunk: ChunkKey) -> Message {
+    let mut m = Message::new(
+        Version::V2_0,
+        sender,
+        MessageKind::Chunk {
+            chunk,
+            body: Vec::new(),
+        },
+    );
+    m.extra_lines.push(BODY_BY_TCP.to_string());
+    m
 }
 
 /// Whether a CHUNK's extra lines say its body travels over TCP.

@@ -678,15 +678,10 @@ fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders
     assert!(c.chunk_reply_due(key(0))); // it goes out
     // Another holder's header-only CHUNK suppresses our reply like a full one.
     let [(_, event)] = timers(&c.on_message(get)).try_into().unwrap();
-    let mut header_only = msg2(
-        3,
-        MessageKind::Chunk {
-            chunk: key(0),
-            body: vec![],
-        },
+    assert!(
+        c.on_message(enhanced::header_only_chunk(3, key(0)))
+            .is_empty()
     );
-    header_only.extra_lines = vec![enhanced::BODY_BY_TCP.into()];
-    assert!(c.on_message(header_only).is_empty());
     assert!(c.on_timer(event).is_empty());
     // A plain GETCHUNK is answered on MDR.
     let [(_, event)] = timers(&c.on_message(msg(1, MessageKind::Getchunk { chunk: key(0) })))
@@ -711,15 +706,10 @@ fn enhanced_restore_asks_for_tcp_first_then_falls_back_to_plain_getchunk() {
     assert_eq!(get.version, V2);
     assert_eq!(get.extra_lines, vec!["TCP 127.0.0.1:4000".to_string()]);
     // A header-only CHUNK is not a body: no refusal, no re-ask.
-    let mut header_only = msg2(
-        2,
-        MessageKind::Chunk {
-            chunk: key(0),
-            body: vec![],
-        },
+    assert!(
+        c.on_message(enhanced::header_only_chunk(2, key(0)))
+            .is_empty()
     );
-    header_only.extra_lines = vec![enhanced::BODY_BY_TCP.into()];
-    assert!(c.on_message(header_only).is_empty());
     // No body came: the resend is a plain 1.0 GETCHUNK.
     let (_, wait) = timers(&first).pop().unwrap();
     let resend = c.on_timer(wait);

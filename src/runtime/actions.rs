@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::node::{Shared, StagedWrite};
 use super::tcp;
-use crate::core::enhanced::BODY_BY_TCP;
+use crate::core::enhanced::header_only_chunk;
 use crate::core::{Action, Channel, ChunkSource, OpId, TimerEvent};
 use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version};
 use crate::storage::StorageError;
@@ -180,13 +180,8 @@ impl Shared {
                 let whole = self.message(Version::V2_0, MessageKind::Chunk { chunk, body });
                 match self.tcp_pool.send(addr, &tcp::frame(&whole)) {
                     Ok(()) => {
-                        let empty = MessageKind::Chunk {
-                            chunk,
-                            body: Vec::new(),
-                        };
-                        let mut header = self.message(Version::V2_0, empty);
-                        header.extra_lines.push(BODY_BY_TCP.to_string());
-                        return Some(header.encode());
+                        let id = self.core.config().id;
+                        return Some(header_only_chunk(id, chunk).encode());
                     }
                     Err(e) => {
                         tracing::warn!(

@@ -242,13 +242,24 @@ impl Cluster {
 
     /// Runs testapp with `args` (access point first).
     pub fn testapp(&self, args: &[&str]) -> Run {
-        Run::from(
-            Command::new(bin("testapp"))
-                .args(args)
-                .env("DBS_RUNTIME_DIR", &self.runtime)
-                .output()
-                .expect("run testapp"),
-        )
+        self.testapp_in_background(args)
+            .join()
+            .expect("testapp thread")
+    }
+
+    /// Starts testapp with `args` (access point first) on a thread; join it for its [`Run`].
+    pub fn testapp_in_background(&self, args: &[&str]) -> std::thread::JoinHandle<Run> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let runtime = self.runtime.clone();
+        std::thread::spawn(move || {
+            Run::from(
+                Command::new(bin("testapp"))
+                    .args(args)
+                    .env("DBS_RUNTIME_DIR", runtime)
+                    .output()
+                    .expect("run testapp"),
+            )
+        })
     }
 
     /// `STATE --json` of peer `id`, without its counters (what the peer persists).
@@ -417,6 +428,17 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The entry of `file_id` among the files a STATE document says its peer backed up.
+pub fn backed_up_entry(state: &Value, file_id: &str) -> Value {
+    state["backed_up"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file_id"] == file_id)
+        .unwrap_or_else(|| panic!("{file_id} not backed up per {state}"))
+        .clone()
 }
 
 /// Chunk files of `file_id` in the peer tree `tree`, sorted.
