@@ -39,6 +39,8 @@
 set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 root="$(dirname "$(dirname "$self")")"
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 MB="${BENCH_MB:-256}"
 PEER_COUNTS="${BENCH_PEERS:-4 8}"
@@ -68,13 +70,6 @@ OP_TIMEOUT="${BENCH_OP_TIMEOUT:-$((300 + 3 * max_mb))}"
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-# Only the loopback interface in this network namespace?
-only_loopback() {
-    local names
-    names="$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//')" || return 1
-    [ -n "$names" ] && [ "$names" = lo ]
-}
-
 # 1. Build (outside the namespace: cargo may need the network to fetch crates), then re-run
 #    this script in a private network namespace whose only interface is lo.
 if [ -z "${DBS_BENCH_NETNS:-}" ]; then
@@ -83,16 +78,10 @@ if [ -z "${DBS_BENCH_NETNS:-}" ]; then
     if only_loopback; then
         export DBS_BENCH_NETNS=inherited
     else
-        why=()
-        for flags in -n -rn; do
-            if err="$(unshare "$flags" true 2>&1)"; then
-                DBS_BENCH_NETNS="unshare $flags" exec unshare "$flags" bash "$self" "$@"
-            fi
-            why+=("unshare $flags: ${err:-failed}")
-        done
+        reexec_in_private_netns DBS_BENCH_NETNS "$self" "$@" || true
         echo "bench: refusing to run: cannot create a private network namespace, and this one has" \
             "interfaces other than lo, so multicast could leave the machine." >&2
-        printf '  %s\n' "${why[@]}" >&2
+        printf '  %s\n' "${netns_refusals[@]}" >&2
         echo "  (needs root, or user namespaces: sysctl kernel.unprivileged_userns_clone=1)" >&2
         exit 3
     fi
@@ -124,18 +113,10 @@ pids=()
 
 # Stops the peers still running (SIGTERM, then SIGKILL after 10 s) and removes the temp dir.
 cleanup() {
-    local status=$? pid i log
+    local status=$? log
     trap - EXIT INT TERM
     [ -z "${perf_pid:-}" ] || kill -INT "$perf_pid" 2>/dev/null || true
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     if [ -n "${BENCH_KEEP_LOGS:-}" ]; then
         mkdir -p "$BENCH_KEEP_LOGS" &&
             find "$tmp" -name 'peer*.log' -exec cp --parents -t "$BENCH_KEEP_LOGS" {} + 2>/dev/null || true
@@ -264,18 +245,11 @@ start_peers() {
 }
 # stop_peers: SIGTERM, wait up to 10 s each; sets $stopped_ok (1 if all exited 0 in time).
 stop_peers() {
-    local pid i st
+    local i
     stopped_ok=1
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid" 2>/dev/null || true
-            stopped_ok=0
-            log "peer pid $pid ignored SIGTERM for 10 s: killed"
-        fi
-        set +e; wait "$pid" 2>/dev/null; st=$?; set -e
-        [ "$st" -eq 0 ] || { stopped_ok=0; log "peer pid $pid exited with status $st after SIGTERM"; }
+    stop_pids "${pids[@]}"
+    for i in "${!pids[@]}"; do
+        [ "${stop_statuses[i]}" -eq 0 ] || { stopped_ok=0; log "peer pid ${pids[i]} exited with status ${stop_statuses[i]} after SIGTERM (137: killed after 10 s)"; }
     done
     pids=()
 }

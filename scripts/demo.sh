@@ -8,17 +8,15 @@
 set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 root="$(dirname "$(dirname "$self")")"
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 # 1. Build, then re-run this script in a private network namespace whose only interface is lo.
 #    (The build stays outside: cargo may have crates to fetch.)
 if [ -z "${DBS_DEMO_NETNS:-}" ]; then
     "$root/scripts/compile.sh"
-    for flags in -rn -n; do
-        if unshare "$flags" true 2>/dev/null; then
-            DBS_DEMO_NETNS="unshare $flags" exec unshare "$flags" bash "$self" "$@"
-        fi
-    done
-    echo "note: cannot create a private network namespace (unshare -rn / -n failed);" \
+    reexec_in_private_netns DBS_DEMO_NETNS "$self" "$@" || true
+    echo "note: cannot create a private network namespace (unshare -n / -rn failed);" \
         "running on this host's loopback: every peer socket is pinned to 127.0.0.1" >&2
     DBS_DEMO_NETNS=host
 fi
@@ -34,17 +32,9 @@ pids=()
 
 # Stops the peers still running (SIGTERM, then SIGKILL after 10 s) and removes the temp dir.
 cleanup() {
-    local status=$? pid i
+    local status=$?
     trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${pids[@]}"
     if [ "$status" -ne 0 ]; then
         for log in "$tmp"/peer*.log; do
             [ -f "$log" ] || continue

@@ -32,6 +32,8 @@
 set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 root="$(dirname "$(dirname "$self")")"
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 SOAK_SECONDS="${SOAK_SECONDS:-600}"
 FILES="${SOAK_FILES:-3}"
@@ -53,13 +55,6 @@ FULL_KB=100000000 # the default capacity, given back after a RECLAIM
 
 log() { printf '[soak %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-# Only the loopback interface in this network namespace?
-only_loopback() {
-    local names
-    names="$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//')" || return 1
-    [ -n "$names" ] && [ "$names" = lo ]
-}
-
 # 1. Build (outside the namespace: cargo may need the network to fetch crates), then re-run this
 #    script in a fresh network namespace whose only interface is lo: no datagram can leave.
 if [ -z "${DBS_SOAK_NETNS:-}" ]; then
@@ -69,17 +64,10 @@ if [ -z "${DBS_SOAK_NETNS:-}" ]; then
         echo "soak: refusing to run: needs unshare (util-linux) and ip (iproute2)" >&2
         exit 3
     fi
-    why=()
-    if [ "$(id -u)" -eq 0 ]; then flag_sets=(-n); else flag_sets=(-rn); fi
-    for flags in "${flag_sets[@]}"; do
-        if err="$(unshare "$flags" true 2>&1)"; then
-            DBS_SOAK_NETNS="unshare $flags" exec unshare "$flags" bash "$self" "$@"
-        fi
-        why+=("unshare $flags: ${err:-failed}")
-    done
+    reexec_in_private_netns DBS_SOAK_NETNS "$self" "$@" || true
     echo "soak: refusing to run: cannot create a private network namespace, so multicast could" \
         "leave the machine." >&2
-    printf '  %s\n' "${why[@]}" >&2
+    printf '  %s\n' "${netns_refusals[@]}" >&2
     echo "  (run it as root, or allow unprivileged user namespaces)" >&2
     exit 3
 fi
@@ -106,20 +94,11 @@ stopped_clean=""
 # Stops the peers still running (SIGTERM, then SIGKILL after 10 s), ends the testapp calls
 # still running, and removes the temporary directory. Runs on every exit path.
 cleanup() {
-    local status=$? pid i job rc
+    local status=$? job
     trap - EXIT INT TERM
     for job in $(jobs -p); do kill -TERM "$job" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do
-        for ((i = 0; i < 100; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        rc=0
-        wait "$pid" 2>/dev/null || rc=$?
-        stopped_clean+=" $rc"
-    done
+    stop_pids "${pids[@]}"
+    [ "${#pids[@]}" -eq 0 ] || stopped_clean=" ${stop_statuses[*]}"
     if [ "${#pids[@]}" -gt 0 ]; then
         echo "peer exit statuses after SIGTERM (ids 1-${#pids[@]}):$stopped_clean" >&2
         [[ "$stopped_clean" =~ ^( 0)+$ ]] || { echo "soak: not every peer stopped cleanly" >&2; [ "$status" -ne 0 ] || status=1; }
