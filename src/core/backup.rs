@@ -125,7 +125,7 @@ impl Core {
                 .collect();
             for file in old {
                 let version = self.forget_file(&mut meta, file, req.enhanced);
-                actions.extend(self.delete_send(file, version, self.cfg.repeats - 1, None));
+                actions.extend(self.delete_sends(file, version, None));
             }
             let entry = meta.register_file(req.file, req.path.clone(), req.size, req.degree);
             // Resumable: chunks already confirmed by enough peers are not sent again.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::metadata::Metadata;
 use super::{Action, Channel, CommandError, Core, OpEvent, OpId, TimerEvent};
-use crate::protocol::{FileId, MessageKind, PeerId, Version};
+use crate::protocol::{FileId, Message, MessageKind, PeerId, Version};
 
 /// Pending deletions re-sent per retry round at most.
 const RETRY_BATCH: usize = 64;
@@ -34,7 +34,7 @@ impl Core {
             }
             (file, self.forget_file(&mut meta, file, enhanced))
         };
-        Ok(self.delete_send(file, version, self.cfg.repeats - 1, Some(op)))
+        Ok(self.delete_sends(file, version, Some(op)))
     }
 
     /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must
@@ -58,37 +58,16 @@ impl Core {
         }
     }
 
-    /// Sends DELETE for `file` now and schedules the `remaining` repeats.
-    pub(super) fn delete_send(
+    /// Sends DELETE for `file` now and `repeats - 1` times more; then reports to `op`, if any.
+    pub(super) fn delete_sends(
         &self,
         file: FileId,
         version: Version,
-        remaining: u8,
         op: Option<OpId>,
     ) -> Vec<Action> {
-        let mut actions = vec![self.send_v(
-            Channel::Mc,
-            version,
-            MessageKind::Delete { file },
-            Vec::new(),
-        )];
-        if remaining > 0 {
-            actions.push(Action::Schedule {
-                delay: self.cfg.repeat_interval,
-                event: TimerEvent::DeleteAgain {
-                    file,
-                    version,
-                    remaining: remaining - 1,
-                    op,
-                },
-            });
-        } else if let Some(op) = op {
-            actions.push(Action::Report {
-                op,
-                event: OpEvent::DeleteDone { file },
-            });
-        }
-        actions
+        let message = Message::new(version, self.cfg.id, MessageKind::Delete { file });
+        let then = op.map(|op| (op, OpEvent::DeleteDone { file }));
+        self.send_repeated(message, self.cfg.repeats - 1, then)
     }
 
     /// Notes that `peer` speaks the enhanced protocol.

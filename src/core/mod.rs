@@ -335,25 +335,15 @@ pub enum TimerEvent {
         /// Which chunk.
         chunk: ChunkKey,
     },
-    /// Send REMOVED again; `remaining` sends are left after this one.
-    RemovedAgain {
-        /// Which chunk.
-        chunk: ChunkKey,
-        /// Version of the REMOVED.
-        version: Version,
+    /// Send an unconfirmed message (DELETE, REMOVED) again; `remaining` sends are left after
+    /// this one, and `then` is reported after the last.
+    SendAgain {
+        /// The message.
+        message: Message,
         /// Sends left after this one.
         remaining: u8,
-    },
-    /// Send DELETE again; `remaining` sends are left after this one.
-    DeleteAgain {
-        /// Which file.
-        file: FileId,
-        /// Version of the DELETE (2.0 asks 2.0 holders to confirm).
-        version: Version,
-        /// Sends left after this one.
-        remaining: u8,
-        /// Operation to finish after the last send, if a client waits.
-        op: Option<OpId>,
+        /// The report to make after the last send, if a client waits.
+        then: Option<(OpId, OpEvent)>,
     },
 }
 
@@ -563,6 +553,33 @@ impl Core {
         Action::Send { channel, message }
     }
 
+    /// Sends `message` on MC now and schedules `remaining` repeats, `repeat_interval` apart,
+    /// then reports `then` (DELETE and REMOVED: nobody confirms them in 1.0).
+    fn send_repeated(
+        &self,
+        message: Message,
+        remaining: u8,
+        then: Option<(OpId, OpEvent)>,
+    ) -> Vec<Action> {
+        let mut actions = vec![Action::Send {
+            channel: Channel::Mc,
+            message: message.clone(),
+        }];
+        if remaining > 0 {
+            actions.push(Action::Schedule {
+                delay: self.cfg.repeat_interval,
+                event: TimerEvent::SendAgain {
+                    message,
+                    remaining: remaining - 1,
+                    then,
+                },
+            });
+        } else if let Some((op, event)) = then {
+            actions.push(Action::Report { op, event });
+        }
+        actions
+    }
+
     fn reply_delay(&self) -> Duration {
         let max = self.cfg.reply_delay_max.as_millis() as u64;
         Duration::from_millis(self.rng.lock().u64(0..=max))
@@ -585,7 +602,7 @@ impl Core {
     pub fn startup(&self, lost: Vec<ChunkKey>) -> Vec<Action> {
         let mut actions: Vec<Action> = lost
             .into_iter()
-            .flat_map(|chunk| self.removed_sends(chunk, Version::V1_0, self.cfg.repeats - 1))
+            .flat_map(|chunk| self.removed_sends(chunk, Version::V1_0))
             .collect();
         if self.cfg.enhanced() {
             actions.push(self.send_v(Channel::Mc, Version::V2_0, MessageKind::Up, Vec::new()));
@@ -642,17 +659,11 @@ impl Core {
             TimerEvent::StoreDecision { chunk } => self.store_decision(chunk),
             TimerEvent::RetryDeletes => self.retry_deletes(),
             TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
-            TimerEvent::RemovedAgain {
-                chunk,
-                version,
+            TimerEvent::SendAgain {
+                message,
                 remaining,
-            } => self.removed_sends(chunk, version, remaining),
-            TimerEvent::DeleteAgain {
-                file,
-                version,
-                remaining,
-                op,
-            } => self.delete_send(file, version, remaining, op),
+                then,
+            } => self.send_repeated(message, remaining, then),
         }
     }
 

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::metadata::footprint;
-use super::{Action, Channel, Core, TimerEvent};
-use crate::protocol::{ChunkKey, MessageKind, PeerId, Version};
+use super::{Action, Core, TimerEvent};
+use crate::protocol::{ChunkKey, Message, MessageKind, PeerId, Version};
 
 /// What a RECLAIM did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl Core {
         let mut actions = vec![Action::SyncMetadata];
         for &chunk in &evicted {
             actions.push(Action::RemoveChunk { chunk });
-            actions.extend(self.removed_sends(chunk, version, self.cfg.repeats - 1));
+            actions.extend(self.removed_sends(chunk, version));
         }
         (
             Reclaimed {
@@ -93,30 +93,10 @@ impl Core {
         )
     }
 
-    /// Sends REMOVED for `chunk` now and schedules the `remaining` repeats.
-    pub(super) fn removed_sends(
-        &self,
-        chunk: ChunkKey,
-        version: Version,
-        remaining: u8,
-    ) -> Vec<Action> {
-        let mut actions = vec![self.send_v(
-            Channel::Mc,
-            version,
-            MessageKind::Removed { chunk },
-            Vec::new(),
-        )];
-        if remaining > 0 {
-            actions.push(Action::Schedule {
-                delay: self.cfg.repeat_interval,
-                event: TimerEvent::RemovedAgain {
-                    chunk,
-                    version,
-                    remaining: remaining - 1,
-                },
-            });
-        }
-        actions
+    /// Sends REMOVED for `chunk` now and `repeats - 1` times more.
+    pub(super) fn removed_sends(&self, chunk: ChunkKey, version: Version) -> Vec<Action> {
+        let message = Message::new(version, self.cfg.id, MessageKind::Removed { chunk });
+        self.send_repeated(message, self.cfg.repeats - 1, None)
     }
 
     pub(super) fn on_removed(

@@ -338,7 +338,7 @@ impl Core {
         drop(meta);
         Counters::bump(&self.counters.chunks_trimmed);
         let mut actions = vec![Action::SyncMetadata, Action::RemoveChunk { chunk }];
-        actions.extend(self.removed_sends(chunk, Version::V2_0, self.cfg.repeats - 1));
+        actions.extend(self.removed_sends(chunk, Version::V2_0));
         actions
     }
 
@@ -349,7 +349,7 @@ impl Core {
             return Vec::new();
         }
         let mut actions = vec![Action::RemoveChunk { chunk }];
-        actions.extend(self.removed_sends(chunk, Version::V1_0, self.cfg.repeats - 1));
+        actions.extend(self.removed_sends(chunk, Version::V1_0));
         actions
     }
 }
