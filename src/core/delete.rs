@@ -58,7 +58,7 @@ impl Core {
         }
     }
 
-    /// Sends DELETE for `file` now and `repeats - 1` times more; then reports to `op`, if any.
+    /// Sends DELETE for `file` now and `delete_sends - 1` times more; then reports to `op`.
     pub(super) fn delete_sends(
         &self,
         file: FileId,
@@ -67,7 +67,7 @@ impl Core {
     ) -> Vec<Action> {
         let message = Message::new(version, self.cfg.id, MessageKind::Delete { file });
         let then = op.map(|op| (op, OpEvent::DeleteDone { file }));
-        self.send_repeated(message, self.cfg.repeats - 1, then)
+        self.send_repeated(message, self.cfg.delete_sends - 1, then)
     }
 
     /// Notes that `peer` speaks the enhanced protocol.

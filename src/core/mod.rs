@@ -96,9 +96,13 @@ pub struct Config {
     pub getchunk_wait: Duration,
     /// Bodies that fail verification tolerated per chunk of a restore (each asks again).
     pub max_bad_bodies: u8,
-    /// Times DELETE and REMOVED are sent (no one confirms them in 1.0: a receiver that lost
-    /// them all would keep a deleted chunk, or never restore a chunk's degree).
-    pub repeats: u8,
+    /// Times DELETE is sent (no one confirms it in 1.0: a receiver that lost them all keeps
+    /// the file's chunks).
+    pub delete_sends: u8,
+    /// Times REMOVED is sent (no one confirms it: a holder that lost them all never restores
+    /// the chunk's degree; at 10 % loss, 3 sends are all lost for 1 chunk in 1,000, 5 sends
+    /// for 1 in 100,000).
+    pub removed_sends: u8,
     /// Interval between those sends.
     pub repeat_interval: Duration,
     /// Seed of the random generator.
@@ -133,7 +137,8 @@ impl Config {
             max_getchunk_sends: 5,
             getchunk_wait: Duration::from_millis(600),
             max_bad_bodies: 20,
-            repeats: 3,
+            delete_sends: 3,
+            removed_sends: 5,
             repeat_interval: Duration::from_millis(500),
             seed: fastrand::u64(..),
             restore_tcp: None,
