@@ -67,6 +67,9 @@ struct Args {
     /// it).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(4..=4096))]
     window: u32,
+    /// GETCHUNKs of one restore in flight at most.
+    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    restore_window: u32,
     /// Send rate limit over all channels, in MB/s (0 = unpaced).
     #[arg(long, value_name = "MBPS", default_value_t = 250)]
     rate: u64,
@@ -145,6 +148,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let id = args.peer_id;
     let mut core = Config::new(id, args.protocol_version);
     core.window = args.window as usize;
+    core.restore_window = args.restore_window as usize;
     let cfg = NodeConfig {
         core,
         channels: ChannelAddrs {
@@ -161,7 +165,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         capacity_kb: args.capacity,
         send_rate: args.rate.saturating_mul(1_000_000),
         workers: args.workers as usize,
-        backlog: 512,
+        backlog_bytes: 32 << 20,
     };
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

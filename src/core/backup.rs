@@ -316,7 +316,7 @@ impl Core {
         let degree = self.backups.get(&op).map(|b| b.degree);
         let reached = degree.is_some_and(|d| perceived >= usize::from(d));
         if !reached {
-            self.flow.lock().timeout(launch);
+            self.flow.lock().congestion(launch);
         }
         if reached || degree.is_none() || send >= self.cfg.max_putchunk_sends {
             return match self.pending.remove(&chunk) {

@@ -8,6 +8,11 @@
 //! small, doubles per round trip (slow start) up to a threshold, then grows by one chunk per
 //! window of acknowledgements; a congestion event halves it, at most once per window of
 //! chunks launched (as TCP does).
+//!
+//! Restores use the same window over their GETCHUNKs: a CHUNK is the acknowledgement, a
+//! GETCHUNK wait that runs out is a congestion event, and so is a CHUNK that finds the
+//! initiator's own receive queue filling up (the initiator is then the slowest part, and says
+//! so before its queue overflows, as an ECN mark would).
 
 /// The congestion window, in chunks.
 #[derive(Debug, Clone)]
@@ -65,8 +70,9 @@ impl FlowControl {
         }
     }
 
-    /// The wait after a PUTCHUNK of the chunk launched as number `launch` ran out.
-    pub fn timeout(&mut self, launch: u64) {
+    /// A congestion event about the chunk launched as number `launch` (its wait ran out, or
+    /// its reply found a queue filling up).
+    pub fn congestion(&mut self, launch: u64) {
         if launch <= self.recover {
             return; // part of a congestion event already answered
         }
@@ -118,7 +124,7 @@ mod tests {
         let round = fill(&mut f);
         // Several chunks of the same round time out: one halving only.
         for &l in &round[..10] {
-            f.timeout(l);
+            f.congestion(l);
         }
         assert_eq!(f.window(), 32);
         for _ in 0..64 {
@@ -133,7 +139,7 @@ mod tests {
         assert_eq!(f.window(), 33);
         // A timeout of a chunk launched after the halving is a new event.
         let l = f.launch();
-        f.timeout(l);
+        f.congestion(l);
         assert_eq!(f.window(), 16);
     }
 
@@ -149,7 +155,7 @@ mod tests {
         assert_eq!(f.window(), 10);
         for _ in 0..10 {
             let l = f.launch();
-            f.timeout(l);
+            f.congestion(l);
             f.finish(false);
         }
         assert_eq!(f.window(), 4);

@@ -80,9 +80,8 @@ pub struct Config {
     /// PUTCHUNKs in flight at most (all backups together; the congestion window adapts below
     /// it).
     pub window: usize,
-    /// GETCHUNKs of one restore in flight at most. Every holder of a chunk may answer a
-    /// GETCHUNK (suppression only works for replies that are not yet out), so this stays
-    /// modest.
+    /// GETCHUNKs of one restore in flight at most (the restore's congestion window adapts
+    /// below it).
     pub restore_window: usize,
     /// PUTCHUNK sends per chunk at most.
     pub max_putchunk_sends: u8,
@@ -130,7 +129,7 @@ impl Config {
             id,
             version,
             window: 1024,
-            restore_window: 256,
+            restore_window: 2048,
             max_putchunk_sends: 5,
             first_wait: Duration::from_secs(1),
             reply_delay_max: Duration::from_millis(400),
@@ -425,6 +424,9 @@ pub struct Counters {
     pub putchunk_resends: AtomicU64,
     /// GETCHUNK sends after the first, all chunks.
     pub getchunk_resends: AtomicU64,
+    /// CHUNKs that found this peer's receive queue filling up during one of its restores
+    /// (each may shrink that restore's window).
+    pub restore_slowdowns: AtomicU64,
     /// CHUNK bodies refused by a restore (wrong size or hash).
     pub bad_bodies: AtomicU64,
     /// Chunks stored here.

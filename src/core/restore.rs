@@ -2,10 +2,15 @@
 //! each resent with a doubling wait; bodies verified against the hashes recorded at backup,
 //! written at their offsets into a temporary file that is renamed into place only when
 //! every chunk is there.
+//!
+//! The window is a congestion window per restore ([`FlowControl`]), clocked by the CHUNKs
+//! that come back: it grows while chunks arrive on their first GETCHUNK and halves when a
+//! GETCHUNK wait runs out (replies lost or late because a holder or this peer falls behind).
 
 use std::path::PathBuf;
 
 use super::backup::wait_after_send;
+use super::flow::FlowControl;
 use super::metadata::chunk_count;
 use super::{Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent, enhanced};
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind, Version};
@@ -44,6 +49,8 @@ pub struct RestoreOp {
     written: u64,
     /// Chunks given up on.
     missing: Vec<ChunkNo>,
+    /// GETCHUNKs in flight.
+    pub(super) flow: FlowControl,
 }
 
 impl RestoreOp {
@@ -61,7 +68,14 @@ pub struct PendingGet {
     sends: u8,
     /// Bodies that failed verification.
     bad: u8,
+    /// Its launch number in the restore's window.
+    launch: u64,
 }
+
+/// GETCHUNKs in flight when a restore starts (its window grows from there).
+const INITIAL_RESTORE_WINDOW: usize = 256;
+/// A restore's window never shrinks below this many chunks.
+const MIN_RESTORE_WINDOW: usize = 8;
 
 impl Core {
     /// Starts restoring the file backed up from `req.path`.
@@ -99,6 +113,11 @@ impl Core {
                 resolved: 0,
                 written: 0,
                 missing: Vec::new(),
+                flow: FlowControl::new(
+                    INITIAL_RESTORE_WINDOW,
+                    MIN_RESTORE_WINDOW,
+                    self.cfg.restore_window,
+                ),
             },
         );
         let mut actions = vec![Action::CreateRestoreFile {
@@ -110,23 +129,30 @@ impl Core {
         Ok(actions)
     }
 
+    /// Whether a restore is in progress here (CHUNK bodies on MDR may be for it).
+    pub fn restoring(&self) -> bool {
+        !self.restores.is_empty()
+    }
+
     fn fill_restore_window(&self, op: OpId) -> Vec<Action> {
         let mut actions = Vec::new();
         let Some(mut r) = self.restores.get_mut(&op) else {
             return actions;
         };
-        while r.next < r.chunks && r.next - r.resolved < self.cfg.restore_window as u64 {
+        while r.next < r.chunks && r.flow.can_launch() {
             let chunk = ChunkKey {
                 file: r.file,
                 no: r.next as ChunkNo,
             };
             r.next += 1;
+            let launch = r.flow.launch();
             self.getting.insert(
                 chunk,
                 PendingGet {
                     op,
                     sends: 1,
                     bad: 0,
+                    launch,
                 },
             );
             actions.push(match self.cfg.restore_tcp.filter(|_| r.enhanced) {
@@ -179,9 +205,9 @@ impl Core {
         }
         let (tmp, offset) = (r.tmp.clone(), u64::from(chunk.no) * MAX_CHUNK_SIZE as u64);
         drop(r);
-        if self.getting.remove(&chunk).is_none() {
+        let Some((_, p)) = self.getting.remove(&chunk) else {
             return Vec::new(); // a duplicate CHUNK: the first one won
-        }
+        };
         let mut actions = vec![Action::WriteRestored {
             op,
             path: tmp,
@@ -190,9 +216,22 @@ impl Core {
         }];
         if let Some(mut r) = self.restores.get_mut(&op) {
             r.resolved += 1;
+            r.flow.finish(p.sends == 1);
         }
         actions.extend(self.fill_restore_window(op));
         actions
+    }
+
+    /// A CHUNK for `chunk` found this peer's receive queue filling up: if a restore waits for
+    /// it, that restore's window shrinks (once per window), before the queue overflows.
+    pub fn restore_backlogged(&self, chunk: ChunkKey) {
+        let Some((op, launch)) = self.getting.get(&chunk).map(|p| (p.op, p.launch)) else {
+            return;
+        };
+        if let Some(mut r) = self.restores.get_mut(&op) {
+            r.flow.congestion(launch);
+            Counters::bump(&self.counters.restore_slowdowns);
+        }
     }
 
     /// A body failed verification: ask again at once (another holder may answer), up to a bound.
@@ -209,10 +248,13 @@ impl Core {
     }
 
     pub(super) fn getchunk_wait_over(&self, chunk: ChunkKey, send: u8) -> Vec<Action> {
-        let op = match self.getting.get(&chunk) {
-            Some(p) if p.sends == send => p.op,
+        let (op, launch) = match self.getting.get(&chunk) {
+            Some(p) if p.sends == send => (p.op, p.launch),
             _ => return Vec::new(),
         };
+        if let Some(mut r) = self.restores.get_mut(&op) {
+            r.flow.congestion(launch);
+        }
         if send >= self.cfg.max_getchunk_sends {
             if self.getting.remove(&chunk).is_none() {
                 return Vec::new();
@@ -220,6 +262,7 @@ impl Core {
             if let Some(mut r) = self.restores.get_mut(&op) {
                 r.resolved += 1;
                 r.missing.push(chunk.no);
+                r.flow.finish(false);
             }
             return self.fill_restore_window(op);
         }
@@ -227,6 +270,7 @@ impl Core {
             p.sends = send + 1;
         }
         Counters::bump(&self.counters.getchunk_resends);
+        tracing::debug!("no CHUNK for {chunk} after GETCHUNK {send}: asking again");
         vec![
             self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
             Action::Schedule {

@@ -300,6 +300,12 @@ impl Core {
         self.replying.remove(&chunk).is_some()
     }
 
+    /// A CHUNK for `chunk` was seen but its body not read (this peer restores nothing): a
+    /// reply of ours for the same chunk is no longer needed.
+    pub fn chunk_seen(&self, chunk: ChunkKey) {
+        self.replying.remove(&chunk);
+    }
+
     /// A CHUNK was seen (on MDR, or over TCP): a reply of ours for the same chunk is no longer
     /// needed, and if we are restoring that chunk, a body is a candidate. A header-only
     /// enhanced CHUNK (its body goes over TCP to its initiator) only silences us.
@@ -309,7 +315,7 @@ impl Core {
         body: Vec<u8>,
         header_only: bool,
     ) -> Vec<Action> {
-        self.replying.remove(&chunk);
+        self.chunk_seen(chunk);
         if header_only {
             return Vec::new();
         }

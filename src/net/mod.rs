@@ -2,4 +2,4 @@
 
 pub mod multicast;
 
-pub use multicast::{ChannelAddrs, open_receiver, open_sender};
+pub use multicast::{ChannelAddrs, open_receiver, open_sender, recv_head};

@@ -74,3 +74,70 @@ pub fn open_sender(iface: Ipv4Addr) -> io::Result<UdpSocket> {
     socket.bind(&SockAddr::from(SocketAddrV4::new(iface, 0)))?;
     Ok(socket.into())
 }
+
+/// Receives one datagram but copies at most `buf.len()` bytes of it (the rest is discarded by
+/// the kernel without being copied). Returns the bytes copied and the datagram's full length:
+/// a peer that only needs a CHUNK's header saves copying its 64 KB body. With `peek`, the
+/// datagram stays queued (the next receive gets it again).
+pub fn recv_head(socket: &UdpSocket, buf: &mut [u8], peek: bool) -> io::Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the kernel
+    // writes at most that many (MSG_TRUNC only changes the length returned).
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC | if peek { libc::MSG_PEEK } else { 0 },
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let full = n as usize;
+    Ok((full.min(buf.len()), full))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recv_head_copies_the_beginning_and_peeking_leaves_the_datagram_queued() {
+        let lo = Ipv4Addr::LOCALHOST;
+        // A port of our own: bind an ordinary socket to learn a free one.
+        let port = UdpSocket::bind((lo, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let group = SocketAddrV4::new(Ipv4Addr::new(239, 77, 9, 9), port);
+        let rx = open_receiver(group, lo, Duration::from_secs(5)).unwrap();
+        let tx = open_sender(lo).unwrap();
+        let datagram: Vec<u8> = (0..64_100u32).map(|i| i as u8).collect();
+        for _ in 0..2 {
+            tx.send_to(&datagram, group).unwrap();
+        }
+        let mut buf = vec![0u8; 65_536];
+        // Peek: the first 1,000 bytes, the full length, and the datagram is still there.
+        assert_eq!(
+            recv_head(&rx, &mut buf[..1000], true).unwrap(),
+            (1000, datagram.len())
+        );
+        assert_eq!(&buf[..1000], &datagram[..1000]);
+        assert_eq!(rx.recv(&mut buf).unwrap(), datagram.len());
+        assert_eq!(&buf[..datagram.len()], &datagram[..]);
+        // Without peeking, the rest of the datagram is gone.
+        assert_eq!(
+            recv_head(&rx, &mut buf[..10], false).unwrap(),
+            (10, datagram.len())
+        );
+        rx.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(rx.recv(&mut buf).is_err(), "nothing left");
+        // A datagram that fits is copied whole.
+        tx.send_to(b"short", group).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(recv_head(&rx, &mut buf[..10], false).unwrap(), (5, 5));
+    }
+}

@@ -12,7 +12,7 @@ use super::tcp;
 use crate::core::enhanced::header_only_chunk;
 use crate::core::{Action, Channel, ChunkSource, OpId, TimerEvent};
 use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, start_writeback};
 
 impl Shared {
     /// Executes the core's actions in order.
@@ -113,14 +113,24 @@ impl Shared {
                     let written = std::fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
-                        .and_then(|f| f.write_all_at(&body, offset));
+                        .and_then(|f| {
+                            f.write_all_at(&body, offset)?;
+                            start_writeback(&f, offset, body.len() as u64);
+                            Ok(())
+                        });
                     if let Err(e) = &written {
                         tracing::error!("writing {}: {e}", path.display());
                     }
                     self.run(self.core.restored_chunk_written(op, written.is_ok()));
                 }
                 Action::CommitRestore { op, tmp, dest } => {
+                    let started = std::time::Instant::now();
                     let result = commit_restore(&tmp, &dest).map_err(|e| e.to_string());
+                    tracing::debug!(
+                        "restored file {} made durable in {:?}",
+                        dest.display(),
+                        started.elapsed()
+                    );
                     self.run(self.core.restore_committed(op, result));
                 }
                 Action::AbortRestore { tmp } => {

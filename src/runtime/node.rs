@@ -24,8 +24,8 @@ use super::tcp::{self, ConnectionPool};
 use super::timer::TimerService;
 use crate::client::server::Handler;
 use crate::core::{Action, Channel, Config, Core, OpId, TimerEvent};
-use crate::net::{ChannelAddrs, open_receiver};
-use crate::protocol::{ChunkHash, Message, MessageKind, peek_sender};
+use crate::net::{ChannelAddrs, open_receiver, recv_head};
+use crate::protocol::{ChunkHash, MAX_CHUNK_SIZE, Message, MessageKind, peek_sender};
 use crate::storage::chunk_files::Staged;
 use crate::storage::meta_file::MetaFile;
 use crate::storage::reconcile::reconcile;
@@ -48,8 +48,9 @@ pub struct NodeConfig {
     pub send_rate: u64,
     /// Worker threads.
     pub workers: usize,
-    /// Received datagrams queued for the workers at most.
-    pub backlog: usize,
+    /// Bytes of received datagrams queued for the workers at most (a full chunk is
+    /// about 64 KB, a control message a few hundred bytes).
+    pub backlog_bytes: usize,
 }
 
 /// Why a peer cannot start.
@@ -148,6 +149,8 @@ pub struct Node {
 }
 
 const RECV_POLL: Duration = Duration::from_millis(200);
+/// Bytes of a CHUNK received by a peer that restores nothing: room for any header it sends.
+const CHUNK_HEAD: usize = 1024;
 /// Connections to initiators a holder keeps open at most.
 const TCP_CONNECTIONS: usize = 8;
 /// The commit thread wakes at least this often, and commits at once when signalled...
@@ -212,7 +215,7 @@ impl Node {
                 core: Core::new(cfg.core.clone(), meta),
                 files,
                 meta_file,
-                pool: BoundedPool::new(cfg.workers, cfg.backlog),
+                pool: BoundedPool::new(cfg.workers, cfg.backlog_bytes),
                 timers: TimerService::start(Duration::from_millis(5), 1024, move |event| {
                     if let Some(s) = weak.upgrade() {
                         let s2 = s.clone();
@@ -287,8 +290,20 @@ impl Shared {
         let mut buf = vec![0u8; 65_536];
         let me = self.core.config().id;
         while !self.stop.load(Ordering::Relaxed) {
-            match socket.recv(&mut buf) {
-                Ok(n) => {
+            // A peer that restores nothing needs only the header of a CHUNK (to silence its
+            // own reply for the same chunk), not the body. It waits for the next datagram
+            // without taking it, then decides: a restore may have started meanwhile.
+            let received = if channel == Channel::Mdr && !self.core.restoring() {
+                match recv_head(&socket, &mut buf[..CHUNK_HEAD], true) {
+                    Ok(_) if self.core.restoring() => socket.recv(&mut buf).map(|n| (n, n)),
+                    Ok(_) => recv_head(&socket, &mut buf[..CHUNK_HEAD], false),
+                    Err(e) => Err(e),
+                }
+            } else {
+                socket.recv(&mut buf).map(|n| (n, n))
+            };
+            match received {
+                Ok((n, full)) => {
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
                     if peek_sender(&buf[..n]) == Some(me) {
                         continue; // our own multicast: not worth a copy
@@ -297,7 +312,7 @@ impl Shared {
                     let s = self.clone();
                     if !self
                         .pool
-                        .try_execute(move || s.on_datagram(channel, &datagram))
+                        .try_execute(n, move || s.on_datagram(channel, &datagram, full))
                     {
                         tracing::debug!("backlog full: dropped a datagram on {}", channel.name());
                     }
@@ -315,7 +330,24 @@ impl Shared {
         }
     }
 
-    fn on_datagram(&self, channel: Channel, datagram: &[u8]) {
+    /// Handles one datagram of `full` bytes, of which only the beginning may have been
+    /// received (see `receive`).
+    fn on_datagram(&self, channel: Channel, datagram: &[u8], full: usize) {
+        if full > datagram.len() {
+            // Only a CHUNK's header is of use without its body (whose size is still checked).
+            let header = header_of(datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
+            match header.map(Message::parse) {
+                Some(Ok(Message {
+                    kind: MessageKind::Chunk { chunk, .. },
+                    ..
+                })) => self.core.chunk_seen(chunk),
+                _ => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("dropped a {full}-byte datagram on {}", channel.name());
+                }
+            }
+            return;
+        }
         let msg = match Message::parse(datagram) {
             Ok(msg) if channel_of(&msg.kind) == channel => msg,
             Ok(msg) => {
@@ -329,8 +361,19 @@ impl Shared {
                 return;
             }
         };
+        if let MessageKind::Chunk { chunk, .. } = &msg.kind
+            && self.pool.filling()
+        {
+            self.core.restore_backlogged(*chunk);
+        }
         self.run(self.core.on_message(msg));
     }
+}
+
+/// The header of a datagram (up to and including its CRLF CRLF), if it is all there.
+fn header_of(datagram: &[u8]) -> Option<&[u8]> {
+    let end = datagram.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(&datagram[..end + 4])
 }
 
 /// The channel a message type travels on.

@@ -1,12 +1,18 @@
 //! The worker pool with a bounded backlog: receivers never block; past the bound a datagram is
 //! dropped and counted (the protocol's retransmissions recover it).
+//!
+//! The bound is in bytes, not jobs: a burst of small control messages (thousands of GETCHUNKs or
+//! STOREDs) costs little memory and must not crowd out, or be dropped like, 64 KB chunk bodies.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use threadpool::ThreadPool;
 
-/// A thread pool whose queue of not-yet-started jobs from receivers is bounded.
+/// What one queued job costs besides its datagram (the closure, the queue slot, the allocation).
+pub const JOB_OVERHEAD: usize = 256;
+
+/// A thread pool whose queue of not-yet-started jobs from receivers is bounded in bytes.
 pub struct BoundedPool {
     pool: ThreadPool,
     queued: Arc<AtomicUsize>,
@@ -15,7 +21,8 @@ pub struct BoundedPool {
 }
 
 impl BoundedPool {
-    /// `workers` threads; at most `limit` queued jobs through [`BoundedPool::try_execute`].
+    /// `workers` threads; at most `limit` bytes of queued jobs through
+    /// [`BoundedPool::try_execute`].
     pub fn new(workers: usize, limit: usize) -> Self {
         BoundedPool {
             pool: ThreadPool::with_name("worker".into(), workers.max(1)),
@@ -25,16 +32,18 @@ impl BoundedPool {
         }
     }
 
-    /// Queues `job` unless the backlog is full; false (and counted) if dropped.
-    pub fn try_execute(&self, job: impl FnOnce() + Send + 'static) -> bool {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+    /// Queues `job`, which holds `bytes` of data, unless that would take the backlog past its
+    /// bound; false (and counted) if dropped.
+    pub fn try_execute(&self, bytes: usize, job: impl FnOnce() + Send + 'static) -> bool {
+        let cost = bytes + JOB_OVERHEAD;
+        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.limit {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let queued = self.queued.clone();
         self.pool.execute(move || {
-            queued.fetch_sub(1, Ordering::AcqRel);
+            queued.fetch_sub(cost, Ordering::AcqRel);
             job();
         });
         true
@@ -43,6 +52,11 @@ impl BoundedPool {
     /// Queues internal work (timer events, client commands) that must not be dropped.
     pub fn execute(&self, job: impl FnOnce() + Send + 'static) {
         self.pool.execute(job);
+    }
+
+    /// Whether the backlog is more than a quarter full.
+    pub fn filling(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > self.limit / 4
     }
 
     /// Jobs dropped because the backlog was full.
@@ -63,7 +77,8 @@ mod tests {
 
     #[test]
     fn drops_past_the_bound_and_counts() {
-        let pool = BoundedPool::new(1, 2);
+        // Room for two 1,000-byte jobs, or for many more small ones.
+        let pool = BoundedPool::new(1, 2 * (1000 + JOB_OVERHEAD));
         let (gate_tx, gate_rx) = crossbeam_channel::bounded::<()>(0);
         let (started_tx, started_rx) = crossbeam_channel::bounded::<()>(1);
         // Occupy the only worker until the gate opens.
@@ -73,18 +88,25 @@ mod tests {
         });
         started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
-        let accepted: Vec<bool> = (0..4)
-            .map(|_| {
-                let ran = ran.clone();
-                pool.try_execute(move || {
-                    ran.fetch_add(1, Ordering::SeqCst);
-                })
+        let job = |bytes| {
+            let ran = ran.clone();
+            pool.try_execute(bytes, move || {
+                ran.fetch_add(1, Ordering::SeqCst);
             })
-            .collect();
+        };
+        let accepted: Vec<bool> = [1000, 1000, 1000, 0].into_iter().map(job).collect();
         assert_eq!(accepted, vec![true, true, false, false]);
         assert_eq!(pool.dropped(), 2);
         gate_tx.send(()).unwrap();
         pool.join();
         assert_eq!(ran.load(Ordering::SeqCst), 2);
+        // Once the backlog is empty, small jobs fit many to one large one.
+        let (gate_tx, gate_rx) = crossbeam_channel::bounded::<()>(0);
+        pool.execute(move || gate_rx.recv().unwrap());
+        let small = (0..8).filter(|_| job(50)).count();
+        assert_eq!(small, 8);
+        gate_tx.send(()).unwrap();
+        pool.join();
+        assert_eq!(ran.load(Ordering::SeqCst), 10);
     }
 }
