@@ -3,7 +3,7 @@
 # namespace (loopback only, multicast groups 239.77.x.x, interface 127.0.0.1).
 #
 #  1. Raw limits (target/release/dbs-bench): the highest loss-free paced rate of 64,000-byte
-#     multicast datagrams to N-1 receiving processes (4 MiB receive buffers, as the peers have);
+#     multicast datagrams to N-1 receiving processes (receive buffers as the peers have them);
 #     the rate at which the disk holding the peer trees takes 64,000-byte chunk files made
 #     durable (stage + group commit, as a peer does), with 1 tree and with as many trees written
 #     at once as a backup has storing peers; and the rate of one file written in chunk-sized
@@ -160,6 +160,13 @@ udp_counter() {
     awk -v want="$1" '$1 == "Udp:" { if (!n) { for (i = 2; i <= NF; i++) col[$i] = i; n = 1 }
         else { print $col[want]; exit } }' /proc/net/snmp
 }
+# port_drops PORT: datagrams dropped so far by the sockets bound to PORT (the "drops" column of
+# /proc/net/udp), i.e. by one channel's sockets of all peers.
+port_drops() {
+    awk -v p="$(printf '%04X' "$1")" 'NR > 1 { split($2, a, ":"); if (a[2] == p) s += $NF } END { print s + 0 }' /proc/net/udp
+}
+# The peers' channel ports, as in start_peers.
+declare -A CHANNEL_PORT=([MC]=8101 [MDB]=8102 [MDR]=8103)
 # cpu_ticks PID: user + system clock ticks of a process (all its threads).
 cpu_ticks() {
     local s f
@@ -232,7 +239,7 @@ start_peers() {
     mkdir -p "$tmp/$tag"
     pids=()
     for ((id = 1; id <= n; id++)); do
-        "$peer_bin" 1.0 "$id" "$tag-p$id" 239.77.0.1 8101 239.77.0.2 8102 239.77.0.3 8103 \
+        "$peer_bin" 1.0 "$id" "$tag-p$id" 239.77.0.1 "${CHANNEL_PORT[MC]}" 239.77.0.2 "${CHANNEL_PORT[MDB]}" 239.77.0.3 "${CHANNEL_PORT[MDR]}" \
             --dir "$tmp/$tag/peer$id" "${opts[@]}" >"$tmp/$tag/peer$id.log" 2>&1 &
         pids+=("$!")
     done
@@ -265,10 +272,10 @@ states() {
 }
 # Per-phase figures, in associative arrays keyed "TAG,PHASE,ID" (peer ID or "app").
 declare -A P_HWM P_CPU P_THR P_PUT P_GET P_DROP P_SLOW
-declare -A PH_RCV PH_RCVIN PH_OUT PH_IN
+declare -A PH_RCV PH_RCVIN PH_OUT PH_IN PH_CH
 # phase_begin TAG N PHASE: counters, CPU and thread snapshots; resets every peer's VmHWM.
 phase_begin() {
-    local tag="$1" n="$2" phase="$3" id
+    local tag="$1" n="$2" phase="$3" id c
     states "$tag" "$n" "$phase.0"
     for ((id = 1; id <= n; id++)); do
         P_CPU[$tag,$phase,$id]="$(cpu_ticks "${pids[id - 1]}")"
@@ -277,6 +284,7 @@ phase_begin() {
     done
     PH_RCV[$tag,$phase]="$(udp_counter RcvbufErrors)"
     PH_RCVIN[$tag,$phase]="$(udp_counter InErrors)"
+    for c in MC MDB MDR; do PH_CH[$tag,$phase,$c]="$(port_drops "${CHANNEL_PORT[$c]}")"; done
     PH_OUT[$tag,$phase]="$(udp_counter OutDatagrams)"
     PH_IN[$tag,$phase]="$(udp_counter InDatagrams)"
     perf_pid=""
@@ -289,7 +297,7 @@ phase_begin() {
 }
 # phase_end TAG N PHASE: the phase's peak RSS, CPU, CPU by thread, counters and drops.
 phase_end() {
-    local tag="$1" n="$2" phase="$3" id c0 c1 f0 f1
+    local tag="$1" n="$2" phase="$3" id c c0 c1 f0 f1
     if [ -n "$perf_pid" ]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -297,6 +305,7 @@ phase_end() {
     fi
     PH_RCV[$tag,$phase]=$(($(udp_counter RcvbufErrors) - ${PH_RCV[$tag,$phase]}))
     PH_RCVIN[$tag,$phase]=$(($(udp_counter InErrors) - ${PH_RCVIN[$tag,$phase]}))
+    for c in MC MDB MDR; do PH_CH[$tag,$phase,$c]=$(($(port_drops "${CHANNEL_PORT[$c]}") - ${PH_CH[$tag,$phase,$c]})); done
     PH_OUT[$tag,$phase]=$(($(udp_counter OutDatagrams) - ${PH_OUT[$tag,$phase]}))
     PH_IN[$tag,$phase]=$(($(udp_counter InDatagrams) - ${PH_IN[$tag,$phase]}))
     for ((id = 1; id <= n; id++)); do
@@ -392,6 +401,8 @@ for t in "${disk_trees[@]}"; do
     out "  disk: chunk files made durable (stage + group commit), $t tree(s) written at once: ${DISK[$t]} MB/s in all"
 done
 out "  disk: one file written in 64,000-byte pieces then fsynced (as a restore writes): $disk_file_mbps MB/s"
+out "  receive buffer of each channel socket (kernel figure; the peers ask for $(jnum "$tmp/mc${mc_receivers[0]}.json" recv_buffer_requested) bytes):" \
+    "$(jnum "$tmp/mc${mc_receivers[0]}.json" recv_buffer_effective) bytes"
 mc_json=""
 for r in "${mc_receivers[@]}"; do
     out "  multicast to $r receiving processes, highest loss-free paced rate: ${MC[$r]} MB/s" \
@@ -558,6 +569,8 @@ scenario() {
             "$(sum_over "$tag" "$n" small P_PUT)" - - "$(sum_over "$tag" "$n" small P_DROP)" "${PH_RCV[$tag,small]}" "${PH_RCVIN[$tag,small]}" \
             "median of $SMALL_RUNS at degree 1 (min $small_min, p90 $small_p90, max $small_max)$([ "$small_fail" -eq 0 ] || echo ", $small_fail FAILED")")"
     fi
+    out "   socket drops by channel MC / MDB / MDR (/proc/net/udp): backup ${PH_CH[$tag,backup,MC]} / ${PH_CH[$tag,backup,MDB]} / ${PH_CH[$tag,backup,MDR]}," \
+        "restore ${PH_CH[$tag,restore,MC]} / ${PH_CH[$tag,restore,MDB]} / ${PH_CH[$tag,restore,MDR]}"
     out "   UDP datagrams sent / delivered to sockets (/proc/net/snmp; $chunks chunks): backup ${PH_OUT[$tag,backup]} / ${PH_IN[$tag,backup]}," \
         "restore ${PH_OUT[$tag,restore]} / ${PH_IN[$tag,restore]}"
     out "   per process, each phase (peak RSS = VmHWM reset at the phase start; CPU = user + system):"
@@ -582,7 +595,7 @@ scenario() {
     done
     local phj=""
     for p in backup restore; do
-        phj+="${phj:+,}\"$p\":{\"ok\":$([ "${S_OK[$tag,$p]}" = ok ] && echo true || echo false),\"wall_s\":${S_S[$tag,$p]},\"mbps\":${S_MBPS[$tag,$p]},\"limit_mbps\":${S_LIMIT[$tag,$p]},\"ratio\":${S_RATIO[$tag,$p]},\"limit_1_tree_mbps\":$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r"),\"ratio_1_tree\":$(fdiv "${S_MBPS[$tag,$p]}" "$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r")"),$([ "$p" = restore ] && echo "\"limit_one_file_mbps\":$lim_rf,\"ratio_one_file\":$(fdiv "${S_MBPS[$tag,$p]}" "$lim_rf"),"),\"putchunk_resends\":$(sum_over "$tag" "$n" "$p" P_PUT),\"getchunk_resends\":$(sum_over "$tag" "$n" "$p" P_GET),\"restore_slowdowns\":$(sum_over "$tag" "$n" "$p" P_SLOW),\"backlog_dropped\":$(sum_over "$tag" "$n" "$p" P_DROP),\"rcvbuf_errors\":${PH_RCV[$tag,$p]},\"udp_in_errors\":${PH_RCVIN[$tag,$p]},\"udp_out_datagrams\":${PH_OUT[$tag,$p]},\"udp_in_datagrams\":${PH_IN[$tag,$p]},\"max_peer_vmhwm_kb\":$(max_hwm "$tag" "$n" "$p"),\"testapp_vmhwm_kb\":${S_APP_HWM[$tag,$p]},\"testapp_cpu_s\":${S_APP_CPU[$tag,$p]}}"
+        phj+="${phj:+,}\"$p\":{\"ok\":$([ "${S_OK[$tag,$p]}" = ok ] && echo true || echo false),\"wall_s\":${S_S[$tag,$p]},\"mbps\":${S_MBPS[$tag,$p]},\"limit_mbps\":${S_LIMIT[$tag,$p]},\"ratio\":${S_RATIO[$tag,$p]},\"limit_1_tree_mbps\":$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r"),\"ratio_1_tree\":$(fdiv "${S_MBPS[$tag,$p]}" "$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r")"),$([ "$p" = restore ] && echo "\"limit_one_file_mbps\":$lim_rf,\"ratio_one_file\":$(fdiv "${S_MBPS[$tag,$p]}" "$lim_rf"),")\"putchunk_resends\":$(sum_over "$tag" "$n" "$p" P_PUT),\"getchunk_resends\":$(sum_over "$tag" "$n" "$p" P_GET),\"restore_slowdowns\":$(sum_over "$tag" "$n" "$p" P_SLOW),\"backlog_dropped\":$(sum_over "$tag" "$n" "$p" P_DROP),\"rcvbuf_errors\":${PH_RCV[$tag,$p]},\"socket_drops\":{\"MC\":${PH_CH[$tag,$p,MC]},\"MDB\":${PH_CH[$tag,$p,MDB]},\"MDR\":${PH_CH[$tag,$p,MDR]}},\"udp_in_errors\":${PH_RCVIN[$tag,$p]},\"udp_out_datagrams\":${PH_OUT[$tag,$p]},\"udp_in_datagrams\":${PH_IN[$tag,$p]},\"max_peer_vmhwm_kb\":$(max_hwm "$tag" "$n" "$p"),\"testapp_vmhwm_kb\":${S_APP_HWM[$tag,$p]},\"testapp_cpu_s\":${S_APP_CPU[$tag,$p]}}"
     done
     local sj=""
     if [ "$with_small" -eq 1 ]; then
@@ -670,7 +683,7 @@ if [ "$SCALE" -ne 0 ]; then
     out "   completed: $ok_ops/$SCALE_FILES in $scale_wall s (slowest backup $slowest s; $agg_mbps MB/s of files);" \
         "replication: $(grep -o '"chunks":[0-9]*' "$tmp/$tag/replication.json" | cut -d: -f2) chunks, fewest other holders $(grep -o '"fewest_holders":[0-9a-z]*' "$tmp/$tag/replication.json" | cut -d: -f2)," \
         "short of 2: $(grep -o '"short_chunks":[0-9]*' "$tmp/$tag/replication.json" | cut -d: -f2) -> $(grep -q '"ok":true' "$tmp/$tag/replication.json" && echo ok || echo FAILED)"
-    out "   RcvbufErrors ${PH_RCV[$tag,scale]}, InErrors ${PH_RCVIN[$tag,scale]}, UDP datagrams sent / delivered ${PH_OUT[$tag,scale]} / ${PH_IN[$tag,scale]}; WARN/ERROR log lines $warn_lines; clean SIGTERM stop: $([ "$stopped_ok" -eq 1 ] && echo yes || echo NO)"
+    out "   RcvbufErrors ${PH_RCV[$tag,scale]} (MC / MDB / MDR sockets: ${PH_CH[$tag,scale,MC]} / ${PH_CH[$tag,scale,MDB]} / ${PH_CH[$tag,scale,MDR]}), InErrors ${PH_RCVIN[$tag,scale]}, UDP datagrams sent / delivered ${PH_OUT[$tag,scale]} / ${PH_IN[$tag,scale]}; WARN/ERROR log lines $warn_lines; clean SIGTERM stop: $([ "$stopped_ok" -eq 1 ] && echo yes || echo NO)"
     out "$(printf '   %-7s %10s %7s %8s %8s  %s' peer "peak KiB" "CPU s" "put res" dropped "CPU s by thread (largest)")"
     pj=""
     for ((id = 1; id <= n; id++)); do
@@ -741,6 +754,12 @@ out "load average at start / end: $load_start / $load_end$([ "$hwm_reset_ok" -eq
 printf '%s\n' "${report[@]}"
 machine="\"machine\":{\"nproc\":$(nproc),\"mem_total\":\"$mem_total\",\"kernel\":\"$(uname -r)\",\"fs\":\"$fs_desc${ext4_journal:+, $ext4_journal}\",\"load_start\":\"$load_start\",\"load_end\":\"$load_end\"}"
 body="$(IFS=,; echo "${json_parts[*]}")"
-printf '{"kind":"dbs-bench","date":"%s","rev":"%s","ok":%s,%s,%s}\n' "$date_utc" "$rev" \
-    "$([ "$failed" -eq 0 ] && echo true || echo false)" "$machine" "$body"
+json="$(printf '{"kind":"dbs-bench","date":"%s","rev":"%s","ok":%s,%s,%s}' "$date_utc" "$rev" \
+    "$([ "$failed" -eq 0 ] && echo true || echo false)" "$machine" "$body")"
+printf '%s\n' "$json"
+# The JSON line is built by hand: check it parses.
+if ! python3 -c 'import json, sys; json.loads(sys.stdin.read())' <<<"$json"; then
+    log "the JSON line above does not parse (a bug in this script)"
+    failed=1
+fi
 exit "$failed"

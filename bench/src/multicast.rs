@@ -1,6 +1,6 @@
 //! The multicast limit: one paced sender (the peer's [`Pacer`]) and N receiving processes (this
 //! binary again, `mc-receive`), all on 127.0.0.1 with the peer's sockets
-//! ([`open_sender`], [`open_receiver`] with its 4 MiB receive buffer). A trial sends 64,000-byte
+//! ([`open_sender`], [`open_receiver`] with the peers' receive buffer). A trial sends 64,000-byte
 //! datagrams at one rate (at least `--count` of them, and at least `--min-secs` worth); it is
 //! loss-free when every receiver got them all. A rate counts as lossy when `--tries` trials in
 //! a row lose datagrams. The rate doubles until it is lossy (or the sender cannot keep up),
@@ -165,7 +165,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "min_datagrams_per_trial": opts.count,
         "min_trial_secs": opts.min_secs,
         "tries_per_rate": opts.tries,
-        "recv_buffer_requested": dbs::net::multicast::RECV_BUFFER,
+        "recv_buffer_requested": dbs::net::RECV_BUFFER,
+        "recv_buffer_effective": effective_recv_buffer(),
         "loss_free_mbps": round2(best),
         "bound": if sender_bound { "sender" } else if bad.is_some() { "loss" } else { "max" },
         "lowest_lossy_target_mbps": if lowest_lossy.is_finite() { json!(round2(lowest_lossy)) } else { json!(null) },
@@ -369,4 +370,12 @@ pub fn receive(group: SocketAddrV4) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// The receive buffer a peer's channel socket gets here (kernel figure), or null.
+fn effective_recv_buffer() -> serde_json::Value {
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 77, 1, 9), 8209);
+    open_receiver(group, Ipv4Addr::LOCALHOST, Duration::from_millis(100))
+        .and_then(|s| dbs::net::recv_buffer_size(&s))
+        .map_or(serde_json::Value::Null, |n| json!(n))
 }

@@ -2,4 +2,6 @@
 
 pub mod multicast;
 
-pub use multicast::{ChannelAddrs, open_receiver, open_sender, recv_head};
+pub use multicast::{
+    ChannelAddrs, RECV_BUFFER, open_receiver, open_sender, recv_buffer_size, recv_head,
+};

@@ -24,7 +24,7 @@ use super::tcp::{self, ConnectionPool};
 use super::timer::TimerService;
 use crate::client::server::Handler;
 use crate::core::{Action, Channel, Config, Core, OpId, TimerEvent};
-use crate::net::{ChannelAddrs, open_receiver, recv_head};
+use crate::net::{ChannelAddrs, RECV_BUFFER, open_receiver, recv_buffer_size, recv_head};
 use crate::protocol::{ChunkHash, MAX_CHUNK_SIZE, Message, MessageKind, peek_sender};
 use crate::storage::chunk_files::Staged;
 use crate::storage::meta_file::MetaFile;
@@ -194,6 +194,18 @@ impl Node {
                     .map_err(|e| socket_err(c, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Ok(got) = recv_buffer_size(&sockets[0])
+            && got < 2 * RECV_BUFFER
+        {
+            tracing::warn!(
+                "receive buffers are {} KiB, not the {} KiB wanted: bursts of chunks may be \
+                 dropped and resent. Raise net.core.rmem_max to {} (or give the peer \
+                 CAP_NET_ADMIN)",
+                got / 1024,
+                2 * RECV_BUFFER / 1024,
+                RECV_BUFFER
+            );
+        }
         let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate)
             .map_err(|e| socket_err(Channel::Mc, e))?;
         // Enhanced restores take chunk bodies over TCP on the multicast interface.
