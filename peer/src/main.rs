@@ -64,11 +64,13 @@ struct Args {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
     /// PUTCHUNKs in flight at most, all backups together (a congestion window adapts below
-    /// it).
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(4..=4096))]
+    /// it). The default, 48 MiB of chunks, is what a peer's receive buffer and worker backlog
+    /// hold if it stalls; more risks drops on a busy machine.
+    #[arg(long, value_name = "N", default_value_t = 768, value_parser = clap::value_parser!(u32).range(4..=4096))]
     window: u32,
-    /// GETCHUNKs of one restore in flight at most.
-    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    /// GETCHUNKs of one restore in flight at most (a congestion window adapts below it; the
+    /// default is chosen as for --window).
+    #[arg(long, value_name = "N", default_value_t = 768, value_parser = clap::value_parser!(u32).range(1..=8192))]
     restore_window: u32,
     /// Send rate limit over all channels, in MB/s (0 = unpaced).
     #[arg(long, value_name = "MBPS", default_value_t = 250)]

@@ -11,8 +11,11 @@ use super::node::{Shared, StagedWrite};
 use super::tcp;
 use crate::core::enhanced::header_only_chunk;
 use crate::core::{Action, Channel, ChunkSource, OpId, TimerEvent};
-use crate::protocol::{ChunkHash, ChunkKey, Message, MessageKind, Version};
+use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, Message, MessageKind, Version};
 use crate::storage::{StorageError, start_writeback};
+
+/// A restore starts the writeback of its file once every this many chunks (by chunk number).
+const WRITEBACK_EVERY: u64 = 64;
 
 impl Shared {
     /// Executes the core's actions in order.
@@ -115,7 +118,11 @@ impl Shared {
                         .open(&path)
                         .and_then(|f| {
                             f.write_all_at(&body, offset)?;
-                            start_writeback(&f, offset, body.len() as u64);
+                            // Start writing the file out every few MB, so that the final
+                            // fsync has little left (once per chunk costs more CPU).
+                            if (offset / MAX_CHUNK_SIZE as u64).is_multiple_of(WRITEBACK_EVERY) {
+                                start_writeback(&f, 0, 0);
+                            }
                             Ok(())
                         });
                     if let Err(e) = &written {
