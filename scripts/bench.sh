@@ -271,7 +271,7 @@ states() {
     done
 }
 # Per-phase figures, in associative arrays keyed "TAG,PHASE,ID" (peer ID or "app").
-declare -A P_HWM P_CPU P_THR P_PUT P_GET P_DROP P_SLOW
+declare -A P_HWM P_CPU P_THR P_PUT P_GET P_DROP P_SLOW P_LATE
 declare -A PH_RCV PH_RCVIN PH_OUT PH_IN PH_CH
 # phase_begin TAG N PHASE: counters, CPU and thread snapshots; resets every peer's VmHWM.
 phase_begin() {
@@ -317,10 +317,10 @@ phase_end() {
     states "$tag" "$n" "$phase.1"
     for ((id = 1; id <= n; id++)); do
         f0="$tmp/$tag/state$id.$phase.0.json" f1="$tmp/$tag/state$id.$phase.1.json"
-        for c in putchunk_resends:P_PUT getchunk_resends:P_GET backlog_dropped:P_DROP restore_slowdowns:P_SLOW; do
+        for c in putchunk_resends:P_PUT getchunk_resends:P_GET backlog_dropped:P_DROP restore_slowdowns:P_SLOW putchunk_late:P_LATE; do
             c0="$(state_counter "$f0" "${c%%:*}")" c1="$(state_counter "$f1" "${c%%:*}")"
             local -n arr="${c##*:}"
-            # shellcheck disable=SC2034  # arr names one of P_PUT, P_GET, P_DROP, P_SLOW
+            # shellcheck disable=SC2034  # arr names one of P_PUT, P_GET, P_DROP, P_SLOW, P_LATE
             if [ "$c0" = null ] || [ "$c1" = null ]; then arr[$tag,$phase,$id]=null; else arr[$tag,$phase,$id]=$((c1 - c0)); fi
             unset -n arr
         done
@@ -558,15 +558,15 @@ scenario() {
     out "   (with the disk rate of 1 tree, $disk_1 MB/s, for both: backup limit $lim1_b, ratio $(fdiv "${S_MBPS[$tag,backup]}" "$lim1_b");" \
         "restore limit $lim1_r, ratio $(fdiv "${S_MBPS[$tag,restore]}" "$lim1_r"))"
     out "   load average before/after: $load0 / $load1; WARN/ERROR log lines: $warn_lines; clean SIGTERM stop: $([ "$stopped_ok" -eq 1 ] && echo yes || echo NO)"
-    out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s  %s' phase "wall s" "MB/s" "limit" ratio "put res" "get res" slowdowns dropped rcvbuf InErrors status)"
+    out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s %8s  %s' phase "wall s" "MB/s" "limit" ratio "put res" "get res" late slowdn dropped rcvbuf InErrors status)"
     for p in backup restore; do
-        out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s  %s' "$p" "${S_S[$tag,$p]}" "${S_MBPS[$tag,$p]}" "${S_LIMIT[$tag,$p]}" \
-            "${S_RATIO[$tag,$p]}" "$(sum_over "$tag" "$n" "$p" P_PUT)" "$(sum_over "$tag" "$n" "$p" P_GET)" "$(sum_over "$tag" "$n" "$p" P_SLOW)" \
+        out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s %8s  %s' "$p" "${S_S[$tag,$p]}" "${S_MBPS[$tag,$p]}" "${S_LIMIT[$tag,$p]}" \
+            "${S_RATIO[$tag,$p]}" "$(sum_over "$tag" "$n" "$p" P_PUT)" "$(sum_over "$tag" "$n" "$p" P_GET)" "$(sum_over "$tag" "$n" "$p" P_LATE)" "$(sum_over "$tag" "$n" "$p" P_SLOW)" \
             "$(sum_over "$tag" "$n" "$p" P_DROP)" "${PH_RCV[$tag,$p]}" "${PH_RCVIN[$tag,$p]}" "${S_OK[$tag,$p]}")"
     done
     if [ "$with_small" -eq 1 ]; then
-        out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s  %s' 1-chunk "$small_median" - - - \
-            "$(sum_over "$tag" "$n" small P_PUT)" - - "$(sum_over "$tag" "$n" small P_DROP)" "${PH_RCV[$tag,small]}" "${PH_RCVIN[$tag,small]}" \
+        out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s %8s  %s' 1-chunk "$small_median" - - - \
+            "$(sum_over "$tag" "$n" small P_PUT)" - "$(sum_over "$tag" "$n" small P_LATE)" - "$(sum_over "$tag" "$n" small P_DROP)" "${PH_RCV[$tag,small]}" "${PH_RCVIN[$tag,small]}" \
             "median of $SMALL_RUNS at degree 1 (min $small_min, p90 $small_p90, max $small_max)$([ "$small_fail" -eq 0 ] || echo ", $small_fail FAILED")")"
     fi
     out "   socket drops by channel MC / MDB / MDR (/proc/net/udp): backup ${PH_CH[$tag,backup,MC]} / ${PH_CH[$tag,backup,MDB]} / ${PH_CH[$tag,backup,MDR]}," \
@@ -595,7 +595,7 @@ scenario() {
     done
     local phj=""
     for p in backup restore; do
-        phj+="${phj:+,}\"$p\":{\"ok\":$([ "${S_OK[$tag,$p]}" = ok ] && echo true || echo false),\"wall_s\":${S_S[$tag,$p]},\"mbps\":${S_MBPS[$tag,$p]},\"limit_mbps\":${S_LIMIT[$tag,$p]},\"ratio\":${S_RATIO[$tag,$p]},\"limit_1_tree_mbps\":$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r"),\"ratio_1_tree\":$(fdiv "${S_MBPS[$tag,$p]}" "$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r")"),$([ "$p" = restore ] && echo "\"limit_one_file_mbps\":$lim_rf,\"ratio_one_file\":$(fdiv "${S_MBPS[$tag,$p]}" "$lim_rf"),")\"putchunk_resends\":$(sum_over "$tag" "$n" "$p" P_PUT),\"getchunk_resends\":$(sum_over "$tag" "$n" "$p" P_GET),\"restore_slowdowns\":$(sum_over "$tag" "$n" "$p" P_SLOW),\"backlog_dropped\":$(sum_over "$tag" "$n" "$p" P_DROP),\"rcvbuf_errors\":${PH_RCV[$tag,$p]},\"socket_drops\":{\"MC\":${PH_CH[$tag,$p,MC]},\"MDB\":${PH_CH[$tag,$p,MDB]},\"MDR\":${PH_CH[$tag,$p,MDR]}},\"udp_in_errors\":${PH_RCVIN[$tag,$p]},\"udp_out_datagrams\":${PH_OUT[$tag,$p]},\"udp_in_datagrams\":${PH_IN[$tag,$p]},\"max_peer_vmhwm_kb\":$(max_hwm "$tag" "$n" "$p"),\"testapp_vmhwm_kb\":${S_APP_HWM[$tag,$p]},\"testapp_cpu_s\":${S_APP_CPU[$tag,$p]}}"
+        phj+="${phj:+,}\"$p\":{\"ok\":$([ "${S_OK[$tag,$p]}" = ok ] && echo true || echo false),\"wall_s\":${S_S[$tag,$p]},\"mbps\":${S_MBPS[$tag,$p]},\"limit_mbps\":${S_LIMIT[$tag,$p]},\"ratio\":${S_RATIO[$tag,$p]},\"limit_1_tree_mbps\":$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r"),\"ratio_1_tree\":$(fdiv "${S_MBPS[$tag,$p]}" "$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r")"),$([ "$p" = restore ] && echo "\"limit_one_file_mbps\":$lim_rf,\"ratio_one_file\":$(fdiv "${S_MBPS[$tag,$p]}" "$lim_rf"),")\"putchunk_resends\":$(sum_over "$tag" "$n" "$p" P_PUT),\"getchunk_resends\":$(sum_over "$tag" "$n" "$p" P_GET),\"restore_slowdowns\":$(sum_over "$tag" "$n" "$p" P_SLOW),\"putchunk_late\":$(sum_over "$tag" "$n" "$p" P_LATE),\"backlog_dropped\":$(sum_over "$tag" "$n" "$p" P_DROP),\"rcvbuf_errors\":${PH_RCV[$tag,$p]},\"socket_drops\":{\"MC\":${PH_CH[$tag,$p,MC]},\"MDB\":${PH_CH[$tag,$p,MDB]},\"MDR\":${PH_CH[$tag,$p,MDR]}},\"udp_in_errors\":${PH_RCVIN[$tag,$p]},\"udp_out_datagrams\":${PH_OUT[$tag,$p]},\"udp_in_datagrams\":${PH_IN[$tag,$p]},\"max_peer_vmhwm_kb\":$(max_hwm "$tag" "$n" "$p"),\"testapp_vmhwm_kb\":${S_APP_HWM[$tag,$p]},\"testapp_cpu_s\":${S_APP_CPU[$tag,$p]}}"
     done
     local sj=""
     if [ "$with_small" -eq 1 ]; then

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::metadata::chunk_count;
-use super::{Action, ChunkSource, CommandError, Core, Counters, OpEvent, OpId};
+use super::{Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId};
 use crate::protocol::ids::MAX_CHUNK_NO;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
 
@@ -251,7 +251,7 @@ impl Core {
                     launch,
                 },
             );
-            actions.push(putchunk_action(op, b, chunk, 1, self.cfg.first_wait));
+            actions.push(putchunk_action(op, b, chunk, 1, &self.cfg));
         }
         actions
     }
@@ -306,6 +306,21 @@ impl Core {
         self.refill(p.op)
     }
 
+    /// A chunk is still short of its degree `late_after` its first PUTCHUNK: the storers are
+    /// queueing, the window shrinks a little (once per window of launches).
+    pub(super) fn putchunk_late(&self, chunk: ChunkKey) {
+        let Some(launch) = self
+            .pending
+            .get(&chunk)
+            .filter(|p| p.sends == 1)
+            .map(|p| p.launch)
+        else {
+            return; // at its degree already, or resent (the timeout shrank the window)
+        };
+        Counters::bump(&self.counters.putchunk_late);
+        self.flow.lock().late(launch);
+    }
+
     /// The wait after PUTCHUNK send number `send` is over: done, resend, or give up.
     pub(super) fn putchunk_wait_over(&self, chunk: ChunkKey, send: u8) -> Vec<Action> {
         let (op, launch) = match self.pending.get(&chunk) {
@@ -327,7 +342,7 @@ impl Core {
         let resend = self
             .backups
             .get(&op)
-            .map(|b| putchunk_action(op, &b, chunk, send + 1, self.cfg.first_wait));
+            .map(|b| putchunk_action(op, &b, chunk, send + 1, &self.cfg));
         let Some(resend) = resend else {
             return Vec::new();
         };
@@ -391,13 +406,7 @@ fn file_source(path: &std::path::Path, size: u64, no: ChunkNo) -> ChunkSource {
 }
 
 /// Send number `send` of `chunk`'s PUTCHUNK, its wait starting when it is actually sent.
-fn putchunk_action(
-    op: OpId,
-    b: &BackupOp,
-    chunk: ChunkKey,
-    send: u8,
-    first_wait: Duration,
-) -> Action {
+fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey, send: u8, cfg: &Config) -> Action {
     let source = match &b.source {
         Source::File { path, size } => file_source(path, *size, chunk.no),
         Source::Stored { .. } => ChunkSource::Stored,
@@ -409,6 +418,7 @@ fn putchunk_action(
         source,
         op,
         send,
-        wait: wait_after_send(first_wait, send),
+        wait: wait_after_send(cfg.first_wait, send),
+        late: (send == 1).then_some(cfg.late_after),
     }
 }

@@ -9,6 +9,10 @@
 //! window of acknowledgements; a congestion event halves it, at most once per window of
 //! chunks launched (as TCP does).
 //!
+//! A chunk still short of its degree well after the longest reply delay (its STOREDs wait in
+//! the storers' queues) is an early, milder congestion event: the window shrinks by a fifth,
+//! at most once per window, so that the queues stay short before any resend is needed.
+//!
 //! Restores use the same window over their GETCHUNKs: a CHUNK is the acknowledgement, a
 //! GETCHUNK wait that runs out is a congestion event, and so is a CHUNK that finds the
 //! initiator's own receive queue filling up (the initiator is then the slowest part, and says
@@ -81,6 +85,17 @@ impl FlowControl {
         self.recover = self.launched;
     }
 
+    /// The chunk launched as number `launch` is late (a queue is building): the window shrinks
+    /// by a fifth, at most once per window of launches, and grows linearly from there.
+    pub fn late(&mut self, launch: u64) {
+        if launch <= self.recover {
+            return;
+        }
+        self.cwnd = (self.cwnd * 0.8).max(self.min);
+        self.ssthresh = self.cwnd;
+        self.recover = self.launched;
+    }
+
     /// The window, in chunks.
     pub fn window(&self) -> usize {
         self.cwnd.floor() as usize
@@ -141,6 +156,28 @@ mod tests {
         let l = f.launch();
         f.congestion(l);
         assert_eq!(f.window(), 16);
+    }
+
+    #[test]
+    fn a_late_chunk_shrinks_the_window_by_a_fifth_once_per_window() {
+        let mut f = FlowControl::new(100, 4, 1000);
+        let round = fill(&mut f);
+        f.late(round[0]);
+        f.late(round[1]);
+        assert_eq!(f.window(), 80);
+        // Chunks launched later count again; a timeout after a late one still halves.
+        let l = f.launch();
+        f.late(l);
+        assert_eq!(f.window(), 64);
+        let l = f.launch();
+        f.congestion(l);
+        assert_eq!(f.window(), 32);
+        // Linear growth from there (no slow start): about one chunk per window.
+        for _ in 0..34 {
+            let _ = f.launch();
+            f.finish(true);
+        }
+        assert_eq!(f.window(), 32 + 1);
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct Config {
     pub max_putchunk_sends: u8,
     /// Wait after the first PUTCHUNK; doubled after each resend.
     pub first_wait: Duration,
+    /// A chunk still short of its degree this long after its first PUTCHUNK (STOREDs come
+    /// at most 400 ms after a storer has the chunk, so the rest is queueing at the storers)
+    /// shrinks the congestion window a little, before a resend is needed.
+    pub late_after: Duration,
     /// Upper bound of the random delay before STORED, CHUNK and a re-backup after REMOVED.
     pub reply_delay_max: Duration,
     /// GETCHUNK sends per chunk at most.
@@ -132,6 +136,7 @@ impl Config {
             restore_window: DEFAULT_WINDOW,
             max_putchunk_sends: 5,
             first_wait: Duration::from_secs(1),
+            late_after: Duration::from_millis(700),
             reply_delay_max: Duration::from_millis(400),
             max_getchunk_sends: 5,
             getchunk_wait: Duration::from_millis(600),
@@ -183,8 +188,9 @@ pub enum Action {
     },
     /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB (for a file source,
     /// calling [`Core::putchunk_read`] with the body's hash first); once it is sent, deliver
-    /// [`TimerEvent::PutchunkWait`] `{ chunk, send }` after `wait`. (The wait starts at the
-    /// actual send, not while the datagram waits for the pacer.)
+    /// [`TimerEvent::PutchunkWait`] `{ chunk, send }` after `wait`, and
+    /// [`TimerEvent::PutchunkLate`] after `late` if set. (The waits start at the actual send,
+    /// not while the datagram waits for the pacer.)
     SendPutchunk {
         /// Version of the PUTCHUNK (2.0 for an enhanced backup).
         version: Version,
@@ -200,6 +206,9 @@ pub enum Action {
         send: u8,
         /// How long to wait for STOREDs after it.
         wait: Duration,
+        /// First sends only: when to check whether the chunk is late (see
+        /// [`Config::late_after`]).
+        late: Option<Duration>,
     },
     /// Read a chunk of a home file and pass its hash to [`Core::putchunk_read`] without
     /// sending it (a resumed backup: the chunk is confirmed, its hash was lost in a crash).
@@ -308,6 +317,11 @@ pub enum TimerEvent {
         /// 2.0 when answering an enhanced PUTCHUNK (it tells the initiator this peer speaks
         /// 2.0), else 1.0.
         version: Version,
+    },
+    /// A chunk is still short of its degree [`Config::late_after`] after its first PUTCHUNK.
+    PutchunkLate {
+        /// Which chunk.
+        chunk: ChunkKey,
     },
     /// Send CHUNK for a chunk held here, unless another peer's CHUNK was seen meanwhile.
     SendChunk {
@@ -422,6 +436,9 @@ pub struct Counters {
     pub putchunk_launches: AtomicU64,
     /// PUTCHUNK sends after the first, all chunks.
     pub putchunk_resends: AtomicU64,
+    /// Chunks still short of their degree `late_after` their first PUTCHUNK (each may shrink
+    /// the congestion window, once per window).
+    pub putchunk_late: AtomicU64,
     /// GETCHUNK sends after the first, all chunks.
     pub getchunk_resends: AtomicU64,
     /// CHUNKs that found this peer's receive queue filling up during one of its restores
@@ -666,6 +683,10 @@ impl Core {
         match event {
             TimerEvent::SendStored { chunk, version } => self.send_stored(chunk, version),
             TimerEvent::PutchunkWait { chunk, send } => self.putchunk_wait_over(chunk, send),
+            TimerEvent::PutchunkLate { chunk } => {
+                self.putchunk_late(chunk);
+                Vec::new()
+            }
             TimerEvent::SendChunk { chunk } => self.send_chunk(chunk),
             TimerEvent::GetchunkWait { chunk, send } => self.getchunk_wait_over(chunk, send),
             TimerEvent::CheckDegree { chunk } => self.check_degree(chunk),

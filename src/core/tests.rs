@@ -205,6 +205,41 @@ fn window_bounds_chunks_in_flight() {
 }
 
 #[test]
+fn a_chunk_short_of_its_degree_after_late_after_shrinks_the_window_a_fifth() {
+    let mut cfg = Config::new(1, Version::V1_0);
+    cfg.seed = 7;
+    let c = Core::new(cfg, Metadata::default());
+    let first = c.start_backup(1, request(64_000 * 200, 1)).unwrap();
+    assert_eq!(sent_putchunks(&first).len(), 32, "the initial window");
+    // Every first send asks for a check after late_after (700 ms).
+    assert!(first.iter().all(|a| !matches!(a,
+        Action::SendPutchunk { late, .. } if *late != Some(Duration::from_millis(700)))));
+    // A chunk at its degree is not late.
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+    assert_eq!(c.flow.lock().window(), 33);
+    c.on_timer(TimerEvent::PutchunkLate { chunk: key(0) });
+    assert_eq!(c.counters.putchunk_late.load(Ordering::Relaxed), 0);
+    // Two late chunks of the same window: counted both, the window shrinks once.
+    c.on_timer(TimerEvent::PutchunkLate { chunk: key(1) });
+    c.on_timer(TimerEvent::PutchunkLate { chunk: key(2) });
+    assert_eq!(c.counters.putchunk_late.load(Ordering::Relaxed), 2);
+    assert_eq!(c.flow.lock().window(), 26);
+    // A resend asks for no late check (its timeout already counts).
+    let resend = c.on_timer(TimerEvent::PutchunkWait {
+        chunk: key(3),
+        send: 1,
+    });
+    assert!(resend.iter().any(|a| matches!(
+        a,
+        Action::SendPutchunk {
+            send: 2,
+            late: None,
+            ..
+        }
+    )));
+}
+
+#[test]
 fn delete_removes_every_chunk_of_the_file() {
     let c = core(2);
     for no in 0..3 {

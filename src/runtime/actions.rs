@@ -36,12 +36,16 @@ impl Shared {
                     op,
                     send,
                     wait,
+                    late,
                 } => {
                     let s = self.this();
                     self.senders.send_built(Channel::Mdb, move || {
                         let datagram = s.putchunk_datagram(op, version, chunk, degree, source)?;
                         s.timers
                             .schedule(wait, TimerEvent::PutchunkWait { chunk, send });
+                        if let Some(late) = late {
+                            s.timers.schedule(late, TimerEvent::PutchunkLate { chunk });
+                        }
                         Some(datagram)
                     });
                 }
