@@ -2,11 +2,12 @@
 //! PUTCHUNK resent with a doubling wait until enough distinct peers answered STORED. Also runs
 //! the one-chunk re-backup a holder starts after a REMOVED.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::metadata::chunk_count;
-use super::{Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId};
+use super::{Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent};
 use crate::protocol::ids::MAX_CHUNK_NO;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
 
@@ -52,9 +53,52 @@ pub struct BackupOp {
     finished: u64,
     /// Chunks that ran out of sends below the degree.
     short: Vec<ChunkNo>,
+    /// Storers of the latest chunks, counted at their late checks (most recent last).
+    recent_storers: VecDeque<usize>,
 }
 
+/// Late checks remembered per backup to know how many peers store its chunks.
+const RECENT_CHECKS: usize = 32;
+
 impl BackupOp {
+    /// A new backup of `chunks` chunks of `file` from `source`.
+    fn new(file: FileId, source: Source, degree: u8, version: Version, chunks: u64) -> Self {
+        BackupOp {
+            file,
+            source,
+            degree,
+            version,
+            chunks,
+            next: 0,
+            finished: 0,
+            short: Vec::new(),
+            recent_storers: VecDeque::with_capacity(RECENT_CHECKS),
+        }
+    }
+
+    /// A chunk has `storers` STOREDs at its late check; returns whether that is fewer than
+    /// expected. A 1.0 storer stores every chunk it hears, so fewer STOREDs than the latest
+    /// chunks had means one of those storers is behind (though the degree may be reached);
+    /// an enhanced backup only expects its degree.
+    fn late_check(&mut self, storers: usize) -> bool {
+        let degree = usize::from(self.degree);
+        let expected = if self.version == Version::V2_0 {
+            degree
+        } else {
+            self.recent_storers
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(degree)
+        };
+        if self.recent_storers.len() == RECENT_CHECKS {
+            self.recent_storers.pop_front();
+        }
+        self.recent_storers.push_back(storers);
+        storers < expected
+    }
+
     fn chunk(&self, index: u64) -> ChunkKey {
         let no = match self.source {
             Source::File { .. } => index as ChunkNo,
@@ -144,25 +188,18 @@ impl Core {
                 }
             }
         }
+        let version = if req.enhanced {
+            Version::V2_0
+        } else {
+            Version::V1_0
+        };
+        let source = Source::File {
+            path: req.path,
+            size: req.size,
+        };
         self.backups.insert(
             op,
-            BackupOp {
-                file: req.file,
-                source: Source::File {
-                    path: req.path,
-                    size: req.size,
-                },
-                degree: req.degree,
-                version: if req.enhanced {
-                    Version::V2_0
-                } else {
-                    Version::V1_0
-                },
-                chunks,
-                next: 0,
-                finished: 0,
-                short: Vec::new(),
-            },
+            BackupOp::new(req.file, source, req.degree, version, chunks),
         );
         actions.extend(self.fill_window(op, &already_done));
         Ok(actions)
@@ -179,19 +216,9 @@ impl Core {
             return Vec::new(); // already being backed up from here
         }
         let op = self.internal_op();
-        self.backups.insert(
-            op,
-            BackupOp {
-                file: chunk.file,
-                source: Source::Stored { no: chunk.no },
-                degree,
-                version,
-                chunks: 1,
-                next: 0,
-                finished: 0,
-                short: Vec::new(),
-            },
-        );
+        let source = Source::Stored { no: chunk.no };
+        self.backups
+            .insert(op, BackupOp::new(chunk.file, source, degree, version, 1));
         self.fill_window(op, &[])
     }
 
@@ -251,7 +278,7 @@ impl Core {
                     launch,
                 },
             );
-            actions.push(putchunk_action(op, b, chunk, 1, &self.cfg));
+            actions.push(putchunk_action(op, b, chunk, 1, launch, &self.cfg));
         }
         actions
     }
@@ -306,19 +333,20 @@ impl Core {
         self.refill(p.op)
     }
 
-    /// A chunk is still short of its degree `late_after` its first PUTCHUNK: the storers are
-    /// queueing, the window shrinks a little (once per window of launches).
-    pub(super) fn putchunk_late(&self, chunk: ChunkKey) {
-        let Some(launch) = self
-            .pending
-            .get(&chunk)
-            .filter(|p| p.sends == 1)
-            .map(|p| p.launch)
-        else {
-            return; // at its degree already, or resent (the timeout shrank the window)
+    /// `late_after` the first PUTCHUNK of `chunk` (launched as number `launch` by backup
+    /// `op`): if fewer peers stored it than expected (see [`BackupOp::late_check`]), a storer
+    /// is queueing, and the window shrinks a little (once per window of launches) before its
+    /// queue overflows.
+    pub(super) fn putchunk_late(&self, chunk: ChunkKey, op: OpId, launch: u64) {
+        let storers = self.meta.lock().perceived(&chunk).unwrap_or(0);
+        let late = match self.backups.get_mut(&op) {
+            Some(mut b) => b.late_check(storers),
+            None => return, // the backup is over
         };
-        Counters::bump(&self.counters.putchunk_late);
-        self.flow.lock().late(launch);
+        if late {
+            Counters::bump(&self.counters.putchunk_late);
+            self.flow.lock().late(launch);
+        }
     }
 
     /// The wait after PUTCHUNK send number `send` is over: done, resend, or give up.
@@ -342,7 +370,7 @@ impl Core {
         let resend = self
             .backups
             .get(&op)
-            .map(|b| putchunk_action(op, &b, chunk, send + 1, &self.cfg));
+            .map(|b| putchunk_action(op, &b, chunk, send + 1, launch, &self.cfg));
         let Some(resend) = resend else {
             return Vec::new();
         };
@@ -406,7 +434,14 @@ fn file_source(path: &std::path::Path, size: u64, no: ChunkNo) -> ChunkSource {
 }
 
 /// Send number `send` of `chunk`'s PUTCHUNK, its wait starting when it is actually sent.
-fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey, send: u8, cfg: &Config) -> Action {
+fn putchunk_action(
+    op: OpId,
+    b: &BackupOp,
+    chunk: ChunkKey,
+    send: u8,
+    launch: u64,
+    cfg: &Config,
+) -> Action {
     let source = match &b.source {
         Source::File { path, size } => file_source(path, *size, chunk.no),
         Source::Stored { .. } => ChunkSource::Stored,
@@ -419,6 +454,9 @@ fn putchunk_action(op: OpId, b: &BackupOp, chunk: ChunkKey, send: u8, cfg: &Conf
         op,
         send,
         wait: wait_after_send(cfg.first_wait, send),
-        late: (send == 1).then_some(cfg.late_after),
+        late: (send == 1).then_some((
+            cfg.late_after,
+            TimerEvent::PutchunkLate { chunk, op, launch },
+        )),
     }
 }

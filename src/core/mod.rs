@@ -87,9 +87,9 @@ pub struct Config {
     pub max_putchunk_sends: u8,
     /// Wait after the first PUTCHUNK; doubled after each resend.
     pub first_wait: Duration,
-    /// A chunk still short of its degree this long after its first PUTCHUNK (STOREDs come
-    /// at most 400 ms after a storer has the chunk, so the rest is queueing at the storers)
-    /// shrinks the congestion window a little, before a resend is needed.
+    /// A chunk with fewer STOREDs than expected this long after its first PUTCHUNK (STOREDs
+    /// come at most 400 ms after a storer has the chunk, so the rest is queueing at a storer)
+    /// shrinks the congestion window a little, before that storer's queue overflows.
     pub late_after: Duration,
     /// Upper bound of the random delay before STORED, CHUNK and a re-backup after REMOVED.
     pub reply_delay_max: Duration,
@@ -188,8 +188,8 @@ pub enum Action {
     },
     /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB (for a file source,
     /// calling [`Core::putchunk_read`] with the body's hash first); once it is sent, deliver
-    /// [`TimerEvent::PutchunkWait`] `{ chunk, send }` after `wait`, and
-    /// [`TimerEvent::PutchunkLate`] after `late` if set. (The waits start at the actual send,
+    /// [`TimerEvent::PutchunkWait`] `{ chunk, send }` after `wait`, and the `late` event
+    /// after its delay if set. (The waits start at the actual send,
     /// not while the datagram waits for the pacer.)
     SendPutchunk {
         /// Version of the PUTCHUNK (2.0 for an enhanced backup).
@@ -206,9 +206,9 @@ pub enum Action {
         send: u8,
         /// How long to wait for STOREDs after it.
         wait: Duration,
-        /// First sends only: when to check whether the chunk is late (see
+        /// First sends only: a timer to start when it is sent (its late check, see
         /// [`Config::late_after`]).
-        late: Option<Duration>,
+        late: Option<(Duration, TimerEvent)>,
     },
     /// Read a chunk of a home file and pass its hash to [`Core::putchunk_read`] without
     /// sending it (a resumed backup: the chunk is confirmed, its hash was lost in a crash).
@@ -318,10 +318,14 @@ pub enum TimerEvent {
         /// 2.0), else 1.0.
         version: Version,
     },
-    /// A chunk is still short of its degree [`Config::late_after`] after its first PUTCHUNK.
+    /// [`Config::late_after`] has passed since the first PUTCHUNK of a chunk.
     PutchunkLate {
         /// Which chunk.
         chunk: ChunkKey,
+        /// The backup it belongs to.
+        op: OpId,
+        /// Its launch number in the congestion window.
+        launch: u64,
     },
     /// Send CHUNK for a chunk held here, unless another peer's CHUNK was seen meanwhile.
     SendChunk {
@@ -436,8 +440,8 @@ pub struct Counters {
     pub putchunk_launches: AtomicU64,
     /// PUTCHUNK sends after the first, all chunks.
     pub putchunk_resends: AtomicU64,
-    /// Chunks still short of their degree `late_after` their first PUTCHUNK (each may shrink
-    /// the congestion window, once per window).
+    /// Chunks with fewer STOREDs than expected `late_after` their first PUTCHUNK (each may
+    /// shrink the congestion window, once per window).
     pub putchunk_late: AtomicU64,
     /// GETCHUNK sends after the first, all chunks.
     pub getchunk_resends: AtomicU64,
@@ -683,8 +687,8 @@ impl Core {
         match event {
             TimerEvent::SendStored { chunk, version } => self.send_stored(chunk, version),
             TimerEvent::PutchunkWait { chunk, send } => self.putchunk_wait_over(chunk, send),
-            TimerEvent::PutchunkLate { chunk } => {
-                self.putchunk_late(chunk);
+            TimerEvent::PutchunkLate { chunk, op, launch } => {
+                self.putchunk_late(chunk, op, launch);
                 Vec::new()
             }
             TimerEvent::SendChunk { chunk } => self.send_chunk(chunk),

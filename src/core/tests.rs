@@ -204,26 +204,45 @@ fn window_bounds_chunks_in_flight() {
     assert_eq!(sent_putchunks(&next), vec![2]);
 }
 
+/// The late check that the first PUTCHUNK of `no` (launched as number `no + 1`) asked for.
+fn late_check(c: &Core, no: u32) -> Vec<Action> {
+    c.on_timer(TimerEvent::PutchunkLate {
+        chunk: key(no),
+        op: 1,
+        launch: u64::from(no) + 1,
+    })
+}
+
 #[test]
-fn a_chunk_short_of_its_degree_after_late_after_shrinks_the_window_a_fifth() {
+fn a_chunk_with_fewer_storeds_than_expected_when_late_shrinks_the_window_a_fifth() {
     let mut cfg = Config::new(1, Version::V1_0);
     cfg.seed = 7;
     let c = Core::new(cfg, Metadata::default());
     let first = c.start_backup(1, request(64_000 * 200, 1)).unwrap();
     assert_eq!(sent_putchunks(&first).len(), 32, "the initial window");
-    // Every first send asks for a check after late_after (700 ms).
+    // Every first send asks for a late check after late_after (700 ms).
     assert!(first.iter().all(|a| !matches!(a,
-        Action::SendPutchunk { late, .. } if *late != Some(Duration::from_millis(700)))));
-    // A chunk at its degree is not late.
-    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+        Action::SendPutchunk { late, .. }
+            if !matches!(late, Some((d, TimerEvent::PutchunkLate { .. })) if *d == Duration::from_millis(700)))));
+    let late = || c.counters.putchunk_late.load(Ordering::Relaxed);
+    let stored =
+        |from: PeerId, no: u32| c.on_message(msg(from, MessageKind::Stored { chunk: key(no) }));
+    // Chunk 0 was stored by peers 2 and 3 (degree 1): on time.
+    stored(2, 0);
+    stored(3, 0);
     assert_eq!(c.flow.lock().window(), 33);
-    c.on_timer(TimerEvent::PutchunkLate { chunk: key(0) });
-    assert_eq!(c.counters.putchunk_late.load(Ordering::Relaxed), 0);
-    // Two late chunks of the same window: counted both, the window shrinks once.
-    c.on_timer(TimerEvent::PutchunkLate { chunk: key(1) });
-    c.on_timer(TimerEvent::PutchunkLate { chunk: key(2) });
-    assert_eq!(c.counters.putchunk_late.load(Ordering::Relaxed), 2);
-    assert_eq!(c.flow.lock().window(), 26);
+    late_check(&c, 0);
+    assert_eq!(late(), 0);
+    // Chunk 1 reached its degree, but peer 3, which stores every chunk (1.0), has not
+    // answered yet: a storer is behind. The window shrinks by a fifth.
+    stored(2, 1);
+    late_check(&c, 1);
+    assert_eq!(late(), 1);
+    assert_eq!(c.flow.lock().window(), 27);
+    // Chunk 2, short of its degree too, in the same window: counted, no second cut.
+    late_check(&c, 2);
+    assert_eq!(late(), 2);
+    assert_eq!(c.flow.lock().window(), 27);
     // A resend asks for no late check (its timeout already counts).
     let resend = c.on_timer(TimerEvent::PutchunkWait {
         chunk: key(3),
@@ -237,6 +256,30 @@ fn a_chunk_short_of_its_degree_after_late_after_shrinks_the_window_a_fifth() {
             ..
         }
     )));
+}
+
+#[test]
+fn storers_that_stop_answering_are_expected_no_more_after_a_while() {
+    let mut cfg = Config::new(1, Version::V1_0);
+    cfg.seed = 7;
+    let c = Core::new(cfg, Metadata::default());
+    c.start_backup(1, request(64_000 * 100, 1)).unwrap();
+    // Peers 2 and 3 stored chunk 0; then peer 3 stops (full, say): chunks 1.. get 1 STORED.
+    for from in [2, 3] {
+        c.on_message(msg(from, MessageKind::Stored { chunk: key(0) }));
+    }
+    late_check(&c, 0);
+    let mut late_at = Vec::new();
+    for no in 1..40 {
+        c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
+        let before = c.counters.putchunk_late.load(Ordering::Relaxed);
+        late_check(&c, no);
+        if c.counters.putchunk_late.load(Ordering::Relaxed) > before {
+            late_at.push(no);
+        }
+    }
+    // Late while chunk 0 is among the latest 32 checks, then no more.
+    assert_eq!(late_at, (1..=32).collect::<Vec<_>>());
 }
 
 #[test]

@@ -43,8 +43,8 @@ impl Shared {
                         let datagram = s.putchunk_datagram(op, version, chunk, degree, source)?;
                         s.timers
                             .schedule(wait, TimerEvent::PutchunkWait { chunk, send });
-                        if let Some(late) = late {
-                            s.timers.schedule(late, TimerEvent::PutchunkLate { chunk });
+                        if let Some((delay, event)) = late {
+                            s.timers.schedule(delay, event);
                         }
                         Some(datagram)
                     });
