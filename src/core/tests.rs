@@ -520,52 +520,56 @@ fn restore_gives_up_on_a_chunk_after_its_getchunks_and_names_it() {
 
 #[test]
 fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queue() {
-    const CHUNKS: u32 = 1200;
-    let body = |no: u32| vec![no as u8; if no + 1 == CHUNKS { 1 } else { 64_000 }];
+    let w0 = super::restore::INITIAL_RESTORE_WINDOW as u32;
+    let chunks = 3 * w0 + 100;
+    let body = |no: u32| vec![no as u8; if no + 1 == chunks { 1 } else { 64_000 }];
     let mut cfg = Config::new(1, Version::V1_0);
     cfg.window = 2;
-    cfg.restore_window = 512;
+    cfg.restore_window = 2 * w0 as usize;
     let c = Core::new(cfg, Metadata::default());
-    let size = u64::from(CHUNKS - 1) * 64_000 + 1;
+    let size = u64::from(chunks - 1) * 64_000 + 1;
     c.start_backup(1, request(size, 1)).unwrap();
-    for no in 0..CHUNKS {
+    for no in 0..chunks {
         c.putchunk_read(1, key(no), ChunkHash::of(&body(no)))
             .unwrap();
         c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
     }
+    let window = || c.restores.get(&7).unwrap().flow.window() as u32;
     // Answers chunk `no`; returns the GETCHUNKs that sends.
-    let answer = |no: u32| getchunks(&c.on_message(chunk_msg(2, no, body(no)))).len();
+    let answer = |no: u32| getchunks(&c.on_message(chunk_msg(2, no, body(no)))).len() as u32;
     let first = c.start_restore(7, restore_request()).unwrap();
-    assert_eq!(getchunks(&first).len(), 256, "the initial window");
+    assert_eq!(getchunks(&first).len() as u32, w0, "the initial window");
     // Slow start: each chunk that comes back on its first GETCHUNK lets two more go, up to
     // the configured bound.
-    let sent: usize = (0..256).map(answer).sum();
-    assert_eq!(sent, 512);
-    assert_eq!(c.restores.get(&7).unwrap().flow.window(), 512);
+    let sent: u32 = (0..w0).map(answer).sum();
+    assert_eq!(sent, 2 * w0);
+    assert_eq!(window(), 2 * w0);
     // A CHUNK that finds the receive queue filling up halves the window, once per window.
-    c.restore_backlogged(key(300));
-    c.restore_backlogged(key(301));
-    assert_eq!(c.restores.get(&7).unwrap().flow.window(), 256);
+    c.restore_backlogged(key(w0 + 10));
+    c.restore_backlogged(key(w0 + 11));
+    assert_eq!(window(), w0);
     // The chunks in flight above the new window drain without new GETCHUNKs.
-    let sent: usize = (256..512).map(answer).sum();
+    let sent: u32 = (w0..2 * w0).map(answer).sum();
     assert!(sent <= 1, "{sent} GETCHUNKs sent while above the window");
     // Back at the window: each chunk that comes back lets another go (about one more per
     // window of chunks, in congestion avoidance).
-    let sent: usize = (512..516).map(answer).sum();
+    let sent: u32 = (2 * w0..2 * w0 + 4).map(answer).sum();
     assert!(sent >= 4);
     let r = c.restores.get(&7).unwrap();
-    assert_eq!((r.flow.window(), r.flow.in_flight()), (257, 257));
+    assert_eq!(r.flow.in_flight() as u32, w0 + 1);
+    assert_eq!(r.flow.window() as u32, w0 + 1);
     drop(r);
     // A GETCHUNK wait that runs out, for a chunk asked for after the halving, halves again.
+    let asked_after = 3 * w0;
     let late = c.on_timer(TimerEvent::GetchunkWait {
-        chunk: key(768),
+        chunk: key(asked_after),
         send: 1,
     });
-    assert_eq!(getchunks(&late), vec![768], "asked again");
-    assert_eq!(c.restores.get(&7).unwrap().flow.window(), 128);
+    assert_eq!(getchunks(&late), vec![asked_after], "asked again");
+    assert_eq!(window(), (w0 + 1) / 2);
     // A chunk no restore waits for changes nothing.
     c.restore_backlogged(key(5));
-    assert_eq!(c.restores.get(&7).unwrap().flow.window(), 128);
+    assert_eq!(window(), (w0 + 1) / 2);
 }
 
 #[test]

@@ -54,9 +54,9 @@ impl BoundedPool {
         self.pool.execute(job);
     }
 
-    /// Whether the backlog is more than a quarter full.
+    /// Whether the backlog is more than an eighth full.
     pub fn filling(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) > self.limit / 4
+        self.queued.load(Ordering::Relaxed) > self.limit / 8
     }
 
     /// Jobs dropped because the backlog was full.
