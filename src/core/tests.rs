@@ -555,9 +555,10 @@ fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queu
     // window of chunks, in congestion avoidance).
     let sent: u32 = (2 * w0..2 * w0 + 4).map(answer).sum();
     assert!(sent >= 4);
+    let grown = w0 + 1;
     let r = c.restores.get(&7).unwrap();
-    assert_eq!(r.flow.in_flight() as u32, w0 + 1);
-    assert_eq!(r.flow.window() as u32, w0 + 1);
+    assert_eq!(r.flow.in_flight() as u32, grown);
+    assert_eq!(r.flow.window() as u32, grown);
     drop(r);
     // A GETCHUNK wait that runs out, for a chunk asked for after the halving, halves again.
     let asked_after = 3 * w0;
@@ -566,10 +567,10 @@ fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queu
         send: 1,
     });
     assert_eq!(getchunks(&late), vec![asked_after], "asked again");
-    assert_eq!(window(), (w0 + 1) / 2);
+    assert_eq!(window(), grown / 2);
     // A chunk no restore waits for changes nothing.
     c.restore_backlogged(key(5));
-    assert_eq!(window(), (w0 + 1) / 2);
+    assert_eq!(window(), grown / 2);
 }
 
 #[test]
