@@ -5,7 +5,8 @@
 //!
 //! The window is a congestion window per restore ([`FlowControl`]), clocked by the CHUNKs
 //! that come back: it grows while chunks arrive on their first GETCHUNK and halves when a
-//! GETCHUNK wait runs out (replies lost or late because a holder or this peer falls behind).
+//! GETCHUNK wait runs out (replies lost or late because a holder or this peer falls behind)
+//! or when a CHUNK finds this peer's receive queue filling up ([`Core::restore_backlogged`]).
 
 use std::path::PathBuf;
 
