@@ -492,8 +492,9 @@ pub struct Core {
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
-/// on a busy machine) while that much is in flight to it still holds all of it: 16 MiB in its
-/// socket's receive buffer and 32 MiB in its worker backlog. Larger windows did not make
+/// on a busy machine) while that much is in flight to it still holds all of it: up to 32 MiB in
+/// its socket's receive buffer (16 MiB without the privilege to exceed `net.core.rmem_max` on
+/// this machine) and 32 MiB in its worker backlog. Larger windows did not make
 /// backups or restores faster on the benchmark machine, where they are bound by CPU.
 pub const DEFAULT_WINDOW: usize = 768;
 
