@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::metadata::chunk_count;
-use super::{Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent};
+use super::{
+    Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
+};
 use crate::protocol::ids::MAX_CHUNK_NO;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
 
@@ -230,13 +232,7 @@ impl Core {
             return actions;
         };
         actions.extend(self.launch(op, &mut b, skip));
-        actions.push(Action::Report {
-            op,
-            event: OpEvent::Progress {
-                done: b.finished,
-                total: b.chunks,
-            },
-        });
+        actions.extend(progress(op, b.finished, b.chunks));
         if b.finished == b.chunks {
             drop(b);
             if let Some((_, b)) = self.backups.remove(&op) {

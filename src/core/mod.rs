@@ -498,6 +498,20 @@ pub struct Core {
 /// backups or restores faster on the benchmark machine, where they are bound by CPU.
 pub const DEFAULT_WINDOW: usize = 768;
 
+/// Progress reports an operation sends at most (about): one per chunk cost the initiator of a
+/// 1 GB restore a tenth of its CPU in its client's connection thread.
+const PROGRESS_REPORTS: u64 = 200;
+
+/// A progress report for `done` of `total` chunks of `op`, if this one is due: at the start,
+/// at the end, and every `total / PROGRESS_REPORTS` chunks.
+fn progress(op: OpId, done: u64, total: u64) -> Option<Action> {
+    let step = (total / PROGRESS_REPORTS).max(1);
+    (done == total || done.is_multiple_of(step)).then_some(Action::Report {
+        op,
+        event: OpEvent::Progress { done, total },
+    })
+}
+
 /// Chunks in flight when a peer starts (the congestion window grows from there).
 const INITIAL_WINDOW: usize = 32;
 /// The congestion window never shrinks below this many chunks.

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use super::backup::wait_after_send;
 use super::flow::FlowControl;
 use super::metadata::chunk_count;
-use super::{Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent, enhanced};
+use super::{
+    Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent, enhanced, progress,
+};
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind, Version};
 
 /// A client's request to restore a file this peer backed up.
@@ -296,13 +298,7 @@ impl Core {
             return Vec::new();
         };
         r.written += 1;
-        let mut actions = vec![Action::Report {
-            op,
-            event: OpEvent::Progress {
-                done: r.written,
-                total: r.chunks,
-            },
-        }];
+        let mut actions: Vec<Action> = progress(op, r.written, r.chunks).into_iter().collect();
         if r.written == r.chunks {
             actions.push(Action::CommitRestore {
                 op,
