@@ -125,7 +125,7 @@ impl BackupOp {
 pub struct PendingPut {
     op: OpId,
     /// PUTCHUNK sends so far.
-    sends: u8,
+    pub(super) sends: u8,
     /// Its launch number in the congestion window.
     launch: u64,
 }

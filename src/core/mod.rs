@@ -720,6 +720,21 @@ impl Core {
         }
     }
 
+    /// Whether a fired timer has nothing left to do: the wait after a PUTCHUNK or GETCHUNK
+    /// whose chunk was answered meanwhile (most of them). A cheap look, so that the runtime
+    /// need not hand such an event to a worker.
+    pub fn timer_is_stale(&self, event: &TimerEvent) -> bool {
+        match event {
+            TimerEvent::PutchunkWait { chunk, send } => {
+                self.pending.get(chunk).is_none_or(|p| p.sends != *send)
+            }
+            TimerEvent::GetchunkWait { chunk, send } => {
+                self.getting.get(chunk).is_none_or(|p| p.sends != *send)
+            }
+            _ => false,
+        }
+    }
+
     /// This peer's STATE report.
     pub fn state(&self) -> StateReport {
         StateReport::from_metadata(&self.cfg, &self.meta.lock())

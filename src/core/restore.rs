@@ -68,7 +68,7 @@ impl RestoreOp {
 pub struct PendingGet {
     op: OpId,
     /// GETCHUNK sends so far.
-    sends: u8,
+    pub(super) sends: u8,
     /// Bodies that failed verification.
     bad: u8,
     /// Its launch number in the restore's window.

@@ -575,13 +575,20 @@ fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queu
 
 #[test]
 fn progress_is_reported_about_two_hundred_times_whatever_the_size() {
-    let reports = |total: u64| (0..=total).filter_map(|d| super::progress(1, d, total)).count();
+    let reports = |total: u64| {
+        (0..=total)
+            .filter_map(|d| super::progress(1, d, total))
+            .count()
+    };
     // Small operations report every chunk; large ones every total/200 chunks, and the end.
     assert_eq!(reports(3), 4);
     assert_eq!(reports(200), 201);
     assert_eq!(reports(4_001), 202);
     assert_eq!(reports(15_626), 202);
-    assert!(super::progress(1, 15_626, 15_626).is_some(), "the end is always reported");
+    assert!(
+        super::progress(1, 15_626, 15_626).is_some(),
+        "the end is always reported"
+    );
 }
 
 #[test]

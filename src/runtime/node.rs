@@ -229,7 +229,9 @@ impl Node {
                 meta_file,
                 pool: BoundedPool::new(cfg.workers, cfg.backlog_bytes),
                 timers: TimerService::start(Duration::from_millis(5), 1024, move |event| {
-                    if let Some(s) = weak.upgrade() {
+                    if let Some(s) = weak.upgrade()
+                        && !s.core.timer_is_stale(&event)
+                    {
                         let s2 = s.clone();
                         s.pool.execute(move || s2.run(s2.core.on_timer(event)));
                     }
