@@ -64,8 +64,8 @@ struct Args {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
     /// PUTCHUNKs in flight at most, all backups together (a congestion window adapts below
-    /// it). The default, 48 MiB of chunks, is what a peer's receive buffer and worker backlog
-    /// hold if it stalls; more risks drops on a busy machine.
+    /// it). The default, 48 MiB of chunks, fits in a stalled peer's receive buffer and worker
+    /// backlog; more risks drops on a busy machine.
     #[arg(long, value_name = "N", default_value_t = 768, value_parser = clap::value_parser!(u32).range(4..=4096))]
     window: u32,
     /// GETCHUNKs of one restore in flight at most (a congestion window adapts below it; the

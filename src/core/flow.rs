@@ -9,9 +9,9 @@
 //! window of acknowledgements; a congestion event halves it, at most once per window of
 //! chunks launched (as TCP does).
 //!
-//! A chunk still short of its degree well after the longest reply delay (its STOREDs wait in
-//! the storers' queues) is an early, milder congestion event: the window shrinks by a fifth,
-//! at most once per window, so that the queues stay short before any resend is needed.
+//! A chunk with fewer STOREDs than expected well after the longest reply delay (the missing
+//! ones wait in a storer's queues) is an early, milder congestion event: the window shrinks by
+//! a fifth, at most once per window, so that the queues stay short before any resend or drop.
 //!
 //! Restores use the same window over their GETCHUNKs: a CHUNK is the acknowledgement, a
 //! GETCHUNK wait that runs out is a congestion event, and so is a CHUNK that finds the

@@ -189,8 +189,8 @@ pub enum Action {
     /// Read a chunk from `source` and multicast it as PUTCHUNK on MDB (for a file source,
     /// calling [`Core::putchunk_read`] with the body's hash first); once it is sent, deliver
     /// [`TimerEvent::PutchunkWait`] `{ chunk, send }` after `wait`, and the `late` event
-    /// after its delay if set. (The waits start at the actual send,
-    /// not while the datagram waits for the pacer.)
+    /// after its delay if set. (The waits start at the actual send, not while the datagram
+    /// waits for the pacer.)
     SendPutchunk {
         /// Version of the PUTCHUNK (2.0 for an enhanced backup).
         version: Version,
@@ -492,9 +492,9 @@ pub struct Core {
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
-/// on a busy machine) while that much is in flight to it still holds all of it: up to 32 MiB in
-/// its socket's receive buffer (16 MiB without the privilege to exceed `net.core.rmem_max` on
-/// this machine) and 32 MiB in its worker backlog. Larger windows did not make
+/// on a busy machine) while that much is in flight to it still holds all of it: 32 MiB in its
+/// worker backlog and 32 MiB in its socket's receive buffer (which needs CAP_NET_ADMIN or
+/// `net.core.rmem_max` ≥ 16 MiB; the peer warns at start otherwise). Larger windows did not make
 /// backups or restores faster on the benchmark machine, where they are bound by CPU.
 pub const DEFAULT_WINDOW: usize = 768;
 

@@ -125,7 +125,7 @@ impl Shared {
                             // Start writing the file out every few MB, so that the final
                             // fsync has little left (once per chunk costs more CPU).
                             if (offset / MAX_CHUNK_SIZE as u64).is_multiple_of(WRITEBACK_EVERY) {
-                                start_writeback(&f, 0, 0);
+                                start_writeback(&f);
                             }
                             Ok(())
                         });

@@ -97,8 +97,10 @@ mod tests {
         let accepted: Vec<bool> = [1000, 1000, 1000, 0].into_iter().map(job).collect();
         assert_eq!(accepted, vec![true, true, false, false]);
         assert_eq!(pool.dropped(), 2);
+        assert!(pool.filling(), "two of two jobs queued");
         gate_tx.send(()).unwrap();
         pool.join();
+        assert!(!pool.filling());
         assert_eq!(ran.load(Ordering::SeqCst), 2);
         // Once the backlog is empty, small jobs fit many to one large one.
         let (gate_tx, gate_rx) = crossbeam_channel::bounded::<()>(0);

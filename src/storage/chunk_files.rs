@@ -93,7 +93,7 @@ impl ChunkFiles {
         // Start writing every file of the batch, then wait for each: the device gets the batch
         // at once instead of one file per fsync.
         for s in &staged {
-            start_writeback(&s.file, 0, 0);
+            start_writeback(&s.file);
         }
         let mut dirs = std::collections::BTreeSet::new();
         let mut new_dirs = false;
