@@ -192,6 +192,23 @@ fn a_full_peer_stores_nothing_and_the_degree_is_reached_elsewhere() {
 }
 
 #[test]
+fn a_backup_nobody_stores_stops_after_a_few_chunks_and_says_why() {
+    // Alone on the groups: nobody answers. Each chunk would take 31 s to give up, a few at a
+    // time; the backup stops once four chunks got no STORED at all.
+    let c = Cluster::start(1);
+    let path = c.make_file("unheard", 40 * 64_000);
+    let run = c.testapp(&[&c.ap(1), "BACKUP", path.to_str().unwrap(), "1"]);
+    assert_eq!(run.code, 1, "stdout {} stderr {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("no peer stored any chunk")
+            && run.stderr.contains("(41 of 41 chunks not backed up)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(c.counters(1)["instances"], 0, "nothing left in progress");
+}
+
+#[test]
 fn backup_fails_clearly_when_too_few_peers_answer() {
     let c = Cluster::start(2);
     let path = c.make_file("lonely", 10);

@@ -57,7 +57,16 @@ pub struct BackupOp {
     short: Vec<ChunkNo>,
     /// Storers of the latest chunks, counted at their late checks (most recent last).
     recent_storers: VecDeque<usize>,
+    /// Whether some peer stored one of its chunks.
+    answered: bool,
+    /// Chunks that ran out of sends without a single STORED, while none was answered.
+    silent: u64,
 }
+
+/// A backup that no peer answers gives up after this many chunks each ran out of sends
+/// without one STORED (instead of trying every chunk for 31 s, a few at a time: hours for a
+/// large file).
+const SILENT_CHUNKS_GIVE_UP: u64 = 4;
 
 /// Late checks remembered per backup to know how many peers store its chunks.
 const RECENT_CHECKS: usize = 32;
@@ -75,6 +84,8 @@ impl BackupOp {
             finished: 0,
             short: Vec::new(),
             recent_storers: VecDeque::with_capacity(RECENT_CHECKS),
+            answered: false,
+            silent: 0,
         }
     }
 
@@ -242,6 +253,7 @@ impl Core {
                         file: b.file,
                         chunks: b.chunks,
                         short: sorted(b.short),
+                        gave_up_after: (b.silent >= SILENT_CHUNKS_GIVE_UP).then_some(b.silent),
                     },
                 });
             }
@@ -320,13 +332,52 @@ impl Core {
     /// A chunk is done: it reached its degree, or ran out of sends.
     fn finish_chunk(&self, chunk: ChunkKey, p: PendingPut, reached: bool) -> Vec<Action> {
         self.flow.lock().finish(reached && p.sends == 1);
-        if let Some(mut b) = self.backups.get_mut(&p.op) {
-            b.finished += 1;
-            if !reached {
-                b.short.push(chunk.no);
+        let stored_somewhere = reached || self.meta.lock().perceived(&chunk).unwrap_or(0) > 0;
+        let give_up = match self.backups.get_mut(&p.op) {
+            Some(mut b) => {
+                b.finished += 1;
+                if !reached {
+                    b.short.push(chunk.no);
+                }
+                b.answered |= stored_somewhere;
+                if !b.answered {
+                    b.silent += 1;
+                }
+                !b.answered && b.silent == SILENT_CHUNKS_GIVE_UP
             }
+            None => false,
+        };
+        if give_up {
+            self.give_up_backup(p.op);
         }
         self.refill(p.op)
+    }
+
+    /// No peer stored any chunk of backup `op`: every chunk not yet done counts as short,
+    /// those in flight leave the window, and the rest are not sent.
+    fn give_up_backup(&self, op: OpId) {
+        let in_flight: Vec<ChunkKey> = self
+            .pending
+            .iter()
+            .filter(|p| p.op == op)
+            .map(|p| *p.key())
+            .collect();
+        let mut flow = self.flow.lock();
+        let mut dropped = Vec::new();
+        for chunk in in_flight {
+            if self.pending.remove(&chunk).is_some() {
+                flow.finish(false);
+                dropped.push(chunk.no);
+            }
+        }
+        drop(flow);
+        if let Some(mut b) = self.backups.get_mut(&op) {
+            let unsent: Vec<ChunkNo> = (b.next..b.chunks).map(|i| b.chunk(i).no).collect();
+            b.finished += (dropped.len() + unsent.len()) as u64;
+            b.next = b.chunks;
+            b.short.extend(dropped);
+            b.short.extend(unsent);
+        }
     }
 
     /// `late_after` the first PUTCHUNK of `chunk` (launched as number `launch` by backup

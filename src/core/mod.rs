@@ -387,6 +387,9 @@ pub enum OpEvent {
         chunks: u64,
         /// Chunks below the desired degree after the last try.
         short: Vec<ChunkNo>,
+        /// No peer stored any chunk: the backup gave up after this many chunks had each been
+        /// sent in vain, without sending the others (all of them are in `short`).
+        gave_up_after: Option<u64>,
     },
     /// A restore wrote every chunk and renamed the file into place.
     RestoreDone {

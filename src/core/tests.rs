@@ -196,6 +196,38 @@ fn putchunk_is_resent_with_doubling_waits_then_reported_short() {
 }
 
 #[test]
+fn a_backup_nobody_answers_gives_up_after_four_silent_chunks() {
+    let c = core(1); // window of 2
+    let first = c.start_backup(1, request(64_000 * 99, 1)).unwrap();
+    let mut next = timers(&first);
+    let mut all = first;
+    // Nobody answers: each chunk runs out of its 5 sends; new ones start as others give up.
+    while let Some((_, event)) = next.pop() {
+        let more = c.on_timer(event);
+        next.extend(timers(&more));
+        all.extend(more);
+    }
+    let report = all.iter().find_map(|a| match a {
+        Action::Report {
+            event:
+                OpEvent::BackupDone {
+                    short,
+                    gave_up_after,
+                    ..
+                },
+            ..
+        } => Some((short.len(), *gave_up_after)),
+        _ => None,
+    });
+    // Every chunk is short: four ran out of sends, the rest were dropped in flight or never
+    // sent (at most a window's worth were sent at all).
+    assert_eq!(report, Some((100, Some(4))));
+    let sent = sent_putchunks(&all);
+    assert!(sent.iter().all(|&no| no < 4 + 2), "{sent:?}");
+    assert_eq!(c.instances(), 0);
+}
+
+#[test]
 fn window_bounds_chunks_in_flight() {
     let c = core(1);
     let first = c.start_backup(1, request(64_000 * 4, 1)).unwrap();

@@ -29,10 +29,19 @@ impl Shared {
                 file,
                 chunks,
                 short,
+                gave_up_after,
             } => Reply::Done {
                 ok: short.is_empty(),
                 message: if short.is_empty() {
                     format!("backed up {path}: {chunks} chunks at the desired degree")
+                } else if let Some(tried) = gave_up_after {
+                    format!(
+                        "backup of {path} failed: no peer stored any chunk; the first {tried} \
+                         were each sent 5 times in vain, and the backup stopped there ({} of \
+                         {chunks} chunks not backed up). Are other peers running, on the same \
+                         multicast groups and interface, with free space?",
+                        short.len()
+                    )
                 } else {
                     format!(
                         "backup of {path} incomplete: {} of {chunks} chunks below the desired degree after 5 tries: {}",
