@@ -136,7 +136,7 @@ impl BackupOp {
 pub struct PendingPut {
     op: OpId,
     /// PUTCHUNK sends so far.
-    pub(super) sends: u8,
+    sends: u8,
     /// Its launch number in the congestion window.
     launch: u64,
 }
@@ -396,11 +396,19 @@ impl Core {
         }
     }
 
+    /// The backup and launch number of `chunk` if it still waits for STOREDs after its PUTCHUNK
+    /// send number `send` (else that send's wait has nothing left to do).
+    pub(super) fn putchunk_waiting(&self, chunk: ChunkKey, send: u8) -> Option<(OpId, u64)> {
+        self.pending
+            .get(&chunk)
+            .filter(|p| p.sends == send)
+            .map(|p| (p.op, p.launch))
+    }
+
     /// The wait after PUTCHUNK send number `send` is over: done, resend, or give up.
     pub(super) fn putchunk_wait_over(&self, chunk: ChunkKey, send: u8) -> Vec<Action> {
-        let (op, launch) = match self.pending.get(&chunk) {
-            Some(p) if p.sends == send => (p.op, p.launch),
-            _ => return Vec::new(), // finished, or a stale timer
+        let Some((op, launch)) = self.putchunk_waiting(chunk, send) else {
+            return Vec::new(); // finished, or a stale timer
         };
         let perceived = self.meta.lock().perceived(&chunk).unwrap_or(0);
         let degree = self.backups.get(&op).map(|b| b.degree);

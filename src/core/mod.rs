@@ -729,10 +729,10 @@ impl Core {
     pub fn timer_is_stale(&self, event: &TimerEvent) -> bool {
         match event {
             TimerEvent::PutchunkWait { chunk, send } => {
-                self.pending.get(chunk).is_none_or(|p| p.sends != *send)
+                self.putchunk_waiting(*chunk, *send).is_none()
             }
             TimerEvent::GetchunkWait { chunk, send } => {
-                self.getting.get(chunk).is_none_or(|p| p.sends != *send)
+                self.getchunk_waiting(*chunk, *send).is_none()
             }
             _ => false,
         }

@@ -68,7 +68,7 @@ impl RestoreOp {
 pub struct PendingGet {
     op: OpId,
     /// GETCHUNK sends so far.
-    pub(super) sends: u8,
+    sends: u8,
     /// Bodies that failed verification.
     bad: u8,
     /// Its launch number in the restore's window.
@@ -253,10 +253,18 @@ impl Core {
         vec![self.send(Channel::Mc, MessageKind::Getchunk { chunk })]
     }
 
+    /// The restore and launch number of `chunk` if it still waits for a CHUNK after its
+    /// GETCHUNK send number `send` (else that send's wait has nothing left to do).
+    pub(super) fn getchunk_waiting(&self, chunk: ChunkKey, send: u8) -> Option<(OpId, u64)> {
+        self.getting
+            .get(&chunk)
+            .filter(|p| p.sends == send)
+            .map(|p| (p.op, p.launch))
+    }
+
     pub(super) fn getchunk_wait_over(&self, chunk: ChunkKey, send: u8) -> Vec<Action> {
-        let (op, launch) = match self.getting.get(&chunk) {
-            Some(p) if p.sends == send => (p.op, p.launch),
-            _ => return Vec::new(),
+        let Some((op, launch)) = self.getchunk_waiting(chunk, send) else {
+            return Vec::new();
         };
         if let Some(mut r) = self.restores.get_mut(&op) {
             r.flow.congestion(launch);
