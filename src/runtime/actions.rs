@@ -96,6 +96,7 @@ impl Shared {
                     }
                 },
                 Action::RemoveChunk { chunk } => {
+                    tracing::debug!("removing the copy of {chunk}");
                     if let Err(e) = self.files.remove(&chunk) {
                         self.stats
                             .disk_error(format_args!("removing chunk {chunk}: {e}"));
