@@ -1042,7 +1042,7 @@ fn enhanced_holders_above_the_lowest_ids_drop_surplus_copies() {
 }
 
 #[test]
-fn removed_is_sent_five_times_half_a_second_apart() {
+fn removed_is_sent_ten_times_half_a_second_apart() {
     let c = holder(1, &[]);
     let (_, actions) = c.reclaim(0, false);
     let all = run_timers(&c, actions);
@@ -1050,7 +1050,7 @@ fn removed_is_sent_five_times_half_a_second_apart() {
         .into_iter()
         .filter(|m| m.kind == MessageKind::Removed { chunk: key(0) })
         .collect();
-    assert_eq!(removed.len(), 5);
+    assert_eq!(removed.len(), 10);
     let waits: Vec<Duration> = timers(&all).into_iter().map(|(d, _)| d).collect();
-    assert_eq!(waits, vec![Duration::from_millis(500); 4]);
+    assert_eq!(waits, vec![Duration::from_millis(500); 9]);
 }
