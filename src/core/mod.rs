@@ -614,6 +614,16 @@ impl Core {
         remaining: u8,
         then: Option<(OpId, OpEvent)>,
     ) -> Vec<Action> {
+        // A REMOVED repeated after this peer stored the chunk again (a re-backup asked it to)
+        // would make the others drop it from the holders it is again one of.
+        if let MessageKind::Removed { chunk } = &message.kind
+            && (self.writing.contains_key(chunk) || self.meta.lock().stored_chunk(chunk).is_some())
+        {
+            return then
+                .map(|(op, event)| Action::Report { op, event })
+                .into_iter()
+                .collect();
+        }
         let mut actions = vec![Action::Send {
             channel: Channel::Mc,
             message: message.clone(),

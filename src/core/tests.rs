@@ -1042,6 +1042,25 @@ fn enhanced_holders_above_the_lowest_ids_drop_surplus_copies() {
 }
 
 #[test]
+fn removed_stops_repeating_once_the_chunk_is_stored_here_again() {
+    let c = holder(1, &[]);
+    let (_, actions) = c.reclaim(0, false);
+    let again = timers(&actions);
+    assert_eq!(again.len(), 1, "the first repeat is scheduled");
+    // A re-backup asks this peer to store the chunk again before the repeat is due.
+    c.reclaim(1_000_000, false);
+    c.on_message(msg(3, putchunk(0, b"x")));
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    assert!(c.with_metadata(|m| m.stored_chunk(&key(0)).is_some()));
+    let (_, event) = again.into_iter().next().unwrap();
+    let repeat = c.on_timer(event);
+    assert!(
+        sends(&repeat).is_empty() && timers(&repeat).is_empty(),
+        "{repeat:?}"
+    );
+}
+
+#[test]
 fn removed_is_sent_ten_times_half_a_second_apart() {
     let c = holder(1, &[]);
     let (_, actions) = c.reclaim(0, false);
