@@ -162,9 +162,16 @@ impl Core {
         if chunks - 1 > u64::from(MAX_CHUNK_NO) {
             return Err(CommandError::TooLarge(req.size));
         }
+        let version = if req.enhanced {
+            Version::V2_0
+        } else {
+            Version::V1_0
+        };
         let mut actions = Vec::new();
         let mut already_done = Vec::new();
-        {
+        let old = {
+            // Checking for a running backup and registering this one happen under the
+            // metadata lock, so that two requests for the same file cannot both start.
             let mut meta = self.meta.lock();
             if self
                 .backups
@@ -180,10 +187,10 @@ impl Core {
                 .filter(|(id, f)| f.path == req.path && **id != req.file)
                 .map(|(id, _)| *id)
                 .collect();
-            for file in old {
-                let version = self.forget_file(&mut meta, file, req.enhanced);
-                actions.extend(self.delete_sends(file, version, None));
-            }
+            let old: Vec<(FileId, Version)> = old
+                .into_iter()
+                .map(|file| (file, self.forget_file(&mut meta, file, req.enhanced)))
+                .collect();
             let entry = meta.register_file(req.file, req.path.clone(), req.size, req.degree);
             // Resumable: chunks already confirmed by enough peers are not sent again.
             // (A confirmed chunk whose hash was not saved before a crash gets it from the file.)
@@ -200,20 +207,21 @@ impl Core {
                     }
                 }
             }
-        }
-        let version = if req.enhanced {
-            Version::V2_0
-        } else {
-            Version::V1_0
+            let source = Source::File {
+                path: req.path,
+                size: req.size,
+            };
+            self.backups.insert(
+                op,
+                BackupOp::new(req.file, source, req.degree, version, chunks),
+            );
+            old
         };
-        let source = Source::File {
-            path: req.path,
-            size: req.size,
-        };
-        self.backups.insert(
-            op,
-            BackupOp::new(req.file, source, req.degree, version, chunks),
-        );
+        // The DELETEs of the earlier versions go first (sending takes the metadata lock).
+        let deletes = old
+            .into_iter()
+            .flat_map(|(file, version)| self.delete_sends(file, version, None));
+        actions.splice(0..0, deletes.collect::<Vec<_>>());
         actions.extend(self.fill_window(op, &already_done));
         Ok(actions)
     }

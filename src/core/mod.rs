@@ -15,6 +15,7 @@ pub mod backup;
 pub mod delete;
 pub mod enhanced;
 pub mod flow;
+pub mod maps;
 pub mod metadata;
 pub mod reclaim;
 pub mod restore;
@@ -26,13 +27,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::protocol::{
     ChunkHash, ChunkKey, ChunkNo, FileId, Message, MessageKind, PeerId, Version,
 };
 pub use backup::{BackupOp, BackupRequest, PendingPut};
+use maps::{Map, Seeded};
 pub use metadata::Metadata;
 pub use restore::{PendingGet, RestoreOp, RestoreRequest};
 pub use state::StateReport;
@@ -475,24 +476,24 @@ pub struct Core {
     rng: Mutex<fastrand::Rng>,
     next_internal_op: AtomicU64,
     /// Backups in progress (client backups and re-backups), by operation.
-    backups: DashMap<OpId, BackupOp>,
+    backups: Map<OpId, BackupOp>,
     /// Chunks awaiting STORED, initiator side.
-    pending: DashMap<ChunkKey, PendingPut>,
+    pending: Map<ChunkKey, PendingPut>,
     /// The congestion window over `pending`.
     flow: Mutex<flow::FlowControl>,
     /// Chunks being written here (their sizes are reserved against capacity).
-    writing: DashMap<ChunkKey, storer::Writing>,
+    writing: Map<ChunkKey, storer::Writing>,
     /// Enhanced: chunk bodies held while deciding whether to store them.
-    deferred: DashMap<ChunkKey, storer::Deferred>,
+    deferred: Map<ChunkKey, storer::Deferred>,
     /// Chunks held here with a CHUNK reply scheduled (removed when another CHUNK is seen),
     /// with the TCP address of an enhanced initiator.
-    replying: DashMap<ChunkKey, Option<SocketAddrV4>>,
+    replying: Map<ChunkKey, Option<SocketAddrV4>>,
     /// Restores in progress, by operation.
-    restores: DashMap<OpId, RestoreOp>,
+    restores: Map<OpId, RestoreOp>,
     /// Chunks awaiting CHUNK, initiator side.
-    getting: DashMap<ChunkKey, PendingGet>,
+    getting: Map<ChunkKey, PendingGet>,
     /// Chunks held here below their degree, watched until they are back at it.
-    watches: DashMap<ChunkKey, reclaim::Watch>,
+    watches: Map<ChunkKey, reclaim::Watch>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -531,20 +532,20 @@ impl Core {
         let rng = fastrand::Rng::with_seed(cfg.seed);
         let flow = flow::FlowControl::new(INITIAL_WINDOW.min(cfg.window), MIN_WINDOW, cfg.window);
         Core {
-            cfg,
             counters: Counters::default(),
             meta: Mutex::new(meta),
             rng: Mutex::new(rng),
             next_internal_op: AtomicU64::new(INTERNAL_OPS),
-            backups: DashMap::new(),
-            pending: DashMap::new(),
+            backups: Map::seeded(cfg.seed),
+            pending: Map::seeded(cfg.seed),
             flow: Mutex::new(flow),
-            writing: DashMap::new(),
-            deferred: DashMap::new(),
-            replying: DashMap::new(),
-            restores: DashMap::new(),
-            getting: DashMap::new(),
-            watches: DashMap::new(),
+            writing: Map::seeded(cfg.seed),
+            deferred: Map::seeded(cfg.seed),
+            replying: Map::seeded(cfg.seed),
+            restores: Map::seeded(cfg.seed),
+            getting: Map::seeded(cfg.seed),
+            watches: Map::seeded(cfg.seed),
+            cfg,
         }
     }
 

@@ -90,21 +90,18 @@ impl Core {
         op: OpId,
         req: RestoreRequest,
     ) -> Result<Vec<Action>, CommandError> {
-        let (file, size, hashes) = {
-            let meta = self.meta.lock();
-            let file = meta
-                .file_for_path(&req.path)
-                .ok_or_else(|| CommandError::NotBackedUp(req.path.clone()))?;
-            let f = &meta.backed_up()[&file];
-            (
-                file,
-                f.size,
-                f.chunks.iter().map(|c| c.hash).collect::<Vec<_>>(),
-            )
-        };
+        // Checking for a running restore and registering this one happen under the metadata
+        // lock, so that two requests for the same file cannot both start.
+        let meta = self.meta.lock();
+        let file = meta
+            .file_for_path(&req.path)
+            .ok_or_else(|| CommandError::NotBackedUp(req.path.clone()))?;
         if self.restores.iter().any(|r| r.file == file) {
             return Err(CommandError::RestoreRunning(req.path));
         }
+        let f = &meta.backed_up()[&file];
+        let size = f.size;
+        let hashes = f.chunks.iter().map(|c| c.hash).collect::<Vec<_>>();
         self.restores.insert(
             op,
             RestoreOp {
@@ -126,6 +123,7 @@ impl Core {
                 ),
             },
         );
+        drop(meta);
         let mut actions = vec![Action::CreateRestoreFile {
             op,
             path: req.tmp,

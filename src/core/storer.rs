@@ -21,6 +21,11 @@ pub struct Writing {
     enhanced: bool,
     /// The STORED to send once the write is durable (its delay is over, or it is enhanced).
     stored_due: Option<Version>,
+    /// DELETE arrived while it was written: the chunk is removed once the write ends. The
+    /// entry stays until then, so that a PUTCHUNK meanwhile starts no second write of the
+    /// same chunk (two writes of one chunk in flight could land in one group commit, and the
+    /// later one would find its reservation taken by the earlier).
+    cancelled: bool,
 }
 
 /// Enhanced: a chunk body held while this peer waits to see whether others store it.
@@ -102,6 +107,7 @@ impl Core {
             holders,
             enhanced,
             stored_due: enhanced.then_some(Version::V2_0),
+            cancelled: false,
         };
         if self.writing.insert(chunk, writing).is_some() {
             return Vec::new();
@@ -164,7 +170,8 @@ impl Core {
             return Vec::new();
         };
         // DELETE arrived, or RECLAIM lowered the capacity, while the chunk was written.
-        let Some(w) = reservation.filter(|_| meta.footprint() + footprint(size) <= meta.capacity())
+        let Some(w) = reservation
+            .filter(|w| !w.cancelled && meta.footprint() + footprint(size) <= meta.capacity())
         else {
             return vec![Action::RemoveChunk { chunk }];
         };
@@ -242,7 +249,9 @@ impl Core {
 
     pub(super) fn on_delete(&self, file: FileId, enhanced: bool) -> Vec<Action> {
         let removed = self.meta.lock().remove_stored_file(&file);
-        self.writing.retain(|k, _| k.file != file);
+        for mut w in self.writing.iter_mut().filter(|w| w.key().file == file) {
+            w.cancelled = true;
+        }
         self.deferred.retain(|k, _| k.file != file);
         let mut actions: Vec<Action> = removed
             .into_iter()

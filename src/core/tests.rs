@@ -1073,3 +1073,25 @@ fn removed_is_sent_ten_times_half_a_second_apart() {
     let waits: Vec<Duration> = timers(&all).into_iter().map(|(d, _)| d).collect();
     assert_eq!(waits, vec![Duration::from_millis(500); 9]);
 }
+
+#[test]
+fn putchunk_delete_putchunk_never_has_two_writes_of_one_chunk_in_flight() {
+    let c = core(2);
+    let first = c.on_message(msg(1, putchunk(0, b"abc")));
+    assert!(matches!(first[0], Action::WriteChunk { .. }));
+    c.on_message(msg(1, MessageKind::Delete { file: key(0).file }));
+    // The first write is still under way: a second PUTCHUNK must not start another (both could
+    // land in one group commit; the runtime's commit thread died of that).
+    let again = c.on_message(msg(1, putchunk(0, b"abc")));
+    assert!(
+        !again.iter().any(|a| matches!(a, Action::WriteChunk { .. })),
+        "{again:?}"
+    );
+    // The cancelled write ends: its chunk is removed, not recorded, and no STORED goes out.
+    let done = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"abc")));
+    assert_eq!(done, vec![Action::RemoveChunk { chunk: key(0) }]);
+    assert!(c.state().stored.is_empty());
+    // The initiator's resend then stores it.
+    let resend = c.on_message(msg(1, putchunk(0, b"abc")));
+    assert!(matches!(resend[0], Action::WriteChunk { .. }));
+}
