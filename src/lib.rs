@@ -6,11 +6,13 @@
 //!   in; sends, disk actions and timers out);
 //! - [`storage`]: chunk files and persisted metadata in a peer's directory tree;
 //! - [`net`]: multicast sockets pinned to one interface;
+//! - [`exec`]: the one executor of the core's actions, over a world's disk, network and timers;
 //! - [`runtime`]: threads, worker pool and timer wheel that drive the core for real;
 //! - [`client`]: the access point and the line-delimited JSON API between TestApp and peer.
 
 pub mod client;
 pub mod core;
+pub mod exec;
 pub mod net;
 pub mod protocol;
 pub mod runtime;

@@ -1,10 +1,13 @@
 //! The runtime that drives the protocol core for real: receiver threads, a bounded worker
-//! pool, a timer wheel, paced sender threads, and the disk.
+//! pool, a timer wheel, paced sender threads, and the disk, as the world of the shared
+//! executor ([`crate::exec`]).
 
-mod actions;
-mod commands;
+mod client_ops;
+mod effects;
 pub mod node;
 pub mod pool;
+mod receive;
+mod replies;
 pub mod sender;
 pub mod tcp;
 pub mod timer;

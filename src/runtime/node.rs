@@ -1,10 +1,9 @@
-//! A running peer: starts and stops the threads that drive the protocol core, and holds what
-//! they share.
+//! A running peer: starts and stops the threads that drive its executor.
 //!
-//! Path of a datagram: receiver thread (`recv`, copy) → bounded worker pool → parse → core →
-//! actions, executed on that worker (see `actions.rs`): chunks staged for the commit thread,
-//! sends queued to the paced sender threads, timers into the wheel, reports to the client's
-//! connection thread (see `commands.rs`).
+//! Path of a datagram: receiver thread (`recv`, copy; see `receive.rs`) → bounded worker pool →
+//! the executor (parse, core, actions: chunks staged for the commit thread, sends queued to the
+//! paced sender threads, timers into the wheel, reports to the client's connection thread; see
+//! `crate::exec`).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -13,23 +12,19 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use dashmap::DashMap;
-use parking_lot::Mutex;
-
-use super::commands::{ClientHandler, OpSink};
+use super::client_ops::ClientHandler;
+use super::effects::{Peer, RealEffects};
 use super::pool::BoundedPool;
+use super::receive::receive;
+use super::replies::Replies;
 use super::sender::Senders;
 use super::tcp::{self, ConnectionPool};
 use super::timer::TimerService;
 use crate::client::server::Handler;
-use crate::core::{Action, Channel, Config, Core, OpId, TimerEvent};
-use crate::net::{ChannelAddrs, RECV_BUFFER, open_receiver, recv_buffer_size, recv_head};
-use crate::protocol::{ChunkHash, MAX_CHUNK_SIZE, Message, MessageKind, peek_sender};
-use crate::storage::chunk_files::Staged;
-use crate::storage::meta_file::MetaFile;
-use crate::storage::reconcile::reconcile;
-use crate::storage::{ChunkFiles, StorageError};
+use crate::core::{Channel, Config};
+use crate::exec::{Executor, boot};
+use crate::net::{ChannelAddrs, RECV_BUFFER, open_receiver, recv_buffer_size};
+use crate::storage::{PeerDisk, StorageError};
 
 /// How a peer runs.
 #[derive(Clone, Debug)]
@@ -81,76 +76,13 @@ pub enum NodeError {
     },
 }
 
-/// Counters a peer keeps about what it received.
-#[derive(Default, Debug)]
-pub struct Stats {
-    /// Datagrams received, all channels.
-    pub received: AtomicU64,
-    /// Datagrams dropped as malformed (or on the wrong channel).
-    pub malformed: AtomicU64,
-    /// Disk operations that failed (writing, syncing, removing chunks; saving metadata).
-    pub disk_errors: AtomicU64,
-    /// The last disk error, for STATE.
-    pub last_disk_error: parking_lot::Mutex<Option<String>>,
-}
-
-impl Stats {
-    /// Logs and counts a disk error; the peer keeps running.
-    pub(super) fn disk_error(&self, what: std::fmt::Arguments<'_>) {
-        let text = what.to_string();
-        tracing::error!("{text}");
-        self.disk_errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_disk_error.lock() = Some(text);
-    }
-}
-
-pub(super) struct Shared {
-    /// Itself, for work handed to other threads.
-    pub(super) this: Weak<Shared>,
-    pub(super) core: Core,
-    pub(super) files: ChunkFiles,
-    pub(super) meta_file: MetaFile,
-    pub(super) pool: BoundedPool,
-    pub(super) timers: TimerService<TimerEvent>,
-    pub(super) senders: Senders,
-    /// Enhanced: connections to initiators that take chunk bodies over TCP.
-    pub(super) tcp_pool: ConnectionPool,
-    pub(super) ops: DashMap<OpId, OpSink>,
-    pub(super) next_op: AtomicU64,
-    pub(super) stats: Stats,
-    pub(super) stop: AtomicBool,
-    /// Wakes the commit thread after actions that may have changed the metadata.
-    pub(super) save_signal: (Sender<()>, Receiver<()>),
-    /// What the next group commit makes durable, and what waits for it.
-    pub(super) commits: Mutex<Commits>,
-}
-
-/// Work for the next group commit.
-#[derive(Default)]
-pub(super) struct Commits {
-    /// Chunks written to temporary files, to make durable and record.
-    pub(super) staged: Vec<StagedWrite>,
-    /// Action sequences that follow a `SyncMetadata`, to run once the metadata is saved.
-    pub(super) after: Vec<Vec<Action>>,
-}
-
-/// A staged chunk with what the core needs to record it.
-pub(super) struct StagedWrite {
-    pub(super) staged: Staged,
-    pub(super) desired: u8,
-    pub(super) size: u32,
-    pub(super) hash: ChunkHash,
-}
-
 /// A running peer.
 pub struct Node {
-    shared: Arc<Shared>,
+    peer: Arc<Peer>,
     threads: Vec<JoinHandle<()>>,
 }
 
 const RECV_POLL: Duration = Duration::from_millis(200);
-/// Bytes of a CHUNK received by a peer that restores nothing: room for any header it sends.
-const CHUNK_HEAD: usize = 1024;
 /// Connections to initiators a holder keeps open at most.
 const TCP_CONNECTIONS: usize = 8;
 /// The commit thread wakes at least this often, and commits at once when signalled...
@@ -161,11 +93,14 @@ const COMMIT_MIN_GAP: Duration = Duration::from_millis(5);
 impl Node {
     /// Opens the tree, reconciles it, opens the channels and starts every thread.
     pub fn start(mut cfg: NodeConfig) -> Result<Node, NodeError> {
-        let files = ChunkFiles::open(&cfg.dir)?;
-        let meta_file = MetaFile::new(&cfg.dir, files.tmp_dir());
-        let mut meta = meta_file.load()?;
-        let fixed = reconcile(&mut meta, &files, cfg.core.id)?;
-        if fixed != Default::default() {
+        let disk = PeerDisk::open(&cfg.dir)?;
+        let booted = boot(
+            &disk,
+            cfg.core.id,
+            cfg.capacity_kb.map(|kb| kb.saturating_mul(1000)),
+        )?;
+        let fixed = &booted.reconciled;
+        if *fixed != Default::default() {
             tracing::warn!(
                 "reconciled {}: dropped {} chunk records without files, adopted {} chunk files, removed {}",
                 cfg.dir.display(),
@@ -174,13 +109,6 @@ impl Node {
                 fixed.removed.len()
             );
         }
-        if let Some(kb) = cfg.capacity_kb {
-            meta.set_capacity(kb.saturating_mul(1000));
-        }
-        // Start from a fresh snapshot (folding in the journal and reconciliation).
-        meta_file.save(true, |_| {
-            Some((meta.generation(), meta.drain_changes(true)))
-        })?;
         let socket_err = |channel: Channel, e| NodeError::Socket {
             channel: channel.name(),
             addr: cfg.channels.get(channel).to_string(),
@@ -219,182 +147,72 @@ impl Node {
         } else {
             None
         };
-        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
-            let this = weak.clone();
+        let peer = Executor::new(cfg.core.clone(), booted.meta, |weak: &Weak<Peer>| {
             let weak = weak.clone();
-            Shared {
-                this,
-                core: Core::new(cfg.core.clone(), meta),
-                files,
-                meta_file,
+            RealEffects {
+                disk,
                 pool: BoundedPool::new(cfg.workers, cfg.backlog_bytes),
+                // Due events go to the worker pool, except those with nothing left to do.
                 timers: TimerService::start(Duration::from_millis(5), 1024, move |event| {
-                    if let Some(s) = weak.upgrade()
-                        && !s.core.timer_is_stale(&event)
+                    if let Some(p) = weak.upgrade()
+                        && !p.timer_is_stale(&event)
                     {
-                        let s2 = s.clone();
-                        s.pool.execute(move || s2.run(s2.core.on_timer(event)));
+                        let p2 = p.clone();
+                        p.effects.pool.execute(move || p2.on_timer(event));
                     }
                 }),
                 senders,
                 tcp_pool: ConnectionPool::new(TCP_CONNECTIONS),
-                ops: DashMap::new(),
-                next_op: AtomicU64::new(1),
-                stats: Stats::default(),
+                replies: Replies::new(),
+                received: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
-                save_signal: crossbeam_channel::bounded(1),
-                commits: Mutex::default(),
+                commit_signal: crossbeam_channel::bounded(1),
             }
         });
-        shared.save_metadata();
         let mut threads = Vec::new();
         for (channel, socket) in Channel::ALL.into_iter().zip(sockets) {
-            let s = shared.clone();
+            let p = peer.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("recv-{}", channel.name()))
-                    .spawn(move || s.receive(channel, socket))
+                    .spawn(move || receive(p, channel, socket))
                     .expect("spawn receiver"),
             );
         }
-        let s = shared.clone();
+        let p = peer.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("commit".into())
                 .spawn(move || {
-                    while !s.stop.load(Ordering::Relaxed) {
-                        let _ = s.save_signal.1.recv_timeout(METADATA_SAVE_EVERY);
-                        s.commit();
+                    while !p.effects.stop.load(Ordering::Relaxed) {
+                        let _ = p.effects.commit_signal.1.recv_timeout(METADATA_SAVE_EVERY);
+                        p.commit();
                         std::thread::sleep(COMMIT_MIN_GAP);
                     }
                 })
-                .expect("spawn metadata saver"),
+                .expect("spawn committer"),
         );
         if let Some(listener) = body_listener {
-            let s = shared.clone();
-            tcp::serve(listener, move |msg: Message| {
-                if matches!(msg.kind, MessageKind::Chunk { .. }) {
-                    s.run(s.core.on_message(msg));
-                }
-            });
+            let p = peer.clone();
+            tcp::serve(listener, move |msg| p.on_tcp_message(msg));
         }
-        shared.run(shared.core.startup(fixed.dropped));
-        Ok(Node { shared, threads })
+        peer.start(booted.reconciled);
+        Ok(Node { peer, threads })
     }
 
     /// The client-request handler of this peer.
     pub fn handler(&self) -> Arc<dyn Handler> {
-        Arc::new(ClientHandler(self.shared.clone()))
+        Arc::new(ClientHandler(self.peer.clone()))
     }
 
     /// Stops receiving, lets queued work finish, saves the metadata.
     pub fn shutdown(self) -> Result<(), StorageError> {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        self.peer.effects.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
         }
-        self.shared.pool.join();
-        self.shared.commit();
-        self.shared.save_to_disk()
-    }
-}
-
-impl Shared {
-    fn receive(self: Arc<Self>, channel: Channel, socket: std::net::UdpSocket) {
-        let mut buf = vec![0u8; 65_536];
-        let me = self.core.config().id;
-        while !self.stop.load(Ordering::Relaxed) {
-            // A peer that restores nothing needs only the header of a CHUNK (to silence its
-            // own reply for the same chunk), not the body. It waits for the next datagram
-            // without taking it, then decides: a restore may have started meanwhile.
-            let received = if channel == Channel::Mdr && !self.core.restoring() {
-                match recv_head(&socket, &mut buf[..CHUNK_HEAD], true) {
-                    Ok(_) if self.core.restoring() => socket.recv(&mut buf).map(|n| (n, n)),
-                    Ok(_) => recv_head(&socket, &mut buf[..CHUNK_HEAD], false),
-                    Err(e) => Err(e),
-                }
-            } else {
-                socket.recv(&mut buf).map(|n| (n, n))
-            };
-            match received {
-                Ok((n, full)) => {
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if peek_sender(&buf[..n]) == Some(me) {
-                        continue; // our own multicast: not worth a copy
-                    }
-                    let datagram = buf[..n].to_vec();
-                    let s = self.clone();
-                    if !self
-                        .pool
-                        .try_execute(n, move || s.on_datagram(channel, &datagram, full))
-                    {
-                        tracing::debug!("backlog full: dropped a datagram on {}", channel.name());
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => {
-                    tracing::warn!("receive on {}: {e}", channel.name());
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-
-    /// Handles one datagram of `full` bytes, of which only the beginning may have been
-    /// received (see `receive`).
-    fn on_datagram(&self, channel: Channel, datagram: &[u8], full: usize) {
-        if full > datagram.len() {
-            // Only a CHUNK's header is of use without its body (whose size is still checked).
-            let header = header_of(datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
-            match header.map(Message::parse) {
-                Some(Ok(Message {
-                    kind: MessageKind::Chunk { chunk, .. },
-                    ..
-                })) => self.core.chunk_seen(chunk),
-                _ => {
-                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("dropped a {full}-byte datagram on {}", channel.name());
-                }
-            }
-            return;
-        }
-        let msg = match Message::parse(datagram) {
-            Ok(msg) if channel_of(&msg.kind) == channel => msg,
-            Ok(msg) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("dropped {} received on {}", msg.kind.name(), channel.name());
-                return;
-            }
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("dropped malformed datagram on {}: {e}", channel.name());
-                return;
-            }
-        };
-        if let MessageKind::Chunk { chunk, .. } = &msg.kind
-            && self.pool.filling()
-        {
-            self.core.restore_backlogged(*chunk);
-        }
-        self.run(self.core.on_message(msg));
-    }
-}
-
-/// The header of a datagram (up to and including its CRLF CRLF), if it is all there.
-fn header_of(datagram: &[u8]) -> Option<&[u8]> {
-    let end = datagram.windows(4).position(|w| w == b"\r\n\r\n")?;
-    Some(&datagram[..end + 4])
-}
-
-/// The channel a message type travels on.
-fn channel_of(kind: &MessageKind) -> Channel {
-    match kind {
-        MessageKind::Putchunk { .. } => Channel::Mdb,
-        MessageKind::Chunk { .. } => Channel::Mdr,
-        _ => Channel::Mc,
+        self.peer.effects.pool.join();
+        self.peer.commit();
+        self.peer.save_to_disk()
     }
 }

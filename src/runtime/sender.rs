@@ -10,6 +10,7 @@ use crossbeam_channel::{Sender, unbounded};
 use parking_lot::Mutex;
 
 use crate::core::Channel;
+use crate::exec::Outgoing;
 use crate::net::{ChannelAddrs, open_sender};
 
 /// Paces sends to `rate` bytes per second across all channels, allowing a short burst.
@@ -52,15 +53,6 @@ pub struct SendStats {
     pub errors: AtomicU64,
 }
 
-/// Something to send: a ready datagram, or one built when its turn comes (so that a chunk body
-/// is read from disk at send time, not held while it waits for the pacer).
-pub enum Outgoing {
-    /// A datagram.
-    Ready(Vec<u8>),
-    /// Builds the datagram (or nothing, if it cannot) just before it is sent.
-    Build(Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
-}
-
 /// The sender threads of one peer.
 pub struct Senders {
     queues: Vec<Sender<Outgoing>>,
@@ -71,7 +63,7 @@ pub struct Senders {
 impl Senders {
     /// Starts one sender thread per channel, each with its own socket on `iface`. Queues are
     /// unbounded: what waits in them is bounded by the protocol's windows, and a chunk waits
-    /// as a [`Outgoing::Build`], not as its body.
+    /// as an [`Outgoing::Build`], not as its body.
     pub fn start(addrs: ChannelAddrs, iface: Ipv4Addr, rate: u64) -> std::io::Result<Self> {
         let pacer = Arc::new(Pacer::new(rate));
         let stats = Arc::new(SendStats::default());
@@ -86,12 +78,8 @@ impl Senders {
                 .name(format!("send-{}", channel.name()))
                 .spawn(move || {
                     for out in rx {
-                        let datagram = match out {
-                            Outgoing::Ready(d) => d,
-                            Outgoing::Build(build) => match build() {
-                                Some(d) => d,
-                                None => continue,
-                            },
+                        let Some(datagram) = out.into_datagram() else {
+                            continue;
                         };
                         let wait = pacer.reserve(datagram.len(), Instant::now());
                         if !wait.is_zero() {
@@ -114,18 +102,9 @@ impl Senders {
         Ok(Senders { queues, stats })
     }
 
-    /// Queues a datagram on `channel`.
-    pub fn send(&self, channel: Channel, datagram: Vec<u8>) {
-        let _ = self.queues[channel.index()].send(Outgoing::Ready(datagram));
-    }
-
-    /// Queues a datagram built by `build` when its turn comes on `channel`.
-    pub fn send_built(
-        &self,
-        channel: Channel,
-        build: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
-    ) {
-        let _ = self.queues[channel.index()].send(Outgoing::Build(Box::new(build)));
+    /// Queues a datagram on `channel` (built when its turn comes, if it is to be).
+    pub fn send(&self, channel: Channel, out: Outgoing) {
+        let _ = self.queues[channel.index()].send(out);
     }
 }
 

@@ -4,10 +4,12 @@
 //! files of atomic writes), `<dir>/restored/` (restored files).
 
 pub mod chunk_files;
+pub mod disk;
 pub mod meta_file;
 pub mod reconcile;
 
 pub use chunk_files::ChunkFiles;
+pub use disk::{ChunkStore, Disk, PeerDisk};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]

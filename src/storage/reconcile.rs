@@ -8,7 +8,8 @@
 
 use std::collections::BTreeSet;
 
-use super::{ChunkFiles, StorageError};
+use super::ChunkStore;
+use super::StorageError;
 use crate::core::Metadata;
 use crate::core::metadata::StoredChunk;
 use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, PeerId};
@@ -25,14 +26,14 @@ pub struct Reconciled {
 }
 
 /// Brings `meta` and the chunk files into agreement.
-pub fn reconcile(
+pub fn reconcile<S: ChunkStore + ?Sized>(
     meta: &mut Metadata,
-    files: &ChunkFiles,
+    files: &S,
     me: PeerId,
 ) -> Result<Reconciled, StorageError> {
-    files.clear_tmp();
+    files.clear_staged();
     let mut out = Reconciled::default();
-    let on_disk = files.list()?;
+    let on_disk = files.list_chunks()?;
     let present: BTreeSet<ChunkKey> = on_disk.iter().map(|(k, _)| *k).collect();
     let known: Vec<ChunkKey> = meta
         .stored()
@@ -52,7 +53,7 @@ pub fn reconcile(
     }
     for (key, size) in on_disk {
         if size > MAX_CHUNK_SIZE as u64 || meta.backed_up().contains_key(&key.file) {
-            files.remove(&key)?;
+            files.remove_chunk(&key)?;
             meta.remove_stored(&key);
             out.removed.push(key);
             continue;
@@ -67,7 +68,7 @@ pub fn reconcile(
                 },
             ),
             None => {
-                let hash = files.read(&key).ok().map(|body| ChunkHash::of(&body));
+                let hash = files.read_chunk(&key).ok().map(|body| ChunkHash::of(&body));
                 meta.insert_stored(
                     key,
                     StoredChunk {

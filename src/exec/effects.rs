@@ -1,0 +1,49 @@
+//! What the executor needs from a world: a disk ([`crate::storage::Disk`]), a network, timers
+//! and clients. The real runtime implements [`Effects`] with sockets, the timer wheel and the
+//! access point; the simulator with a simulated network and clock.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use crate::core::{Channel, OpEvent, OpId, TimerEvent};
+use crate::protocol::Message;
+use crate::storage::Disk;
+
+/// A datagram to send: ready, or built when the sender gets to it.
+pub enum Outgoing {
+    /// A datagram.
+    Ready(Vec<u8>),
+    /// Builds the datagram (or nothing, if it is no longer wanted or cannot be) just before it
+    /// is sent, so that a chunk body is read at send time and a reply is checked again then.
+    Build(Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
+}
+
+impl Outgoing {
+    /// The datagram to send now, if any.
+    pub fn into_datagram(self) -> Option<Vec<u8>> {
+        match self {
+            Outgoing::Ready(d) => Some(d),
+            Outgoing::Build(build) => build(),
+        }
+    }
+}
+
+/// The world a peer's executor acts on.
+pub trait Effects: Send + Sync + 'static {
+    /// The peer's disk.
+    type Disk: Disk;
+
+    /// The peer's disk.
+    fn disk(&self) -> &Self::Disk;
+    /// Queues a datagram on a channel; it goes out in order, when the pacer allows.
+    fn send(&self, channel: Channel, out: Outgoing);
+    /// Delivers `event` to [`crate::exec::Executor::on_timer`] after `delay`.
+    fn schedule(&self, delay: Duration, event: TimerEvent);
+    /// Tells the client running `op`.
+    fn report(&self, op: OpId, event: OpEvent);
+    /// Enhanced: sends a whole message (a CHUNK) over TCP to an initiator.
+    fn send_tcp(&self, addr: SocketAddrV4, msg: &Message) -> io::Result<()>;
+    /// Asks for a group commit ([`crate::exec::Executor::commit`]) soon.
+    fn wake_commit(&self);
+}

@@ -1,0 +1,490 @@
+//! The one executor of the core's actions, shared by the real runtime and the simulator.
+//!
+//! It owns every rule about *how* actions are carried out, so that both worlds follow them:
+//! a PUTCHUNK or CHUNK body is read when the sender gets to it (not while it waits), and a
+//! PUTCHUNK's waits start then; a CHUNK reply is checked again at that moment (another
+//! holder's CHUNK may have silenced it); chunk writes are staged and made durable in group
+//! commits, and what follows [`Action::SyncMetadata`] (STORED, REMOVED) runs only after the
+//! next commit has saved the metadata. The world behind it is reached through [`Effects`].
+
+pub mod effects;
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::core::enhanced::header_only_chunk;
+use crate::core::{Action, Channel, ChunkSource, Config, Core, Metadata, OpId, TimerEvent};
+use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, Message, MessageKind, Version};
+use crate::storage::reconcile::{Reconciled, reconcile};
+use crate::storage::{ChunkStore, Disk, StorageError};
+pub use effects::{Effects, Outgoing};
+
+/// Counters of what the executor saw go wrong.
+#[derive(Default, Debug)]
+pub struct ExecStats {
+    /// Datagrams dropped as malformed (or on the wrong channel).
+    pub malformed: AtomicU64,
+    /// Disk operations that failed (writing, syncing, removing chunks; saving metadata).
+    pub disk_errors: AtomicU64,
+    /// The last disk error, for STATE.
+    pub last_disk_error: Mutex<Option<String>>,
+}
+
+/// A chunk staged on disk, with what the core needs to record it once durable.
+struct StagedWrite<S> {
+    staged: S,
+    chunk: ChunkKey,
+    desired: u8,
+    size: u32,
+    hash: ChunkHash,
+}
+
+/// Work for the next group commit.
+struct Commits<S> {
+    /// Chunks staged, to make durable and record.
+    staged: Vec<StagedWrite<S>>,
+    /// Action sequences that follow a `SyncMetadata`, to run once the metadata is saved.
+    after: Vec<Vec<Action>>,
+}
+
+/// Carries out one peer's core actions on a world `E`.
+pub struct Executor<E: Effects> {
+    this: Weak<Executor<E>>,
+    /// The peer's protocol core.
+    pub core: Core,
+    /// The world it acts on.
+    pub effects: E,
+    /// What went wrong.
+    pub stats: ExecStats,
+    commits: Mutex<Commits<<E::Disk as ChunkStore>::Staged>>,
+}
+
+/// What a peer's disk holds when it starts: its metadata, reconciled with its chunks.
+pub struct Booted {
+    /// The metadata to start the core with.
+    pub meta: Metadata,
+    /// What reconciliation changed (the peer announces REMOVED for `dropped`).
+    pub reconciled: Reconciled,
+}
+
+/// Opens a peer's disk for its start: loads the metadata, reconciles it with the chunks
+/// (forgetting what was staged and never committed), applies `capacity` (bytes) if given, and
+/// saves a fresh snapshot.
+pub fn boot<D: Disk>(
+    disk: &D,
+    me: crate::protocol::PeerId,
+    capacity: Option<u64>,
+) -> Result<Booted, StorageError> {
+    let mut meta = disk.load_metadata()?;
+    let reconciled = reconcile(&mut meta, disk, me)?;
+    if let Some(bytes) = capacity {
+        meta.set_capacity(bytes);
+    }
+    disk.save_metadata(true, |_| {
+        Some((meta.generation(), meta.drain_changes(true)))
+    })?;
+    Ok(Booted { meta, reconciled })
+}
+
+impl<E: Effects> Executor<E> {
+    /// An executor for a core built from `cfg` and `meta`, on the world `make` builds (it gets
+    /// a handle to the executor, for callbacks such as timers).
+    pub fn new(cfg: Config, meta: Metadata, make: impl FnOnce(&Weak<Self>) -> E) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Executor {
+            this: weak.clone(),
+            core: Core::new(cfg, meta),
+            effects: make(weak),
+            stats: ExecStats::default(),
+            commits: Mutex::new(Commits {
+                staged: Vec::new(),
+                after: Vec::new(),
+            }),
+        })
+    }
+
+    /// What the peer does when it starts (see [`Core::startup`]), after saving its metadata.
+    pub fn start(&self, booted: Reconciled) {
+        self.save_metadata();
+        self.run(self.core.startup(booted.dropped));
+    }
+
+    /// Handles one received datagram of `full` bytes, of which only the beginning may be in
+    /// `datagram` (a CHUNK's header, read without its body by a peer that restores nothing).
+    /// `backlog_filling` tells that the peer's queue of received work is filling up.
+    pub fn on_datagram(
+        &self,
+        channel: Channel,
+        datagram: &[u8],
+        full: usize,
+        backlog_filling: bool,
+    ) {
+        if full > datagram.len() {
+            // Only a CHUNK's header is of use without its body (whose size is still checked).
+            let header = header_of(datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
+            match header.map(Message::parse) {
+                Some(Ok(Message {
+                    kind: MessageKind::Chunk { chunk, .. },
+                    ..
+                })) => self.core.chunk_seen(chunk),
+                _ => self.malformed(format_args!("a {full}-byte datagram on {}", channel.name())),
+            }
+            return;
+        }
+        let msg = match Message::parse(datagram) {
+            Ok(msg) if channel_of(&msg.kind) == channel => msg,
+            Ok(msg) => {
+                return self.malformed(format_args!(
+                    "{} received on {}",
+                    msg.kind.name(),
+                    channel.name()
+                ));
+            }
+            Err(e) => {
+                return self.malformed(format_args!(
+                    "malformed datagram on {}: {e}",
+                    channel.name()
+                ));
+            }
+        };
+        if let MessageKind::Chunk { chunk, .. } = &msg.kind
+            && backlog_filling
+        {
+            self.core.restore_backlogged(*chunk);
+        }
+        self.run(self.core.on_message(msg));
+    }
+
+    /// Handles a message received over TCP (enhanced restores: only CHUNKs).
+    pub fn on_tcp_message(&self, msg: Message) {
+        if matches!(msg.kind, MessageKind::Chunk { .. }) {
+            self.run(self.core.on_message(msg));
+        }
+    }
+
+    /// Whether a due timer has nothing left to do (cheap; see [`Core::timer_is_stale`]).
+    pub fn timer_is_stale(&self, event: &TimerEvent) -> bool {
+        self.core.timer_is_stale(event)
+    }
+
+    /// Handles a due timer.
+    pub fn on_timer(&self, event: TimerEvent) {
+        self.run(self.core.on_timer(event));
+    }
+
+    fn malformed(&self, what: std::fmt::Arguments<'_>) {
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("dropped {what}");
+    }
+
+    /// Logs and counts a disk error; the peer keeps running.
+    pub fn disk_error(&self, what: std::fmt::Arguments<'_>) {
+        let text = what.to_string();
+        tracing::error!("{text}");
+        self.stats.disk_errors.fetch_add(1, Ordering::Relaxed);
+        *self.stats.last_disk_error.lock() = Some(text);
+    }
+
+    /// Whether nothing waits for a group commit.
+    pub fn commit_idle(&self) -> bool {
+        let c = self.commits.lock();
+        c.staged.is_empty() && c.after.is_empty()
+    }
+
+    /// Whether the metadata on disk is the core's, with nothing waiting to be committed.
+    pub fn metadata_saved(&self) -> bool {
+        self.effects.disk().saved_generation() == self.core.with_metadata(|m| m.generation())
+            && self.commit_idle()
+    }
+
+    fn this(&self) -> Arc<Self> {
+        self.this.upgrade().expect("a running peer is alive")
+    }
+
+    /// Executes the core's actions in order.
+    pub fn run(&self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        self.effects.wake_commit();
+        let disk = self.effects.disk();
+        let mut actions = actions.into_iter();
+        while let Some(action) = actions.next() {
+            match action {
+                Action::Send { channel, message } => self
+                    .effects
+                    .send(channel, Outgoing::Ready(message.encode())),
+                Action::SendPutchunk {
+                    version,
+                    chunk,
+                    degree,
+                    source,
+                    op,
+                    send,
+                    wait,
+                    late,
+                } => {
+                    let s = self.this();
+                    let build = move || {
+                        let datagram = s.putchunk_datagram(op, version, chunk, degree, source)?;
+                        // The waits start now that it goes out, not while it waited.
+                        s.effects
+                            .schedule(wait, TimerEvent::PutchunkWait { chunk, send });
+                        if let Some((delay, event)) = late {
+                            s.effects.schedule(delay, event);
+                        }
+                        Some(datagram)
+                    };
+                    self.effects
+                        .send(Channel::Mdb, Outgoing::Build(Box::new(build)));
+                }
+                Action::RecordHash { op, chunk, source } => {
+                    let ChunkSource::File { path, offset, len } = source else {
+                        continue;
+                    };
+                    let recorded = match disk.read_source(&path, offset, len) {
+                        Ok(body) => self.core.putchunk_read(op, chunk, ChunkHash::of(&body)),
+                        Err(e) => Err(self.core.backup_source_failed(op, e.to_string())),
+                    };
+                    if let Err(actions) = recorded {
+                        self.run(actions);
+                    }
+                }
+                Action::SendChunk { chunk, hash, tcp } => {
+                    let s = self.this();
+                    let build = move || {
+                        // Another holder's CHUNK may have gone out while this one waited.
+                        s.core
+                            .chunk_reply_due(chunk)
+                            .then(|| s.chunk_datagram(chunk, hash, tcp))
+                            .flatten()
+                    };
+                    self.effects
+                        .send(Channel::Mdr, Outgoing::Build(Box::new(build)));
+                }
+                Action::WriteChunk {
+                    chunk,
+                    desired,
+                    body,
+                } => match disk.stage_chunk(chunk, &body) {
+                    Ok(staged) => {
+                        self.commits.lock().staged.push(StagedWrite {
+                            staged,
+                            chunk,
+                            desired,
+                            size: body.len() as u32,
+                            hash: ChunkHash::of(&body),
+                        });
+                        self.effects.wake_commit();
+                    }
+                    Err(e) => {
+                        self.disk_error(format_args!("storing chunk {chunk}: {e}"));
+                        let failed =
+                            self.core
+                                .chunk_written(chunk, desired, body.len() as u32, None);
+                        self.run(failed);
+                    }
+                },
+                Action::RemoveChunk { chunk } => {
+                    tracing::debug!("removing the copy of {chunk}");
+                    if let Err(e) = disk.remove_chunk(&chunk) {
+                        self.disk_error(format_args!("removing chunk {chunk}: {e}"));
+                    }
+                }
+                Action::CreateRestoreFile { op, path, size } => {
+                    if let Err(e) = disk.create_restore_file(&path, size) {
+                        self.run(
+                            self.core.restore_failed(
+                                op,
+                                format!("cannot create {}: {e}", path.display()),
+                            ),
+                        );
+                    }
+                }
+                Action::WriteRestored {
+                    op,
+                    path,
+                    offset,
+                    body,
+                } => {
+                    let written = disk.write_restored(&path, offset, &body);
+                    if let Err(e) = &written {
+                        tracing::error!("writing {}: {e}", path.display());
+                    }
+                    self.run(self.core.restored_chunk_written(op, written.is_ok()));
+                }
+                Action::CommitRestore { op, tmp, dest } => {
+                    let result = disk.commit_restore(&tmp, &dest).map_err(|e| e.to_string());
+                    self.run(self.core.restore_committed(op, result));
+                }
+                Action::AbortRestore { tmp } => disk.abort_restore(&tmp),
+                Action::SyncMetadata => {
+                    // What follows waits for the next commit (which saves the metadata).
+                    self.commits.lock().after.push(actions.collect());
+                    self.effects.wake_commit();
+                    return;
+                }
+                Action::Schedule { delay, event } => self.effects.schedule(delay, event),
+                Action::Report { op, event } => self.effects.report(op, event),
+            }
+        }
+    }
+
+    /// Group commit: makes the staged chunks durable and records them, saves the metadata,
+    /// then runs the actions that waited for it (STOREDs, REMOVEDs).
+    pub fn commit(&self) {
+        let staged = std::mem::take(&mut self.commits.lock().staged);
+        if !staged.is_empty() {
+            let (files, writes): (Vec<_>, Vec<_>) = staged
+                .into_iter()
+                .map(|w| (w.staged, (w.chunk, w.desired, w.size, w.hash)))
+                .unzip();
+            let results = self.effects.disk().commit_chunks(files);
+            for ((chunk, desired, size, hash), result) in writes.into_iter().zip(results) {
+                let written = match result {
+                    Ok(()) => Some(hash),
+                    Err(e) => {
+                        self.disk_error(format_args!("storing chunk {chunk}: {e}"));
+                        None
+                    }
+                };
+                self.run(self.core.chunk_written(chunk, desired, size, written));
+            }
+        }
+        let after = std::mem::take(&mut self.commits.lock().after);
+        self.save_metadata();
+        for actions in after {
+            self.run(actions);
+        }
+    }
+
+    /// Saves what changed in the metadata (errors are counted, the peer keeps running).
+    pub fn save_metadata(&self) {
+        if let Err(e) = self.save_to_disk() {
+            self.disk_error(format_args!("saving metadata: {e}"));
+        }
+    }
+
+    /// Saves what changed in the metadata.
+    pub fn save_to_disk(&self) -> Result<(), StorageError> {
+        self.effects
+            .disk()
+            .save_metadata(false, |snapshot| self.core.drain_changes(snapshot))
+    }
+
+    fn message(&self, version: Version, kind: MessageKind) -> Message {
+        Message::new(version, self.core.config().id, kind)
+    }
+
+    /// Builds a CHUNK reply when its turn to be sent comes: reads the stored copy and checks
+    /// it (a corrupt or unreadable copy is dropped and announced instead). Enhanced: the whole
+    /// CHUNK goes over TCP to the initiator and only its header on MDR (the body goes on MDR
+    /// if TCP fails).
+    fn chunk_datagram(
+        &self,
+        chunk: ChunkKey,
+        hash: Option<ChunkHash>,
+        tcp: Option<SocketAddrV4>,
+    ) -> Option<Vec<u8>> {
+        let body = match self.effects.disk().read_chunk(&chunk) {
+            Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => body,
+            Ok(_) => {
+                tracing::error!(
+                    "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
+                );
+                self.run(self.core.stored_chunk_lost(chunk));
+                return None;
+            }
+            Err(e) => {
+                tracing::error!("{e}: dropping chunk {chunk} and announcing REMOVED");
+                self.run(self.core.stored_chunk_lost(chunk));
+                return None;
+            }
+        };
+        let body = match tcp {
+            None => body,
+            Some(addr) => {
+                let whole = self.message(Version::V2_0, MessageKind::Chunk { chunk, body });
+                match self.effects.send_tcp(addr, &whole) {
+                    Ok(()) => {
+                        let id = self.core.config().id;
+                        return Some(header_only_chunk(id, chunk).encode());
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "sending chunk {chunk} over TCP to {addr}: {e}; sending it on MDR"
+                        );
+                        let MessageKind::Chunk { body, .. } = whole.kind else {
+                            return None;
+                        };
+                        body
+                    }
+                }
+            }
+        };
+        Some(
+            self.message(Version::V1_0, MessageKind::Chunk { chunk, body })
+                .encode(),
+        )
+    }
+
+    /// Builds a PUTCHUNK when its turn to be sent comes: reads the chunk from the home's file
+    /// (checking it did not change) or from our stored copy (re-backup).
+    fn putchunk_datagram(
+        &self,
+        op: OpId,
+        version: Version,
+        chunk: ChunkKey,
+        degree: u8,
+        source: ChunkSource,
+    ) -> Option<Vec<u8>> {
+        let disk = self.effects.disk();
+        let body = match source {
+            ChunkSource::File { path, offset, len } => match disk.read_source(&path, offset, len) {
+                Ok(body) => {
+                    if let Err(actions) = self.core.putchunk_read(op, chunk, ChunkHash::of(&body)) {
+                        self.run(actions);
+                        return None;
+                    }
+                    body
+                }
+                Err(e) => {
+                    self.run(self.core.backup_source_failed(op, e.to_string()));
+                    return None;
+                }
+            },
+            ChunkSource::Stored => match disk.read_chunk(&chunk) {
+                Ok(body) => body,
+                Err(e) => {
+                    let mut actions = self.core.stored_chunk_lost(chunk);
+                    actions.extend(self.core.backup_source_failed(op, e.to_string()));
+                    self.run(actions);
+                    return None;
+                }
+            },
+        };
+        let putchunk = MessageKind::Putchunk {
+            chunk,
+            degree,
+            body,
+        };
+        Some(self.message(version, putchunk).encode())
+    }
+}
+
+/// The header of a datagram (up to and including its CRLF CRLF), if it is all there.
+fn header_of(datagram: &[u8]) -> Option<&[u8]> {
+    let end = datagram.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(&datagram[..end + 4])
+}
+
+/// The channel a message type travels on.
+pub fn channel_of(kind: &MessageKind) -> Channel {
+    match kind {
+        MessageKind::Putchunk { .. } => Channel::Mdb,
+        MessageKind::Chunk { .. } => Channel::Mdr,
+        _ => Channel::Mc,
+    }
+}

@@ -1,0 +1,68 @@
+//! The real world of a peer's executor: its directory tree, the paced sender threads, the
+//! timer wheel (due events go to the worker pool), TCP connections to initiators, and the
+//! clients' reply channels.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::pool::BoundedPool;
+use super::replies::Replies;
+use super::sender::Senders;
+use super::tcp::{self, ConnectionPool};
+use super::timer::TimerService;
+use crate::core::{Channel, OpEvent, OpId, TimerEvent};
+use crate::exec::{Effects, Executor, Outgoing};
+use crate::protocol::Message;
+use crate::storage::PeerDisk;
+
+/// A running peer: its core and the executor over the real world.
+pub(super) type Peer = Executor<RealEffects>;
+
+/// What the threads of a running peer share besides its core.
+pub(super) struct RealEffects {
+    pub(super) disk: PeerDisk,
+    pub(super) pool: BoundedPool,
+    pub(super) timers: TimerService<TimerEvent>,
+    pub(super) senders: Senders,
+    /// Enhanced: connections to initiators that take chunk bodies over TCP.
+    pub(super) tcp_pool: ConnectionPool,
+    pub(super) replies: Replies,
+    /// Datagrams received, all channels.
+    pub(super) received: AtomicU64,
+    /// Set when the peer stops.
+    pub(super) stop: AtomicBool,
+    /// Wakes the commit thread.
+    pub(super) commit_signal: (Sender<()>, Receiver<()>),
+}
+
+impl Effects for RealEffects {
+    type Disk = PeerDisk;
+
+    fn disk(&self) -> &PeerDisk {
+        &self.disk
+    }
+
+    fn send(&self, channel: Channel, out: Outgoing) {
+        self.senders.send(channel, out);
+    }
+
+    fn schedule(&self, delay: Duration, event: TimerEvent) {
+        self.timers.schedule(delay, event);
+    }
+
+    fn report(&self, op: OpId, event: OpEvent) {
+        self.replies.report(op, event);
+    }
+
+    fn send_tcp(&self, addr: SocketAddrV4, msg: &Message) -> io::Result<()> {
+        self.tcp_pool.send(addr, &tcp::frame(msg))
+    }
+
+    fn wake_commit(&self) {
+        let _ = self.commit_signal.0.try_send(());
+    }
+}

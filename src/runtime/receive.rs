@@ -1,0 +1,62 @@
+//! The receiver threads: one per channel socket, each only receiving and handing datagrams to
+//! the worker pool (dropped and counted when its backlog is full, so a receiver never blocks).
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::effects::Peer;
+use crate::core::Channel;
+use crate::net::recv_head;
+use crate::protocol::peek_sender;
+
+/// Bytes of a CHUNK received by a peer that restores nothing: room for any header it sends.
+const CHUNK_HEAD: usize = 1024;
+
+/// Receives on `socket` (channel `channel`) until the peer stops.
+pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
+    let mut buf = vec![0u8; 65_536];
+    let me = peer.core.config().id;
+    let world = &peer.effects;
+    while !world.stop.load(Ordering::Relaxed) {
+        // A peer that restores nothing needs only the header of a CHUNK (to silence its own
+        // reply for the same chunk), not the body. It waits for the next datagram without
+        // taking it, then decides: a restore may have started meanwhile.
+        let received = if channel == Channel::Mdr && !peer.core.restoring() {
+            match recv_head(&socket, &mut buf[..CHUNK_HEAD], true) {
+                Ok(_) if peer.core.restoring() => socket.recv(&mut buf).map(|n| (n, n)),
+                Ok(_) => recv_head(&socket, &mut buf[..CHUNK_HEAD], false),
+                Err(e) => Err(e),
+            }
+        } else {
+            socket.recv(&mut buf).map(|n| (n, n))
+        };
+        match received {
+            Ok((n, full)) => {
+                world.received.fetch_add(1, Ordering::Relaxed);
+                if peek_sender(&buf[..n]) == Some(me) {
+                    continue; // our own multicast: not worth a copy
+                }
+                let datagram = buf[..n].to_vec();
+                let p = peer.clone();
+                let queued = world.pool.try_execute(n, move || {
+                    let filling = p.effects.pool.filling();
+                    p.on_datagram(channel, &datagram, full, filling)
+                });
+                if !queued {
+                    tracing::debug!("backlog full: dropped a datagram on {}", channel.name());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                tracing::warn!("receive on {}: {e}", channel.name());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Client replies: where each operation's replies go, and how the core's reports become
+//! replies on the client's connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
+use dashmap::DashMap;
+use serde_json::json;
+
+use crate::client::Reply;
+use crate::core::{INTERNAL_OPS, OpEvent, OpId};
+
+/// Where a client operation's replies go.
+struct OpSink {
+    tx: Sender<Reply>,
+    path: PathBuf,
+}
+
+/// The reply channels of the operations in progress.
+pub(super) struct Replies {
+    ops: DashMap<OpId, OpSink>,
+    next_op: AtomicU64,
+}
+
+impl Replies {
+    pub(super) fn new() -> Self {
+        Replies {
+            ops: DashMap::new(),
+            next_op: AtomicU64::new(1),
+        }
+    }
+
+    /// A new operation on `path`, and where its replies will arrive.
+    pub(super) fn new_op(&self, path: &Path) -> (OpId, Receiver<Reply>) {
+        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.ops.insert(
+            op,
+            OpSink {
+                tx,
+                path: path.to_path_buf(),
+            },
+        );
+        (op, rx)
+    }
+
+    /// Forgets an operation that did not start.
+    pub(super) fn forget(&self, op: OpId) {
+        self.ops.remove(&op);
+    }
+
+    pub(super) fn report(&self, op: OpId, event: OpEvent) {
+        let Some(path) = self.ops.get(&op).map(|s| s.path.display().to_string()) else {
+            if op >= INTERNAL_OPS {
+                tracing::info!("re-backup: {event:?}");
+            }
+            return;
+        };
+        let reply = match event {
+            OpEvent::Progress { done, total } => Reply::Progress { done, total },
+            OpEvent::BackupDone {
+                file,
+                chunks,
+                short,
+                gave_up_after,
+            } => Reply::Done {
+                ok: short.is_empty(),
+                message: if short.is_empty() {
+                    format!("backed up {path}: {chunks} chunks at the desired degree")
+                } else if let Some(tried) = gave_up_after {
+                    format!(
+                        "backup of {path} failed: no peer stored any chunk; the first {tried} \
+                         were each sent 5 times in vain, and the backup stopped there ({} of \
+                         {chunks} chunks not backed up). Are other peers running, on the same \
+                         multicast groups and interface, with free space?",
+                        short.len()
+                    )
+                } else {
+                    format!(
+                        "backup of {path} incomplete: {} of {chunks} chunks below the desired degree after 5 tries: {}",
+                        short.len(),
+                        list_chunks(&short)
+                    )
+                },
+                result: json!({"path": path, "file_id": file, "chunks": chunks, "short": short}),
+            },
+            OpEvent::RestoreDone { file, dest, chunks } => Reply::Done {
+                ok: true,
+                message: format!("restored {path} to {}", dest.display()),
+                result: json!({"path": path, "file_id": file, "chunks": chunks, "restored_to": dest}),
+            },
+            OpEvent::RestoreIncomplete { file, missing } => Reply::Done {
+                ok: false,
+                message: format!(
+                    "restore of {path} failed: no peer delivered a valid copy of chunk(s) {}",
+                    list_chunks(&missing)
+                ),
+                result: json!({"path": path, "file_id": file, "missing": missing}),
+            },
+            OpEvent::DeleteDone { file } => Reply::Done {
+                ok: true,
+                message: format!("deleted the backup of {path}"),
+                result: json!({"path": path, "file_id": file}),
+            },
+            OpEvent::Failed(message) => Reply::Error { message },
+        };
+        let last = !matches!(reply, Reply::Progress { .. });
+        if let Some(sink) = self.ops.get(&op) {
+            let _ = sink.tx.send(reply);
+        }
+        if last {
+            self.ops.remove(&op);
+        }
+    }
+}
+
+/// "0, 3, 7" (at most 20, then "…").
+fn list_chunks(chunks: &[u32]) -> String {
+    let mut s: Vec<String> = chunks.iter().take(20).map(u32::to_string).collect();
+    if chunks.len() > 20 {
+        s.push(format!("… ({} more)", chunks.len() - 20));
+    }
+    s.join(", ")
+}

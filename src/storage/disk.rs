@@ -1,0 +1,200 @@
+//! What a peer's disk must do for the executor ([`ChunkStore`], [`Disk`]), and the real disk:
+//! a peer's directory tree ([`PeerDisk`]).
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::chunk_files::{ChunkFiles, Staged};
+use super::meta_file::MetaFile;
+use super::{StorageError, start_writeback};
+use crate::core::Metadata;
+use crate::core::metadata::Changes;
+use crate::protocol::{ChunkKey, MAX_CHUNK_SIZE};
+
+/// Chunk bodies on a peer's disk, written in two steps so that many become durable together:
+/// [`ChunkStore::stage_chunk`] (not yet durable nor visible), then
+/// [`ChunkStore::commit_chunks`] for a batch. A chunk is only ever visible complete and durable.
+pub trait ChunkStore {
+    /// A staged chunk, waiting for its commit.
+    type Staged: Send;
+
+    /// Writes a chunk's body where a crash may lose it.
+    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<Self::Staged, StorageError>;
+    /// Makes staged chunks durable and visible; one outcome per chunk, in the order given.
+    fn commit_chunks(&self, staged: Vec<Self::Staged>) -> Vec<Result<(), StorageError>>;
+    /// Reads a durable chunk.
+    fn read_chunk(&self, chunk: &ChunkKey) -> Result<Vec<u8>, StorageError>;
+    /// Removes a chunk (absent is fine).
+    fn remove_chunk(&self, chunk: &ChunkKey) -> Result<(), StorageError>;
+    /// Every durable chunk with its size.
+    fn list_chunks(&self) -> Result<Vec<(ChunkKey, u64)>, StorageError>;
+    /// Forgets what was staged and never committed (at start, after a crash).
+    fn clear_staged(&self);
+}
+
+/// A peer's disk: its chunks, its persisted metadata, the files it backs up and the files it
+/// restores.
+pub trait Disk: ChunkStore + Send + Sync + 'static {
+    /// The persisted metadata (a new peer's if there is none).
+    fn load_metadata(&self) -> Result<Metadata, StorageError>;
+    /// Saves what changed: `drain(snapshot)` takes the changes from the core (everything when
+    /// `snapshot`) with the generation they bring the metadata to. `force_snapshot` asks for
+    /// a full snapshot.
+    fn save_metadata(
+        &self,
+        force_snapshot: bool,
+        drain: impl FnOnce(bool) -> Option<(u64, Changes)>,
+    ) -> Result<(), StorageError>;
+    /// Generation of the metadata last saved.
+    fn saved_generation(&self) -> u64;
+    /// Reads `len` bytes at `offset` of a file being backed up.
+    fn read_source(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Creates a restore's temporary file with its final size.
+    fn create_restore_file(&self, path: &Path, size: u64) -> io::Result<()>;
+    /// Writes a restored chunk into a restore's temporary file.
+    fn write_restored(&self, path: &Path, offset: u64, body: &[u8]) -> io::Result<()>;
+    /// Makes a restored file durable and renames it into place.
+    fn commit_restore(&self, tmp: &Path, dest: &Path) -> Result<(), StorageError>;
+    /// Removes a failed restore's temporary file.
+    fn abort_restore(&self, tmp: &Path);
+}
+
+/// A restore starts the writeback of its file once every this many chunks (by chunk number),
+/// so that the final fsync has little left (once per chunk costs more CPU).
+const WRITEBACK_EVERY: u64 = 64;
+
+impl ChunkStore for ChunkFiles {
+    type Staged = Staged;
+
+    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<Staged, StorageError> {
+        self.stage(chunk, body)
+    }
+
+    fn commit_chunks(&self, staged: Vec<Staged>) -> Vec<Result<(), StorageError>> {
+        self.commit(staged).into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn read_chunk(&self, chunk: &ChunkKey) -> Result<Vec<u8>, StorageError> {
+        self.read(chunk)
+    }
+
+    fn remove_chunk(&self, chunk: &ChunkKey) -> Result<(), StorageError> {
+        self.remove(chunk)
+    }
+
+    fn list_chunks(&self) -> Result<Vec<(ChunkKey, u64)>, StorageError> {
+        self.list()
+    }
+
+    fn clear_staged(&self) {
+        self.clear_tmp()
+    }
+}
+
+/// A peer's directory tree as its disk: chunk files, the metadata files, and the files it
+/// backs up and restores (anywhere in the file system).
+pub struct PeerDisk {
+    /// The chunk files.
+    pub files: ChunkFiles,
+    /// The metadata files.
+    pub meta_file: MetaFile,
+}
+
+impl PeerDisk {
+    /// Opens (creating if needed) the tree under `root`.
+    pub fn open(root: &Path) -> Result<Self, StorageError> {
+        let files = ChunkFiles::open(root)?;
+        let meta_file = MetaFile::new(root, files.tmp_dir());
+        Ok(PeerDisk { files, meta_file })
+    }
+}
+
+impl ChunkStore for PeerDisk {
+    type Staged = Staged;
+
+    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<Staged, StorageError> {
+        self.files.stage_chunk(chunk, body)
+    }
+
+    fn commit_chunks(&self, staged: Vec<Staged>) -> Vec<Result<(), StorageError>> {
+        self.files.commit_chunks(staged)
+    }
+
+    fn read_chunk(&self, chunk: &ChunkKey) -> Result<Vec<u8>, StorageError> {
+        self.files.read(chunk)
+    }
+
+    fn remove_chunk(&self, chunk: &ChunkKey) -> Result<(), StorageError> {
+        self.files.remove(chunk)
+    }
+
+    fn list_chunks(&self) -> Result<Vec<(ChunkKey, u64)>, StorageError> {
+        self.files.list()
+    }
+
+    fn clear_staged(&self) {
+        self.files.clear_tmp()
+    }
+}
+
+impl Disk for PeerDisk {
+    fn load_metadata(&self) -> Result<Metadata, StorageError> {
+        self.meta_file.load()
+    }
+
+    fn save_metadata(
+        &self,
+        force_snapshot: bool,
+        drain: impl FnOnce(bool) -> Option<(u64, Changes)>,
+    ) -> Result<(), StorageError> {
+        self.meta_file.save(force_snapshot, drain)
+    }
+
+    fn saved_generation(&self) -> u64 {
+        self.meta_file.saved()
+    }
+
+    fn read_source(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = std::fs::File::open(path)?;
+        let mut body = vec![0u8; len];
+        file.read_exact_at(&mut body, offset)?;
+        Ok(body)
+    }
+
+    fn create_restore_file(&self, path: &Path, size: u64) -> io::Result<()> {
+        std::fs::File::create(path).and_then(|f| f.set_len(size))
+    }
+
+    fn write_restored(&self, path: &Path, offset: u64, body: &[u8]) -> io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all_at(body, offset)?;
+        if (offset / MAX_CHUNK_SIZE as u64).is_multiple_of(WRITEBACK_EVERY) {
+            start_writeback(&f);
+        }
+        Ok(())
+    }
+
+    fn commit_restore(&self, tmp: &Path, dest: &Path) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        std::fs::File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(tmp, dest))
+            .map_err(|source| StorageError::Io {
+                what: "move the restored file to",
+                path: dest.to_path_buf(),
+                source,
+            })?;
+        super::sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
+        tracing::debug!(
+            "restored file {} made durable in {:?}",
+            dest.display(),
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    fn abort_restore(&self, tmp: &Path) {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
