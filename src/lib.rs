@@ -8,6 +8,7 @@
 //! - [`net`]: multicast sockets pinned to one interface;
 //! - [`exec`]: the one executor of the core's actions, over a world's disk, network and timers;
 //! - [`runtime`]: threads, worker pool and timer wheel that drive the core for real;
+//! - [`sim`]: a deterministic simulated group (virtual clock, network and disks) of real cores;
 //! - [`client`]: the access point and the line-delimited JSON API between TestApp and peer.
 
 pub mod client;
@@ -16,4 +17,5 @@ pub mod exec;
 pub mod net;
 pub mod protocol;
 pub mod runtime;
+pub mod sim;
 pub mod storage;

@@ -38,17 +38,13 @@ impl Core {
     }
 
     /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must
-    /// confirm it. Returns the version the DELETEs go out with.
+    /// confirm it: every enhanced peer known, not only the holders whose STOREDs arrived (a
+    /// holder whose STORED was lost on the way here would otherwise keep its copy for good if
+    /// it missed the DELETEs). Returns the version the DELETEs go out with.
     pub(super) fn forget_file(&self, meta: &mut Metadata, file: FileId, enhanced: bool) -> Version {
-        if let Some(f) = meta.forget_file(&file)
-            && enhanced
-        {
-            let peers: BTreeSet<PeerId> = f
-                .chunks
-                .iter()
-                .flat_map(|c| c.holders.iter().copied())
-                .filter(|p| meta.enhanced_peers().contains(p))
-                .collect();
+        self.tombstones.lock().insert(file, self.cfg.id);
+        if meta.forget_file(&file).is_some() && enhanced {
+            let peers: BTreeSet<PeerId> = meta.enhanced_peers().clone();
             meta.set_pending_delete(file, peers);
         }
         if enhanced {

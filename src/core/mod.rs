@@ -21,6 +21,7 @@ pub mod reclaim;
 pub mod restore;
 pub mod state;
 pub mod storer;
+pub mod tombstones;
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -494,6 +495,8 @@ pub struct Core {
     getting: Map<ChunkKey, PendingGet>,
     /// Chunks held here below their degree, watched until they are back at it.
     watches: Map<ChunkKey, reclaim::Watch>,
+    /// Files deleted recently (their chunks are put back only by the peer that deleted them).
+    tombstones: Mutex<tombstones::Tombstones>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -545,6 +548,7 @@ impl Core {
             restores: Map::seeded(cfg.seed),
             getting: Map::seeded(cfg.seed),
             watches: Map::seeded(cfg.seed),
+            tombstones: Mutex::default(),
             cfg,
         }
     }
@@ -617,8 +621,11 @@ impl Core {
     ) -> Vec<Action> {
         // A REMOVED repeated after this peer stored the chunk again (a re-backup asked it to)
         // would make the others drop it from the holders it is again one of.
+        // Nor is one for a chunk of a file deleted since (it would start re-backups of it).
         if let MessageKind::Removed { chunk } = &message.kind
-            && (self.writing.contains_key(chunk) || self.meta.lock().stored_chunk(chunk).is_some())
+            && (self.writing.contains_key(chunk)
+                || self.meta.lock().stored_chunk(chunk).is_some()
+                || self.tombstones.lock().contains(&chunk.file))
         {
             return then
                 .map(|(op, event)| Action::Report { op, event })
@@ -692,7 +699,7 @@ impl Core {
                 chunk,
                 degree,
                 body,
-            } => self.on_putchunk(chunk, degree, body, enhanced),
+            } => self.on_putchunk(msg.sender, chunk, degree, body, enhanced),
             MessageKind::Stored { chunk } => self.on_stored(msg.sender, chunk),
             MessageKind::Getchunk { chunk } => {
                 let tcp = enhanced
@@ -704,7 +711,7 @@ impl Core {
                 let header_only = body.is_empty() && enhanced::body_by_tcp(&msg.extra_lines);
                 self.on_chunk(chunk, body, header_only)
             }
-            MessageKind::Delete { file } => self.on_delete(file, enhanced),
+            MessageKind::Delete { file } => self.on_delete(msg.sender, file, enhanced),
             MessageKind::Removed { chunk } => self.on_removed(msg.sender, chunk, enhanced),
             MessageKind::Up if enhanced => self.on_up(msg.sender),
             MessageKind::Deleted { file } if enhanced => self.on_deleted(msg.sender, file),

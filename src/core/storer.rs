@@ -49,6 +49,7 @@ fn version_of(enhanced: bool) -> Version {
 impl Core {
     pub(super) fn on_putchunk(
         &self,
+        sender: PeerId,
         chunk: ChunkKey,
         degree: u8,
         body: Vec<u8>,
@@ -56,6 +57,9 @@ impl Core {
     ) -> Vec<Action> {
         if let Some(mut w) = self.watches.get_mut(&chunk) {
             w.putchunk_seen = true; // someone is backing it up
+        }
+        if self.tombstones.lock().refuses(chunk.file, sender) {
+            return Vec::new(); // deleted on another peer's word: a stale re-backup
         }
         let meta = self.meta.lock();
         if meta.backed_up().contains_key(&chunk.file) {
@@ -247,7 +251,8 @@ impl Core {
         }
     }
 
-    pub(super) fn on_delete(&self, file: FileId, enhanced: bool) -> Vec<Action> {
+    pub(super) fn on_delete(&self, sender: PeerId, file: FileId, enhanced: bool) -> Vec<Action> {
+        self.tombstones.lock().insert(file, sender);
         let removed = self.meta.lock().remove_stored_file(&file);
         for mut w in self.writing.iter_mut().filter(|w| w.key().file == file) {
             w.cancelled = true;

@@ -961,7 +961,12 @@ fn enhanced_holder_confirms_delete_and_announces_itself_at_start() {
     );
     // A 1.0 DELETE is not confirmed.
     assert!(sends(&c.on_message(msg(1, MessageKind::Delete { file: key(0).file }))).is_empty());
-    let start = c.startup(vec![key(5)]);
+    // (A chunk lost of a file deleted meanwhile is not announced: see the tombstone tests.)
+    let other = ChunkKey {
+        file: FileId([9; 32]),
+        no: 5,
+    };
+    let start = c.startup(vec![other, key(5)]);
     let announced: Vec<&str> = sends(&start).iter().map(|m| m.kind.name()).collect();
     assert_eq!(announced, vec!["REMOVED", "UP"]);
 }
@@ -1094,4 +1099,39 @@ fn putchunk_delete_putchunk_never_has_two_writes_of_one_chunk_in_flight() {
     // The initiator's resend then stores it.
     let resend = c.on_message(msg(1, putchunk(0, b"abc")));
     assert!(matches!(resend[0], Action::WriteChunk { .. }));
+}
+
+#[test]
+fn a_deleted_file_is_put_back_only_by_the_peer_that_deleted_it() {
+    let c = core2(2);
+    c.on_message(msg(1, putchunk(0, b"x")));
+    c.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    c.on_message(msg2(1, MessageKind::Delete { file: key(0).file }));
+    // A holder that missed the DELETE re-backs the chunk up: refused.
+    assert!(c.on_message(msg(3, putchunk(0, b"x"))).is_empty());
+    // Nor does this peer repeat a REMOVED for that file any more.
+    let again = c.on_timer(TimerEvent::SendAgain {
+        message: msg2(2, MessageKind::Removed { chunk: key(0) }),
+        remaining: 3,
+        then: None,
+    });
+    assert!(sends(&again).is_empty(), "{again:?}");
+    // The home backs the file up again: stored.
+    let home = c.on_message(msg(1, putchunk(0, b"x")));
+    assert!(matches!(home[0], Action::WriteChunk { .. }), "{home:?}");
+}
+
+#[test]
+fn an_enhanced_delete_waits_for_every_enhanced_peer_known_not_only_the_holders_heard() {
+    let c = core2(1);
+    let mut req = request(5, 2);
+    req.enhanced = true;
+    c.start_backup(1, req).unwrap();
+    // Peer 4 speaks 2.0 but its STORED never arrived here.
+    c.on_message(msg2(4, MessageKind::Up));
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    c.on_message(msg2(3, MessageKind::Stored { chunk: key(0) }));
+    c.start_delete(9, "/src/file".as_ref(), true).unwrap();
+    let pending = c.with_metadata(|m| m.pending_deletes()[&key(0).file].clone());
+    assert_eq!(pending, [2, 3, 4].into(), "{pending:?}");
 }

@@ -8,6 +8,7 @@
 //! next commit has saved the metadata. The world behind it is reached through [`Effects`].
 
 pub mod effects;
+pub mod pacer;
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering};

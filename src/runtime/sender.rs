@@ -4,43 +4,14 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, unbounded};
-use parking_lot::Mutex;
 
 use crate::core::Channel;
 use crate::exec::Outgoing;
+use crate::exec::pacer::Pacer;
 use crate::net::{ChannelAddrs, open_sender};
-
-/// Paces sends to `rate` bytes per second across all channels, allowing a short burst.
-pub struct Pacer {
-    rate: f64,
-    burst: Duration,
-    next: Mutex<Instant>,
-}
-
-impl Pacer {
-    /// A pacer for `rate` bytes/s (0 = unpaced).
-    pub fn new(rate: u64) -> Self {
-        Pacer {
-            rate: rate as f64,
-            burst: Duration::from_millis(2),
-            next: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// How long to wait before sending `bytes` now; reserves the slot.
-    pub fn reserve(&self, bytes: usize, now: Instant) -> Duration {
-        if self.rate <= 0.0 {
-            return Duration::ZERO;
-        }
-        let mut next = self.next.lock();
-        let start = (*next).max(now.checked_sub(self.burst).unwrap_or(now));
-        *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
-        start.saturating_duration_since(now)
-    }
-}
 
 /// Counters of what was sent.
 #[derive(Default, Debug)]
@@ -66,6 +37,8 @@ impl Senders {
     /// as an [`Outgoing::Build`], not as its body.
     pub fn start(addrs: ChannelAddrs, iface: Ipv4Addr, rate: u64) -> std::io::Result<Self> {
         let pacer = Arc::new(Pacer::new(rate));
+        // The pacer's timeline, one for all channels.
+        let epoch = Instant::now();
         let stats = Arc::new(SendStats::default());
         let mut queues = Vec::new();
         for channel in Channel::ALL {
@@ -81,7 +54,7 @@ impl Senders {
                         let Some(datagram) = out.into_datagram() else {
                             continue;
                         };
-                        let wait = pacer.reserve(datagram.len(), Instant::now());
+                        let wait = pacer.reserve(datagram.len(), epoch.elapsed());
                         if !wait.is_zero() {
                             std::thread::sleep(wait);
                         }
@@ -105,23 +78,5 @@ impl Senders {
     /// Queues a datagram on `channel` (built when its turn comes, if it is to be).
     pub fn send(&self, channel: Channel, out: Outgoing) {
         let _ = self.queues[channel.index()].send(out);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pacer_spaces_sends_by_rate() {
-        let p = Pacer::new(1_000_000); // 1 MB/s: 64 kB takes 64 ms
-        let t0 = Instant::now();
-        assert_eq!(p.reserve(64_000, t0), Duration::ZERO);
-        let w = p.reserve(64_000, t0);
-        assert!(
-            w >= Duration::from_millis(60) && w <= Duration::from_millis(64),
-            "{w:?}"
-        );
-        assert_eq!(Pacer::new(0).reserve(1 << 20, t0), Duration::ZERO);
     }
 }

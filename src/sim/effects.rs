@@ -1,0 +1,80 @@
+//! The simulated world of one peer's executor: what it asks for (sends, timers, reports, TCP
+//! messages, commits) is collected in an outbox that the simulation loop drains after every
+//! step, turning each into events on the virtual clock.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::disk::SimDisk;
+use crate::core::{Channel, OpEvent, OpId, TimerEvent};
+use crate::exec::{Effects, Outgoing};
+use crate::protocol::Message;
+
+/// What a peer asked of the world during one step.
+#[derive(Default)]
+pub struct Outbox {
+    /// Datagrams queued per channel.
+    pub sends: Vec<(Channel, Outgoing)>,
+    /// Timers to deliver after a delay.
+    pub timers: Vec<(Duration, TimerEvent)>,
+    /// Reports to clients.
+    pub reports: Vec<(OpId, OpEvent)>,
+    /// Whole messages over TCP, to the peer at an address.
+    pub tcp: Vec<(SocketAddrV4, Message)>,
+    /// A group commit was asked for.
+    pub commit: bool,
+}
+
+/// Which TCP addresses accept connections now (peers up and reachable from this one).
+pub trait Reachable: Send + Sync {
+    /// Whether a connection from peer `from` to `addr` would be accepted.
+    fn accepts(&self, from: u32, addr: SocketAddrV4) -> bool;
+}
+
+/// One simulated peer's world.
+pub struct SimEffects {
+    /// The peer's index in the group.
+    pub index: u32,
+    /// Its disk (which outlives a crash).
+    pub disk: Arc<SimDisk>,
+    /// What it asked for since the last drain.
+    pub outbox: Mutex<Outbox>,
+    /// Who accepts TCP connections.
+    pub net: Arc<dyn Reachable>,
+}
+
+impl Effects for SimEffects {
+    type Disk = SimDisk;
+
+    fn disk(&self) -> &SimDisk {
+        &self.disk
+    }
+
+    fn send(&self, channel: Channel, out: Outgoing) {
+        self.outbox.lock().sends.push((channel, out));
+    }
+
+    fn schedule(&self, delay: Duration, event: TimerEvent) {
+        self.outbox.lock().timers.push((delay, event));
+    }
+
+    fn report(&self, op: OpId, event: OpEvent) {
+        self.outbox.lock().reports.push((op, event));
+    }
+
+    fn send_tcp(&self, addr: SocketAddrV4, msg: &Message) -> io::Result<()> {
+        if !self.net.accepts(self.index, addr) {
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        self.outbox.lock().tcp.push((addr, msg.clone()));
+        Ok(())
+    }
+
+    fn wake_commit(&self) {
+        self.outbox.lock().commit = true;
+    }
+}

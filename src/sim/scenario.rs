@@ -1,0 +1,219 @@
+//! A simulated run: its settings ([`Scenario`]), running it to the end ([`run`]), and what it
+//! found ([`Summary`]).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use super::world::World;
+use crate::core::Config;
+use crate::protocol::Version;
+
+/// Which protocol versions the peers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versions {
+    /// Every peer 1.0.
+    V1,
+    /// Every peer 2.0.
+    V2,
+    /// Alternating 1.0 and 2.0 (peer 1 runs 1.0).
+    Mixed,
+}
+
+/// A partition: from `at`, for `length`, the peers below `split` of the group (a fraction)
+/// cannot reach the others.
+#[derive(Clone, Copy, Debug)]
+pub struct PartitionSpec {
+    /// When it starts.
+    pub at: Duration,
+    /// How long it lasts.
+    pub length: Duration,
+    /// Fraction of the peers on the first side.
+    pub split: f64,
+}
+
+/// Everything a simulated run depends on; the same scenario gives the same run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Peers in the group.
+    pub peers: u32,
+    /// Files backed up (each from a random home).
+    pub files: usize,
+    /// Largest file size in bytes (sizes are drawn from half of it to all of it).
+    pub size: u64,
+    /// Replication degree asked for.
+    pub degree: u8,
+    /// Protocol versions.
+    pub versions: Versions,
+    /// Probability that one delivery of a datagram to one peer is lost.
+    pub loss: f64,
+    /// Probability that one delivery is duplicated.
+    pub dup: f64,
+    /// Crashes per peer per simulated minute, during the workload.
+    pub crash_rate: f64,
+    /// A partition, if any.
+    pub partition: Option<PartitionSpec>,
+    /// RECLAIMs to half a random peer's space during the workload (given back 30 s later).
+    pub reclaims: usize,
+    /// Share of the files deleted after their restore.
+    pub delete_share: f64,
+    /// Files' first operations are spread over this long.
+    pub spread: Duration,
+    /// Send rate of every peer, bytes/s (the real default).
+    pub rate: u64,
+    /// Network delay of every delivery, plus a random part up to `jitter` (reordering).
+    pub delay: Duration,
+    /// See `delay`.
+    pub jitter: Duration,
+    /// Bytes a peer's receive queue holds (its socket buffer); a datagram past it is dropped.
+    pub rx_queue_bytes: usize,
+    /// Time a peer takes per datagram received...
+    pub proc_per_datagram: Duration,
+    /// ...plus its size at this rate (bytes/s).
+    pub proc_bytes_per_sec: f64,
+    /// Delay of a TCP message.
+    pub tcp_delay: Duration,
+    /// Delay of a group commit after it was asked for.
+    pub commit_delay: Duration,
+    /// Each peer's disk size in bytes.
+    pub disk_bytes: u64,
+    /// The workload must end by then (virtual time).
+    pub max_time: Duration,
+    /// After the workload, the group has this long to become quiescent.
+    pub settle: Duration,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            seed: 1,
+            peers: 4,
+            files: 4,
+            size: 200_000,
+            degree: 2,
+            versions: Versions::V2,
+            loss: 0.0,
+            dup: 0.0,
+            crash_rate: 0.0,
+            partition: None,
+            reclaims: 0,
+            delete_share: 0.5,
+            spread: Duration::from_secs(10),
+            rate: 250_000_000,
+            delay: Duration::from_micros(100),
+            jitter: Duration::from_micros(400),
+            rx_queue_bytes: 32 << 20,
+            proc_per_datagram: Duration::from_micros(20),
+            proc_bytes_per_sec: 1e9,
+            tcp_delay: Duration::from_micros(300),
+            commit_delay: Duration::from_millis(5),
+            disk_bytes: u64::MAX / 4,
+            max_time: Duration::from_secs(3_600),
+            settle: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Scenario {
+    /// The version peer `i` runs.
+    pub fn version_of(&self, i: u32) -> Version {
+        match self.versions {
+            Versions::V1 => Version::V1_0,
+            Versions::V2 => Version::V2_0,
+            Versions::Mixed if i.is_multiple_of(2) => Version::V1_0,
+            Versions::Mixed => Version::V2_0,
+        }
+    }
+
+    /// Protocol parameters of the simulated peers (the real defaults).
+    pub fn tune(&self, _cfg: &mut Config) {}
+
+    /// How long the planned disturbances (crashes, reclaims) are spread over.
+    pub fn horizon(&self) -> Duration {
+        self.spread + Duration::from_secs(20)
+    }
+}
+
+/// What a run found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    /// The seed.
+    pub seed: u64,
+    /// Peers.
+    pub peers: u32,
+    /// Client operations started.
+    pub ops: u64,
+    /// Operations that ended in failure (chunks short, restore incomplete, refused).
+    pub ops_failed: u64,
+    /// The first failures.
+    pub failures: Vec<String>,
+    /// Virtual time at the end.
+    pub virtual_secs: f64,
+    /// Wall-clock time the run took.
+    pub wall_secs: f64,
+    /// Datagrams sent, all peers and channels.
+    pub datagrams: u64,
+    /// Events processed.
+    pub events: u64,
+    /// What the network did.
+    pub net: super::world::NetCounts,
+    /// Broken invariants (empty when every invariant held).
+    pub violations: Vec<String>,
+    /// SHA-256 of the event trace: the same seed gives the same digest.
+    pub trace_digest: String,
+}
+
+impl Summary {
+    /// A replay hint for a failing run.
+    pub fn replay_hint(&self) -> String {
+        format!(
+            "replay with DBS_SIM_SEED={} (seed {})",
+            self.seed, self.seed
+        )
+    }
+}
+
+/// Runs a scenario to its end; `measure` gets one JSON line per simulated second.
+pub fn run(sc: Scenario, measure: Option<Box<dyn Write>>) -> Summary {
+    run_traced(sc, measure, None)
+}
+
+/// [`run`], also writing the event trace as text to `trace`.
+pub fn run_traced(
+    sc: Scenario,
+    measure: Option<Box<dyn Write>>,
+    trace: Option<Box<dyn Write>>,
+) -> Summary {
+    let wall = Instant::now();
+    let max_time = sc.max_time;
+    let settle = sc.settle;
+    let mut w = World::new(sc);
+    w.measure = measure;
+    w.trace_out = trace;
+    w.run_until(max_time, |w| w.ledger.all_done());
+    // The workload is over: no more crashes, and every peer down comes back.
+    w.ledger.over = true;
+    w.restart_all();
+    let deadline = w.now + settle;
+    let quiet = w.run_until(deadline, World::quiescent);
+    w.final_checks(quiet);
+    for out in [&mut w.measure, &mut w.trace_out].into_iter().flatten() {
+        let _ = out.flush();
+    }
+    let sent = &w.counts.sent;
+    Summary {
+        seed: w.sc.seed,
+        peers: w.sc.peers,
+        ops: w.ledger.ops,
+        ops_failed: w.ledger.ops_failed,
+        failures: w.ledger.failures.clone(),
+        virtual_secs: w.now.as_secs_f64(),
+        wall_secs: wall.elapsed().as_secs_f64(),
+        datagrams: sent.iter().map(|c| c.datagrams).sum(),
+        events: w.events,
+        net: w.counts.clone(),
+        violations: w.violations.clone(),
+        trace_digest: w.trace_digest(),
+    }
+}
