@@ -233,8 +233,16 @@ impl Core {
         degree: u8,
         version: Version,
     ) -> Vec<Action> {
-        if self.pending.contains_key(&chunk) {
-            return Vec::new(); // already being backed up from here
+        // Already being backed up from here: in flight, or waiting for room in the window (a
+        // second backup of the chunk would launch it again, and the window would count it
+        // twice while one of the two never finished).
+        let queued = || {
+            self.backups.iter().any(|b| {
+                b.file == chunk.file && matches!(b.source, Source::Stored { no } if no == chunk.no)
+            })
+        };
+        if self.pending.contains_key(&chunk) || queued() {
+            return Vec::new();
         }
         let op = self.internal_op();
         let source = Source::Stored { no: chunk.no };
@@ -286,7 +294,7 @@ impl Core {
             drop(flow);
             Counters::bump(&self.counters.putchunk_launches);
             b.next += 1;
-            self.pending.insert(
+            let previous = self.pending.insert(
                 chunk,
                 PendingPut {
                     op,
@@ -294,6 +302,7 @@ impl Core {
                     launch,
                 },
             );
+            debug_assert!(previous.is_none(), "{chunk} launched by two backups");
             actions.push(putchunk_action(op, b, chunk, 1, launch, &self.cfg));
         }
         actions

@@ -95,7 +95,7 @@ impl Core {
         files.into_iter().map(|file| self.delete_v2(file)).collect()
     }
 
-    fn delete_v2(&self, file: FileId) -> Action {
+    pub(super) fn delete_v2(&self, file: FileId) -> Action {
         self.send_v(
             Channel::Mc,
             Version::V2_0,

@@ -563,6 +563,11 @@ impl Core {
         f(&self.meta.lock())
     }
 
+    /// Whether the metadata changed since it was last drained for saving.
+    pub fn metadata_changed(&self) -> bool {
+        self.meta.lock().has_changes()
+    }
+
     /// For the persister: what changed in the metadata since the last call (or, with
     /// `snapshot`, all of it) and the generation that brings it to; `None` if nothing changed.
     pub fn drain_changes(&self, snapshot: bool) -> Option<(u64, metadata::Changes)> {
@@ -576,14 +581,21 @@ impl Core {
     /// Number of protocol instances in progress (backups, restores, chunks awaiting answers,
     /// writes, scheduled replies); zero when the peer is idle.
     pub fn instances(&self) -> usize {
-        self.backups.len()
-            + self.pending.len()
-            + self.writing.len()
-            + self.replying.len()
-            + self.restores.len()
-            + self.getting.len()
-            + self.watches.len()
-            + self.deferred.len()
+        self.instances_by_kind().iter().map(|(_, n)| n).sum()
+    }
+
+    /// [`Core::instances`] by kind.
+    pub fn instances_by_kind(&self) -> [(&'static str, usize); 8] {
+        [
+            ("backups", self.backups.len()),
+            ("awaiting_stored", self.pending.len()),
+            ("writing", self.writing.len()),
+            ("replying", self.replying.len()),
+            ("restores", self.restores.len()),
+            ("awaiting_chunk", self.getting.len()),
+            ("watches", self.watches.len()),
+            ("deferred", self.deferred.len()),
+        ]
     }
 
     fn message(&self, kind: MessageKind) -> Message {

@@ -62,8 +62,10 @@ impl Core {
             return Vec::new(); // deleted on another peer's word: a stale re-backup
         }
         let meta = self.meta.lock();
-        if meta.backed_up().contains_key(&chunk.file) {
-            return Vec::new(); // never store chunks of our own files
+        if meta.backed_up().contains_key(&chunk.file)
+            || meta.pending_deletes().contains_key(&chunk.file)
+        {
+            return Vec::new(); // never store chunks of our own files, deleted ones included
         }
         if meta.stored_chunk(&chunk).is_some() {
             drop(meta);
@@ -240,11 +242,27 @@ impl Core {
         if let Some(mut w) = self.writing.get_mut(&chunk) {
             w.holders.insert(sender);
         }
-        let perceived = {
+        let (perceived, stored_again) = {
             let mut meta = self.meta.lock();
             meta.add_holder(&chunk, sender);
-            meta.perceived(&chunk)
+            // A peer storing a chunk of a file whose enhanced deletion is pending (a stale
+            // re-backup reached it) must delete it again and confirm.
+            let stored_again = match meta.pending_deletes().get(&chunk.file) {
+                Some(peers)
+                    if !peers.contains(&sender) && meta.enhanced_peers().contains(&sender) =>
+                {
+                    let mut peers = peers.clone();
+                    peers.insert(sender);
+                    meta.set_pending_delete(chunk.file, peers);
+                    true
+                }
+                _ => false,
+            };
+            (meta.perceived(&chunk), stored_again)
         };
+        if stored_again {
+            return vec![self.delete_v2(chunk.file)];
+        }
         match perceived {
             Some(n) => self.chunk_progress(chunk, n),
             None => Vec::new(),

@@ -1135,3 +1135,25 @@ fn an_enhanced_delete_waits_for_every_enhanced_peer_known_not_only_the_holders_h
     let pending = c.with_metadata(|m| m.pending_deletes()[&key(0).file].clone());
     assert_eq!(pending, [2, 3, 4].into(), "{pending:?}");
 }
+
+#[test]
+fn a_peer_storing_a_chunk_of_a_file_being_deleted_is_asked_to_delete_it_again() {
+    let c = core2(1);
+    let mut req = request(5, 2);
+    req.enhanced = true;
+    c.start_backup(1, req).unwrap();
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    c.on_message(msg2(3, MessageKind::Stored { chunk: key(0) }));
+    c.start_delete(9, "/src/file".as_ref(), true).unwrap();
+    c.on_message(msg2(2, MessageKind::Deleted { file: key(0).file }));
+    // A stale re-backup made peer 2 store the chunk again.
+    let again = c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    assert_eq!(
+        sends(&again),
+        vec![&msg2(1, MessageKind::Delete { file: key(0).file })]
+    );
+    let pending = c.with_metadata(|m| m.pending_deletes()[&key(0).file].clone());
+    assert_eq!(pending, [2, 3].into());
+    // The home itself never stores a chunk of the file it is deleting.
+    assert!(c.on_message(msg2(3, putchunk(0, b"x"))).is_empty());
+}

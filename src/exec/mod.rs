@@ -207,6 +207,10 @@ impl<E: Effects> Executor<E> {
     /// Executes the core's actions in order.
     pub fn run(&self, actions: Vec<Action>) {
         if actions.is_empty() {
+            // A change that asks for nothing (a peer noted as enhanced, say) is saved soon too.
+            if self.core.metadata_changed() {
+                self.effects.wake_commit();
+            }
             return;
         }
         self.effects.wake_commit();

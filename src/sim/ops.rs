@@ -54,6 +54,9 @@ pub(super) struct Ledger {
     pub(super) deleted: BTreeMap<FileId, bool>,
     /// Copies evicted by RECLAIM (a copy a user chose to give up).
     excused: BTreeSet<(ChunkKey, u32)>,
+    /// Chunks whose last copy a RECLAIM evicted (at degree 1, say): not counted as lost, even
+    /// if their backup is acknowledged afterwards (the home does not repair its chunks).
+    given_up: BTreeSet<ChunkKey>,
     /// Operations started, and ended.
     pub(super) ops: u64,
     pub(super) ops_done: u64,
@@ -63,6 +66,9 @@ pub(super) struct Ledger {
     pub(super) failures: Vec<String>,
     /// Set once the workload is over: no more crashes.
     pub(super) over: bool,
+    /// Files deleted (enhanced) still held at the end by an enhanced peer their home never
+    /// heard from (every STORED and UP of it lost): the DELETE's confirmations cannot cover it.
+    pub(super) unknown_stale_copies: usize,
 }
 
 impl Ledger {
@@ -119,6 +125,9 @@ impl World {
                 let down = Duration::from_millis(self.rng.u64(1_000..=10_000));
                 self.at(at, Event::Crash { peer, down });
             }
+        }
+        for (at, peer, down) in self.sc.crashes.clone() {
+            self.at(at, Event::Crash { peer, down });
         }
         if let Some(p) = self.sc.partition {
             let groups: Vec<u32> = (0..n)
@@ -262,8 +271,11 @@ impl World {
                 ..
             } => {
                 for no in 0..chunks as ChunkNo {
-                    if short.binary_search(&no).is_err() {
-                        self.ledger.acked.insert(ChunkKey { file, no }, i);
+                    let chunk = ChunkKey { file, no };
+                    let given_up =
+                        self.ledger.given_up.contains(&chunk) && self.copies.count(&chunk) == 0;
+                    if short.binary_search(&no).is_err() && !given_up {
+                        self.ledger.acked.insert(chunk, i);
                     }
                 }
                 if short.is_empty() {
@@ -368,6 +380,7 @@ impl World {
         for (chunk, who) in self.copies.take_lost() {
             if self.ledger.excused.contains(&(chunk, who)) {
                 self.ledger.acked.remove(&chunk); // its user gave it up
+                self.ledger.given_up.insert(chunk);
                 continue;
             }
             if let Some(&i) = self.ledger.acked.get(&chunk) {
@@ -453,16 +466,43 @@ impl World {
                 if let Some(e) = &s.exec {
                     let pending = e.core.with_metadata(|m| m.pending_deletes().len());
                     if e.core.instances() > 0 || pending > 0 {
+                        let kinds: Vec<String> = e
+                            .core
+                            .instances_by_kind()
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| format!("{n} {k}"))
+                            .collect();
                         self.violations.push(format!(
-                            "{t:.3}s: peer {} not idle after the settle time: {} protocol instances, {pending} pending deletions",
+                            "{t:.3}s: peer {} not idle after the settle time: {}, {pending} pending deletions",
                             i + 1,
-                            e.core.instances()
+                            kinds.join(", ")
                         ));
                     }
                 }
             }
         }
-        // After an enhanced DELETE, no enhanced peer keeps the file.
+        // After an enhanced DELETE, no enhanced peer that its home knew keeps the file (the
+        // DELETE is confirmed by the peers the home knows to speak 2.0; one it never heard from
+        // is counted apart).
+        let known = |file: &FileId, peer: u32| {
+            self.ledger
+                .files
+                .iter()
+                .find(|f| f.file == *file)
+                .is_some_and(|f| {
+                    self.slots[f.home as usize]
+                        .exec
+                        .as_ref()
+                        .is_none_or(|home| {
+                            home.core.with_metadata(|m| {
+                                m.enhanced_peers().contains(&self.slots[peer as usize].id)
+                            })
+                        })
+                })
+        };
+        let mut unknown = 0;
+        let mut broken = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             let Some(exec) = &s.exec else { continue };
             if s.version == Version::V1_0 {
@@ -479,14 +519,21 @@ impl World {
                 )
                 .collect();
             for file in held {
-                if self.ledger.deleted.get(&file) == Some(&true) {
-                    self.violations.push(format!(
+                if self.ledger.deleted.get(&file) != Some(&true) {
+                    continue;
+                }
+                if known(&file, i as u32) {
+                    broken.push(format!(
                         "{t:.3}s: peer {} still holds chunks of file {file}, deleted (enhanced) and quiescent",
                         i + 1
                     ));
+                } else {
+                    unknown += 1;
                 }
             }
         }
+        self.violations.extend(broken);
+        self.ledger.unknown_stale_copies = unknown;
         // Every acknowledged chunk of a file not deleted still has a copy.
         for (chunk, i) in &self.ledger.acked {
             if self.copies.count(chunk) == 0 {

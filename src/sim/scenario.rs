@@ -52,6 +52,8 @@ pub struct Scenario {
     pub dup: f64,
     /// Crashes per peer per simulated minute, during the workload.
     pub crash_rate: f64,
+    /// Crashes at given times: (when, peer index, how long it stays down).
+    pub crashes: Vec<(Duration, u32, Duration)>,
     /// A partition, if any.
     pub partition: Option<PartitionSpec>,
     /// RECLAIMs to half a random peer's space during the workload (given back 30 s later).
@@ -96,6 +98,7 @@ impl Default for Scenario {
             loss: 0.0,
             dup: 0.0,
             crash_rate: 0.0,
+            crashes: Vec::new(),
             partition: None,
             reclaims: 0,
             delete_share: 0.5,
@@ -158,6 +161,8 @@ pub struct Summary {
     pub events: u64,
     /// What the network did.
     pub net: super::world::NetCounts,
+    /// Copies of deleted files left on enhanced peers their home never heard from.
+    pub unknown_stale_copies: usize,
     /// Broken invariants (empty when every invariant held).
     pub violations: Vec<String>,
     /// SHA-256 of the event trace: the same seed gives the same digest.
@@ -213,6 +218,7 @@ pub fn run_traced(
         datagrams: sent.iter().map(|c| c.datagrams).sum(),
         events: w.events,
         net: w.counts.clone(),
+        unknown_stale_copies: w.ledger.unknown_stale_copies,
         violations: w.violations.clone(),
         trace_digest: w.trace_digest(),
     }
