@@ -173,7 +173,7 @@ fn a_crash_at_every_step_of_backup_restore_and_delete() {
                     crashes: vec![(
                         Duration::from_millis(100 * step),
                         peer,
-                        Duration::from_secs(3),
+                        Some(Duration::from_secs(3)),
                     )],
                     ..Scenario::default()
                 },
@@ -277,4 +277,121 @@ fn randomised_five_hundred_seeds() {
             ..Scenario::default()
         }
     });
+}
+
+/// tests/enhanced.rs's over-replication check, simulated: 6 peers, 20 MB at degree 2 (2.0):
+/// once trimmed, at most 2.2 copies per chunk on average, never fewer than 2.
+#[test]
+fn enhanced_backup_does_not_over_replicate() {
+    for s in check(
+        "enhanced_backup_does_not_over_replicate",
+        1_000,
+        5,
+        |seed| Scenario {
+            seed,
+            peers: 6,
+            files: 1,
+            size: 20_000_000,
+            delete_share: 0.0,
+            ..Scenario::default()
+        },
+    ) {
+        let copies = &s.files[0].copies;
+        assert!(
+            copies.len() > 150,
+            "seed {}: {} chunks",
+            s.seed,
+            copies.len()
+        );
+        let mean = copies.iter().sum::<usize>() as f64 / copies.len() as f64;
+        assert!(mean <= 2.2, "seed {}: {mean:.2} copies per chunk", s.seed);
+        assert!(
+            copies.iter().all(|&c| c >= 2),
+            "seed {}: {copies:?}",
+            s.seed
+        );
+    }
+}
+
+/// tests/enhanced.rs's dying initiator, simulated: the home of a degree-3 enhanced backup
+/// leaves for good during it; every chunk some peer stored reaches degree 3 on the others
+/// (their audits re-back it up).
+#[test]
+fn chunks_reach_their_degree_when_the_backup_initiator_dies() {
+    for s in check(
+        "chunks_reach_their_degree_when_the_backup_initiator_dies",
+        1_100,
+        10,
+        |seed| {
+            Scenario {
+                seed,
+                peers: 5,
+                files: 1,
+                size: 3_000_000,
+                degree: 3,
+                delete_share: 0.0,
+                spread: Duration::ZERO,
+                crashes: vec![(Duration::from_millis(50), 0, None)],
+                // Peer 1 is the home: the first file's home is drawn, so pin it by one peer.
+                ..Scenario::default()
+            }
+        },
+    ) {
+        let f = &s.files[0];
+        if f.home != 0 {
+            continue; // another peer was the home: nothing died under it
+        }
+        let stored: Vec<usize> = f.live_copies.iter().copied().filter(|&c| c > 0).collect();
+        assert!(
+            !stored.is_empty(),
+            "seed {}: nothing was stored before the home died",
+            s.seed
+        );
+        assert!(
+            stored.iter().all(|&c| c >= 3),
+            "seed {}: live copies {:?}",
+            s.seed,
+            f.live_copies
+        );
+    }
+}
+
+/// tests/faults.rs's duplication check, simulated: with half the datagrams duplicated, the
+/// home counts every holder once (its perceived degrees are the true copy counts).
+#[test]
+fn duplicated_datagrams_are_counted_once() {
+    for s in check("duplicated_datagrams_are_counted_once", 1_200, 10, |seed| {
+        Scenario {
+            dup: 0.5,
+            delete_share: 0.0,
+            ..lossy(seed, Versions::V1, 0.0)
+        }
+    }) {
+        for f in &s.files {
+            let perceived = f
+                .perceived
+                .as_ref()
+                .expect("the home is up and has the file");
+            assert_eq!(perceived, &f.copies, "seed {}", s.seed);
+        }
+    }
+}
+
+/// tests/enhanced.rs's dying re-replicator, simulated: RECLAIMs make holders re-back up chunks
+/// while peers crash for good; every chunk keeps a copy on a live peer.
+#[test]
+fn rereplication_survives_peers_leaving_for_good() {
+    check(
+        "rereplication_survives_peers_leaving_for_good",
+        1_300,
+        15,
+        |seed| Scenario {
+            peers: 6,
+            degree: 3,
+            reclaims: 3,
+            delete_share: 0.0,
+            crashes: vec![(Duration::from_secs(12), 5, None)],
+            ..lossy(seed, Versions::V2, 0.1)
+        },
+    );
 }

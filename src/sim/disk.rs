@@ -109,6 +109,11 @@ impl SimDisk {
         self.state.lock().chunks.keys().copied().collect()
     }
 
+    /// Whether `chunk` is held durably.
+    pub fn holds(&self, chunk: &ChunkKey) -> bool {
+        self.state.lock().chunks.contains_key(chunk)
+    }
+
     /// Bytes of chunks held durably.
     pub fn chunk_bytes(&self) -> u64 {
         self.state

@@ -90,6 +90,7 @@ impl World {
         let n = self.sc.peers;
         for i in 0..self.sc.files {
             let home = self.rng.u32(0..n);
+            let home = self.sc.home.unwrap_or(home);
             let id = self.slots[home as usize].id;
             let lo = self.sc.size / 2;
             let size = self.rng.u64(lo..=self.sc.size);
@@ -127,7 +128,10 @@ impl World {
             }
         }
         for (at, peer, down) in self.sc.crashes.clone() {
-            self.at(at, Event::Crash { peer, down });
+            match down {
+                Some(down) => self.at(at, Event::Crash { peer, down }),
+                None => self.at(at, Event::Leave { peer }),
+            }
         }
         if let Some(p) = self.sc.partition {
             let groups: Vec<u32> = (0..n)
@@ -335,6 +339,13 @@ impl World {
         self.ledger.by_op.retain(|(peer, _), _| *peer != i);
     }
 
+    /// Peer `i` left for good: its clients' files are abandoned (their chunks stay promised).
+    pub(super) fn ledger_left(&mut self, i: u32) {
+        for f in self.ledger.files.iter_mut().filter(|f| f.home == i) {
+            f.step = Step::Done;
+        }
+    }
+
     /// Peer `i` restarted: its clients run their interrupted steps again (a backup resumes).
     pub(super) fn ledger_restarted(&mut self, i: u32) {
         let due: Vec<usize> = (0..self.ledger.files.len())
@@ -534,13 +545,55 @@ impl World {
         }
         self.violations.extend(broken);
         self.ledger.unknown_stale_copies = unknown;
-        // Every acknowledged chunk of a file not deleted still has a copy.
+        // Every acknowledged chunk of a file not deleted still has a copy on a disk that did
+        // not leave (unless every disk that held it left).
         for (chunk, i) in &self.ledger.acked {
-            if self.copies.count(chunk) == 0 {
+            let surviving = self
+                .slots
+                .iter()
+                .filter(|s| !s.gone && s.disk.holds(chunk))
+                .count();
+            if surviving == 0 && self.copies.count(chunk) == 0 {
                 self.violations.push(format!(
                     "{t:.3}s: chunk {chunk} of file {i}, acknowledged, has no copy at the end"
                 ));
             }
         }
+    }
+}
+
+impl World {
+    /// Each file at the end of the run.
+    pub(super) fn outcomes(&self) -> Vec<super::scenario::FileOutcome> {
+        self.ledger
+            .files
+            .iter()
+            .map(|f| {
+                let chunks = crate::core::metadata::chunk_count(f.data.len() as u64) as ChunkNo;
+                let keys: Vec<ChunkKey> = (0..chunks)
+                    .map(|no| ChunkKey { file: f.file, no })
+                    .collect();
+                let live = |k: &ChunkKey| {
+                    self.slots
+                        .iter()
+                        .filter(|s| s.exec.is_some() && s.disk.holds(k))
+                        .count()
+                };
+                let perceived = self.slots[f.home as usize].exec.as_ref().and_then(|e| {
+                    e.core.with_metadata(|m| {
+                        m.backed_up()
+                            .get(&f.file)
+                            .map(|b| b.chunks.iter().map(|c| c.holders.len()).collect())
+                    })
+                });
+                super::scenario::FileOutcome {
+                    home: f.home,
+                    deleted: self.ledger.deleted.contains_key(&f.file),
+                    copies: keys.iter().map(|k| self.copies.count(k)).collect(),
+                    live_copies: keys.iter().map(live).collect(),
+                    perceived,
+                }
+            })
+            .collect()
     }
 }

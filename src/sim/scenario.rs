@@ -40,6 +40,8 @@ pub struct Scenario {
     pub peers: u32,
     /// Files backed up (each from a random home).
     pub files: usize,
+    /// The home of every file, instead of a random one.
+    pub home: Option<u32>,
     /// Largest file size in bytes (sizes are drawn from half of it to all of it).
     pub size: u64,
     /// Replication degree asked for.
@@ -52,8 +54,8 @@ pub struct Scenario {
     pub dup: f64,
     /// Crashes per peer per simulated minute, during the workload.
     pub crash_rate: f64,
-    /// Crashes at given times: (when, peer index, how long it stays down).
-    pub crashes: Vec<(Duration, u32, Duration)>,
+    /// Crashes at given times: (when, peer index, how long it stays down; `None`: for good).
+    pub crashes: Vec<(Duration, u32, Option<Duration>)>,
     /// A partition, if any.
     pub partition: Option<PartitionSpec>,
     /// RECLAIMs to half a random peer's space during the workload (given back 30 s later).
@@ -92,6 +94,7 @@ impl Default for Scenario {
             seed: 1,
             peers: 4,
             files: 4,
+            home: None,
             size: 200_000,
             degree: 2,
             versions: Versions::V2,
@@ -163,6 +166,8 @@ pub struct Summary {
     pub net: super::world::NetCounts,
     /// Copies of deleted files left on enhanced peers their home never heard from.
     pub unknown_stale_copies: usize,
+    /// Each file at the end.
+    pub files: Vec<FileOutcome>,
     /// Broken invariants (empty when every invariant held).
     pub violations: Vec<String>,
     /// SHA-256 of the event trace: the same seed gives the same digest.
@@ -177,6 +182,22 @@ impl Summary {
             self.seed, self.seed
         )
     }
+}
+
+/// One file at the end of a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileOutcome {
+    /// Index of its home peer.
+    pub home: u32,
+    /// Whether it was deleted.
+    pub deleted: bool,
+    /// Durable copies of each of its chunks, over all disks.
+    pub copies: Vec<usize>,
+    /// Copies of each chunk on peers that are up at the end.
+    pub live_copies: Vec<usize>,
+    /// The home's count of each chunk's holders (its perceived degree), if the home is up and
+    /// still has the file.
+    pub perceived: Option<Vec<usize>>,
 }
 
 /// Runs a scenario to its end; `measure` gets one JSON line per simulated second.
@@ -219,6 +240,7 @@ pub fn run_traced(
         events: w.events,
         net: w.counts.clone(),
         unknown_stale_copies: w.ledger.unknown_stale_copies,
+        files: w.outcomes(),
         violations: w.violations.clone(),
         trace_digest: w.trace_digest(),
     }

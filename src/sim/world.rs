@@ -60,6 +60,8 @@ pub(super) enum Event {
     Crash { peer: u32, down: Duration },
     /// A crashed peer starts again from its disk.
     Restart { peer: u32 },
+    /// A peer crashes and never comes back (its disk is gone with it).
+    Leave { peer: u32 },
     /// RECLAIM on a peer: to half of what it uses, or (`back`) to the default capacity.
     Reclaim { peer: u32, back: bool },
     /// A client operation is due (see [`Ledger`]).
@@ -160,6 +162,8 @@ pub(super) struct Slot {
     sending: [bool; 3],
     pacer: Pacer,
     commit_pending: bool,
+    /// Left the group for good.
+    pub(super) gone: bool,
 }
 
 /// The simulated group and its clock.
@@ -209,6 +213,7 @@ impl World {
                 sending: [false; 3],
                 pacer: Pacer::new(sc.rate),
                 commit_pending: false,
+                gone: false,
             })
             .collect();
         let mut w = World {
@@ -333,8 +338,15 @@ impl World {
                     self.after(down, Event::Restart { peer });
                 }
             }
+            Event::Leave { peer } => {
+                if self.slots[peer as usize].exec.is_some() {
+                    self.crash(peer);
+                    self.slots[peer as usize].gone = true;
+                    self.ledger_left(peer);
+                }
+            }
             Event::Restart { peer } => {
-                if self.slots[peer as usize].exec.is_none() {
+                if self.slots[peer as usize].exec.is_none() && !self.slots[peer as usize].gone {
                     self.start_peer(peer);
                     self.ledger_restarted(peer);
                 }
@@ -583,7 +595,7 @@ impl World {
     /// Brings every peer that is down back up.
     pub(super) fn restart_all(&mut self) {
         for peer in 0..self.slots.len() as u32 {
-            if !self.is_up(peer) {
+            if !self.is_up(peer) && !self.slots[peer as usize].gone {
                 self.after(Duration::ZERO, Event::Restart { peer });
             }
         }
