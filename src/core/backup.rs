@@ -488,10 +488,13 @@ impl Core {
         let what = b
             .path()
             .map_or_else(|| b.chunk(0).to_string(), |p| p.display().to_string());
-        vec![Action::Report {
+        let mut actions = vec![Action::Report {
             op,
             event: OpEvent::Failed(format!("backup of {what} failed: {reason}")),
-        }]
+        }];
+        // Its chunks left the window: the backups waiting for room get it.
+        actions.extend(self.refill(op));
+        actions
     }
 }
 

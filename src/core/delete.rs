@@ -42,7 +42,7 @@ impl Core {
     /// holder whose STORED was lost on the way here would otherwise keep its copy for good if
     /// it missed the DELETEs). Returns the version the DELETEs go out with.
     pub(super) fn forget_file(&self, meta: &mut Metadata, file: FileId, enhanced: bool) -> Version {
-        self.tombstones.lock().insert(file, self.cfg.id);
+        meta.add_tombstone(file, self.cfg.id);
         if meta.forget_file(&file).is_some() && enhanced {
             let peers: BTreeSet<PeerId> = meta.enhanced_peers().clone();
             meta.set_pending_delete(file, peers);
@@ -66,9 +66,23 @@ impl Core {
         self.send_repeated(message, self.cfg.delete_sends - 1, then)
     }
 
-    /// Notes that `peer` speaks the enhanced protocol.
+    /// Notes that `peer` speaks the enhanced protocol. A peer heard of for the first time may
+    /// hold chunks of files this peer deleted before it knew the peer (its STOREDs lost): it
+    /// must confirm those recent deletions too (sent by the retry rounds).
     pub(super) fn note_enhanced_peer(&self, peer: PeerId) {
-        self.meta.lock().add_enhanced_peer(peer);
+        let mut meta = self.meta.lock();
+        if !meta.add_enhanced_peer(peer) {
+            return;
+        }
+        for file in meta.deleted_by(self.cfg.id) {
+            let mut peers = meta
+                .pending_deletes()
+                .get(&file)
+                .cloned()
+                .unwrap_or_default();
+            peers.insert(peer);
+            meta.set_pending_delete(file, peers);
+        }
     }
 
     /// Enhanced: `peer` confirmed it removed `file`.

@@ -1,5 +1,6 @@
-//! What a peer persists: chunks it stores for others, files it backed up, its capacity, and
-//! (enhanced) pending deletions and the peers known to speak 2.0.
+//! What a peer persists: chunks it stores for others, files it backed up, its capacity,
+//! (enhanced) pending deletions and the peers known to speak 2.0, and the files deleted
+//! recently (tombstones).
 //!
 //! Plain data with the operations the protocol core needs; no I/O. Every change goes through
 //! a method that notes which item changed, so that the runtime can save just those items as
@@ -75,6 +76,9 @@ pub struct Metadata {
     pending_deletes: BTreeMap<FileId, BTreeSet<PeerId>>,
     #[serde(default)]
     enhanced_peers: BTreeSet<PeerId>,
+    /// Files deleted recently, with the peer on whose word (see [`Metadata::add_tombstone`]).
+    #[serde(default)]
+    tombstones: BTreeMap<FileId, Tombstone>,
     /// Items changed since the last save.
     #[serde(skip)]
     changed: BTreeSet<Item>,
@@ -96,6 +100,23 @@ pub struct Metadata {
     footprint_bytes: u64,
 }
 
+/// Deletions remembered at most (the oldest is forgotten first).
+pub const TOMBSTONES_KEPT: usize = 4096;
+
+/// A file deleted recently: a peer that deleted a file's chunks on a DELETE (or, at the home,
+/// deleted its own file) refuses PUTCHUNKs for that file from any peer but the one whose word
+/// deleted it. Without this, a holder that missed the DELETE and re-backs up one of the file's
+/// chunks (after a REMOVED, or its own audit) makes peers that already deleted it, and
+/// confirmed with DELETED, store it again, for good. Persisted, so that a restart in between
+/// does not reopen the door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The peer whose DELETE removed the file (its home).
+    pub home: PeerId,
+    /// Order of the deletions, to forget the oldest first.
+    pub seq: u64,
+}
+
 /// One item of the metadata, as tracked for saving. The order matters: when changes are
 /// replayed, a file's record comes before its chunks' records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,6 +128,7 @@ enum Item {
     Stored(ChunkKey),
     PendingDelete(FileId),
     EnhancedPeer(PeerId),
+    Tombstone(FileId),
 }
 
 /// The new value of one changed item: a line of the metadata journal. Replaying the records
@@ -167,6 +189,13 @@ pub enum Record {
         /// The peer.
         peer: PeerId,
     },
+    /// A file deleted recently (`None`: forgotten).
+    Tombstone {
+        /// The file.
+        file: FileId,
+        /// Its tombstone, or `None`.
+        tombstone: Option<Tombstone>,
+    },
 }
 
 /// What a save writes.
@@ -191,6 +220,7 @@ impl Default for Metadata {
             backed_up: BTreeMap::new(),
             pending_deletes: BTreeMap::new(),
             enhanced_peers: BTreeSet::new(),
+            tombstones: BTreeMap::new(),
             changed: BTreeSet::new(),
             fresh_files: BTreeSet::new(),
             epoch: 0,
@@ -471,6 +501,53 @@ impl Metadata {
         self.mark(Item::PendingDelete(file));
     }
 
+    /// Notes that `file` was deleted on `home`'s word (see [`Tombstone`]); the oldest of more
+    /// than [`TOMBSTONES_KEPT`] is forgotten.
+    pub fn add_tombstone(&mut self, file: FileId, home: PeerId) {
+        if self.tombstones.get(&file).is_some_and(|t| t.home == home) {
+            return;
+        }
+        let seq = self
+            .tombstones
+            .values()
+            .map(|t| t.seq + 1)
+            .max()
+            .unwrap_or(0);
+        self.tombstones.insert(file, Tombstone { home, seq });
+        self.mark(Item::Tombstone(file));
+        if self.tombstones.len() > TOMBSTONES_KEPT
+            && let Some(oldest) = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, t)| t.seq)
+                .map(|(f, _)| *f)
+        {
+            self.tombstones.remove(&oldest);
+            self.mark(Item::Tombstone(oldest));
+        }
+    }
+
+    /// The peer on whose word `file` was deleted recently, if it was.
+    pub fn tombstone(&self, file: &FileId) -> Option<PeerId> {
+        self.tombstones.get(file).map(|t| t.home)
+    }
+
+    /// Forgets that `file` was deleted (its home backs it up again).
+    pub fn remove_tombstone(&mut self, file: &FileId) {
+        if self.tombstones.remove(file).is_some() {
+            self.mark(Item::Tombstone(*file));
+        }
+    }
+
+    /// The files deleted recently on `home`'s word.
+    pub fn deleted_by(&self, home: PeerId) -> Vec<FileId> {
+        self.tombstones
+            .iter()
+            .filter(|(_, t)| t.home == home)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+
     /// Notes that `peer` speaks the enhanced protocol; true if it was not known.
     pub fn add_enhanced_peer(&mut self, peer: PeerId) -> bool {
         let new = self.enhanced_peers.insert(peer);
@@ -540,6 +617,10 @@ impl Metadata {
                 peers: self.pending_deletes.get(&file).cloned(),
             },
             Item::EnhancedPeer(peer) => Record::EnhancedPeer { peer },
+            Item::Tombstone(file) => Record::Tombstone {
+                file,
+                tombstone: self.tombstones.get(&file).copied(),
+            },
         }
     }
 
@@ -595,6 +676,14 @@ impl Metadata {
             Record::EnhancedPeer { peer } => {
                 self.enhanced_peers.insert(peer);
             }
+            Record::Tombstone { file, tombstone } => match tombstone {
+                Some(t) => {
+                    self.tombstones.insert(file, t);
+                }
+                None => {
+                    self.tombstones.remove(&file);
+                }
+            },
         }
     }
 }
@@ -655,6 +744,23 @@ mod tests {
         assert_eq!(a.backed_up, b.backed_up);
         assert_eq!(a.pending_deletes, b.pending_deletes);
         assert_eq!(a.enhanced_peers, b.enhanced_peers);
+        assert_eq!(a.tombstones, b.tombstones);
+    }
+
+    #[test]
+    fn tombstones_are_bounded_oldest_first() {
+        let mut m = Metadata::default();
+        let file = |n: u32| {
+            let mut id = [7u8; 32];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            FileId(id)
+        };
+        for n in 0..=TOMBSTONES_KEPT as u32 {
+            m.add_tombstone(file(n), 1);
+        }
+        assert_eq!(m.tombstones.len(), TOMBSTONES_KEPT);
+        assert_eq!(m.tombstone(&file(0)), None, "the oldest went");
+        assert_eq!(m.tombstone(&file(TOMBSTONES_KEPT as u32)), Some(1));
     }
 
     #[test]
@@ -692,6 +798,9 @@ mod tests {
         m.set_pending_delete(FileId([3; 32]), [5, 6].into());
         m.set_pending_delete(FileId([3; 32]), [6].into());
         m.add_enhanced_peer(5);
+        m.add_tombstone(FileId([3; 32]), 9);
+        m.add_tombstone(FileId([4; 32]), 9);
+        m.remove_tombstone(&FileId([4; 32]));
         let Changes::Records(records) = m.drain_changes(false) else {
             panic!()
         };

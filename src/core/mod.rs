@@ -21,7 +21,6 @@ pub mod reclaim;
 pub mod restore;
 pub mod state;
 pub mod storer;
-pub mod tombstones;
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -495,8 +494,6 @@ pub struct Core {
     getting: Map<ChunkKey, PendingGet>,
     /// Chunks held here below their degree, watched until they are back at it.
     watches: Map<ChunkKey, reclaim::Watch>,
-    /// Files deleted recently (their chunks are put back only by the peer that deleted them).
-    tombstones: Mutex<tombstones::Tombstones>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -548,7 +545,6 @@ impl Core {
             restores: Map::seeded(cfg.seed),
             getting: Map::seeded(cfg.seed),
             watches: Map::seeded(cfg.seed),
-            tombstones: Mutex::default(),
             cfg,
         }
     }
@@ -635,9 +631,10 @@ impl Core {
         // would make the others drop it from the holders it is again one of.
         // Nor is one for a chunk of a file deleted since (it would start re-backups of it).
         if let MessageKind::Removed { chunk } = &message.kind
-            && (self.writing.contains_key(chunk)
-                || self.meta.lock().stored_chunk(chunk).is_some()
-                || self.tombstones.lock().contains(&chunk.file))
+            && (self.writing.contains_key(chunk) || {
+                let meta = self.meta.lock();
+                meta.stored_chunk(chunk).is_some() || meta.tombstone(&chunk.file).is_some()
+            })
         {
             return then
                 .map(|(op, event)| Action::Report { op, event })

@@ -58,10 +58,14 @@ impl Core {
         if let Some(mut w) = self.watches.get_mut(&chunk) {
             w.putchunk_seen = true; // someone is backing it up
         }
-        if self.tombstones.lock().refuses(chunk.file, sender) {
-            return Vec::new(); // deleted on another peer's word: a stale re-backup
+        let mut meta = self.meta.lock();
+        match meta.tombstone(&chunk.file) {
+            // Deleted on another peer's word: a stale re-backup.
+            Some(home) if home != sender => return Vec::new(),
+            // Its home backs it up again.
+            Some(_) => meta.remove_tombstone(&chunk.file),
+            None => {}
         }
-        let meta = self.meta.lock();
         if meta.backed_up().contains_key(&chunk.file)
             || meta.pending_deletes().contains_key(&chunk.file)
         {
@@ -270,8 +274,11 @@ impl Core {
     }
 
     pub(super) fn on_delete(&self, sender: PeerId, file: FileId, enhanced: bool) -> Vec<Action> {
-        self.tombstones.lock().insert(file, sender);
-        let removed = self.meta.lock().remove_stored_file(&file);
+        let removed = {
+            let mut meta = self.meta.lock();
+            meta.add_tombstone(file, sender);
+            meta.remove_stored_file(&file)
+        };
         for mut w in self.writing.iter_mut().filter(|w| w.key().file == file) {
             w.cancelled = true;
         }

@@ -1157,3 +1157,18 @@ fn a_peer_storing_a_chunk_of_a_file_being_deleted_is_asked_to_delete_it_again() 
     // The home itself never stores a chunk of the file it is deleting.
     assert!(c.on_message(msg2(3, putchunk(0, b"x"))).is_empty());
 }
+
+#[test]
+fn a_backup_that_fails_gives_its_room_in_the_window_to_the_backups_waiting() {
+    let c = core(1); // window 2
+    let first = c.start_backup(1, request(64_000 * 3, 1)).unwrap();
+    assert_eq!(sent_putchunks(&first).len(), 2);
+    let mut other = request(10, 1);
+    other.path = PathBuf::from("/src/other");
+    other.file = FileId([8; 32]);
+    let waiting = c.start_backup(2, other).unwrap();
+    assert!(sent_putchunks(&waiting).is_empty(), "the window is full");
+    // The first backup's source cannot be read: its chunks leave the window.
+    let failed = c.backup_source_failed(1, "gone".into());
+    assert_eq!(sent_putchunks(&failed).len(), 1, "{failed:?}");
+}
