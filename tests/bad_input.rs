@@ -317,7 +317,7 @@ fn a_hundred_thousand_hostile_datagrams_change_nothing() {
                 MessageKind::Putchunk {
                     chunk,
                     degree: 2,
-                    body: vec![7; 1000],
+                    body: vec![7; 1000].into(),
                 },
             )
             .encode(),
@@ -337,7 +337,7 @@ fn a_hundred_thousand_hostile_datagrams_change_nothing() {
                 9,
                 MessageKind::Chunk {
                     chunk,
-                    body: vec![1; 500],
+                    body: vec![1; 500].into(),
                 },
             )
             .encode(),

@@ -57,11 +57,14 @@ fn kind() -> impl Strategy<Value = MessageKind> {
         (chunk_key(), 1..=9u8, body()).prop_map(|(chunk, degree, body)| MessageKind::Putchunk {
             chunk,
             degree,
-            body
+            body: body.into()
         }),
         chunk_key().prop_map(|chunk| MessageKind::Stored { chunk }),
         chunk_key().prop_map(|chunk| MessageKind::Getchunk { chunk }),
-        (chunk_key(), body()).prop_map(|(chunk, body)| MessageKind::Chunk { chunk, body }),
+        (chunk_key(), body()).prop_map(|(chunk, body)| MessageKind::Chunk {
+            chunk,
+            body: body.into()
+        }),
         file_id().prop_map(|file| MessageKind::Delete { file }),
         chunk_key().prop_map(|chunk| MessageKind::Removed { chunk }),
         Just(MessageKind::Up),
@@ -456,7 +459,7 @@ fn exact_bytes_of_all_six_types() {
             MessageKind::Putchunk {
                 chunk: key(0),
                 degree: 1,
-                body: b"hello".to_vec(),
+                body: b"hello".to_vec().into(),
             },
             1,
             format!("PUTCHUNK 1.0 1 {HEX} 0 1 \r\n\r\nhello"),
@@ -465,7 +468,7 @@ fn exact_bytes_of_all_six_types() {
             MessageKind::Putchunk {
                 chunk: key(999_999),
                 degree: 9,
-                body: Vec::new(),
+                body: Default::default(),
             },
             4_294_967_295,
             format!("PUTCHUNK 1.0 4294967295 {HEX} 999999 9 \r\n\r\n"),
@@ -483,7 +486,7 @@ fn exact_bytes_of_all_six_types() {
         (
             MessageKind::Chunk {
                 chunk: key(4),
-                body: b"\r\n\r\nbody\x00\xff".to_vec(),
+                body: b"\r\n\r\nbody\x00\xff".to_vec().into(),
             },
             77,
             format!("CHUNK 1.0 77 {HEX} 4 \r\n\r\n\r\n\r\nbody\x00"),

@@ -5,6 +5,7 @@
 //! sends `CHUNK 2.0 …` with the line `BODY TCP` and no body on MDR (so the other holders stay
 //! quiet) and the full CHUNK over TCP to that address.
 
+use bytes::Bytes;
 use std::net::SocketAddrV4;
 
 use crate::protocol::{ChunkKey, Message, MessageKind, PeerId, Version};
@@ -35,7 +36,7 @@ pub fn header_only_chunk(sender: PeerId, chunk: ChunkKey) -> Message {
         sender,
         MessageKind::Chunk {
             chunk,
-            body: Vec::new(),
+            body: Bytes::new(),
         },
     );
     m.extra_lines.push(BODY_BY_TCP.to_string());

@@ -22,6 +22,7 @@ pub mod restore;
 pub mod state;
 pub mod storer;
 
+use bytes::Bytes;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,6 +125,9 @@ pub struct Config {
     /// Enhanced: how long after storing a chunk a peer checks whether more peers than desired
     /// stored it too (then the copies of the higher peer ids are dropped).
     pub trim_delay: Duration,
+    /// Enhanced: how long a trimmed copy stays on disk, to be taken back if a lower holder it
+    /// was trimmed for says REMOVED meanwhile (longer than REMOVED's repeats).
+    pub trim_grace: Duration,
     /// Enhanced: pending deletions are re-announced this often.
     pub delete_retry_interval: Duration,
 }
@@ -152,6 +156,7 @@ impl Config {
             audit_delay: Duration::from_secs(5),
             max_rebackups: 3,
             trim_delay: Duration::from_secs(1),
+            trim_grace: Duration::from_secs(10),
             delete_retry_interval: Duration::from_secs(10),
         }
     }
@@ -240,7 +245,7 @@ pub enum Action {
         /// Desired degree to record.
         desired: u8,
         /// Its bytes.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// Remove a stored chunk's file.
     RemoveChunk {
@@ -267,7 +272,7 @@ pub enum Action {
         /// Where the chunk goes.
         offset: u64,
         /// Its bytes (already verified).
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// Make the temporary file durable and rename it to `dest`, then call
     /// [`Core::restore_committed`].
@@ -356,6 +361,11 @@ pub enum TimerEvent {
     RetryDeletes,
     /// Enhanced: drop our copy of a chunk if `desired` peers with lower ids hold it.
     TrimCheck {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
+    /// Enhanced: the grace time of a trimmed copy is over; its file goes.
+    TrashExpired {
         /// Which chunk.
         chunk: ChunkKey,
     },
@@ -494,6 +504,9 @@ pub struct Core {
     getting: Map<ChunkKey, PendingGet>,
     /// Chunks held here below their degree, watched until they are back at it.
     watches: Map<ChunkKey, reclaim::Watch>,
+    /// Enhanced: copies trimmed here, kept on disk for a grace time in case a lower holder
+    /// they were trimmed for evicts its own meanwhile.
+    trash: Map<ChunkKey, storer::Trimmed>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -545,6 +558,7 @@ impl Core {
             restores: Map::seeded(cfg.seed),
             getting: Map::seeded(cfg.seed),
             watches: Map::seeded(cfg.seed),
+            trash: Map::seeded(cfg.seed),
             cfg,
         }
     }
@@ -581,7 +595,7 @@ impl Core {
     }
 
     /// [`Core::instances`] by kind.
-    pub fn instances_by_kind(&self) -> [(&'static str, usize); 8] {
+    pub fn instances_by_kind(&self) -> [(&'static str, usize); 9] {
         [
             ("backups", self.backups.len()),
             ("awaiting_stored", self.pending.len()),
@@ -591,6 +605,7 @@ impl Core {
             ("awaiting_chunk", self.getting.len()),
             ("watches", self.watches.len()),
             ("deferred", self.deferred.len()),
+            ("trimmed", self.trash.len()),
         ]
     }
 
@@ -743,6 +758,7 @@ impl Core {
             TimerEvent::StoreDecision { chunk } => self.store_decision(chunk),
             TimerEvent::RetryDeletes => self.retry_deletes(),
             TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
+            TimerEvent::TrashExpired { chunk } => self.trash_expired(chunk),
             TimerEvent::SendAgain {
                 message,
                 remaining,

@@ -35,7 +35,9 @@ pub struct Watch {
 impl Core {
     /// Sets the capacity for stored chunks to `bytes` and evicts chunks until the use fits:
     /// first those with more copies than desired (largest surplus first), then the others
-    /// (larger chunks first). `enhanced` announces the evictions with REMOVED 2.0, which asks
+    /// (larger chunks first). A copy this peer holds as one of the `desired` lowest ids does not
+    /// count as surplus: the enhanced trim rule has the higher holders drop theirs relying on
+    /// it, so evicting it too could leave none. `enhanced` announces the evictions with REMOVED 2.0, which asks
     /// enhanced holders to see the degree restored even if the re-backup's initiator dies.
     pub fn reclaim(&self, bytes: u64, enhanced: bool) -> (Reclaimed, Vec<Action>) {
         let mut meta = self.meta.lock();
@@ -46,7 +48,13 @@ impl Core {
             .iter()
             .flat_map(|(file, m)| {
                 m.iter().map(|(no, c)| {
-                    let surplus = c.holders.len() as i64 - i64::from(c.desired);
+                    let lower = c.holders.iter().filter(|&&p| p < self.cfg.id).count();
+                    let relied_on = lower < usize::from(c.desired);
+                    let surplus = if relied_on {
+                        0.min(c.holders.len() as i64 - i64::from(c.desired))
+                    } else {
+                        c.holders.len() as i64 - i64::from(c.desired)
+                    };
                     (
                         surplus,
                         c.size,
@@ -78,7 +86,9 @@ impl Core {
         } else {
             Version::V1_0
         };
-        let mut actions = vec![Action::SyncMetadata];
+        // Trimmed copies kept for their grace time go first: the space is wanted now.
+        let mut actions = self.empty_trash(None);
+        actions.push(Action::SyncMetadata);
         for &chunk in &evicted {
             actions.push(Action::RemoveChunk { chunk });
             actions.extend(self.removed_sends(chunk, version));
@@ -105,16 +115,17 @@ impl Core {
         chunk: ChunkKey,
         enhanced: bool,
     ) -> Vec<Action> {
+        let untrimmed = self.untrim(sender, chunk);
         let below = {
             let mut meta = self.meta.lock();
             meta.remove_holder(&chunk, sender);
             self.below_degree(&meta, &chunk).is_some()
         };
+        let mut actions = untrimmed;
         if below {
-            self.watch(chunk, enhanced, self.reply_delay())
-        } else {
-            Vec::new()
+            actions.extend(self.watch(chunk, enhanced, self.reply_delay()));
         }
+        actions
     }
 
     /// The desired degree of `chunk` if it is stored here and below it.

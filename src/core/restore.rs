@@ -8,6 +8,7 @@
 //! GETCHUNK wait runs out (replies lost or late because a holder or this peer falls behind)
 //! or when a CHUNK finds this peer's receive queue filling up ([`Core::restore_backlogged`]).
 
+use bytes::Bytes;
 use std::path::PathBuf;
 
 use super::backup::wait_after_send;
@@ -190,7 +191,7 @@ impl Core {
     }
 
     /// A CHUNK body arrived for `chunk`: if a restore waits for it and it verifies, write it.
-    pub(super) fn restore_body(&self, chunk: ChunkKey, body: Vec<u8>) -> Vec<Action> {
+    pub(super) fn restore_body(&self, chunk: ChunkKey, body: Bytes) -> Vec<Action> {
         let Some(op) = self.getting.get(&chunk).map(|p| p.op) else {
             return Vec::new();
         };

@@ -3,6 +3,7 @@
 //! GETCHUNK (with the suppression rule, over TCP for an enhanced initiator), dropping chunks
 //! on DELETE, and counting STOREDs.
 
+use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 
@@ -31,10 +32,19 @@ pub struct Writing {
 /// Enhanced: a chunk body held while this peer waits to see whether others store it.
 #[derive(Debug)]
 pub struct Deferred {
-    body: Vec<u8>,
+    body: Bytes,
     desired: u8,
     /// Distinct peers whose STORED for it was seen meanwhile.
     holders: BTreeSet<PeerId>,
+}
+
+/// Enhanced: a copy trimmed as surplus, kept on disk for a grace time.
+#[derive(Debug)]
+pub struct Trimmed {
+    /// Its record when it was trimmed.
+    chunk: StoredChunk,
+    /// The lower holders it was trimmed for: a REMOVED from one of them takes it back.
+    relied_on: BTreeSet<PeerId>,
 }
 
 /// 2.0 for an answer to an enhanced message, else 1.0.
@@ -52,7 +62,7 @@ impl Core {
         sender: PeerId,
         chunk: ChunkKey,
         degree: u8,
-        body: Vec<u8>,
+        body: Bytes,
         enhanced: bool,
     ) -> Vec<Action> {
         if let Some(mut w) = self.watches.get_mut(&chunk) {
@@ -107,7 +117,7 @@ impl Core {
         &self,
         chunk: ChunkKey,
         desired: u8,
-        body: Vec<u8>,
+        body: Bytes,
         holders: BTreeSet<PeerId>,
         enhanced: bool,
     ) -> Vec<Action> {
@@ -283,12 +293,10 @@ impl Core {
             w.cancelled = true;
         }
         self.deferred.retain(|k, _| k.file != file);
-        let mut actions: Vec<Action> = removed
-            .into_iter()
-            .map(|no| Action::RemoveChunk {
-                chunk: ChunkKey { file, no },
-            })
-            .collect();
+        let mut actions: Vec<Action> = self.empty_trash(Some(file));
+        actions.extend(removed.into_iter().map(|no| Action::RemoveChunk {
+            chunk: ChunkKey { file, no },
+        }));
         if enhanced {
             // Confirm, so that the initiator can stop tracking this peer for the file.
             actions.push(self.send_v(
@@ -348,12 +356,7 @@ impl Core {
     /// A CHUNK was seen (on MDR, or over TCP): a reply of ours for the same chunk is no longer
     /// needed, and if we are restoring that chunk, a body is a candidate. A header-only
     /// enhanced CHUNK (its body goes over TCP to its initiator) only silences us.
-    pub(super) fn on_chunk(
-        &self,
-        chunk: ChunkKey,
-        body: Vec<u8>,
-        header_only: bool,
-    ) -> Vec<Action> {
+    pub(super) fn on_chunk(&self, chunk: ChunkKey, body: Bytes, header_only: bool) -> Vec<Action> {
         self.chunk_seen(chunk);
         if header_only {
             return Vec::new();
@@ -365,26 +368,101 @@ impl Core {
     /// STOREDs are known, the holder whose id is above those of `desired` other holders drops
     /// its copy (and says REMOVED). Every holder applies the same rule, so the `desired`
     /// lowest ids always keep theirs: the degree never drops below the desired one.
+    ///
+    /// The trimmed copy stays on disk for `trim_grace` (see [`Trimmed`]): a lower holder may be
+    /// evicting its own copy at the same moment (RECLAIM), and if its REMOVED arrives meanwhile
+    /// this peer takes its copy back. (Dropping it at once lost chunks whose lower holder
+    /// reclaimed its copy at the same moment; found by the simulator.)
     pub(super) fn trim_check(&self, chunk: ChunkKey) -> Vec<Action> {
         let mut meta = self.meta.lock();
-        let Some(c) = meta.stored_chunk(&chunk) else {
+        let Some(c) = meta.stored_chunk(&chunk).cloned() else {
             return Vec::new();
         };
-        let lower = c.holders.iter().filter(|&&p| p < self.cfg.id).count();
+        let lower: BTreeSet<PeerId> = c
+            .holders
+            .iter()
+            .copied()
+            .filter(|&p| p < self.cfg.id)
+            .collect();
         tracing::debug!(
             "trim check of {chunk}: holders {:?}, desired {}",
             c.holders,
             c.desired
         );
-        if lower < usize::from(c.desired) {
+        if lower.len() < usize::from(c.desired) {
             return Vec::new();
         }
         meta.remove_stored(&chunk);
+        self.trash.insert(
+            chunk,
+            Trimmed {
+                chunk: c,
+                relied_on: lower,
+            },
+        );
         drop(meta);
         Counters::bump(&self.counters.chunks_trimmed);
-        let mut actions = vec![Action::SyncMetadata, Action::RemoveChunk { chunk }];
+        let mut actions = vec![
+            Action::SyncMetadata,
+            Action::Schedule {
+                delay: self.cfg.trim_grace,
+                event: TimerEvent::TrashExpired { chunk },
+            },
+        ];
         actions.extend(self.removed_sends(chunk, Version::V2_0));
         actions
+    }
+
+    /// The grace time of a trimmed copy is over: its file goes.
+    pub(super) fn trash_expired(&self, chunk: ChunkKey) -> Vec<Action> {
+        match self.trash.remove(&chunk) {
+            Some(_) => vec![Action::RemoveChunk { chunk }],
+            None => Vec::new(),
+        }
+    }
+
+    /// A REMOVED from `sender`: if it is a lower holder one of our trimmed copies was dropped
+    /// for, that copy is taken back (recorded again, and announced with STORED).
+    pub(super) fn untrim(&self, sender: PeerId, chunk: ChunkKey) -> Vec<Action> {
+        let Some((_, t)) = self
+            .trash
+            .remove_if(&chunk, |_, t| t.relied_on.contains(&sender))
+        else {
+            return Vec::new();
+        };
+        let mut c = t.chunk;
+        c.holders.remove(&sender);
+        {
+            let mut meta = self.meta.lock();
+            if meta.stored_chunk(&chunk).is_some() || !self.fits(&meta, c.size) {
+                return vec![Action::RemoveChunk { chunk }];
+            }
+            meta.insert_stored(chunk, c);
+        }
+        tracing::debug!("took back trimmed copy of {chunk}: {sender} removed its own");
+        vec![
+            Action::SyncMetadata,
+            self.send_v(
+                Channel::Mc,
+                Version::V2_0,
+                MessageKind::Stored { chunk },
+                Vec::new(),
+            ),
+        ]
+    }
+
+    /// Drops every trimmed copy still kept (RECLAIM wants the space; DELETE the file).
+    pub(super) fn empty_trash(&self, only: Option<FileId>) -> Vec<Action> {
+        let keys: Vec<ChunkKey> = self
+            .trash
+            .iter()
+            .map(|t| *t.key())
+            .filter(|k| only.is_none_or(|f| k.file == f))
+            .collect();
+        keys.into_iter()
+            .filter(|k| self.trash.remove(k).is_some())
+            .map(|chunk| Action::RemoveChunk { chunk })
+            .collect()
     }
 
     /// A stored chunk turned out unreadable or corrupt when it was to be served: forget it and

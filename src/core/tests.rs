@@ -1,5 +1,6 @@
 //! Deterministic tests of the protocol core: messages and timer events in, actions out.
 
+use bytes::Bytes;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ fn putchunk(no: u32, body: &[u8]) -> MessageKind {
     MessageKind::Putchunk {
         chunk: key(no),
         degree: 2,
-        body: body.to_vec(),
+        body: Bytes::copy_from_slice(body),
     }
 }
 
@@ -93,7 +94,7 @@ fn putchunk_is_written_then_stored_is_answered_after_a_random_delay() {
         Action::WriteChunk {
             chunk: key(0),
             desired: 2,
-            body: b"abc".to_vec()
+            body: Bytes::from_static(b"abc")
         }
     );
     let [(delay, event)] = timers(&actions).try_into().unwrap();
@@ -470,7 +471,7 @@ fn chunk_msg(from: PeerId, no: u32, body: Vec<u8>) -> Message {
         from,
         MessageKind::Chunk {
             chunk: key(no),
-            body,
+            body: body.into(),
         },
     )
 }
@@ -903,7 +904,7 @@ fn enhanced_restore_asks_for_tcp_first_then_falls_back_to_plain_getchunk() {
         2,
         MessageKind::Chunk {
             chunk: key(0),
-            body: b"hello".to_vec(),
+            body: Bytes::from_static(b"hello"),
         },
     ));
     assert!(matches!(&got[0], Action::WriteRestored { .. }));
@@ -1029,14 +1030,20 @@ fn enhanced_holders_above_the_lowest_ids_drop_surplus_copies() {
             .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
             .expect("trim check scheduled");
         assert_eq!(trim.0, Duration::from_secs(1));
-        (c.on_timer(trim.1), c)
+        let actions = c.on_timer(trim.1);
+        (actions, c)
     };
     for (id, keeps) in [(2, true), (4, true), (6, false)] {
         let (actions, c) = store(id);
         assert_eq!(actions.is_empty(), keeps, "peer {id}");
         assert_eq!(c.state().stored.len(), usize::from(keeps), "peer {id}");
         if !keeps {
-            assert!(actions.contains(&Action::RemoveChunk { chunk: key(0) }));
+            // The file goes at the end of the grace time (see the take-back test).
+            assert!(
+                timers(&actions)
+                    .iter()
+                    .any(|(_, e)| *e == TimerEvent::TrashExpired { chunk: key(0) })
+            );
             assert!(
                 sends(&actions)
                     .iter()
@@ -1171,4 +1178,52 @@ fn a_backup_that_fails_gives_its_room_in_the_window_to_the_backups_waiting() {
     // The first backup's source cannot be read: its chunks leave the window.
     let failed = c.backup_source_failed(1, "gone".into());
     assert_eq!(sent_putchunks(&failed).len(), 1, "{failed:?}");
+}
+
+#[test]
+fn a_trimmed_copy_is_taken_back_when_the_lower_holder_evicts_its_own_meanwhile() {
+    // Peer 4 stored chunk 0 (degree 1) after peer 2 did: its trim check drops its copy.
+    let c = core2(4);
+    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
+        .try_into()
+        .unwrap();
+    let write = c.on_timer(decide);
+    assert!(matches!(&write[..], [Action::WriteChunk { .. }]));
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    let done = c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
+    let (_, trim) = timers(&done)
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
+        .unwrap();
+    let trimmed = c.on_timer(trim);
+    assert!(c.state().stored.is_empty());
+    assert!(
+        !trimmed.contains(&Action::RemoveChunk { chunk: key(0) }),
+        "the file stays for the grace time: {trimmed:?}"
+    );
+    // Peer 2 reclaimed its copy at the same moment: this peer takes its copy back.
+    let back = c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
+    assert_eq!(c.state().stored.len(), 1, "the last copy stays");
+    assert!(sends(&back).contains(&&msg2(4, MessageKind::Stored { chunk: key(0) })));
+    // Without such a REMOVED, the grace time ends and the file goes.
+    let c = core2(4);
+    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
+        .try_into()
+        .unwrap();
+    c.on_timer(decide);
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    let done = c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
+    let (_, trim) = timers(&done)
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
+        .unwrap();
+    let (_, expiry) = timers(&c.on_timer(trim))
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrashExpired { .. }))
+        .unwrap();
+    assert_eq!(
+        c.on_timer(expiry),
+        vec![Action::RemoveChunk { chunk: key(0) }]
+    );
+    assert_eq!(c.instances(), 0);
 }

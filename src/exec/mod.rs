@@ -14,6 +14,7 @@ use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::core::enhanced::header_only_chunk;
@@ -118,13 +119,13 @@ impl<E: Effects> Executor<E> {
     pub fn on_datagram(
         &self,
         channel: Channel,
-        datagram: &[u8],
+        datagram: Bytes,
         full: usize,
         backlog_filling: bool,
     ) {
         if full > datagram.len() {
             // Only a CHUNK's header is of use without its body (whose size is still checked).
-            let header = header_of(datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
+            let header = header_of(&datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
             match header.map(Message::parse) {
                 Some(Ok(Message {
                     kind: MessageKind::Chunk { chunk, .. },
@@ -134,7 +135,7 @@ impl<E: Effects> Executor<E> {
             }
             return;
         }
-        let msg = match Message::parse(datagram) {
+        let msg = match Message::parse_shared(&datagram) {
             Ok(msg) if channel_of(&msg.kind) == channel => msg,
             Ok(msg) => {
                 return self.malformed(format_args!(
@@ -394,7 +395,7 @@ impl<E: Effects> Executor<E> {
         tcp: Option<SocketAddrV4>,
     ) -> Option<Vec<u8>> {
         let body = match self.effects.disk().read_chunk(&chunk) {
-            Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => body,
+            Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => Bytes::from(body),
             Ok(_) => {
                 tracing::error!(
                     "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
@@ -473,7 +474,7 @@ impl<E: Effects> Executor<E> {
         let putchunk = MessageKind::Putchunk {
             chunk,
             degree,
-            body,
+            body: body.into(),
         };
         Some(self.message(version, putchunk).encode())
     }

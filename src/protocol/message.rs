@@ -5,6 +5,8 @@
 //! extra header lines (kept, for enhanced versions). The enhanced (2.0) types UP and DELETED
 //! are parsed too; a 1.0 peer ignores them.
 
+use bytes::Bytes;
+
 use super::MAX_CHUNK_SIZE;
 use super::ids::{ChunkKey, ChunkNo, FileId, PeerId, Version};
 
@@ -32,7 +34,7 @@ pub enum MessageKind {
         /// Desired replication degree, 1..=9.
         degree: u8,
         /// Chunk bytes, at most 64,000.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// A peer holds the chunk (MC).
     Stored {
@@ -49,7 +51,7 @@ pub enum MessageKind {
         /// Which chunk.
         chunk: ChunkKey,
         /// Chunk bytes, at most 64,000.
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// Initiator asks every peer to drop a file's chunks (MC).
     Delete {
@@ -202,8 +204,22 @@ impl Message {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Parses one datagram. Never panics; anything not understood is an error.
+    /// Parses one datagram (copying its body). Never panics; anything not understood is an
+    /// error.
     pub fn parse(datagram: &[u8]) -> Result<Message, ParseError> {
+        Self::parse_with(datagram, |body| Bytes::copy_from_slice(&datagram[body]))
+    }
+
+    /// [`Message::parse`] of a shared datagram: the body is a slice of it, not a copy (the
+    /// receivers of one multicast share its bytes).
+    pub fn parse_shared(datagram: &Bytes) -> Result<Message, ParseError> {
+        Self::parse_with(datagram, |body| datagram.slice(body))
+    }
+
+    fn parse_with(
+        datagram: &[u8],
+        take_body: impl FnOnce(std::ops::Range<usize>) -> Bytes,
+    ) -> Result<Message, ParseError> {
         let end = find_header_end(datagram).ok_or(ParseError::MissingEmptyLine)?;
         let header = &datagram[..end];
         let body = &datagram[end + 4..];
@@ -278,17 +294,18 @@ impl Message {
                 no: parse_chunk_no(fields[4])?,
             })
         };
+        let body_at = end + 4..datagram.len();
         let kind = match name {
             "PUTCHUNK" => MessageKind::Putchunk {
                 chunk: chunk()?,
                 degree: parse_degree(fields[5])?,
-                body: body.to_vec(),
+                body: take_body(body_at),
             },
             "STORED" => MessageKind::Stored { chunk: chunk()? },
             "GETCHUNK" => MessageKind::Getchunk { chunk: chunk()? },
             "CHUNK" => MessageKind::Chunk {
                 chunk: chunk()?,
-                body: body.to_vec(),
+                body: take_body(body_at),
             },
             "DELETE" => MessageKind::Delete { file },
             "DELETED" => MessageKind::Deleted { file },
@@ -393,7 +410,7 @@ mod tests {
             MessageKind::Putchunk {
                 chunk: key(999_999),
                 degree: 3,
-                body: b"abc".to_vec(),
+                body: Bytes::from_static(b"abc"),
             },
         );
         assert_eq!(

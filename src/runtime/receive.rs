@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::effects::Peer;
 use crate::core::Channel;
 use crate::net::recv_head;
@@ -38,11 +40,11 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
                 if peek_sender(&buf[..n]) == Some(me) {
                     continue; // our own multicast: not worth a copy
                 }
-                let datagram = buf[..n].to_vec();
+                let datagram = Bytes::copy_from_slice(&buf[..n]);
                 let p = peer.clone();
                 let queued = world.pool.try_execute(n, move || {
                     let filling = p.effects.pool.filling();
-                    p.on_datagram(channel, &datagram, full, filling)
+                    p.on_datagram(channel, datagram, full, filling)
                 });
                 if !queued {
                     tracing::debug!("backlog full: dropped a datagram on {}", channel.name());

@@ -151,7 +151,7 @@ mod tests {
                         file: FileId([1; 32]),
                         no,
                     },
-                    body: vec![no as u8; 64_000],
+                    body: vec![no as u8; 64_000].into(),
                 },
             )
         };

@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::copies::Copies;
@@ -18,14 +19,14 @@ use crate::storage::{ChunkStore, Disk, StorageError};
 /// A chunk staged on a simulated disk.
 pub struct SimStaged {
     chunk: ChunkKey,
-    body: Vec<u8>,
+    body: Bytes,
     /// The crash count when it was staged: a crash in between loses it.
     epoch: u64,
 }
 
 #[derive(Default)]
 struct State {
-    chunks: BTreeMap<ChunkKey, Vec<u8>>,
+    chunks: BTreeMap<ChunkKey, Bytes>,
     /// The metadata as saved (what a restart loads).
     persisted: Option<Metadata>,
     saved: u64,
@@ -142,12 +143,12 @@ impl SimDisk {
 impl ChunkStore for SimDisk {
     type Staged = SimStaged;
 
-    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<SimStaged, StorageError> {
+    fn stage_chunk(&self, chunk: ChunkKey, body: &Bytes) -> Result<SimStaged, StorageError> {
         let mut st = self.state.lock();
         self.reserve(&mut st, body.len() as u64, "write", chunk_path(&chunk))?;
         Ok(SimStaged {
             chunk,
-            body: body.to_vec(),
+            body: body.clone(), // shared with the datagram (and the other storers)
             epoch: st.crashes,
         })
     }
@@ -174,7 +175,7 @@ impl ChunkStore for SimDisk {
             .lock()
             .chunks
             .get(chunk)
-            .cloned()
+            .map(|b| b.to_vec())
             .ok_or_else(|| StorageError::Io {
                 what: "read",
                 path: chunk_path(chunk),

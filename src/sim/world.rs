@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
@@ -36,7 +37,7 @@ pub(super) enum Event {
     Deliver {
         to: u32,
         channel: Channel,
-        data: Arc<Vec<u8>>,
+        data: Bytes,
     },
     /// A peer takes the next datagram from its receive queue.
     Process { peer: u32, life: u64 },
@@ -155,7 +156,7 @@ pub(super) struct Slot {
     pub(super) exec: Option<Arc<SimPeer>>,
     /// Counts lives: events for an earlier life are ignored.
     pub(super) life: u64,
-    rx: VecDeque<(Channel, Arc<Vec<u8>>)>,
+    rx: VecDeque<(Channel, Bytes)>,
     rx_bytes: usize,
     processing: bool,
     sends: [VecDeque<Outgoing>; 3],
@@ -521,7 +522,7 @@ impl World {
         if let Some(out) = &mut self.trace_out {
             let _ = out.write_all(text.as_bytes());
         }
-        let data = Arc::new(data);
+        let data = Bytes::from(data);
         for to in 0..self.slots.len() as u32 {
             if to == from {
                 continue;
@@ -552,7 +553,7 @@ impl World {
         }
     }
 
-    fn deliver(&mut self, to: u32, channel: Channel, data: Arc<Vec<u8>>) {
+    fn deliver(&mut self, to: u32, channel: Channel, data: Bytes) {
         let limit = self.sc.rx_queue_bytes;
         let slot = &mut self.slots[to as usize];
         if slot.exec.is_none() {
@@ -585,7 +586,8 @@ impl World {
         let filling = slot.rx_bytes > limit / 8;
         let cost = self.sc.proc_per_datagram
             + Duration::from_secs_f64(data.len() as f64 / self.sc.proc_bytes_per_sec);
-        p.on_datagram(channel, &data, data.len(), filling);
+        let len = data.len();
+        p.on_datagram(channel, data, len, filling);
         self.drain(i);
         if self.slots[i as usize].life == life {
             self.after(cost, Event::Process { peer: i, life });

@@ -2,6 +2,8 @@
 //! a peer's directory tree ([`PeerDisk`]).
 
 use std::io;
+
+use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -20,7 +22,7 @@ pub trait ChunkStore {
     type Staged: Send;
 
     /// Writes a chunk's body where a crash may lose it.
-    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<Self::Staged, StorageError>;
+    fn stage_chunk(&self, chunk: ChunkKey, body: &Bytes) -> Result<Self::Staged, StorageError>;
     /// Makes staged chunks durable and visible; one outcome per chunk, in the order given.
     fn commit_chunks(&self, staged: Vec<Self::Staged>) -> Vec<Result<(), StorageError>>;
     /// Reads a durable chunk.
@@ -67,7 +69,7 @@ const WRITEBACK_EVERY: u64 = 64;
 impl ChunkStore for ChunkFiles {
     type Staged = Staged;
 
-    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<Staged, StorageError> {
+    fn stage_chunk(&self, chunk: ChunkKey, body: &Bytes) -> Result<Staged, StorageError> {
         self.stage(chunk, body)
     }
 
@@ -113,7 +115,7 @@ impl PeerDisk {
 impl ChunkStore for PeerDisk {
     type Staged = Staged;
 
-    fn stage_chunk(&self, chunk: ChunkKey, body: &[u8]) -> Result<Staged, StorageError> {
+    fn stage_chunk(&self, chunk: ChunkKey, body: &Bytes) -> Result<Staged, StorageError> {
         self.files.stage_chunk(chunk, body)
     }
 
