@@ -83,8 +83,20 @@ fn mixed_groups_complete_every_operation_in_both_roles() {
     }
     // A 1.0 peer refuses the enhanced operations clearly.
     let f = c.make_file("x", 10);
-    let run = c.testapp(&[&c.ap(1), "BACKUPENH", f.to_str().unwrap(), "1"]);
-    assert_eq!(run.code, 1);
+    let ap = c.ap(1);
+    for op in ["BACKUPENH", "RESTOREENH", "DELETEENH"] {
+        let mut args = vec!["--json", &ap, op, f.to_str().unwrap()];
+        if op == "BACKUPENH" {
+            args.push("1");
+        }
+        let run = c.testapp(&args);
+        assert_eq!(run.code, 3, "{op}: {} {}", run.stdout, run.stderr);
+        let doc = run.json();
+        assert_eq!(doc["kind"], "unsupported", "{op}: {doc}");
+        assert!(doc["error"].as_str().unwrap().contains("runs 1.0"), "{doc}");
+    }
+    let run = c.testapp(&[&ap, "RECLAIMENH", "0"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("runs 1.0"), "{}", run.stderr);
 }
 

@@ -68,9 +68,12 @@ fn restores_are_byte_identical_for_every_size_and_initiator() {
             .count(),
         0
     );
-    // A file this peer did not back up.
+    // A file this peer did not back up: refused.
+    let run = c.testapp(&["--json", &c.ap(3), "RESTORE", path.to_str().unwrap()]);
+    assert_eq!(run.code, 3, "{} {}", run.stdout, run.stderr);
+    assert_eq!(run.json()["kind"], "not_backed_up", "{}", run.stdout);
     let run = c.testapp(&[&c.ap(3), "RESTORE", path.to_str().unwrap()]);
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, 3);
     assert!(
         run.stderr.contains("not backed up by this peer"),
         "{}",
@@ -139,8 +142,10 @@ fn restore_of_a_chunk_nobody_holds_fails_naming_it() {
     assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
     let doc = run.json();
     assert_eq!(doc["ok"], false);
+    assert_eq!(doc["kind"], "incomplete", "{doc}");
     assert_eq!(doc["missing"], serde_json::json!([1]));
     let run = c.testapp(&[&c.ap(1), "RESTORE", path.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("chunk(s) 1"), "{}", run.stderr);
     assert!(
         !c.peer_dir(1).join("restored").join("holey").exists(),

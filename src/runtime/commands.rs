@@ -11,13 +11,19 @@ use serde_json::json;
 
 use super::node::Shared;
 use crate::client::server::Handler;
-use crate::client::{Reply, Request};
-use crate::core::{Action, BackupRequest, INTERNAL_OPS, OpEvent, OpId, RestoreRequest};
+use crate::client::{ErrorKind, Reply, Request};
+use crate::core::{
+    Action, BackupRequest, CommandError, INTERNAL_OPS, OpEvent, OpId, RestoreRequest,
+};
 use crate::protocol::file_id::file_id;
 
 impl Shared {
     pub(super) fn report(&self, op: OpId, event: OpEvent) {
-        let Some(path) = self.ops.get(&op).map(|s| s.path.display().to_string()) else {
+        let Some((path, failure)) = self
+            .ops
+            .get(&op)
+            .map(|s| (s.path.display().to_string(), s.failure))
+        else {
             if op >= INTERNAL_OPS {
                 tracing::info!("re-backup: {event:?}");
             }
@@ -32,6 +38,7 @@ impl Shared {
                 gave_up_after,
             } => Reply::Done {
                 ok: short.is_empty(),
+                kind: (!short.is_empty()).then_some(ErrorKind::Incomplete),
                 message: if short.is_empty() {
                     format!("backed up {path}: {chunks} chunks at the desired degree")
                 } else if let Some(tried) = gave_up_after {
@@ -53,11 +60,13 @@ impl Shared {
             },
             OpEvent::RestoreDone { file, dest, chunks } => Reply::Done {
                 ok: true,
+                kind: None,
                 message: format!("restored {path} to {}", dest.display()),
                 result: json!({"path": path, "file_id": file, "chunks": chunks, "restored_to": dest}),
             },
             OpEvent::RestoreIncomplete { file, missing } => Reply::Done {
                 ok: false,
+                kind: Some(ErrorKind::Incomplete),
                 message: format!(
                     "restore of {path} failed: no peer delivered a valid copy of chunk(s) {}",
                     list_chunks(&missing)
@@ -66,10 +75,14 @@ impl Shared {
             },
             OpEvent::DeleteDone { file } => Reply::Done {
                 ok: true,
+                kind: None,
                 message: format!("deleted the backup of {path}"),
                 result: json!({"path": path, "file_id": file}),
             },
-            OpEvent::Failed(message) => Reply::Error { message },
+            OpEvent::Failed(message) => Reply::Error {
+                kind: failure,
+                message,
+            },
         };
         let last = !matches!(reply, Reply::Progress { .. });
         if let Some(sink) = self.ops.get(&op) {
@@ -105,7 +118,9 @@ impl Shared {
         state
     }
 
-    pub(super) fn new_op(&self, path: &Path) -> (OpId, Receiver<Reply>) {
+    /// A new client operation on `path`; `failure` is the kind of its failures the core
+    /// reports as [`OpEvent::Failed`].
+    pub(super) fn new_op(&self, path: &Path, failure: ErrorKind) -> (OpId, Receiver<Reply>) {
         let op = self.next_op.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         self.ops.insert(
@@ -113,6 +128,7 @@ impl Shared {
             OpSink {
                 tx,
                 path: path.to_path_buf(),
+                failure,
             },
         );
         (op, rx)
@@ -123,17 +139,22 @@ impl Shared {
         path: &Path,
         degree: u8,
         enhanced: bool,
-    ) -> Result<Receiver<Reply>, String> {
+    ) -> Result<Receiver<Reply>, Refusal> {
+        let unreadable = |e| (ErrorKind::SourceUnreadable, e);
         let path = std::fs::canonicalize(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let meta =
-            std::fs::metadata(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
         if !meta.is_file() {
-            return Err(format!("{} is not a regular file", path.display()));
+            return Err(unreadable(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let file = file_id(&path, meta.len(), mtime, self.core.config().id);
-        let (op, rx) = self.new_op(&path);
+        // The core fails a backup only when its source cannot be read (or changes).
+        let (op, rx) = self.new_op(&path, ErrorKind::SourceUnreadable);
         let req = BackupRequest {
             path,
             file,
@@ -144,26 +165,33 @@ impl Shared {
         self.start(op, rx, self.core.start_backup(op, req))
     }
 
-    pub(super) fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, String> {
+    pub(super) fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let (op, rx) = self.new_op(&path);
+        let (op, rx) = self.new_op(&path, ErrorKind::Internal);
         self.start(op, rx, self.core.start_delete(op, &path, enhanced))
     }
 
-    pub(super) fn restore(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, String> {
+    pub(super) fn restore(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let name = path
-            .file_name()
-            .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+        let name = path.file_name().ok_or_else(|| {
+            (
+                ErrorKind::BadRequest,
+                format!("{} does not name a file", path.display()),
+            )
+        })?;
         let dest = self.files.root().join("restored").join(name);
         if std::fs::canonicalize(&dest).is_ok_and(|d| d == path) {
-            return Err(format!(
-                "restoring {} would overwrite the original: move it out of {} first",
-                path.display(),
-                self.files.root().join("restored").display()
+            return Err((
+                ErrorKind::BadRequest,
+                format!(
+                    "restoring {} would overwrite the original: move it out of {} first",
+                    path.display(),
+                    self.files.root().join("restored").display()
+                ),
             ));
         }
-        let (op, rx) = self.new_op(&path);
+        // The core fails a restore only when the restored file cannot be written.
+        let (op, rx) = self.new_op(&path, ErrorKind::Io);
         let tmp = self.files.tmp_dir().join(format!("restore-{op}.part"));
         let req = RestoreRequest {
             path,
@@ -196,8 +224,8 @@ impl Shared {
         &self,
         op: OpId,
         rx: Receiver<Reply>,
-        started: Result<Vec<Action>, crate::core::CommandError>,
-    ) -> Result<Receiver<Reply>, String> {
+        started: Result<Vec<Action>, CommandError>,
+    ) -> Result<Receiver<Reply>, Refusal> {
         match started {
             Ok(actions) => {
                 self.run(actions);
@@ -205,9 +233,21 @@ impl Shared {
             }
             Err(e) => {
                 self.ops.remove(&op);
-                Err(e.to_string())
+                Err((command_error_kind(&e), e.to_string()))
             }
         }
+    }
+}
+
+/// A request the peer does not run, and why.
+pub(super) type Refusal = (ErrorKind, String);
+
+/// The client's view of a command the core refused.
+fn command_error_kind(e: &CommandError) -> ErrorKind {
+    match e {
+        CommandError::BadDegree(_) | CommandError::TooLarge(_) => ErrorKind::BadRequest,
+        CommandError::BackupRunning(_) | CommandError::RestoreRunning(_) => ErrorKind::Busy,
+        CommandError::NotBackedUp(_) => ErrorKind::NotBackedUp,
     }
 }
 
@@ -228,9 +268,12 @@ impl Handler for ClientHandler {
         let s = &self.0;
         let version = s.core.config().version;
         let result = if request.enhanced() && version == crate::protocol::Version::V1_0 {
-            Err(format!(
-                "{}ENH needs a peer started with an enhanced protocol version; this peer runs {version}",
-                request.name()
+            Err((
+                ErrorKind::Unsupported,
+                format!(
+                    "{}ENH needs a peer started with an enhanced protocol version; this peer runs {version}",
+                    request.name()
+                ),
             ))
         } else {
             match &request {
@@ -245,9 +288,9 @@ impl Handler for ClientHandler {
                 Request::Reclaim { max_kb, enhanced } => Ok(s.reclaim(*max_kb, *enhanced)),
             }
         };
-        result.unwrap_or_else(|message| {
+        result.unwrap_or_else(|(kind, message)| {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            let _ = tx.send(Reply::Error { message });
+            let _ = tx.send(Reply::Error { kind, message });
             rx
         })
     }
@@ -257,6 +300,7 @@ fn reply_done(message: String, result: serde_json::Value) -> Receiver<Reply> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let _ = tx.send(Reply::Done {
         ok: true,
+        kind: None,
         message,
         result,
     });
@@ -267,4 +311,6 @@ fn reply_done(message: String, result: serde_json::Value) -> Receiver<Reply> {
 pub(super) struct OpSink {
     tx: Sender<Reply>,
     path: PathBuf,
+    /// The kind of the operation's [`OpEvent::Failed`].
+    failure: ErrorKind,
 }
