@@ -6,6 +6,7 @@ mod commands;
 pub mod node;
 pub mod pool;
 pub mod sender;
+pub mod supervise;
 pub mod tcp;
 pub mod timer;
 
