@@ -109,8 +109,11 @@ fn delete_removes_every_chunk_everywhere_and_keeps_the_original() {
         c.state(1)["backed_up"].as_array().unwrap().is_empty(),
         "home forgets the file"
     );
+    let again = c.testapp(&["--json", &c.ap(1), "DELETE", path.to_str().unwrap()]);
+    assert_eq!(again.code, 3, "refused: {} {}", again.stdout, again.stderr);
+    assert_eq!(again.json()["kind"], "not_backed_up", "{}", again.stdout);
     let again = c.testapp(&[&c.ap(1), "DELETE", path.to_str().unwrap()]);
-    assert_eq!(again.code, 1);
+    assert_eq!(again.code, 3);
     assert!(again.stderr.contains("not backed up"), "{}", again.stderr);
 }
 
@@ -197,13 +200,17 @@ fn a_backup_nobody_stores_stops_after_a_few_chunks_and_says_why() {
     // time; the backup stops once four chunks got no STORED at all.
     let c = Cluster::start(1);
     let path = c.make_file("unheard", 40 * 64_000);
-    let run = c.testapp(&[&c.ap(1), "BACKUP", path.to_str().unwrap(), "1"]);
+    let run = c.testapp(&["--json", &c.ap(1), "BACKUP", path.to_str().unwrap(), "1"]);
     assert_eq!(run.code, 1, "stdout {} stderr {}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert_eq!(doc["kind"], "incomplete", "{doc}");
+    assert_eq!(doc["short"].as_array().unwrap().len(), 41, "{doc}");
+    let message = doc["message"].as_str().unwrap();
     assert!(
-        run.stderr.contains("no peer stored any chunk")
-            && run.stderr.contains("(41 of 41 chunks not backed up)"),
-        "{}",
-        run.stderr
+        message.contains("no peer stored any chunk")
+            && message.contains("(41 of 41 chunks not backed up)"),
+        "{message}"
     );
     assert_eq!(c.counters(1)["instances"], 0, "nothing left in progress");
 }
@@ -212,11 +219,14 @@ fn a_backup_nobody_stores_stops_after_a_few_chunks_and_says_why() {
 fn backup_fails_clearly_when_too_few_peers_answer() {
     let c = Cluster::start(2);
     let path = c.make_file("lonely", 10);
-    let run = c.testapp(&[&c.ap(1), "BACKUP", path.to_str().unwrap(), "2"]);
+    let run = c.testapp(&["--json", &c.ap(1), "BACKUP", path.to_str().unwrap(), "2"]);
     assert_eq!(run.code, 1, "stdout {} stderr {}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["kind"], "incomplete", "{doc}");
+    assert_eq!(doc["short"], serde_json::json!([0]), "{doc}");
+    let message = doc["message"].as_str().unwrap();
     assert!(
-        run.stderr.contains("below the desired degree") && run.stderr.contains(": 0"),
-        "{}",
-        run.stderr
+        message.contains("below the desired degree") && message.contains(": 0"),
+        "{message}"
     );
 }

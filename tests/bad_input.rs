@@ -16,29 +16,57 @@ fn testapp_rejects_bad_command_lines() {
     let ap = c.ap(1);
     let file = c.make_file("f", 10);
     let f = file.to_str().unwrap();
-    let cases: &[(&[&str], i32, &str)] = &[
-        (&[&ap, "FROBNICATE"], 2, "unknown operation"),
-        (&[&ap, "BACKUP", f], 2, "BACKUP takes"),
-        (&[&ap, "BACKUP", f, "0"], 2, "degree must be a digit 1-9"),
-        (&[&ap, "BACKUP", f, "10"], 2, "degree must be a digit 1-9"),
-        (&[&ap, "BACKUP", f, "x"], 2, "degree must be a digit 1-9"),
-        (&[&ap, "BACKUP", "/no/such/file", "1"], 1, "/no/such/file"),
-        (&[&ap, "STATE", "extra"], 2, "STATE takes"),
-        (&[&ap, "RECLAIM", "lots"], 2, "RECLAIM takes a number"),
-        (&[&ap, "RESTORE"], 2, "RESTORE takes"),
+    // (arguments, exit code, kind in --json, text the one line on stderr names)
+    let cases: &[(&[&str], i32, &str, &str)] = &[
+        (&[&ap, "FROBNICATE"], 2, "usage", "unknown operation"),
+        (&[&ap, "BACKUP", f], 2, "usage", "BACKUP takes"),
+        (
+            &[&ap, "BACKUP", f, "0"],
+            2,
+            "usage",
+            "degree must be a digit 1-9",
+        ),
+        (
+            &[&ap, "BACKUP", f, "10"],
+            2,
+            "usage",
+            "degree must be a digit 1-9",
+        ),
+        (
+            &[&ap, "BACKUP", f, "x"],
+            2,
+            "usage",
+            "degree must be a digit 1-9",
+        ),
+        (
+            &[&ap, "BACKUP", "/no/such/file", "1"],
+            1,
+            "source_unreadable",
+            "/no/such/file",
+        ),
+        (&[&ap, "STATE", "extra"], 2, "usage", "STATE takes"),
+        (
+            &[&ap, "RECLAIM", "lots"],
+            2,
+            "usage",
+            "RECLAIM takes a number",
+        ),
+        (&[&ap, "RESTORE"], 2, "usage", "RESTORE takes"),
         (
             &["nobody-here", "STATE"],
-            1,
+            4,
+            "unreachable",
             "cannot reach a peer at access point nobody-here",
         ),
-        (&["../x", "STATE"], 2, "access point"),
+        (&["../x", "STATE"], 2, "usage", "access point"),
         (
             &[&ap, "BACKUPENH", f, "1"],
-            1,
+            3,
+            "unsupported",
             "BACKUPENH needs a peer started with an enhanced protocol",
         ),
     ];
-    for (args, code, text) in cases {
+    for (args, code, kind, text) in cases {
         let run = c.testapp(args);
         assert_eq!(run.code, *code, "{args:?}: stderr {}", run.stderr);
         assert!(
@@ -52,17 +80,83 @@ fn testapp_rejects_bad_command_lines() {
             "{args:?}: one line, got {:?}",
             run.stderr
         );
+        // --json: the same exit code, and one JSON document naming the kind.
+        let json = c.testapp(&[&["--json"], *args].concat());
+        assert_eq!(json.code, *code, "--json {args:?}: stderr {}", json.stderr);
+        let doc = json.json();
+        assert_eq!(doc["ok"], false, "--json {args:?}: {doc}");
+        assert_eq!(doc["kind"], *kind, "--json {args:?}: {doc}");
+        assert!(
+            doc["error"].as_str().unwrap().contains(text),
+            "--json {args:?}: {doc} lacks {text:?}"
+        );
     }
-    // Operation names are case-insensitive; --json errors are one JSON document too.
+    // Operation names are case-insensitive.
     c.testapp(&[&ap, "state"]).ok();
-    let run = c.testapp(&["--json", &ap, "BACKUP", "/no/such/file", "1"]);
-    assert_eq!(run.json()["ok"], false);
+}
+
+/// The exit codes (and `--json` kinds) tell a refusal (3) from a peer nobody answers at (4)
+/// and from an operation that failed (1).
+#[test]
+fn refusals_unreachable_peers_and_lost_connections_have_their_own_exit_codes() {
+    let mut c = Cluster::start(1);
+    let ap = c.ap(1);
+    let never = c.make_file("never", 10);
+    let never = never.to_str().unwrap();
+    let refused = |args: &[&str], kind: &str, text: &str| {
+        let run = c.testapp(&[&["--json", &ap], args].concat());
+        assert_eq!(run.code, 3, "{args:?}: {} {}", run.stdout, run.stderr);
+        let doc = run.json();
+        assert_eq!(doc["ok"], false, "{args:?}: {doc}");
+        assert_eq!(doc["kind"], kind, "{args:?}: {doc}");
+        assert!(
+            doc["error"].as_str().unwrap().contains(text),
+            "{args:?}: {doc} lacks {text:?}"
+        );
+    };
+    refused(&["RESTORE", never], "not_backed_up", "not backed up");
+    refused(&["DELETE", never], "not_backed_up", "not backed up");
+
+    // Alone on its groups, the peer backs up a 40-chunk file for half a minute: meanwhile
+    // another BACKUP or a DELETE of that file is refused as busy.
+    let long = c.make_file("long", 40 * 64_000);
+    let long = long.to_str().unwrap();
+    let first = c.testapp_in_background(&["--json", &ap, "BACKUP", long, "1"]);
     assert!(
-        run.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("/no/such/file")
+        wait_until(
+            Duration::from_secs(10),
+            || c.counters(1)["putchunk_launches"].as_u64().unwrap() > 0
+        ),
+        "the backup did not start"
     );
+    refused(&["BACKUP", long, "1"], "busy", "already running");
+    refused(&["DELETE", long], "busy", "already running");
+
+    // The peer dies under the running backup: the outcome is unknown (1, disconnected).
+    c.kill(1);
+    let lost = first.join().unwrap();
+    assert_eq!(lost.code, 1, "{} {}", lost.stdout, lost.stderr);
+    assert_eq!(lost.json()["kind"], "disconnected", "{}", lost.stdout);
+
+    // Nobody answers: at a socket the killed peer left behind, at a name never used, at a TCP
+    // port nobody listens on (4, unreachable).
+    assert!(c.runtime.join("peer1.sock").exists());
+    let port = c.tcp_port().to_string();
+    for ap in [ap.as_str(), "nobody-here", port.as_str()] {
+        let run = c.testapp(&["--json", ap, "STATE"]);
+        assert_eq!(run.code, 4, "{ap}: {} {}", run.stdout, run.stderr);
+        let doc = run.json();
+        assert_eq!(doc["kind"], "unreachable", "{ap}: {doc}");
+        assert!(
+            doc["error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot reach a peer"),
+            "{ap}: {doc}"
+        );
+        let run = c.testapp(&[ap, "RESTORE", never]);
+        assert_eq!(run.code, 4, "{ap}: {}", run.stderr);
+    }
 }
 
 #[test]
@@ -286,12 +380,48 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
         }
         let reply: serde_json::Value = serde_json::from_str(&ask(&bytes)).unwrap();
         assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["kind"], "bad_request", "{reply}");
     }
     let reply: serde_json::Value = serde_json::from_str(&ask(&vec![b'x'; 70_000])).unwrap();
+    assert_eq!(reply["kind"], "bad_request", "{reply}");
     assert!(
         reply["message"].as_str().unwrap().contains("longer than"),
         "{reply}"
     );
+    // Well-formed requests testapp would not send: the peer checks them itself.
+    let file = c.make_file("f", 10);
+    let dir = c.dir.path();
+    for (request, kind, text) in [
+        (
+            serde_json::json!({"op": "backup", "path": file, "degree": 0}),
+            "bad_request",
+            "degree must be 1 to 9",
+        ),
+        (
+            serde_json::json!({"op": "backup", "path": "/no/such/file", "degree": 1}),
+            "source_unreadable",
+            "/no/such/file",
+        ),
+        (
+            serde_json::json!({"op": "backup", "path": dir, "degree": 1}),
+            "source_unreadable",
+            "not a regular file",
+        ),
+        (
+            serde_json::json!({"op": "restore", "path": "/"}),
+            "bad_request",
+            "does not name a file",
+        ),
+    ] {
+        let reply: serde_json::Value =
+            serde_json::from_str(&ask(format!("{request}\n").as_bytes())).unwrap();
+        assert_eq!(reply["type"], "error", "{request}: {reply}");
+        assert_eq!(reply["kind"], kind, "{request}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains(text),
+            "{request}: {reply}"
+        );
+    }
     c.testapp(&[&c.ap(1), "STATE"]).ok();
 }
 

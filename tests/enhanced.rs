@@ -83,8 +83,20 @@ fn mixed_groups_complete_every_operation_in_both_roles() {
     }
     // A 1.0 peer refuses the enhanced operations clearly.
     let f = c.make_file("x", 10);
-    let run = c.testapp(&[&c.ap(1), "BACKUPENH", f.to_str().unwrap(), "1"]);
-    assert_eq!(run.code, 1);
+    let ap = c.ap(1);
+    for op in ["BACKUPENH", "RESTOREENH", "DELETEENH"] {
+        let mut args = vec!["--json", &ap, op, f.to_str().unwrap()];
+        if op == "BACKUPENH" {
+            args.push("1");
+        }
+        let run = c.testapp(&args);
+        assert_eq!(run.code, 3, "{op}: {} {}", run.stdout, run.stderr);
+        let doc = run.json();
+        assert_eq!(doc["kind"], "unsupported", "{op}: {doc}");
+        assert!(doc["error"].as_str().unwrap().contains("runs 1.0"), "{doc}");
+    }
+    let run = c.testapp(&[&ap, "RECLAIMENH", "0"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("runs 1.0"), "{}", run.stderr);
 }
 
@@ -233,16 +245,26 @@ fn chunks_reach_their_degree_when_the_backup_initiator_dies() {
     c.kill(1);
     let _ = client.join();
     let holders = [2, 3, 4, 5];
+    // The chunks that left the initiator before it died (at least the 20 peer 2 stored; the
+    // others were never sent, so no peer can have them): each must reach degree 3, and none
+    // may vanish on the way.
+    let sent: Vec<u32> = c.copies_on_disk(&holders, &file_id).into_keys().collect();
+    assert!(sent.len() >= 20, "chunks on disk after the kill: {sent:?}");
+    let reached = |copies: &std::collections::BTreeMap<u32, Vec<u32>>| {
+        sent.iter().all(|no| copies.contains_key(no)) && copies.values().all(|h| h.len() >= 3)
+    };
     assert!(
-        wait_until(Duration::from_secs(60), || c
-            .copies_on_disk(&holders, &file_id)
-            .values()
-            .all(|h| h.len() >= 3)),
-        "chunks below degree 3: {:?}",
-        c.copies_on_disk(&holders, &file_id)
-            .iter()
-            .filter(|(_, h)| h.len() < 3)
-            .collect::<Vec<_>>()
+        wait_until(Duration::from_secs(60), || reached(
+            &c.copies_on_disk(&holders, &file_id)
+        )),
+        "of the chunks {sent:?}, below degree 3: {:?}",
+        {
+            let copies = c.copies_on_disk(&holders, &file_id);
+            sent.iter()
+                .map(|no| (no, copies.get(no).cloned().unwrap_or_default()))
+                .filter(|(_, h)| h.len() < 3)
+                .collect::<Vec<_>>()
+        }
     );
 }
 
@@ -251,10 +273,10 @@ fn rereplication_survives_the_death_of_the_peer_running_it() {
     let mut c = mixed(&[], &[1, 2, 3, 4]);
     let path = c.make_file("heal", 10 * K);
     let file_id = backup(&c, 1, "BACKUPENH", &path, 3);
+    let copies = c.copies_on_disk(&[2, 3, 4], &file_id);
     assert!(
-        c.copies_on_disk(&[2, 3, 4], &file_id)
-            .values()
-            .all(|h| h.len() == 3)
+        copies.len() == 11 && copies.values().all(|h| h.len() == 3),
+        "{copies:?}"
     );
     c.spawn_version(5, "2.0", &["--capacity", "0"]); // no room yet: re-backups must wait
     run_ok(&c, 2, &["RECLAIMENH", "0"]);

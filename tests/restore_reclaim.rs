@@ -68,9 +68,12 @@ fn restores_are_byte_identical_for_every_size_and_initiator() {
             .count(),
         0
     );
-    // A file this peer did not back up.
+    // A file this peer did not back up: refused.
+    let run = c.testapp(&["--json", &c.ap(3), "RESTORE", path.to_str().unwrap()]);
+    assert_eq!(run.code, 3, "{} {}", run.stdout, run.stderr);
+    assert_eq!(run.json()["kind"], "not_backed_up", "{}", run.stdout);
     let run = c.testapp(&[&c.ap(3), "RESTORE", path.to_str().unwrap()]);
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, 3);
     assert!(
         run.stderr.contains("not backed up by this peer"),
         "{}",
@@ -115,16 +118,60 @@ fn a_corrupt_copy_at_one_holder_is_never_restored() {
     let c = Cluster::start(3);
     let path = c.make_file("rot", 3 * K);
     let file_id = backup(&c, 1, &path, 2);
-    // Flip a byte of every chunk at peer 2; peer 3 keeps good copies.
+    // Flip a byte of every chunk at peer 2 (all but the empty last one); peer 3 keeps good
+    // copies.
+    let mut flipped = Vec::new();
     for f in c.chunk_files(2, &file_id) {
         let mut bytes = std::fs::read(&f).unwrap();
         if let Some(b) = bytes.first_mut() {
             *b ^= 0xff;
             std::fs::write(&f, bytes).unwrap();
+            flipped.push(f.file_name().unwrap().to_str().unwrap().to_string());
         }
     }
-    restore_identical(&c, 1, &path);
-    restore_identical(&c, 1, &path);
+    assert_eq!(flipped, ["0", "1", "2"]);
+    // Every restore is byte-identical. Peer 2 reads a copy only when its CHUNK would go out
+    // before peer 3's (which silences it), so restore until it has come to each corrupt copy:
+    // it must find it corrupt, drop it and announce REMOVED, never send it.
+    let caught = |no: &String| {
+        c.log(2)
+            .contains(&format!("stored chunk {file_id}#{no} is corrupt"))
+    };
+    let mut restores = 0;
+    let all_caught = wait_until(Duration::from_secs(60), || {
+        restore_identical(&c, 1, &path);
+        restores += 1;
+        flipped.iter().all(caught)
+    });
+    assert!(
+        all_caught,
+        "after {restores} restores, peer 2 found corrupt only {:?} of chunks {flipped:?}",
+        flipped.iter().filter(|no| caught(no)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        c.counters(1)["bad_bodies"],
+        0,
+        "a corrupt body was sent to the restorer"
+    );
+    // No corrupt file is left at peer 2 (after REMOVED, peer 3 restores the degree, maybe onto
+    // peer 2 again, with the right bytes).
+    let source = std::fs::read(&path).unwrap();
+    let corrupt_at_2 = || {
+        c.chunk_files(2, &file_id)
+            .into_iter()
+            .filter(|f| {
+                let no: usize = f.file_name().unwrap().to_str().unwrap().parse().unwrap();
+                let want = &source[no * K..((no + 1) * K).min(source.len())];
+                // (A copy may be removed while this looks.)
+                std::fs::read(f).is_ok_and(|bytes| bytes != want)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || corrupt_at_2().is_empty()),
+        "corrupt copies left at peer 2: {:?}",
+        corrupt_at_2()
+    );
 }
 
 #[test]
@@ -139,8 +186,10 @@ fn restore_of_a_chunk_nobody_holds_fails_naming_it() {
     assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
     let doc = run.json();
     assert_eq!(doc["ok"], false);
+    assert_eq!(doc["kind"], "incomplete", "{doc}");
     assert_eq!(doc["missing"], serde_json::json!([1]));
     let run = c.testapp(&[&c.ap(1), "RESTORE", path.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("chunk(s) 1"), "{}", run.stderr);
     assert!(
         !c.peer_dir(1).join("restored").join("holey").exists(),

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dbs::exec::pacer::Pacer;
 use dbs::net::{open_receiver, open_sender};
-use dbs::runtime::sender::Pacer;
 use serde_json::json;
 
 use crate::{CHUNK_BYTES, mbps, round2, udp_counter};
@@ -205,7 +205,7 @@ fn trial(
     let start = Instant::now();
     for seq in 0..count {
         datagram[8..12].copy_from_slice(&seq.to_be_bytes());
-        let wait = pacer.reserve(datagram.len(), Instant::now());
+        let wait = pacer.reserve(datagram.len(), start.elapsed());
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }

@@ -85,7 +85,9 @@ Example (4 peers on one machine, loopback multicast):
   peer 1.0 1 peer1 239.255.0.1 8001 239.255.0.2 8002 239.255.0.3 8003
 
 The peer stops on SIGINT or SIGTERM after saving its metadata. Exit codes: 0 stopped cleanly,
-1 could not start (tree, sockets, access point), 2 bad arguments.";
+1 could not start (tree, sockets, access point), 2 bad arguments, 70 one of its threads
+panicked (logged with the thread's name and the message; the peer stops at once rather than
+run on without that thread, as after a SIGKILL its tree is consistent at the next start).";
 
 fn parse_version(s: &str) -> Result<Version, String> {
     let v: Version = s.parse()?;
@@ -137,6 +139,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    // From here on a panic on any thread is logged and ends the peer with exit code 70.
+    dbs::runtime::supervise::exit_on_panic();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,4 +5,4 @@ pub mod api;
 pub mod server;
 
 pub use access_point::AccessPoint;
-pub use api::{Reply, Request};
+pub use api::{ErrorKind, Reply, Request};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 
 use super::access_point::{Listener, Stream};
-use super::api::{MAX_REQUEST, Reply, Request};
+use super::api::{ErrorKind, MAX_REQUEST, Reply, Request};
 
 /// Runs client requests.
 pub trait Handler: Send + Sync + 'static {
@@ -49,15 +49,18 @@ fn serve_client(stream: Stream, handler: &dyn Handler) {
     let replies = match reader.read_line(&mut line) {
         Ok(0) => return,
         Ok(_) if !line.ends_with('\n') => single(Reply::Error {
+            kind: ErrorKind::BadRequest,
             message: format!("request longer than {MAX_REQUEST} bytes or not ended by a newline"),
         }),
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => handler.handle(request),
             Err(e) => single(Reply::Error {
+                kind: ErrorKind::BadRequest,
                 message: format!("malformed request: {e}"),
             }),
         },
         Err(e) => single(Reply::Error {
+            kind: ErrorKind::BadRequest,
             message: format!("unreadable request: {e}"),
         }),
     };

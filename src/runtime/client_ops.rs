@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::effects::Peer;
 use crate::client::server::Handler;
-use crate::client::{Reply, Request};
-use crate::core::{Action, BackupRequest, OpId, RestoreRequest};
+use crate::client::{ErrorKind, Reply, Request};
+use crate::core::{Action, BackupRequest, CommandError, OpId, RestoreRequest};
 use crate::protocol::file_id::file_id;
 
 /// The access point's handler: runs client requests on this peer.
@@ -45,17 +45,26 @@ impl ClientHandler {
         state
     }
 
-    fn backup(&self, path: &Path, degree: u8, enhanced: bool) -> Result<Receiver<Reply>, String> {
+    fn backup(&self, path: &Path, degree: u8, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
+        let unreadable = |e| (ErrorKind::SourceUnreadable, e);
         let path = std::fs::canonicalize(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let meta =
-            std::fs::metadata(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
         if !meta.is_file() {
-            return Err(format!("{} is not a regular file", path.display()));
+            return Err(unreadable(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let file = file_id(&path, meta.len(), mtime, self.0.core.config().id);
-        let (op, rx) = self.0.effects.replies.new_op(&path);
+        // The core fails a backup only when its source cannot be read (or changes).
+        let (op, rx) = self
+            .0
+            .effects
+            .replies
+            .new_op(&path, ErrorKind::SourceUnreadable);
         let req = BackupRequest {
             path,
             file,
@@ -66,26 +75,33 @@ impl ClientHandler {
         self.start(op, rx, self.0.core.start_backup(op, req))
     }
 
-    fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, String> {
+    fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let (op, rx) = self.0.effects.replies.new_op(&path);
+        let (op, rx) = self.0.effects.replies.new_op(&path, ErrorKind::Internal);
         self.start(op, rx, self.0.core.start_delete(op, &path, enhanced))
     }
 
-    fn restore(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, String> {
+    fn restore(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let name = path
-            .file_name()
-            .ok_or_else(|| format!("{} does not name a file", path.display()))?;
+        let name = path.file_name().ok_or_else(|| {
+            (
+                ErrorKind::BadRequest,
+                format!("{} does not name a file", path.display()),
+            )
+        })?;
         let dest = self.0.effects.disk.files.root().join("restored").join(name);
         if std::fs::canonicalize(&dest).is_ok_and(|d| d == path) {
-            return Err(format!(
-                "restoring {} would overwrite the original: move it out of {} first",
-                path.display(),
-                self.0.effects.disk.files.root().join("restored").display()
+            return Err((
+                ErrorKind::BadRequest,
+                format!(
+                    "restoring {} would overwrite the original: move it out of {} first",
+                    path.display(),
+                    self.0.effects.disk.files.root().join("restored").display()
+                ),
             ));
         }
-        let (op, rx) = self.0.effects.replies.new_op(&path);
+        // The core fails a restore only when the restored file cannot be written.
+        let (op, rx) = self.0.effects.replies.new_op(&path, ErrorKind::Io);
         let tmp = self
             .0
             .effects
@@ -124,8 +140,8 @@ impl ClientHandler {
         &self,
         op: OpId,
         rx: Receiver<Reply>,
-        started: Result<Vec<Action>, crate::core::CommandError>,
-    ) -> Result<Receiver<Reply>, String> {
+        started: Result<Vec<Action>, CommandError>,
+    ) -> Result<Receiver<Reply>, Refusal> {
         match started {
             Ok(actions) => {
                 self.0.run(actions);
@@ -133,9 +149,21 @@ impl ClientHandler {
             }
             Err(e) => {
                 self.0.effects.replies.forget(op);
-                Err(e.to_string())
+                Err((command_error_kind(&e), e.to_string()))
             }
         }
+    }
+}
+
+/// A request the peer does not run, and why.
+type Refusal = (ErrorKind, String);
+
+/// The client's view of a command the core refused.
+fn command_error_kind(e: &CommandError) -> ErrorKind {
+    match e {
+        CommandError::BadDegree(_) | CommandError::TooLarge(_) => ErrorKind::BadRequest,
+        CommandError::BackupRunning(_) | CommandError::RestoreRunning(_) => ErrorKind::Busy,
+        CommandError::NotBackedUp(_) => ErrorKind::NotBackedUp,
     }
 }
 
@@ -144,9 +172,12 @@ impl Handler for ClientHandler {
         let s = self;
         let version = s.0.core.config().version;
         let result = if request.enhanced() && version == crate::protocol::Version::V1_0 {
-            Err(format!(
-                "{}ENH needs a peer started with an enhanced protocol version; this peer runs {version}",
-                request.name()
+            Err((
+                ErrorKind::Unsupported,
+                format!(
+                    "{}ENH needs a peer started with an enhanced protocol version; this peer runs {version}",
+                    request.name()
+                ),
             ))
         } else {
             match &request {
@@ -161,9 +192,9 @@ impl Handler for ClientHandler {
                 Request::Reclaim { max_kb, enhanced } => Ok(s.reclaim(*max_kb, *enhanced)),
             }
         };
-        result.unwrap_or_else(|message| {
+        result.unwrap_or_else(|(kind, message)| {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            let _ = tx.send(Reply::Error { message });
+            let _ = tx.send(Reply::Error { kind, message });
             rx
         })
     }
@@ -173,6 +204,7 @@ fn reply_done(message: String, result: serde_json::Value) -> Receiver<Reply> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let _ = tx.send(Reply::Done {
         ok: true,
+        kind: None,
         message,
         result,
     });

@@ -9,6 +9,7 @@ pub mod pool;
 mod receive;
 mod replies;
 pub mod sender;
+pub mod supervise;
 pub mod tcp;
 pub mod timer;
 

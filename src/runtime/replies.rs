@@ -8,13 +8,15 @@ use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
 use serde_json::json;
 
-use crate::client::Reply;
+use crate::client::{ErrorKind, Reply};
 use crate::core::{INTERNAL_OPS, OpEvent, OpId};
 
 /// Where a client operation's replies go.
 struct OpSink {
     tx: Sender<Reply>,
     path: PathBuf,
+    /// The kind of the operation's [`OpEvent::Failed`].
+    failure: ErrorKind,
 }
 
 /// The reply channels of the operations in progress.
@@ -31,8 +33,9 @@ impl Replies {
         }
     }
 
-    /// A new operation on `path`, and where its replies will arrive.
-    pub(super) fn new_op(&self, path: &Path) -> (OpId, Receiver<Reply>) {
+    /// A new operation on `path`, and where its replies will arrive; `failure` is the kind of
+    /// its failures the core reports as [`OpEvent::Failed`].
+    pub(super) fn new_op(&self, path: &Path, failure: ErrorKind) -> (OpId, Receiver<Reply>) {
         let op = self.next_op.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         self.ops.insert(
@@ -40,6 +43,7 @@ impl Replies {
             OpSink {
                 tx,
                 path: path.to_path_buf(),
+                failure,
             },
         );
         (op, rx)
@@ -51,7 +55,11 @@ impl Replies {
     }
 
     pub(super) fn report(&self, op: OpId, event: OpEvent) {
-        let Some(path) = self.ops.get(&op).map(|s| s.path.display().to_string()) else {
+        let Some((path, failure)) = self
+            .ops
+            .get(&op)
+            .map(|s| (s.path.display().to_string(), s.failure))
+        else {
             if op >= INTERNAL_OPS {
                 tracing::info!("re-backup: {event:?}");
             }
@@ -66,6 +74,7 @@ impl Replies {
                 gave_up_after,
             } => Reply::Done {
                 ok: short.is_empty(),
+                kind: (!short.is_empty()).then_some(ErrorKind::Incomplete),
                 message: if short.is_empty() {
                     format!("backed up {path}: {chunks} chunks at the desired degree")
                 } else if let Some(tried) = gave_up_after {
@@ -87,11 +96,13 @@ impl Replies {
             },
             OpEvent::RestoreDone { file, dest, chunks } => Reply::Done {
                 ok: true,
+                kind: None,
                 message: format!("restored {path} to {}", dest.display()),
                 result: json!({"path": path, "file_id": file, "chunks": chunks, "restored_to": dest}),
             },
             OpEvent::RestoreIncomplete { file, missing } => Reply::Done {
                 ok: false,
+                kind: Some(ErrorKind::Incomplete),
                 message: format!(
                     "restore of {path} failed: no peer delivered a valid copy of chunk(s) {}",
                     list_chunks(&missing)
@@ -100,10 +111,14 @@ impl Replies {
             },
             OpEvent::DeleteDone { file } => Reply::Done {
                 ok: true,
+                kind: None,
                 message: format!("deleted the backup of {path}"),
                 result: json!({"path": path, "file_id": file}),
             },
-            OpEvent::Failed(message) => Reply::Error { message },
+            OpEvent::Failed(message) => Reply::Error {
+                kind: failure,
+                message,
+            },
         };
         let last = !matches!(reply, Reply::Progress { .. });
         if let Some(sink) = self.ops.get(&op) {

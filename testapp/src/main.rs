@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use dbs::client::{AccessPoint, Reply, Request};
+use dbs::client::{AccessPoint, ErrorKind, Reply, Request};
 use dbs::core::StateReport;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,14 +34,55 @@ struct Args {
 }
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 done; 1 the operation failed (peer unreachable, file unreadable, chunks short of
-their degree, peer refused); 2 usage error (unknown operation, wrong operands, degree not 1-9).";
+Exit codes (with --json, a failure's document has \"ok\": false and the \"kind\" in brackets):
+  0  done
+  1  the operation ran and failed: chunks short of their degree or not restorable
+     [incomplete], the file to back up unreadable [source_unreadable], a disk error at the
+     peer [io], the connection lost before the answer [disconnected], anything else [internal]
+  2  usage error: unknown operation, wrong operands, degree not 1-9, bad access point [usage]
+  3  the peer refused the request and did nothing: the file was not backed up by it
+     [not_backed_up], an operation on the file is running [busy], ENH on a 1.0 peer
+     [unsupported], a request it cannot run [bad_request]
+  4  no peer could be reached at the access point [unreachable]";
 
-/// A failure with its exit code.
-struct Fail(u8, String);
+/// Why testapp ends without success.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// The command line is wrong.
+    Usage,
+    /// No peer answers at the access point.
+    Unreachable,
+    /// The connection broke after the request was sent: the outcome is unknown.
+    Disconnected,
+    /// The peer refused or failed the operation (or testapp found the same before asking).
+    Peer(ErrorKind),
+}
+
+impl Kind {
+    fn exit_code(self) -> u8 {
+        match self {
+            Kind::Usage => 2,
+            Kind::Unreachable => 4,
+            Kind::Peer(k) if k.refused() => 3,
+            Kind::Disconnected | Kind::Peer(_) => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Usage => "usage",
+            Kind::Unreachable => "unreachable",
+            Kind::Disconnected => "disconnected",
+            Kind::Peer(k) => k.name(),
+        }
+    }
+}
+
+/// A failure: its kind (hence the exit code) and the message.
+struct Fail(Kind, String);
 
 fn usage(msg: impl Into<String>) -> Fail {
-    Fail(2, msg.into())
+    Fail(Kind::Usage, msg.into())
 }
 
 fn main() -> ExitCode {
@@ -49,12 +90,15 @@ fn main() -> ExitCode {
     let json = args.json;
     match run(args) {
         Ok(code) => ExitCode::from(code),
-        Err(Fail(code, msg)) => {
+        Err(Fail(kind, msg)) => {
             if json {
-                out(&serde_json::json!({"ok": false, "error": msg}).to_string());
+                out(
+                    &serde_json::json!({"ok": false, "kind": kind.name(), "error": msg})
+                        .to_string(),
+                );
             }
             eprintln!("testapp: {msg}");
-            ExitCode::from(code)
+            ExitCode::from(kind.exit_code())
         }
     }
 }
@@ -87,10 +131,14 @@ fn parse_request(op: &str, operands: &[String]) -> Result<Request, Fail> {
                     )));
                 }
             };
+            let unreadable = |msg| Fail(Kind::Peer(ErrorKind::SourceUnreadable), msg);
             let path = std::fs::canonicalize(&operands[0])
-                .map_err(|e| Fail(1, format!("cannot read {}: {e}", operands[0])))?;
+                .map_err(|e| unreadable(format!("cannot read {}: {e}", operands[0])))?;
             if !path.is_file() {
-                return Err(Fail(1, format!("{} is not a regular file", path.display())));
+                return Err(unreadable(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )));
             }
             Request::Backup {
                 path,
@@ -144,19 +192,35 @@ fn absolute(p: &str) -> Result<PathBuf, Fail> {
 fn run(args: Args) -> Result<u8, Fail> {
     let request = parse_request(&args.operation, &args.operands)?;
     let ap = AccessPoint::parse(&args.access_point).map_err(|e| usage(e.to_string()))?;
-    let mut stream = ap
-        .connect()
-        .map_err(|e| Fail(1, format!("cannot reach a peer at access point {ap}: {e}")))?;
+    let mut stream = ap.connect().map_err(|e| {
+        Fail(
+            Kind::Unreachable,
+            format!("cannot reach a peer at access point {ap}: {e}"),
+        )
+    })?;
     let mut line = serde_json::to_vec(&request).expect("request serialises");
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .map_err(|e| Fail(1, format!("sending the request to {ap}: {e}")))?;
+    // A request that could not be sent was not run.
+    stream.write_all(&line).map_err(|e| {
+        Fail(
+            Kind::Unreachable,
+            format!("sending the request to {ap}: {e}"),
+        )
+    })?;
     let bar = progress_bar(&request);
     for reply in BufReader::new(stream).lines() {
-        let reply = reply.map_err(|e| Fail(1, format!("reading the answer from {ap}: {e}")))?;
-        let reply: Reply = serde_json::from_str(&reply)
-            .map_err(|e| Fail(1, format!("unreadable answer from {ap}: {e}")))?;
+        let reply = reply.map_err(|e| {
+            Fail(
+                Kind::Disconnected,
+                format!("reading the answer from {ap}: {e}"),
+            )
+        })?;
+        let reply: Reply = serde_json::from_str(&reply).map_err(|e| {
+            Fail(
+                Kind::Peer(ErrorKind::Internal),
+                format!("unreadable answer from {ap}: {e}"),
+            )
+        })?;
         match reply {
             Reply::Progress { done, total } => {
                 if let Some(bar) = &bar {
@@ -166,25 +230,28 @@ fn run(args: Args) -> Result<u8, Fail> {
             }
             Reply::Done {
                 ok,
+                kind,
                 message,
                 result,
             } => {
                 if let Some(bar) = &bar {
                     bar.finish_and_clear();
                 }
-                print_done(&request, args.json, ok, &message, result);
-                return Ok(if ok { 0 } else { 1 });
+                // An older peer sends no kind.
+                let failure = (!ok).then(|| Kind::Peer(kind.unwrap_or_default()));
+                print_done(&request, args.json, failure, &message, result);
+                return Ok(failure.map_or(0, Kind::exit_code));
             }
-            Reply::Error { message } => {
+            Reply::Error { kind, message } => {
                 if let Some(bar) = &bar {
                     bar.finish_and_clear();
                 }
-                return Err(Fail(1, message));
+                return Err(Fail(Kind::Peer(kind), message));
             }
         }
     }
     Err(Fail(
-        1,
+        Kind::Disconnected,
         format!("the peer at {ap} closed the connection before answering"),
     ))
 }
@@ -205,16 +272,21 @@ fn progress_bar(request: &Request) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// Prints a `done` reply; `failure` is set when it says the operation failed.
 fn print_done(
     request: &Request,
     json: bool,
-    ok: bool,
+    failure: Option<Kind>,
     message: &str,
     mut result: serde_json::Value,
 ) {
+    let ok = failure.is_none();
     if json {
         if let Some(obj) = result.as_object_mut() {
             obj.insert("ok".into(), ok.into());
+            if let Some(kind) = failure {
+                obj.insert("kind".into(), kind.name().into());
+            }
             if !message.is_empty() {
                 obj.insert("message".into(), message.into());
             }
