@@ -33,9 +33,13 @@ struct Args {
     /// Files to back up (each from a random home peer).
     #[arg(long, default_value_t = 8)]
     files: usize,
-    /// Largest file size in bytes (sizes are drawn between half of it and all of it).
+    /// Largest file size in bytes (sizes are drawn between --min-size and it).
     #[arg(long, default_value_t = 200_000)]
     size: u64,
+    /// Smallest file size in bytes [default: half of --size]; equal to --size for files of
+    /// exactly that size.
+    #[arg(long)]
+    min_size: Option<u64>,
     /// Replication degree, 1-9.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=9))]
     degree: u8,
@@ -165,6 +169,7 @@ fn real_main() -> anyhow::Result<bool> {
         peers: args.peers,
         files: args.files,
         size: args.size,
+        min_size: args.min_size,
         degree: args.degree,
         versions: args.version,
         loss: args.loss,

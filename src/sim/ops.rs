@@ -92,7 +92,7 @@ impl World {
             let home = self.rng.u32(0..n);
             let home = self.sc.home.unwrap_or(home);
             let id = self.slots[home as usize].id;
-            let lo = self.sc.size / 2;
+            let lo = self.sc.min_size.unwrap_or(self.sc.size / 2).min(self.sc.size);
             let size = self.rng.u64(lo..=self.sc.size);
             let mut data = vec![0u8; size as usize];
             self.rng.fill(&mut data);

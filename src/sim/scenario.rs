@@ -42,8 +42,11 @@ pub struct Scenario {
     pub files: usize,
     /// The home of every file, instead of a random one.
     pub home: Option<u32>,
-    /// Largest file size in bytes (sizes are drawn from half of it to all of it).
+    /// Largest file size in bytes.
     pub size: u64,
+    /// Smallest file size in bytes (sizes are drawn between it and `size`); `None`: half of
+    /// `size`.
+    pub min_size: Option<u64>,
     /// Replication degree asked for.
     pub degree: u8,
     /// Protocol versions.
@@ -96,6 +99,7 @@ impl Default for Scenario {
             files: 4,
             home: None,
             size: 200_000,
+            min_size: None,
             degree: 2,
             versions: Versions::V2,
             loss: 0.0,

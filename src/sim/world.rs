@@ -158,7 +158,10 @@ pub(super) struct Slot {
     pub(super) life: u64,
     rx: VecDeque<(Channel, Bytes)>,
     rx_bytes: usize,
+    /// A `Process` event is scheduled.
     processing: bool,
+    /// Until when the peer is busy with the datagram it took last.
+    busy_until: Duration,
     sends: [VecDeque<Outgoing>; 3],
     sending: [bool; 3],
     pacer: Pacer,
@@ -210,6 +213,7 @@ impl World {
                 rx: VecDeque::new(),
                 rx_bytes: 0,
                 processing: false,
+                busy_until: Duration::ZERO,
                 sends: Default::default(),
                 sending: [false; 3],
                 pacer: Pacer::new(sc.rate),
@@ -555,6 +559,7 @@ impl World {
 
     fn deliver(&mut self, to: u32, channel: Channel, data: Bytes) {
         let limit = self.sc.rx_queue_bytes;
+        let now = self.now;
         let slot = &mut self.slots[to as usize];
         if slot.exec.is_none() {
             self.counts.unreachable += 1;
@@ -565,33 +570,55 @@ impl World {
             return;
         }
         self.counts.delivered += 1;
+        if !slot.processing && slot.busy_until <= now {
+            // An idle peer takes it at once (one event fewer per delivery).
+            let life = slot.life;
+            self.take(to, life, channel, data);
+            return;
+        }
         slot.rx_bytes += data.len();
         slot.rx.push_back((channel, data));
         if !slot.processing {
             slot.processing = true;
-            let life = slot.life;
-            self.after(Duration::ZERO, Event::Process { peer: to, life });
+            let (life, at) = (slot.life, slot.busy_until);
+            self.at(at, Event::Process { peer: to, life });
         }
     }
 
+    /// Peer `i` takes the next datagram from its receive queue.
     fn process(&mut self, i: u32, life: u64) {
-        let Some(p) = self.live(i, life) else { return };
-        let limit = self.sc.rx_queue_bytes;
+        if self.live(i, life).is_none() {
+            return;
+        }
         let slot = &mut self.slots[i as usize];
         let Some((channel, data)) = slot.rx.pop_front() else {
             slot.processing = false;
             return;
         };
         slot.rx_bytes -= data.len();
-        let filling = slot.rx_bytes > limit / 8;
-        let cost = self.sc.proc_per_datagram
-            + Duration::from_secs_f64(data.len() as f64 / self.sc.proc_bytes_per_sec);
+        self.take(i, life, channel, data);
+        let slot = &mut self.slots[i as usize];
+        if slot.life != life {
+            return;
+        }
+        if slot.rx.is_empty() {
+            slot.processing = false;
+        } else {
+            let at = slot.busy_until;
+            self.at(at, Event::Process { peer: i, life });
+        }
+    }
+
+    /// Peer `i` handles one datagram now; it is busy for the datagram's processing cost.
+    fn take(&mut self, i: u32, life: u64, channel: Channel, data: Bytes) {
+        let Some(p) = self.live(i, life) else { return };
+        let filling = self.slots[i as usize].rx_bytes > self.sc.rx_queue_bytes / 8;
         let len = data.len();
+        let cost = self.sc.proc_per_datagram
+            + Duration::from_secs_f64(len as f64 / self.sc.proc_bytes_per_sec);
+        self.slots[i as usize].busy_until = self.now + cost;
         p.on_datagram(channel, data, len, filling);
         self.drain(i);
-        if self.slots[i as usize].life == life {
-            self.after(cost, Event::Process { peer: i, life });
-        }
     }
 
     /// Brings every peer that is down back up.
