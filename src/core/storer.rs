@@ -132,6 +132,9 @@ impl Core {
         if self.writing.insert(chunk, writing).is_some() {
             return Vec::new();
         }
+        // A copy trimmed here and kept for its grace time is replaced by this write: its
+        // expiry must not remove the new file.
+        self.trash.remove(&chunk);
         vec![Action::WriteChunk {
             chunk,
             desired,
@@ -415,9 +418,11 @@ impl Core {
 
     /// The grace time of a trimmed copy is over: its file goes.
     pub(super) fn trash_expired(&self, chunk: ChunkKey) -> Vec<Action> {
+        let meta = self.meta.lock();
+        let in_use = meta.stored_chunk(&chunk).is_some() || self.writing.contains_key(&chunk);
         match self.trash.remove(&chunk) {
-            Some(_) => vec![Action::RemoveChunk { chunk }],
-            None => Vec::new(),
+            Some(_) if !in_use => vec![Action::RemoveChunk { chunk }],
+            _ => Vec::new(),
         }
     }
 
@@ -434,7 +439,10 @@ impl Core {
         c.holders.remove(&sender);
         {
             let mut meta = self.meta.lock();
-            if meta.stored_chunk(&chunk).is_some() || !self.fits(&meta, c.size) {
+            if meta.stored_chunk(&chunk).is_some() || self.writing.contains_key(&chunk) {
+                return Vec::new(); // stored here again meanwhile: that copy is the one
+            }
+            if !self.fits(&meta, c.size) {
                 return vec![Action::RemoveChunk { chunk }];
             }
             meta.insert_stored(chunk, c);

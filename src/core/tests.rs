@@ -1227,3 +1227,32 @@ fn a_trimmed_copy_is_taken_back_when_the_lower_holder_evicts_its_own_meanwhile()
     );
     assert_eq!(c.instances(), 0);
 }
+
+#[test]
+fn a_trimmed_copy_stored_again_is_not_removed_when_its_grace_time_ends() {
+    let c = core2(4);
+    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
+        .try_into()
+        .unwrap();
+    c.on_timer(decide);
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    let done = c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
+    let (_, trim) = timers(&done)
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
+        .unwrap();
+    let (_, expiry) = timers(&c.on_timer(trim))
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrashExpired { .. }))
+        .unwrap();
+    // The home resends the PUTCHUNK and this peer stores the chunk again (1.0: at once).
+    let again = c.on_message(msg(1, putchunk(0, b"abc")));
+    assert!(matches!(again[0], Action::WriteChunk { .. }), "{again:?}");
+    c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
+    assert_eq!(c.state().stored.len(), 1);
+    // The old copy's grace time ends: the file, now the new copy's, stays.
+    assert!(c.on_timer(expiry).is_empty());
+    // A late REMOVED from peer 2 does not remove it either.
+    let removed = c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
+    assert!(!removed.contains(&Action::RemoveChunk { chunk: key(0) }));
+}

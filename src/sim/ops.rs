@@ -92,7 +92,11 @@ impl World {
             let home = self.rng.u32(0..n);
             let home = self.sc.home.unwrap_or(home);
             let id = self.slots[home as usize].id;
-            let lo = self.sc.min_size.unwrap_or(self.sc.size / 2).min(self.sc.size);
+            let lo = self
+                .sc
+                .min_size
+                .unwrap_or(self.sc.size / 2)
+                .min(self.sc.size);
             let size = self.rng.u64(lo..=self.sc.size);
             let mut data = vec![0u8; size as usize];
             self.rng.fill(&mut data);
@@ -368,9 +372,29 @@ impl World {
             exec.core.with_metadata(|m| m.used()) / 2
         };
         self.trace(format_args!("reclaim {} to {bytes}", i + 1));
+        // Copies this peer knows to be the only ones: evicting them gives the chunk up (the
+        // user chose to; the protocol has no one left to re-back it up).
+        let last: BTreeSet<ChunkKey> = exec.core.with_metadata(|m| {
+            m.stored()
+                .iter()
+                .flat_map(|(file, chunks)| {
+                    chunks
+                        .iter()
+                        .filter(|(_, c)| c.holders.len() <= 1)
+                        .map(|(no, _)| ChunkKey {
+                            file: *file,
+                            no: *no,
+                        })
+                })
+                .collect()
+        });
         let (done, actions) = exec.core.reclaim(bytes, enhanced);
         for chunk in done.evicted {
             self.ledger.excused.insert((chunk, i));
+            if last.contains(&chunk) {
+                self.ledger.acked.remove(&chunk);
+                self.ledger.given_up.insert(chunk);
+            }
         }
         exec.run(actions);
         self.drain(i);
