@@ -43,7 +43,8 @@ pub struct Deferred {
 pub struct Trimmed {
     /// Its record when it was trimmed.
     chunk: StoredChunk,
-    /// The lower holders it was trimmed for: a REMOVED from one of them takes it back.
+    /// The `desired` lowest holders it was trimmed for: a REMOVED from one of them takes it
+    /// back.
     relied_on: BTreeSet<PeerId>,
 }
 
@@ -381,11 +382,14 @@ impl Core {
         let Some(c) = meta.stored_chunk(&chunk).cloned() else {
             return Vec::new();
         };
+        // The holders this copy is trimmed for: the `desired` lowest ids, which keep theirs
+        // (holders between them and this peer trim too, and their REMOVEDs change nothing).
         let lower: BTreeSet<PeerId> = c
             .holders
             .iter()
             .copied()
             .filter(|&p| p < self.cfg.id)
+            .take(usize::from(c.desired))
             .collect();
         tracing::debug!(
             "trim check of {chunk}: holders {:?}, desired {}",

@@ -1256,3 +1256,28 @@ fn a_trimmed_copy_stored_again_is_not_removed_when_its_grace_time_ends() {
     let removed = c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
     assert!(!removed.contains(&Action::RemoveChunk { chunk: key(0) }));
 }
+
+#[test]
+fn a_trimmed_copy_is_not_taken_back_when_another_surplus_holder_trims_too() {
+    // Peers 1 and 2 keep chunk 0 (degree 2); peers 3 and 5 both trim theirs.
+    let c = core2(5);
+    let [(_, decide)] = timers(&c.on_message(msg2(9, putchunk(0, b"abc"))))
+        .try_into()
+        .unwrap();
+    c.on_timer(decide);
+    for p in [1, 2, 3] {
+        c.on_message(msg2(p, MessageKind::Stored { chunk: key(0) }));
+    }
+    let done = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"abc")));
+    let (_, trim) = timers(&done)
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
+        .unwrap();
+    c.on_timer(trim);
+    assert!(c.state().stored.is_empty());
+    // Peer 3's trim is no reason to take this copy back; peer 1 evicting its own is.
+    assert!(sends(&c.on_message(msg2(3, MessageKind::Removed { chunk: key(0) }))).is_empty());
+    assert!(c.state().stored.is_empty());
+    c.on_message(msg2(1, MessageKind::Removed { chunk: key(0) }));
+    assert_eq!(c.state().stored.len(), 1);
+}
