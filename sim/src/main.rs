@@ -185,30 +185,41 @@ fn real_main() -> anyhow::Result<bool> {
     };
     let summary = run_traced(sc, measure, trace);
     let ok = summary.violations.is_empty();
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!(
-            "seed {}: {} peers, {} operations ({} failed), {:.1} simulated s in {:.2} s, {} datagrams, {} events",
-            summary.seed,
-            summary.peers,
-            summary.ops,
-            summary.ops_failed,
-            summary.virtual_secs,
-            summary.wall_secs,
-            summary.datagrams,
-            summary.events
-        );
-        for f in &summary.failures {
-            println!("  failed: {f}");
-        }
-        for v in &summary.violations {
-            println!("  VIOLATION: {v}");
-        }
-        println!("trace digest {}", summary.trace_digest);
-        if !ok {
-            println!("{}", summary.replay_hint());
-        }
-    }
+    // A closed standard output (`| head`) is no error of the run.
+    let mut out = std::io::stdout().lock();
+    let _ = print_summary(&mut out, &summary, args.json);
     Ok(ok)
+}
+
+fn print_summary(
+    out: &mut impl Write,
+    summary: &dbs::sim::Summary,
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{}", serde_json::to_string(summary)?);
+    }
+    writeln!(
+        out,
+        "seed {}: {} peers, {} operations ({} failed), {:.1} simulated s in {:.2} s, {} datagrams, {} events",
+        summary.seed,
+        summary.peers,
+        summary.ops,
+        summary.ops_failed,
+        summary.virtual_secs,
+        summary.wall_secs,
+        summary.datagrams,
+        summary.events
+    )?;
+    for f in &summary.failures {
+        writeln!(out, "  failed: {f}")?;
+    }
+    for v in &summary.violations {
+        writeln!(out, "  VIOLATION: {v}")?;
+    }
+    writeln!(out, "trace digest {}", summary.trace_digest)?;
+    if !summary.violations.is_empty() {
+        writeln!(out, "{}", summary.replay_hint())?;
+    }
+    Ok(())
 }

@@ -527,6 +527,11 @@ impl Metadata {
         }
     }
 
+    /// Deletions remembered (at most [`TOMBSTONES_KEPT`]).
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
     /// The peer on whose word `file` was deleted recently, if it was.
     pub fn tombstone(&self, file: &FileId) -> Option<PeerId> {
         self.tombstones.get(file).map(|t| t.home)

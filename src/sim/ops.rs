@@ -40,6 +40,8 @@ pub(super) struct FileJob {
     op: Option<OpId>,
     /// The start time of the step in progress.
     started: Duration,
+    /// Its home crashed during the step: it is run again when the home is back.
+    interrupted: bool,
 }
 
 /// What the clients asked for and were told.
@@ -116,6 +118,7 @@ impl World {
                 step: Step::Backup,
                 op: None,
                 started: Duration::ZERO,
+                interrupted: false,
             });
             let start = self.sc.spread.mul_f64(self.rng.f64());
             self.at(start, Event::Client { file: i });
@@ -338,7 +341,7 @@ impl World {
     /// Peer `i` crashed: its clients' operations were interrupted.
     pub(super) fn ledger_crashed(&mut self, i: u32) {
         for f in self.ledger.files.iter_mut().filter(|f| f.home == i) {
-            f.op = None;
+            f.interrupted |= f.op.take().is_some();
         }
         self.ledger.by_op.retain(|(peer, _), _| *peer != i);
     }
@@ -353,7 +356,10 @@ impl World {
     /// Peer `i` restarted: its clients run their interrupted steps again (a backup resumes).
     pub(super) fn ledger_restarted(&mut self, i: u32) {
         let due: Vec<usize> = (0..self.ledger.files.len())
-            .filter(|&f| self.ledger.files[f].home == i && self.ledger.files[f].step != Step::Done)
+            .filter(|&f| {
+                let f = &mut self.ledger.files[f];
+                f.home == i && std::mem::take(&mut f.interrupted) && f.step != Step::Done
+            })
             .collect();
         for file in due {
             self.after(Duration::from_millis(500), Event::Client { file });
@@ -617,6 +623,27 @@ impl World {
                     live_copies: keys.iter().map(live).collect(),
                     perceived,
                 }
+            })
+            .collect()
+    }
+}
+
+impl World {
+    /// What each peer keeps at the end of the run.
+    pub(super) fn peer_states(&self) -> Vec<Option<super::scenario::PeerState>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let e = s.exec.as_ref()?;
+                Some(e.core.with_metadata(|m| super::scenario::PeerState {
+                    stored_chunks: m.stored().values().map(|c| c.len()).sum(),
+                    files: m.backed_up().len(),
+                    pending_deletes: m.pending_deletes().len(),
+                    tombstones: m.tombstone_count(),
+                    enhanced_peers: m.enhanced_peers().len(),
+                    instances: e.core.instances(),
+                    chunk_files: s.disk.chunk_keys().len(),
+                }))
             })
             .collect()
     }

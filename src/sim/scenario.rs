@@ -85,7 +85,8 @@ pub struct Scenario {
     pub commit_delay: Duration,
     /// Each peer's disk size in bytes.
     pub disk_bytes: u64,
-    /// The workload must end by then (virtual time).
+    /// The workload must end by then (virtual time), or by an hour after its last planned
+    /// start, whichever is later.
     pub max_time: Duration,
     /// After the workload, the group has this long to become quiescent.
     pub settle: Duration,
@@ -172,6 +173,8 @@ pub struct Summary {
     pub unknown_stale_copies: usize,
     /// Each file at the end.
     pub files: Vec<FileOutcome>,
+    /// What each peer keeps at the end (`None`: down for good).
+    pub peer_state: Vec<Option<PeerState>>,
     /// Broken invariants (empty when every invariant held).
     pub violations: Vec<String>,
     /// SHA-256 of the event trace: the same seed gives the same digest.
@@ -186,6 +189,25 @@ impl Summary {
             self.seed, self.seed
         )
     }
+}
+
+/// What one peer keeps at the end of a run: the state that must not grow with time.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerState {
+    /// Chunks it stores for others.
+    pub stored_chunks: usize,
+    /// Files it backed up.
+    pub files: usize,
+    /// Enhanced deletions still pending.
+    pub pending_deletes: usize,
+    /// Deletions remembered.
+    pub tombstones: usize,
+    /// Enhanced peers known.
+    pub enhanced_peers: usize,
+    /// Protocol instances in progress.
+    pub instances: usize,
+    /// Chunk files on its disk.
+    pub chunk_files: usize,
 }
 
 /// One file at the end of a run.
@@ -216,7 +238,7 @@ pub fn run_traced(
     trace: Option<Box<dyn Write>>,
 ) -> Summary {
     let wall = Instant::now();
-    let max_time = sc.max_time;
+    let max_time = sc.max_time.max(sc.horizon() + Duration::from_secs(3_600));
     let settle = sc.settle;
     let mut w = World::new(sc);
     w.measure = measure;
@@ -245,6 +267,7 @@ pub fn run_traced(
         net: w.counts.clone(),
         unknown_stale_copies: w.ledger.unknown_stale_copies,
         files: w.outcomes(),
+        peer_state: w.peer_states(),
         violations: w.violations.clone(),
         trace_digest: w.trace_digest(),
     }
