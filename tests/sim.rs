@@ -404,21 +404,30 @@ fn rereplication_survives_peers_leaving_for_good() {
 #[test]
 fn hours_of_operations_leave_nothing_behind() {
     for versions in [Versions::V2, Versions::Mixed] {
-        for s in check("hours_of_operations_leave_nothing_behind", 1_400, 1, |seed| Scenario {
-            seed,
-            peers: 4,
-            files: 2_000,
-            size: 100_000,
-            delete_share: 1.0,
-            spread: Duration::from_secs(3 * 3_600),
-            crash_rate: 0.05,
-            versions,
-            ..lossy(seed, versions, 0.1)
-        }) {
+        for s in check(
+            "hours_of_operations_leave_nothing_behind",
+            1_400,
+            1,
+            |seed| Scenario {
+                seed,
+                peers: 4,
+                files: 2_000,
+                size: 100_000,
+                delete_share: 1.0,
+                spread: Duration::from_secs(3 * 3_600),
+                crash_rate: 0.05,
+                versions,
+                ..lossy(seed, versions, 0.1)
+            },
+        ) {
             assert!(s.virtual_secs > 2.9 * 3_600.0, "{} s", s.virtual_secs);
             for (i, p) in s.peer_state.iter().enumerate() {
                 let p = p.as_ref().expect("every peer is up at the end");
-                assert_eq!((p.files, p.pending_deletes, p.instances), (0, 0, 0), "{p:?}");
+                assert_eq!(
+                    (p.files, p.pending_deletes, p.instances),
+                    (0, 0, 0),
+                    "{p:?}"
+                );
                 assert!(p.tombstones <= 2_000 && p.enhanced_peers <= 4, "{p:?}");
                 if versions == Versions::V2 {
                     assert_eq!(

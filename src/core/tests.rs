@@ -1180,49 +1180,53 @@ fn a_backup_that_fails_gives_its_room_in_the_window_to_the_backups_waiting() {
     assert_eq!(sent_putchunks(&failed).len(), 1, "{failed:?}");
 }
 
-#[test]
-fn a_trimmed_copy_is_taken_back_when_the_lower_holder_evicts_its_own_meanwhile() {
-    // Peer 4 stored chunk 0 (degree 1) after peer 2 did: its trim check drops its copy.
-    let c = core2(4);
-    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
+/// Enhanced peer `id` stores chunk 0 (degree `desired`) on peer 9's PUTCHUNK after the
+/// holders `others` did, and trims it: the peer, and what the trim check asked for.
+fn trim_after(id: PeerId, desired: u8, others: &[PeerId]) -> (Core, Vec<Action>) {
+    let c = core2(id);
+    let [(_, decide)] = timers(&c.on_message(msg2(9, putchunk(0, b"abc"))))
         .try_into()
         .unwrap();
-    let write = c.on_timer(decide);
-    assert!(matches!(&write[..], [Action::WriteChunk { .. }]));
-    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
-    let done = c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
+    c.on_timer(decide);
+    for &p in others {
+        c.on_message(msg2(p, MessageKind::Stored { chunk: key(0) }));
+    }
+    let done = c.chunk_written(key(0), desired, 3, Some(ChunkHash::of(b"abc")));
     let (_, trim) = timers(&done)
         .into_iter()
         .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
-        .unwrap();
+        .expect("trim check scheduled");
     let trimmed = c.on_timer(trim);
-    assert!(c.state().stored.is_empty());
+    assert!(c.state().stored.is_empty(), "trimmed");
+    (c, trimmed)
+}
+
+/// The end of a trimmed copy's grace time, as scheduled by its trim.
+fn expiry(trimmed: &[Action]) -> TimerEvent {
+    timers(trimmed)
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| matches!(e, TimerEvent::TrashExpired { .. }))
+        .expect("grace time scheduled")
+}
+
+#[test]
+fn a_trimmed_copy_is_taken_back_when_the_lower_holder_evicts_its_own_meanwhile() {
+    // Peer 4 stored chunk 0 (degree 1) after peer 2 did: its trim check drops its copy, but
+    // the file stays for the grace time.
+    let (c, trimmed) = trim_after(4, 1, &[2]);
     assert!(
         !trimmed.contains(&Action::RemoveChunk { chunk: key(0) }),
-        "the file stays for the grace time: {trimmed:?}"
+        "{trimmed:?}"
     );
     // Peer 2 reclaimed its copy at the same moment: this peer takes its copy back.
     let back = c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
     assert_eq!(c.state().stored.len(), 1, "the last copy stays");
     assert!(sends(&back).contains(&&msg2(4, MessageKind::Stored { chunk: key(0) })));
     // Without such a REMOVED, the grace time ends and the file goes.
-    let c = core2(4);
-    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
-        .try_into()
-        .unwrap();
-    c.on_timer(decide);
-    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
-    let done = c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
-    let (_, trim) = timers(&done)
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
-        .unwrap();
-    let (_, expiry) = timers(&c.on_timer(trim))
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrashExpired { .. }))
-        .unwrap();
+    let (c, trimmed) = trim_after(4, 1, &[2]);
     assert_eq!(
-        c.on_timer(expiry),
+        c.on_timer(expiry(&trimmed)),
         vec![Action::RemoveChunk { chunk: key(0) }]
     );
     assert_eq!(c.instances(), 0);
@@ -1230,28 +1234,14 @@ fn a_trimmed_copy_is_taken_back_when_the_lower_holder_evicts_its_own_meanwhile()
 
 #[test]
 fn a_trimmed_copy_stored_again_is_not_removed_when_its_grace_time_ends() {
-    let c = core2(4);
-    let [(_, decide)] = timers(&c.on_message(msg2(1, putchunk(0, b"abc"))))
-        .try_into()
-        .unwrap();
-    c.on_timer(decide);
-    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
-    let done = c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
-    let (_, trim) = timers(&done)
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
-        .unwrap();
-    let (_, expiry) = timers(&c.on_timer(trim))
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrashExpired { .. }))
-        .unwrap();
+    let (c, trimmed) = trim_after(4, 1, &[2]);
     // The home resends the PUTCHUNK and this peer stores the chunk again (1.0: at once).
-    let again = c.on_message(msg(1, putchunk(0, b"abc")));
+    let again = c.on_message(msg(9, putchunk(0, b"abc")));
     assert!(matches!(again[0], Action::WriteChunk { .. }), "{again:?}");
     c.chunk_written(key(0), 1, 3, Some(ChunkHash::of(b"abc")));
     assert_eq!(c.state().stored.len(), 1);
     // The old copy's grace time ends: the file, now the new copy's, stays.
-    assert!(c.on_timer(expiry).is_empty());
+    assert!(c.on_timer(expiry(&trimmed)).is_empty());
     // A late REMOVED from peer 2 does not remove it either.
     let removed = c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
     assert!(!removed.contains(&Action::RemoveChunk { chunk: key(0) }));
@@ -1260,21 +1250,7 @@ fn a_trimmed_copy_stored_again_is_not_removed_when_its_grace_time_ends() {
 #[test]
 fn a_trimmed_copy_is_not_taken_back_when_another_surplus_holder_trims_too() {
     // Peers 1 and 2 keep chunk 0 (degree 2); peers 3 and 5 both trim theirs.
-    let c = core2(5);
-    let [(_, decide)] = timers(&c.on_message(msg2(9, putchunk(0, b"abc"))))
-        .try_into()
-        .unwrap();
-    c.on_timer(decide);
-    for p in [1, 2, 3] {
-        c.on_message(msg2(p, MessageKind::Stored { chunk: key(0) }));
-    }
-    let done = c.chunk_written(key(0), 2, 3, Some(ChunkHash::of(b"abc")));
-    let (_, trim) = timers(&done)
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
-        .unwrap();
-    c.on_timer(trim);
-    assert!(c.state().stored.is_empty());
+    let (c, _) = trim_after(5, 2, &[1, 2, 3]);
     // Peer 3's trim is no reason to take this copy back; peer 1 evicting its own is.
     assert!(sends(&c.on_message(msg2(3, MessageKind::Removed { chunk: key(0) }))).is_empty());
     assert!(c.state().stored.is_empty());

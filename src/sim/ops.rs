@@ -38,8 +38,6 @@ pub(super) struct FileJob {
     pub(super) step: Step,
     /// The operation in progress, if any.
     op: Option<OpId>,
-    /// The start time of the step in progress.
-    started: Duration,
     /// Its home crashed during the step: it is run again when the home is back.
     interrupted: bool,
 }
@@ -117,7 +115,6 @@ impl World {
                 delete,
                 step: Step::Backup,
                 op: None,
-                started: Duration::ZERO,
                 interrupted: false,
             });
             let start = self.sc.spread.mul_f64(self.rng.f64());
@@ -237,7 +234,6 @@ impl World {
             Ok(actions) => {
                 let f = &mut self.ledger.files[i];
                 f.op = Some(op);
-                f.started = self.now;
                 exec.run(actions);
                 self.drain(home);
             }
