@@ -10,8 +10,10 @@
 mod copies;
 mod disk;
 mod effects;
+mod invariants;
 mod measure;
 mod ops;
+mod outcome;
 mod scenario;
 mod world;
 
