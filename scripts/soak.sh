@@ -9,8 +9,12 @@
 # mismatch is a failure, printed with its command.
 #
 # For every peer it records the resident set (VmRSS, VmHWM), open file descriptors and threads
-# after the first cycle (steady state) and at the end, and fails if any peer's VmRSS grew by
-# more than 50 % + 8 MB or its fd count by more than 10. At the end it also waits (up to
+# after the first cycle (steady state), every SOAK_RSS_EVERY seconds (between cycles; kept as CSV
+# in SOAK_RSS_LOG if set) and at the end. It fails if a peer's fd count grew by more than 10, or
+# if its VmRSS grew: in a run of at least 20 minutes, by more than 4 MB over its figure at minute
+# 10 (the first sample at or after 600 s); in a shorter run, by more than 50 % + 8 MB over the
+# start. It prints each peer's growth in kB/minute (least squares over the samples after minute
+# 10 in a long run, over all of them in a short one). At the end it also waits (up to
 # SOAK_SETTLE seconds) for the peers to go idle and reports what they still hold: after every
 # file was deleted, no peer should store chunks or remember files.
 #
@@ -22,7 +26,12 @@
 #   SOAK_OP_TIMEOUT=180    limit for one testapp call, seconds
 #   SOAK_SETTLE=30         at the end, how long to wait for the peers to go idle
 #   SOAK_SEED=<n>          seed of bash's $RANDOM (default: from the clock; printed)
-#   SOAK_PEER_OPTS="..."   extra options for every peer (e.g. "--log-level debug")
+#   SOAK_PEER_OPTS="..."   extra options for every peer (e.g. "--log-level debug"); the peers
+#                          also inherit the environment (e.g. MALLOC_ARENA_MAX=2)
+#   SOAK_RSS_EVERY=60      seconds between two samples of every peer's VmRSS, fds and threads
+#   SOAK_RSS_LOG=<file>    write the samples there as CSV: seconds since the start snapshot,
+#                          cycle, peer, version, rss_kb, hwm_kb, fds, threads (one line per peer
+#                          and sample; the first at 0 s, the last at the end)
 #   SOAK_KEEP_LOGS=<dir>   copy the peer logs there before the temporary directory is removed
 #   TMPDIR                 where the temporary directory goes (default /tmp)
 # Worst-case running time: build + SOAK_SECONDS + one cycle (at most 4 x SOAK_OP_TIMEOUT plus
@@ -41,17 +50,22 @@ MAX_BYTES="${SOAK_MAX_BYTES:-3000000}"
 RECLAIM_EVERY="${SOAK_RECLAIM_EVERY:-4}"
 OP_TIMEOUT="${SOAK_OP_TIMEOUT:-180}"
 SETTLE="${SOAK_SETTLE:-30}"
-for v in SOAK_SECONDS FILES MAX_BYTES RECLAIM_EVERY OP_TIMEOUT SETTLE; do
+RSS_EVERY="${SOAK_RSS_EVERY:-60}"
+for v in SOAK_SECONDS FILES MAX_BYTES RECLAIM_EVERY OP_TIMEOUT SETTLE RSS_EVERY; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "soak: $v must be a whole number (got '${!v}')" >&2; exit 2; }
 done
 [ "$FILES" -ge 1 ] || { echo "soak: SOAK_FILES must be at least 1" >&2; exit 2; }
 [ "$OP_TIMEOUT" -ge 1 ] || { echo "soak: SOAK_OP_TIMEOUT must be at least 1" >&2; exit 2; }
+[ "$RSS_EVERY" -ge 1 ] || { echo "soak: SOAK_RSS_EVERY must be at least 1" >&2; exit 2; }
 [ -z "${SOAK_SEED:-}" ] || [[ "$SOAK_SEED" =~ ^[0-9]+$ ]] || { echo "soak: SOAK_SEED must be a number" >&2; exit 2; }
 
 NPEERS=6
 VERSIONS=(1.0 1.0 1.0 2.0 2.0 2.0) # peer i+1 runs VERSIONS[i]
 CHANNELS=(239.88.0.1 8301 239.88.0.2 8302 239.88.0.3 8303)
 FULL_KB=100000000 # the default capacity, given back after a RECLAIM
+LONG_RUN=1200     # a run this long (s) is judged by its growth after minute 10...
+RSS_MARK=600      # ...the first sample at or after this many seconds...
+RSS_SLACK_KB=4096 # ...which its VmRSS at the end may exceed by this much at most
 
 log() { printf '[soak %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -102,6 +116,9 @@ cleanup() {
     if [ "${#pids[@]}" -gt 0 ]; then
         echo "peer exit statuses after SIGTERM (ids 1-${#pids[@]}):$stopped_clean" >&2
         [[ "$stopped_clean" =~ ^( 0)+$ ]] || { echo "soak: not every peer stopped cleanly" >&2; [ "$status" -ne 0 ] || status=1; }
+    fi
+    if [ -n "${SOAK_RSS_LOG:-}" ] && [ -f "$tmp/rss.csv" ]; then
+        cp "$tmp/rss.csv" "$SOAK_RSS_LOG" || echo "soak: cannot write $SOAK_RSS_LOG" >&2
     fi
     if [ -n "${SOAK_KEEP_LOGS:-}" ]; then
         if mkdir -p "$SOAK_KEEP_LOGS"; then cp "$tmp"/peer*.log "$SOAK_KEEP_LOGS"/ 2>/dev/null || true; fi
@@ -154,6 +171,17 @@ proc_stats() {
 }
 declare -A stat_at
 snap() { local id; for ((id = 1; id <= NPEERS; id++)); do stat_at[$1,$id]="$(proc_stats "${pids[id - 1]}")"; done; }
+# sample: appends every peer's proc_stats to rss.csv, at the seconds since the start snapshot,
+# and returns a one-line summary in $sample_line.
+sample() {
+    local id rss hwm fds thr t=$((SECONDS - start_time))
+    sample_line="${t}s c$cycle"
+    for ((id = 1; id <= NPEERS; id++)); do
+        read -r rss hwm fds thr <<<"$(proc_stats "${pids[id - 1]}")"
+        echo "$t,$cycle,$id,${VERSIONS[id - 1]},$rss,$hwm,$fds,$thr" >>"$tmp/rss.csv"
+        sample_line+=" p$id:${rss}k/${fds}fd/${thr}t"
+    done
+}
 
 # 2. Start the peers and wait for their access points.
 log "network: $DBS_SOAK_NETNS (only lo), temp dir $tmp, seed $seed, load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -272,24 +300,23 @@ sleep 2
 snap start
 load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 start_time=$SECONDS
+echo "seconds,cycle,peer,version,rss_kb,hwm_kb,fds,threads" >"$tmp/rss.csv"
+sample
 deadline=$((SECONDS + SOAK_SECONDS))
-next_sample=$((SECONDS + 60))
+next_sample=$((start_time + RSS_EVERY))
 while [ "$SECONDS" -lt "$deadline" ]; do
     run_cycle || break
     if [ "$SECONDS" -ge "$next_sample" ]; then
-        next_sample=$((SECONDS + 60))
-        line="$((SECONDS - start_time))s c$cycle"
-        for ((id = 1; id <= NPEERS; id++)); do
-            read -r rss _ fds thr <<<"$(proc_stats "${pids[id - 1]}")"
-            line+=" p$id:${rss}k/${fds}fd/${thr}t"
-        done
-        echo "$line" >>"$trend"
-        log "$line; failures so far: $(grep -c '^cycle' "$failures" || true)"
+        while [ "$next_sample" -le "$SECONDS" ]; do next_sample=$((next_sample + RSS_EVERY)); done
+        sample
+        echo "$sample_line" >>"$trend"
+        log "$sample_line; failures so far: $(grep -c '^cycle' "$failures" || true)"
     fi
 done
 elapsed=$((SECONDS - start_time))
 sleep 2
 snap end
+sample
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # 4. Let the peers go idle (every file was deleted), then read what they still hold.
@@ -306,27 +333,56 @@ done
 
 # 5. Report.
 grew=0
+long=0
+slope_from=0
+if [ "$elapsed" -ge "$LONG_RUN" ]; then long=1 slope_from=$RSS_MARK; fi
+# rss_summary ID: "MARK_kB SLOPE": the peer's VmRSS at the first sample at or after RSS_MARK
+# seconds (- if none), and its least-squares growth in kB/minute over the samples at or after
+# slope_from seconds (- if fewer than two).
+rss_summary() {
+    awk -F, -v id="$1" -v mark="$RSS_MARK" -v from="$slope_from" '
+        NR > 1 && $3 == id && $5 != "-" {
+            if (m == "" && $1 >= mark) m = $5
+            if ($1 >= from) { n++; sx += $1; sy += $5; sxx += $1 * $1; sxy += $1 * $5 }
+        }
+        END {
+            d = n * sxx - sx * sx
+            printf "%s %s\n", (m == "" ? "-" : m), (n >= 2 && d > 0 ? sprintf("%.0f", 60 * (n * sxy - sx * sy) / d) : "-")
+        }' "$tmp/rss.csv"
+}
 echo
 echo "=== soak: $cycle cycles ($((cycle - 1)) after the start snapshot, $elapsed s), $files_done files, $((bytes_done / 1000000)) MB backed up, $reclaims reclaims, $ops testapp operations; seed $seed"
 echo "load average: start of cycles $load_start / end $load_end ($(nproc) CPUs)"
-printf '%-5s %-4s | %9s %9s %4s %4s | %9s %9s %4s %4s | %s\n' peer ver \
-    "RSS0 kB" "HWM0 kB" fd0 thr0 "RSS1 kB" "HWM1 kB" fd1 thr1 verdict
+if [ "$long" -eq 1 ]; then
+    echo "rule: VmRSS at the end within $RSS_SLACK_KB kB of minute $((RSS_MARK / 60)) (RSS10), fds within 10 of the start"
+else
+    echo "rule (run shorter than $((LONG_RUN / 60)) min): VmRSS at the end within 50 % + 8192 kB of the start, fds within 10"
+fi
+printf '%-5s %-4s | %9s %9s %4s %4s | %9s | %9s %9s %4s %4s | %9s | %s\n' peer ver \
+    "RSS0 kB" "HWM0 kB" fd0 thr0 "RSS10 kB" "RSS1 kB" "HWM1 kB" fd1 thr1 "kB/min" verdict
 for ((id = 1; id <= NPEERS; id++)); do
     read -r r0 h0 f0 t0 <<<"${stat_at[start,$id]}"
     read -r r1 h1 f1 t1 <<<"${stat_at[end,$id]}"
+    read -r r10 slope <<<"$(rss_summary "$id")"
     verdict=ok
     if [ "$r0" = - ] || [ "$r1" = - ]; then
         verdict="GONE"
         grew=1
     else
-        if [ "$r1" -gt $((r0 * 3 / 2 + 8192)) ]; then verdict="RSS GREW"; grew=1; fi
+        if [ "$long" -eq 1 ]; then
+            if [ "$r10" = - ] || [ "$r1" -gt $((r10 + RSS_SLACK_KB)) ]; then verdict="RSS GREW"; grew=1; fi
+        elif [ "$r1" -gt $((r0 * 3 / 2 + 8192)) ]; then
+            verdict="RSS GREW"
+            grew=1
+        fi
         if [ "$f1" -gt $((f0 + 10)) ]; then verdict="${verdict/ok/} FDS GREW"; grew=1; fi
     fi
-    printf '%-5s %-4s | %9s %9s %4s %4s | %9s %9s %4s %4s | %s\n' "$id" "${VERSIONS[id - 1]}" \
-        "$r0" "$h0" "$f0" "$t0" "$r1" "$h1" "$f1" "$t1" "$verdict"
+    printf '%-5s %-4s | %9s %9s %4s %4s | %9s | %9s %9s %4s %4s | %9s | %s\n' "$id" "${VERSIONS[id - 1]}" \
+        "$r0" "$h0" "$f0" "$t0" "$r10" "$r1" "$h1" "$f1" "$t1" "$slope" "$verdict"
 done
+echo "(RSS10: VmRSS at the first sample at or after $RSS_MARK s; kB/min: least-squares growth of VmRSS over the samples from $slope_from s)"
 if [ -s "$trend" ]; then
-    echo "--- every minute: VmRSS / fds / threads per peer"
+    echo "--- every $RSS_EVERY s: VmRSS / fds / threads per peer"
     cat "$trend"
 fi
 echo "--- after the run (idle wait up to $SETTLE s): what each peer still holds (every file was deleted)"

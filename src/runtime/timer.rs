@@ -21,6 +21,13 @@ struct Entry<E> {
     event: E,
 }
 
+/// Room for this many entries a slot keeps at most once it has few left. A slot's Vec grows to
+/// the largest burst due at its tick (REMOVED repeats after a large RECLAIM, STOREDs of a burst
+/// of PUTCHUNKs: hundreds of entries of 208 bytes each); kept, that room added up over time as
+/// bursts fell on other slots, until every slot held its largest burst (the heap grew by about
+/// 400 kB a minute in a soak).
+const SLOT_KEEP: usize = 4;
+
 /// The wheel itself, in ticks, with no clock: deterministic and unit-tested.
 pub struct Wheel<E> {
     slots: Vec<Vec<Entry<E>>>,
@@ -93,11 +100,22 @@ impl<E> Wheel<E> {
                     i += 1;
                 }
             }
+            // Give back the room of a burst once it has fired (with slack, so that a slot
+            // refilled at every turn is not reallocated each time).
+            if slot.capacity() > SLOT_KEEP && slot.len() <= slot.capacity() / 4 {
+                slot.shrink_to((2 * slot.len()).max(SLOT_KEEP));
+            }
         }
         due.sort_by_key(|e| (e.due, e.id));
         self.len -= due.len();
         self.now = to;
         due.into_iter().map(|e| e.event).collect()
+    }
+
+    /// Entries the slots have room for, all together.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.slots.iter().map(Vec::capacity).sum()
     }
 }
 
@@ -224,6 +242,37 @@ mod tests {
         assert_eq!(w.cancel(h), None);
         assert_eq!(w.advance(11), vec!["past"]);
         assert!(w.advance(30).is_empty());
+    }
+
+    #[test]
+    fn slots_give_back_the_room_of_a_burst_once_it_fired() {
+        let mut w = Wheel::new(64);
+        let baseline = w.capacity();
+        // Bursts due at one tick each (as REMOVED repeats after a large RECLAIM), on every
+        // slot in turn, and one entry due two turns later that must stay.
+        let late = w.insert(200, u32::MAX);
+        for round in 0..64u64 {
+            for i in 0..500 {
+                w.insert(round + 1, i);
+            }
+        }
+        assert!(w.capacity() >= 64 * 500);
+        assert_eq!(w.advance(64).len(), 64 * 500);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w.capacity() <= baseline + 64 * SLOT_KEEP,
+            "slots kept room for {} entries after the bursts fired (baseline {baseline})",
+            w.capacity()
+        );
+        // A slot refilled a little at every turn keeps its room.
+        let slot_of_3 = w.insert(64 + 3, 0);
+        let kept = w.capacity();
+        w.insert(64 + 3, 1);
+        assert_eq!(w.capacity(), kept);
+        assert_eq!(w.cancel(slot_of_3), Some(0));
+        assert_eq!(w.advance(100), vec![1]);
+        assert_eq!(w.cancel(late), Some(u32::MAX));
+        assert!(w.is_empty());
     }
 
     #[test]
