@@ -108,9 +108,9 @@ impl<E: Effects> Executor<E> {
     }
 
     /// What the peer does when it starts (see [`Core::startup`]), after saving its metadata.
-    pub fn start(&self, booted: Reconciled) {
+    pub fn start(&self, reconciled: Reconciled) {
         self.save_metadata();
-        self.run(self.core.startup(booted.dropped));
+        self.run(self.core.startup(reconciled.dropped));
     }
 
     /// Handles one received datagram of `full` bytes, of which only the beginning may be in

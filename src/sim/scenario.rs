@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::world::World;
-use crate::core::Config;
 use crate::protocol::Version;
 
 /// Which protocol versions the peers run.
@@ -136,9 +135,6 @@ impl Scenario {
             Versions::Mixed => Version::V2_0,
         }
     }
-
-    /// Protocol parameters of the simulated peers (the real defaults).
-    pub fn tune(&self, _cfg: &mut Config) {}
 
     /// How long the planned disturbances (crashes, reclaims) are spread over.
     pub fn horizon(&self) -> Duration {

@@ -379,7 +379,6 @@ impl World {
                 TCP_PORT_BASE + i as u16,
             ));
         }
-        self.sc.tune(&mut cfg);
         let disk = slot.disk.clone();
         let booted = match boot(&*disk, slot.id, None) {
             Ok(b) => b,
