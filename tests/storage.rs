@@ -680,3 +680,22 @@ fn non_canonical_chunk_names_are_not_adopted() {
         assert!(p.exists(), "left alone: {}", p.display());
     }
 }
+
+#[test]
+fn chunk_files_without_metadata_that_do_not_fit_the_capacity_are_removed() {
+    let (dir, files) = tree();
+    for no in 0..3 {
+        files.write(&key(1, no), &vec![9; 1_000]).unwrap();
+    }
+    let mf = MetaFile::new(dir.path(), files.tmp_dir());
+    let mut meta = mf.load().unwrap();
+    meta.set_capacity(2_500);
+    let out = reconcile(&mut meta, &files, ME).unwrap();
+    assert_eq!(out.adopted.len(), 2, "{out:?}");
+    assert_eq!(out.removed.len(), 1, "{out:?}");
+    assert!(meta.footprint() <= meta.capacity());
+    assert!(
+        !files.path(&out.removed[0]).exists(),
+        "the file that did not fit is gone"
+    );
+}

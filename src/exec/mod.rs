@@ -72,19 +72,19 @@ pub struct Booted {
     pub reconciled: Reconciled,
 }
 
-/// Opens a peer's disk for its start: loads the metadata, reconciles it with the chunks
-/// (forgetting what was staged and never committed), applies `capacity` (bytes) if given, and
-/// saves a fresh snapshot.
+/// Opens a peer's disk for its start: loads the metadata, applies `capacity` (bytes) if given,
+/// reconciles it with the chunks (forgetting what was staged and never committed), and saves a
+/// fresh snapshot.
 pub fn boot<D: Disk>(
     disk: &D,
     me: crate::protocol::PeerId,
     capacity: Option<u64>,
 ) -> Result<Booted, StorageError> {
     let mut meta = disk.load_metadata()?;
-    let reconciled = reconcile(&mut meta, disk, me)?;
     if let Some(bytes) = capacity {
         meta.set_capacity(bytes);
     }
+    let reconciled = reconcile(&mut meta, disk, me)?;
     disk.save_metadata(true, |_| {
         Some((meta.generation(), meta.drain_changes(true)))
     })?;

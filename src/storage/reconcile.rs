@@ -1,9 +1,10 @@
 //! Start-up reconciliation of the metadata with the chunk files on disk.
 //!
 //! A chunk in the metadata whose file is gone is dropped (the peer then announces REMOVED for
-//! it, so that the other peers' perceived degrees stay true); a chunk file without metadata (a crash between the
-//! durable write and the metadata save) is adopted with desired degree 1 (unknown), this peer
-//! as its only known holder and the hash of its contents; a size that differs from the file's is corrected from the file;
+//! it, so that the other peers' perceived degrees stay true); a chunk file without metadata (a
+//! crash between the durable write and the metadata save, or a trimmed copy kept for its grace
+//! time) is adopted with desired degree 1 (unknown), this peer as its only known holder and the
+//! hash of its contents, if it fits the capacity, else removed; a size that differs from the file's is corrected from the file;
 //! files of chunks of our own files are removed; temporary files are deleted.
 
 use std::collections::BTreeSet;
@@ -11,7 +12,7 @@ use std::collections::BTreeSet;
 use super::ChunkStore;
 use super::StorageError;
 use crate::core::Metadata;
-use crate::core::metadata::StoredChunk;
+use crate::core::metadata::{StoredChunk, footprint};
 use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, PeerId};
 
 /// What reconciliation changed.
@@ -67,6 +68,12 @@ pub fn reconcile<S: ChunkStore + ?Sized>(
                     ..c
                 },
             ),
+            // Never answered with STORED (that waits for the metadata), so nobody counts on
+            // it: adopted only if it fits the capacity.
+            None if meta.footprint() + footprint(size as u32) > meta.capacity() => {
+                files.remove_chunk(&key)?;
+                out.removed.push(key);
+            }
             None => {
                 let hash = files.read_chunk(&key).ok().map(|body| ChunkHash::of(&body));
                 meta.insert_stored(
