@@ -74,16 +74,17 @@ impl World {
             .count()
     }
 
-    /// Whether the group is quiescent: the network idle, no protocol instance in progress
-    /// on any live peer, no enhanced deletion pending.
+    /// Whether the group is quiescent: every peer that did not leave is up, the network idle,
+    /// no protocol instance in progress, no enhanced deletion pending.
     pub(super) fn quiescent(&self) -> bool {
         self.network_idle()
             && self.slots.iter().all(|s| {
-                s.exec.as_ref().is_none_or(|e| {
-                    e.core.instances() == 0
-                        && e.core.with_metadata(|m| m.pending_deletes().is_empty())
-                        && e.commit_idle()
-                })
+                s.gone
+                    || s.exec.as_ref().is_some_and(|e| {
+                        e.core.instances() == 0
+                            && e.core.with_metadata(|m| m.pending_deletes().is_empty())
+                            && e.commit_idle()
+                    })
             })
     }
 
