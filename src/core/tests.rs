@@ -1258,26 +1258,33 @@ fn a_trimmed_copy_is_not_taken_back_when_another_surplus_holder_trims_too() {
     assert_eq!(c.state().stored.len(), 1);
 }
 
+/// Runs `start(op)` for ops 0 and 1 on two threads released at once; how many succeeded.
+fn race(start: impl Fn(OpId) -> bool + Send + Sync + 'static) -> usize {
+    use std::sync::{Arc, Barrier};
+    let start = Arc::new(start);
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|op| {
+            let (start, barrier) = (start.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                start(op)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|&ok| ok)
+        .count()
+}
+
 #[test]
 fn two_requests_for_one_file_at_once_start_one_operation() {
-    use std::sync::{Arc, Barrier};
+    use std::sync::Arc;
     for round in 0..5000 {
         let c = Arc::new(core(1));
-        let barrier = Arc::new(Barrier::new(2));
-        let starts: Vec<_> = (0..2)
-            .map(|op| {
-                let (c, barrier) = (c.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    c.start_backup(op, request(64_000 * 3, 1)).is_ok()
-                })
-            })
-            .collect();
-        let started = starts
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|&ok| ok)
-            .count();
+        let started = race(move |op| c.start_backup(op, request(64_000 * 3, 1)).is_ok());
         assert_eq!(
             started, 1,
             "round {round}: {started} backups of one file started"
@@ -1286,27 +1293,15 @@ fn two_requests_for_one_file_at_once_start_one_operation() {
         let c = Arc::new(core(1));
         c.start_backup(9, request(5, 1)).unwrap();
         c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
-        let barrier = Arc::new(Barrier::new(2));
-        let starts: Vec<_> = (0..2)
-            .map(|op| {
-                let (c, barrier) = (c.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let req = RestoreRequest {
-                        path: PathBuf::from("/src/file"),
-                        tmp: PathBuf::from(format!("/tmp/r{op}")),
-                        dest: PathBuf::from("/tmp/out"),
-                        enhanced: false,
-                    };
-                    c.start_restore(op, req).is_ok()
-                })
-            })
-            .collect();
-        let started = starts
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|&ok| ok)
-            .count();
+        let started = race(move |op| {
+            let req = RestoreRequest {
+                path: PathBuf::from("/src/file"),
+                tmp: PathBuf::from(format!("/tmp/r{op}")),
+                dest: PathBuf::from("/tmp/out"),
+                enhanced: false,
+            };
+            c.start_restore(op, req).is_ok()
+        });
         assert_eq!(
             started, 1,
             "round {round}: {started} restores of one file started"
