@@ -1128,12 +1128,18 @@ fn a_deleted_file_is_put_back_only_by_the_peer_that_deleted_it() {
     assert!(matches!(home[0], Action::WriteChunk { .. }), "{home:?}");
 }
 
-#[test]
-fn an_enhanced_delete_waits_for_every_enhanced_peer_known_not_only_the_holders_heard() {
+/// Enhanced peer 1, home of a one-chunk file it is backing up at degree 2 (enhanced).
+fn enhanced_home() -> Core {
     let c = core2(1);
     let mut req = request(5, 2);
     req.enhanced = true;
     c.start_backup(1, req).unwrap();
+    c
+}
+
+#[test]
+fn an_enhanced_delete_waits_for_every_enhanced_peer_known_not_only_the_holders_heard() {
+    let c = enhanced_home();
     // Peer 4 speaks 2.0 but its STORED never arrived here.
     c.on_message(msg2(4, MessageKind::Up));
     c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
@@ -1145,10 +1151,7 @@ fn an_enhanced_delete_waits_for_every_enhanced_peer_known_not_only_the_holders_h
 
 #[test]
 fn a_peer_storing_a_chunk_of_a_file_being_deleted_is_asked_to_delete_it_again() {
-    let c = core2(1);
-    let mut req = request(5, 2);
-    req.enhanced = true;
-    c.start_backup(1, req).unwrap();
+    let c = enhanced_home();
     c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
     c.on_message(msg2(3, MessageKind::Stored { chunk: key(0) }));
     c.start_delete(9, "/src/file".as_ref(), true).unwrap();
