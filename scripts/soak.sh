@@ -27,7 +27,7 @@
 #   SOAK_SETTLE=30         at the end, how long to wait for the peers to go idle
 #   SOAK_SEED=<n>          seed of bash's $RANDOM (default: from the clock; printed)
 #   SOAK_PEER_OPTS="..."   extra options for every peer (e.g. "--log-level debug"); the peers
-#                          also inherit the environment (e.g. MALLOC_ARENA_MAX=2)
+#                          also inherit the environment (e.g. _RJEM_MALLOC_CONF=... for jemalloc)
 #   SOAK_RSS_EVERY=60      seconds between two samples of every peer's VmRSS, fds and threads
 #   SOAK_RSS_LOG=<file>    write the samples there as CSV: seconds since the start snapshot,
 #                          cycle, peer, version, rss_kb, hwm_kb, fds, threads (one line per peer
