@@ -168,6 +168,11 @@ fn peer_rejects_bad_arguments_with_exit_2() {
         a[i] = v.to_string();
         a
     };
+    let log_level = |v: &str| {
+        let mut a = good.clone();
+        a.extend(["--log-level".to_string(), v.to_string()]);
+        a
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (good[..8].to_vec(), "required"),
         (with(0, "3.0"), "not supported"),
@@ -180,6 +185,12 @@ fn peer_rejects_bad_arguments_with_exit_2() {
         (with(4, "0"), "port must be a number from 1 to 65535"),
         (with(6, "70000"), "port must be a number from 1 to 65535"),
         (with(2, "a/b"), "access point"),
+        (log_level("loud"), "\"loud\" is not a log level"),
+        (log_level("warning"), "\"warning\" is not a log level"),
+        (
+            log_level("info,dbs=chatty"),
+            "\"chatty\" is not a log level",
+        ),
     ];
     for (args, text) in cases {
         let out = Command::new(bin("peer"))
@@ -214,6 +225,55 @@ fn second_peer_on_a_live_access_point_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
     assert!(c.alive(1));
+    c.testapp(&[&c.ap(1), "STATE"]).ok();
+}
+
+#[test]
+fn the_course_script_passes_options_to_the_testapp() {
+    let c = Cluster::start(1);
+    let ap = c.ap(1);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test.sh");
+    let run = |args: &[&str]| {
+        Command::new(&script)
+            .args(args)
+            .env("DBS_TESTAPP", bin("testapp"))
+            .env("DBS_RUNTIME_DIR", &c.runtime)
+            .output()
+            .unwrap()
+    };
+    for args in [&["--json", &ap, "STATE"][..], &[&ap, "STATE", "--json"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON document");
+        assert_eq!(doc["ok"], true, "{args:?}: {doc}");
+    }
+    let out = run(&["--json", &ap, "STATE", "extra"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STATE takes 0 operand(s), got 1"));
+}
+
+#[test]
+fn second_peer_on_a_live_tree_is_refused_naming_the_first() {
+    let mut c = Cluster::start(1);
+    // Another access point, the same tree.
+    let out = Command::new(bin("peer"))
+        .args(c.peer_args(9))
+        .arg("--dir")
+        .arg(c.peer_dir(1))
+        .env("DBS_RUNTIME_DIR", &c.runtime)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let named = format!("is in use by another peer process (pid {})", c.pid(1));
+    assert!(stderr.contains(&named), "{stderr:?} lacks {named:?}");
+    assert!(c.alive(1));
+    c.testapp(&[&c.ap(1), "STATE"]).ok();
+    // A peer that dies leaves its lock file behind, but not the lock: the tree is free again.
+    c.kill(1);
+    assert!(c.peer_dir(1).join("peer.lock").exists());
+    c.spawn(1, &[]);
     c.testapp(&[&c.ap(1), "STATE"]).ok();
 }
 

@@ -60,8 +60,9 @@ struct Args {
     /// value, else 100000000 (100 GB).
     #[arg(long, value_name = "KB")]
     capacity: Option<u64>,
-    /// Log level: error, warn, info, debug or trace (or a tracing filter).
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    /// Log level: off, error, warn, info, debug or trace; or a filter of comma-separated
+    /// TARGET=LEVEL directives beside one level (e.g. "warn,dbs::core=debug").
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_filter)]
     log_level: String,
     /// PUTCHUNKs in flight at most, all backups together (a congestion window adapts below
     /// it). The default, 48 MiB of chunks, fits in a stalled peer's receive buffer and worker
@@ -97,6 +98,27 @@ fn parse_version(s: &str) -> Result<Version, String> {
         ));
     }
     Ok(v)
+}
+
+/// The levels a log directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Accepts a level, or directives each naming a level (`TARGET=LEVEL`). A bare word that is no
+/// level is refused: tracing would read it as a target to log at every level and log nothing
+/// else (`--log-level warning` turned logging off).
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    let is_level = |l: &str| LOG_LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l.trim()));
+    for directive in s.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !is_level(level) {
+            return Err(format!(
+                "{level:?} is not a log level (one of {}, or TARGET=LEVEL)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("bad log filter {s:?}: {e}"))?;
+    Ok(s.to_string())
 }
 
 fn parse_peer_id(s: &str) -> Result<u32, String> {
@@ -156,8 +178,8 @@ static MALLOC_CONF: MallocConf =
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Checked by parse_log_filter.
+    let filter = tracing_subscriber::EnvFilter::new(&args.log_level);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::chunk_files::{ChunkFiles, Staged};
 use super::meta_file::MetaFile;
-use super::{StorageError, start_writeback};
+use super::{StorageError, TreeLock, start_writeback};
 use crate::core::Metadata;
 use crate::core::metadata::Changes;
 use crate::protocol::{ChunkKey, MAX_CHUNK_SIZE};
@@ -101,14 +101,22 @@ pub struct PeerDisk {
     pub files: ChunkFiles,
     /// The metadata files.
     pub meta_file: MetaFile,
+    /// Held as long as the disk is open.
+    _lock: TreeLock,
 }
 
 impl PeerDisk {
-    /// Opens (creating if needed) the tree under `root`.
+    /// Opens (creating if needed) the tree under `root`, first taking its lock: fails with
+    /// [`StorageError::TreeInUse`] while another process has it open.
     pub fn open(root: &Path) -> Result<Self, StorageError> {
+        let lock = TreeLock::acquire(root)?;
         let files = ChunkFiles::open(root)?;
         let meta_file = MetaFile::new(root, files.tmp_dir());
-        Ok(PeerDisk { files, meta_file })
+        Ok(PeerDisk {
+            files,
+            meta_file,
+            _lock: lock,
+        })
     }
 }
 

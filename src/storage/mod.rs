@@ -1,15 +1,18 @@
 //! A peer's directory tree: chunk files, the metadata file, and their reconciliation at start.
 //!
 //! Layout: `<dir>/metadata.json`, `<dir>/chunks/<file id>/<chunk no>`, `<dir>/tmp/` (temporary
-//! files of atomic writes), `<dir>/restored/` (restored files).
+//! files of atomic writes), `<dir>/restored/` (restored files), `<dir>/peer.lock` (held by the
+//! running peer, with its pid).
 
 pub mod chunk_files;
 pub mod disk;
 pub mod meta_file;
 pub mod reconcile;
+pub mod tree_lock;
 
 pub use chunk_files::ChunkFiles;
 pub use disk::{ChunkStore, Disk, PeerDisk};
+pub use tree_lock::TreeLock;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,14 @@ pub enum StorageError {
         path: std::path::PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// Another process holds the tree's lock (a second peer on the same tree).
+    #[error("tree {path} is in use by another peer process{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    TreeInUse {
+        /// The tree.
+        path: std::path::PathBuf,
+        /// The holder's pid, as its lock file says.
+        pid: Option<u32>,
     },
     /// The metadata file is not valid.
     #[error("metadata file {path} is corrupt: {source}")]
