@@ -230,3 +230,42 @@ fn backup_fails_clearly_when_too_few_peers_answer() {
         "{message}"
     );
 }
+
+#[test]
+fn every_client_operation_is_logged_when_it_starts_and_ends() {
+    let c = Cluster::start(3);
+    let file = c.make_file("logged.bin", 3 * K + 5);
+    let f = file.to_str().unwrap();
+    let ap = c.ap(1);
+    c.testapp(&[&ap, "BACKUP", f, "2"]).ok();
+    c.testapp(&[&ap, "RESTORE", f]).ok();
+    c.testapp(&[&ap, "DELETE", f]).ok();
+    let refused = c.testapp(&[&ap, "RESTORE", f]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    c.testapp(&[&c.ap(2), "RECLAIM", "0"]).ok();
+    let log = c.log(1);
+    let canonical = file.canonicalize().unwrap();
+    let path = canonical.display();
+    for line in [
+        format!("BACKUP {path} at degree 2: started"),
+        "BACKUP done in".to_string(),
+        format!("backed up {path}: 4 chunks at the desired degree"),
+        format!("RESTORE {path}: started"),
+        "RESTORE done in".to_string(),
+        format!("DELETE {path}: started"),
+        "DELETE done in".to_string(),
+        "RESTORE failed in".to_string(),
+    ] {
+        let found = log
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains(&line));
+        assert!(found, "no info line with {line:?} in:\n{log}");
+    }
+    let reclaim = c.log(2);
+    assert!(
+        reclaim
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains("RECLAIM done in")),
+        "{reclaim}"
+    );
+}

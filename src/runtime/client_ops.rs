@@ -5,11 +5,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use serde_json::json;
 
 use super::effects::Peer;
+use super::replies::log_end;
 use crate::client::server::Handler;
 use crate::client::{ErrorKind, Reply, Request};
 use crate::core::{Action, BackupRequest, CommandError, OpId, RestoreRequest};
@@ -60,11 +62,11 @@ impl ClientHandler {
         let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         let file = file_id(&path, meta.len(), mtime, self.0.core.config().id);
         // The core fails a backup only when its source cannot be read (or changes).
-        let (op, rx) = self
-            .0
-            .effects
-            .replies
-            .new_op(&path, ErrorKind::SourceUnreadable);
+        let (op, rx) = self.0.effects.replies.new_op(
+            op_name("BACKUP", enhanced),
+            &path,
+            ErrorKind::SourceUnreadable,
+        );
         let req = BackupRequest {
             path,
             file,
@@ -77,7 +79,11 @@ impl ClientHandler {
 
     fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let (op, rx) = self.0.effects.replies.new_op(&path, ErrorKind::Internal);
+        let (op, rx) =
+            self.0
+                .effects
+                .replies
+                .new_op(op_name("DELETE", enhanced), &path, ErrorKind::Internal);
         self.start(op, rx, self.0.core.start_delete(op, &path, enhanced))
     }
 
@@ -101,7 +107,11 @@ impl ClientHandler {
             ));
         }
         // The core fails a restore only when the restored file cannot be written.
-        let (op, rx) = self.0.effects.replies.new_op(&path, ErrorKind::Io);
+        let (op, rx) =
+            self.0
+                .effects
+                .replies
+                .new_op(op_name("RESTORE", enhanced), &path, ErrorKind::Io);
         let tmp = self
             .0
             .effects
@@ -118,7 +128,7 @@ impl ClientHandler {
         self.start(op, rx, self.0.core.start_restore(op, req))
     }
 
-    fn reclaim(&self, max_kb: u64, enhanced: bool) -> Receiver<Reply> {
+    fn reclaim(&self, max_kb: u64, enhanced: bool) -> Reply {
         let (done, actions) = self.0.core.reclaim(max_kb.saturating_mul(1000), enhanced);
         self.0.run(actions);
         let message = format!(
@@ -132,7 +142,12 @@ impl ClientHandler {
             "used_kb": done.used as f64 / 1000.0,
             "evicted": done.evicted.len(),
         });
-        reply_done(message, result)
+        Reply::Done {
+            ok: true,
+            kind: None,
+            message,
+            result,
+        }
     }
 
     /// Runs a started command's first actions, or forgets the operation if it was refused.
@@ -155,6 +170,11 @@ impl ClientHandler {
     }
 }
 
+/// The operation's name as the client typed it.
+fn op_name(name: &str, enhanced: bool) -> String {
+    format!("{name}{}", if enhanced { "ENH" } else { "" })
+}
+
 /// A request the peer does not run, and why.
 type Refusal = (ErrorKind, String);
 
@@ -170,6 +190,19 @@ fn command_error_kind(e: &CommandError) -> ErrorKind {
 impl Handler for ClientHandler {
     fn handle(&self, request: Request) -> Receiver<Reply> {
         let s = self;
+        let name = op_name(request.name(), request.enhanced());
+        let started = Instant::now();
+        match &request {
+            // Graders and scripts poll STATE: not worth a line each.
+            Request::State => tracing::debug!("STATE requested"),
+            Request::Backup { path, degree, .. } => {
+                tracing::info!("{name} {} at degree {degree}: started", path.display());
+            }
+            Request::Restore { path, .. } | Request::Delete { path, .. } => {
+                tracing::info!("{name} {}: started", path.display());
+            }
+            Request::Reclaim { max_kb, .. } => tracing::info!("{name} {max_kb} KB: started"),
+        }
         let version = s.0.core.config().version;
         let result = if request.enhanced() && version == crate::protocol::Version::V1_0 {
             Err((
@@ -187,26 +220,31 @@ impl Handler for ClientHandler {
                     enhanced,
                 } => s.backup(path, *degree, *enhanced),
                 Request::Delete { path, enhanced } => s.delete(path, *enhanced),
-                Request::State => Ok(reply_done(String::new(), s.state_json())),
+                Request::State => Ok(reply_now(Reply::Done {
+                    ok: true,
+                    kind: None,
+                    message: String::new(),
+                    result: s.state_json(),
+                })),
                 Request::Restore { path, enhanced } => s.restore(path, *enhanced),
-                Request::Reclaim { max_kb, enhanced } => Ok(s.reclaim(*max_kb, *enhanced)),
+                Request::Reclaim { max_kb, enhanced } => {
+                    let reply = s.reclaim(*max_kb, *enhanced);
+                    log_end(&name, started, &reply);
+                    Ok(reply_now(reply))
+                }
             }
         };
         result.unwrap_or_else(|(kind, message)| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let _ = tx.send(Reply::Error { kind, message });
-            rx
+            let reply = Reply::Error { kind, message };
+            log_end(&name, started, &reply);
+            reply_now(reply)
         })
     }
 }
 
-fn reply_done(message: String, result: serde_json::Value) -> Receiver<Reply> {
+/// A reply that is ready now, as the channel its client reads.
+fn reply_now(reply: Reply) -> Receiver<Reply> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let _ = tx.send(Reply::Done {
-        ok: true,
-        kind: None,
-        message,
-        result,
-    });
+    let _ = tx.send(reply);
     rx
 }

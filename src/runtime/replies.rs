@@ -1,8 +1,9 @@
-//! Client replies: where each operation's replies go, and how the core's reports become
-//! replies on the client's connection.
+//! Client replies: where each operation's replies go, how the core's reports become replies
+//! on the client's connection, and the info-level log line of each operation's end.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
@@ -14,6 +15,9 @@ use crate::core::{INTERNAL_OPS, OpEvent, OpId};
 /// Where a client operation's replies go.
 struct OpSink {
     tx: Sender<Reply>,
+    /// The operation as the client named it (BACKUP, RESTOREENH, ...), for the log.
+    name: String,
+    started: Instant,
     path: PathBuf,
     /// The kind of the operation's [`OpEvent::Failed`].
     failure: ErrorKind,
@@ -33,15 +37,22 @@ impl Replies {
         }
     }
 
-    /// A new operation on `path`, and where its replies will arrive; `failure` is the kind of
-    /// its failures the core reports as [`OpEvent::Failed`].
-    pub(super) fn new_op(&self, path: &Path, failure: ErrorKind) -> (OpId, Receiver<Reply>) {
+    /// A new operation `name` on `path`, and where its replies will arrive; `failure` is the
+    /// kind of its failures the core reports as [`OpEvent::Failed`].
+    pub(super) fn new_op(
+        &self,
+        name: String,
+        path: &Path,
+        failure: ErrorKind,
+    ) -> (OpId, Receiver<Reply>) {
         let op = self.next_op.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         self.ops.insert(
             op,
             OpSink {
                 tx,
+                name,
+                started: Instant::now(),
                 path: path.to_path_buf(),
                 failure,
             },
@@ -61,7 +72,7 @@ impl Replies {
             .map(|s| (s.path.display().to_string(), s.failure))
         else {
             if op >= INTERNAL_OPS {
-                tracing::info!("re-backup: {event:?}");
+                log_re_backup(&event);
             }
             return;
         };
@@ -120,13 +131,46 @@ impl Replies {
                 message,
             },
         };
-        let last = !matches!(reply, Reply::Progress { .. });
-        if let Some(sink) = self.ops.get(&op) {
+        if matches!(reply, Reply::Progress { .. }) {
+            if let Some(sink) = self.ops.get(&op) {
+                let _ = sink.tx.send(reply);
+            }
+        } else if let Some((_, sink)) = self.ops.remove(&op) {
+            log_end(&sink.name, sink.started, &reply);
             let _ = sink.tx.send(reply);
         }
-        if last {
-            self.ops.remove(&op);
+    }
+}
+
+/// Logs the end of a client operation that took since `started`: one info line with its
+/// result (what the client is told) and duration.
+pub(super) fn log_end(name: &str, started: Instant, reply: &Reply) {
+    let secs = started.elapsed().as_secs_f64();
+    match reply {
+        Reply::Done {
+            ok: true, message, ..
+        } => {
+            tracing::info!("{name} done in {secs:.2} s: {message}");
         }
+        Reply::Done { message, .. } | Reply::Error { message, .. } => {
+            tracing::info!("{name} failed in {secs:.2} s: {message}");
+        }
+        Reply::Progress { .. } => {}
+    }
+}
+
+/// A re-backup's events (started by a REMOVED or an audit, for no client): its progress at
+/// debug level, its end in one info line.
+fn log_re_backup(event: &OpEvent) {
+    match event {
+        OpEvent::BackupDone { file, short, .. } if short.is_empty() => {
+            tracing::info!("re-backup of a chunk of file {file}: back at its desired degree");
+        }
+        OpEvent::BackupDone { file, short, .. } => tracing::info!(
+            "re-backup of file {file}: chunk(s) {} still below the desired degree after 5 tries",
+            list_chunks(short)
+        ),
+        other => tracing::debug!("re-backup: {other:?}"),
     }
 }
 
