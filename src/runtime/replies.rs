@@ -159,12 +159,12 @@ pub(super) fn log_end(name: &str, started: Instant, reply: &Reply) {
     }
 }
 
-/// A re-backup's events (started by a REMOVED or an audit, for no client): its progress at
-/// debug level, its end in one info line.
+/// A re-backup's events (started by a REMOVED or an audit, for no client; a RECLAIM elsewhere
+/// can start thousands at once): a failure in one info line, the rest at debug level.
 fn log_re_backup(event: &OpEvent) {
     match event {
         OpEvent::BackupDone { file, short, .. } if short.is_empty() => {
-            tracing::info!("re-backup of a chunk of file {file}: back at its desired degree");
+            tracing::debug!("re-backup of a chunk of file {file}: back at its desired degree");
         }
         OpEvent::BackupDone { file, short, .. } => tracing::info!(
             "re-backup of file {file}: chunk(s) {} still below the desired degree after 5 tries",
