@@ -105,6 +105,30 @@ impl StateReport {
     }
 }
 
+impl BackedUpReport {
+    /// One line on whether the file is safe: its chunks, their lowest perceived degree, and
+    /// how many are below the desired degree.
+    pub fn summary(&self) -> String {
+        let Some(lowest) = self.chunks.iter().map(|c| c.perceived).min() else {
+            return "summary: no chunks recorded".to_string();
+        };
+        let below = self
+            .chunks
+            .iter()
+            .filter(|c| c.perceived < usize::from(self.desired))
+            .count();
+        let verdict = if below == 0 {
+            "every chunk at its desired degree".to_string()
+        } else {
+            format!("{below} below the desired degree")
+        };
+        format!(
+            "summary: {} chunk(s), lowest perceived degree {lowest}, {verdict}",
+            self.chunks.len()
+        )
+    }
+}
+
 impl fmt::Display for StateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -120,6 +144,7 @@ impl fmt::Display for StateReport {
                 "    file id {}  desired degree {}",
                 file.file_id, file.desired
             )?;
+            writeln!(f, "    {}", file.summary())?;
             for c in &file.chunks {
                 writeln!(f, "    chunk {:>6}  perceived degree {}", c.no, c.perceived)?;
             }
@@ -137,5 +162,39 @@ impl fmt::Display for StateReport {
             "Storage: {:.3} KB used of {} KB capacity",
             self.used_kb, self.capacity_kb
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(desired: u8, perceived: &[usize]) -> BackedUpReport {
+        BackedUpReport {
+            path: "/a".into(),
+            file_id: "ab".repeat(32).parse().unwrap(),
+            desired,
+            chunks: perceived
+                .iter()
+                .enumerate()
+                .map(|(no, &perceived)| ChunkDegree {
+                    no: no as u32,
+                    perceived,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_file_summary_names_its_lowest_degree_and_the_chunks_below_the_desired_one() {
+        assert_eq!(
+            report(2, &[3, 2, 2]).summary(),
+            "summary: 3 chunk(s), lowest perceived degree 2, every chunk at its desired degree"
+        );
+        assert_eq!(
+            report(3, &[3, 1, 2, 3]).summary(),
+            "summary: 4 chunk(s), lowest perceived degree 1, 2 below the desired degree"
+        );
+        assert_eq!(report(1, &[]).summary(), "summary: no chunks recorded");
     }
 }
