@@ -13,8 +13,9 @@
 //! - The bridge lives in its own namespace. Each veth pair is created directly inside its two
 //!   namespaces (`ip link add eth0 netns <host> type veth peer name p<ID> netns <bridge>`), so
 //!   no interface ever appears in the namespace running the tests, let alone on a real NIC:
-//!   nothing created here can reach another machine. MTU 65535 (like `lo`), so a 64,000-byte
-//!   chunk is one unfragmented frame and every fault rule acts on whole datagrams.
+//!   nothing created here can reach another machine. MTU 65535 (like `lo`) unless the LAN is
+//!   made with [`Net::with_mtu`]: then a 64,000-byte chunk is one unfragmented frame and every
+//!   fault rule acts on whole datagrams; at MTU 1,500 it is 44 IP fragments, as on Ethernet.
 //! - Peers run with `--iface 10.99.0.<ID>`; multicast works across the bridge because IGMP
 //!   snooping is off (every frame is flooded to every port).
 //! - Faults ([`Faults`]) are nftables rules in the peer's own namespace, on UDP only (TCP of
@@ -49,7 +50,8 @@ use crate::common::{Run, bin, chunk_files_in, copies_on_disk, random_bytes, wait
 /// The peer's interface inside its namespace.
 pub const IFACE: &str = "eth0";
 const BRIDGE: &str = "br0";
-const MTU: &str = "65535";
+/// The links' MTU unless a LAN says otherwise.
+const MTU: u32 = 65_535;
 /// Mark of duplicated datagrams, so that a copy is not duplicated again.
 const DUP_MARK: &str = "0x00d0b1e5";
 /// A namespace holder lives at most this long, even if the test process dies without Drop.
@@ -259,11 +261,19 @@ pub struct Net {
     bridge: Holder,
     peers: BTreeMap<u32, Child>,
     versions: BTreeMap<u32, String>,
+    /// MTU of the bridge and of both ends of every veth pair.
+    mtu: String,
 }
 
 impl Net {
     /// A LAN with no host yet; `name` labels messages and kept logs.
     pub fn new(name: &str) -> Net {
+        Net::with_mtu(name, MTU)
+    }
+
+    /// A LAN whose links have MTU `mtu` (1,500: Ethernet; 9,000: jumbo frames).
+    pub fn with_mtu(name: &str, mtu: u32) -> Net {
+        let mtu = mtu.to_string();
         for t in ["ip", "nft", "nsenter", "unshare"] {
             tool(t);
         }
@@ -280,7 +290,7 @@ impl Net {
             "add",
             BRIDGE,
             "mtu",
-            MTU,
+            &mtu,
             "type",
             "bridge",
             "mcast_snooping",
@@ -301,6 +311,7 @@ impl Net {
             bridge,
             peers: BTreeMap::new(),
             versions: BTreeMap::new(),
+            mtu,
         }
     }
 
@@ -320,10 +331,11 @@ impl Net {
             let h = Holder::new(&format!("{}: peer {id}", self.name));
             let port = Net::port(id);
             let (hp, bp) = (h.pid().to_string(), self.bridge.pid().to_string());
+            let mtu = &self.mtu;
             // Both ends are created directly in their namespaces.
             h.ip(&[
-                "link", "add", IFACE, "netns", &hp, "mtu", MTU, "type", "veth", "peer", "name",
-                &port, "netns", &bp, "mtu", MTU,
+                "link", "add", IFACE, "netns", &hp, "mtu", mtu, "type", "veth", "peer", "name",
+                &port, "netns", &bp, "mtu", mtu,
             ]);
             self.bridge
                 .ip(&["link", "set", &port, "master", BRIDGE, "up"]);
@@ -332,6 +344,11 @@ impl Net {
             h.ip(&["link", "set", IFACE, "addrgenmode", "none"]);
             h.ip(&["addr", "add", &cidr, "dev", IFACE]);
             h.ip(&["link", "set", IFACE, "up"]);
+            let link = h.ip(&["-o", "link", "show", IFACE]);
+            assert!(
+                link.contains(&format!(" mtu {mtu} ")),
+                "netns harness: {IFACE} of peer {id} lacks MTU {mtu}: {link}"
+            );
             let shown = h.ip(&["-o", "-4", "addr", "show", "dev", IFACE]);
             assert!(
                 shown.contains(&cidr),
@@ -345,6 +362,19 @@ impl Net {
             self.hosts.insert(id, h);
         }
         &self.hosts[&id]
+    }
+
+    /// Field `field` of the `Ip:` line of host `id`'s `/proc/net/snmp` (e.g. `ReasmOKs`:
+    /// datagrams reassembled from IP fragments).
+    pub fn ip_stat(&mut self, id: u32, field: &str) -> u64 {
+        let mut cmd = self.host(id).command(&tool("cat"));
+        cmd.arg("/proc/net/snmp");
+        let snmp = run(cmd, None, &format!("read /proc/net/snmp of peer {id}"));
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+        let at = names.split_whitespace().position(|n| n == field);
+        at.and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
+            .unwrap_or_else(|| panic!("no Ip: {field} in /proc/net/snmp of peer {id}:\n{snmp}"))
     }
 
     /// Access point of peer `id`.
