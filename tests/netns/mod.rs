@@ -118,6 +118,15 @@ fn net_ns_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
 }
 
+/// How `tc` prints a rate of `mbit` Mbit/s ("1Gbit", "100Mbit").
+fn tc_rate(mbit: u32) -> String {
+    if mbit % 1000 == 0 {
+        format!("{}Gbit", mbit / 1000)
+    } else {
+        format!("{mbit}Mbit")
+    }
+}
+
 /// A process holding a fresh network namespace: `unshare -n -- sleep`.
 pub struct Holder {
     child: Child,
@@ -551,6 +560,61 @@ table netdev dbsdup {{
             }
         }
         Ok(c)
+    }
+
+    /// Drops `per_mille` of the UDP frames the bridge forwards, one frame at a time (a
+    /// `bridge` family nftables table in the bridge's namespace): on a LAN with a small MTU a
+    /// datagram loses one fragment, as on Ethernet, not all of them. 0 removes no rule but
+    /// drops nothing.
+    pub fn set_frame_loss(&self, per_mille: u32) {
+        assert!(per_mille <= 1000, "frame loss is in per mille");
+        self.bridge.nft(&format!(
+            "table bridge dbsframes {{}}\n\
+             flush table bridge dbsframes\n\
+             table bridge dbsframes {{\n\
+                 chain drop_frames {{\n\
+                     type filter hook forward priority 0;\n\
+                     ip protocol udp numgen random mod 1000 < {per_mille} counter drop \
+                         comment \"frame-loss\"\n\
+                 }}\n\
+             }}\n"
+        ));
+    }
+
+    /// Frames the bridge dropped by [`Net::set_frame_loss`] so far.
+    pub fn frames_dropped(&self) -> u64 {
+        let doc = self
+            .bridge
+            .nft_json(&["list", "table", "bridge", "dbsframes"])
+            .unwrap_or_else(|e| panic!("netns harness: reading the frame-loss counter: {e}"));
+        doc["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|item| item["rule"]["comment"] == "frame-loss")
+            .flat_map(|item| item["rule"]["expr"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["counter"]["packets"].as_u64())
+            .sum()
+    }
+
+    /// Shapes what host `id` sends to `mbit` Mbit/s (`tc tbf` on its `eth0`), as a link of
+    /// that speed would.
+    pub fn set_rate(&mut self, id: u32, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        let h = self.host(id);
+        let mut cmd = h.command(&tool("tc"));
+        cmd.args([
+            "qdisc", "replace", "dev", IFACE, "root", "tbf", "rate", &rate,
+        ])
+        .args(["burst", "256kb", "latency", "50ms"]);
+        run(cmd, None, &format!("shape the link of peer {id}"));
+        let mut show = h.command(&tool("tc"));
+        show.args(["qdisc", "show", "dev", IFACE]);
+        let shown = run(show, None, &format!("show the qdisc of peer {id}"));
+        assert!(
+            shown.contains("tbf") && shown.contains(&format!("rate {}", tc_rate(mbit))),
+            "netns harness: peer {id} is not shaped to {rate}: {shown}"
+        );
     }
 
     /// Cuts peer `id` off the LAN: the bridge side of its veth goes down, so its `eth0` loses
