@@ -120,7 +120,7 @@ fn net_ns_of(pid: u32) -> Option<PathBuf> {
 
 /// How `tc` prints a rate of `mbit` Mbit/s ("1Gbit", "100Mbit").
 fn tc_rate(mbit: u32) -> String {
-    if mbit % 1000 == 0 {
+    if mbit.is_multiple_of(1000) {
         format!("{}Gbit", mbit / 1000)
     } else {
         format!("{mbit}Mbit")
