@@ -603,3 +603,75 @@ fn plain_backup_and_restore_complete_on_mtu_1500_with_frame_loss() {
     assert!(dropped > 0, "the bridge dropped no frame");
     eprintln!("MTU 1,500, 0.2 % frame loss: {dropped} frames dropped");
 }
+
+/// On a link that fragments chunk datagrams, a peer warns at start about the kernel's default
+/// reassembly limits and names the settings to raise; with those set it says nothing.
+#[test]
+fn a_peer_on_mtu_1500_warns_about_the_reassembly_limits_until_they_are_raised() {
+    let mut net = Net::with_mtu("fragwarn", 1500);
+    net.spawn(1, Some("1.0"), &[]);
+    net.sysctl(2, "net.ipv4.ipfrag_high_thresh", "33554432");
+    net.sysctl(2, "net.ipv4.ipfrag_time", "5");
+    net.spawn(2, Some("1.0"), &[]);
+    let warned = |log: &str| {
+        log.lines().any(|l| {
+            l.contains(" WARN ")
+                && l.contains("eth0 has MTU 1500: each chunk datagram travels as 44 IP fragments")
+                && l.contains("net.ipv4.ipfrag_high_thresh=33554432 net.ipv4.ipfrag_time=5")
+        })
+    };
+    assert!(warned(&net.log(1)), "peer 1 did not warn:\n{}", net.log(1));
+    assert!(
+        !warned(&net.log(2)),
+        "peer 2 warned with the limits raised:\n{}",
+        net.log(2)
+    );
+}
+
+/// Not a test: the measurement behind the reassembly advice (README, "running on a real LAN";
+/// docs/benchmarks.md). Four 1.0 peers on MTU 1,500 links shaped to 1 Gbit/s, 1 % of the
+/// frames lost on the bridge, a 20 MB BACKUP at degree 2 from peer 1, once per setting of the
+/// hosts' reassembly limits; prints one line per setting. Run by hand:
+/// `unshare -n bash -c 'ip link set lo up; cargo test --test faults -- --ignored --nocapture reassembly_limits'`
+#[test]
+#[ignore = "a benchmark (about 2 minutes), run by hand"]
+fn reassembly_limits_under_frame_loss() {
+    let settings: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("net.ipv4.ipfrag_time", "2")],
+        &[("net.ipv4.ipfrag_high_thresh", "67108864")],
+        &[
+            ("net.ipv4.ipfrag_high_thresh", "33554432"),
+            ("net.ipv4.ipfrag_time", "5"),
+        ],
+        &[
+            ("net.ipv4.ipfrag_high_thresh", "67108864"),
+            ("net.ipv4.ipfrag_time", "2"),
+        ],
+    ];
+    for setting in settings {
+        let mut net = Net::with_mtu("reasm", 1500);
+        for id in 1..=4 {
+            for (key, value) in setting {
+                net.sysctl(id, key, value);
+            }
+            net.spawn(id, Some("1.0"), &[]);
+            net.set_rate(id, 1000);
+        }
+        net.set_frame_loss(10);
+        let path = net.make_file("doc", 20_000_000);
+        let start = Instant::now();
+        let run = net.testapp(&["--json", &net.ap(1), "BACKUP", path.to_str().unwrap(), "2"]);
+        let secs = start.elapsed().as_secs_f64();
+        let doc = run.json();
+        let short = doc["short"].as_array().map_or(0, Vec::len);
+        let fails: Vec<u64> = (2..=4).map(|id| net.ip_stat(id, "ReasmFails")).collect();
+        eprintln!(
+            "limits {setting:?}: exit {} in {secs:.1} s, {short} of {} chunks short, \
+             ReasmFails at the storers {fails:?}, {} frames dropped",
+            run.code,
+            doc["chunks"],
+            net.frames_dropped()
+        );
+    }
+}

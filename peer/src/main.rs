@@ -238,6 +238,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         dir.display(),
         args.iface
     );
+    if let Some(warning) = dbs::net::lan::fragmentation_warning(args.iface) {
+        tracing::warn!("{warning}");
+    }
     let handler = node.handler();
     std::thread::Builder::new()
         .name("access-point".into())

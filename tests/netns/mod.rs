@@ -597,6 +597,14 @@ table netdev dbsdup {{
             .sum()
     }
 
+    /// Sets the sysctl `key` (e.g. `net.ipv4.ipfrag_time`) to `value` in host `id`'s namespace
+    /// (the network sysctls are per namespace).
+    pub fn sysctl(&mut self, id: u32, key: &str, value: &str) {
+        let mut cmd = self.host(id).command(&tool("sysctl"));
+        cmd.args(["-q", "-w", &format!("{key}={value}")]);
+        run(cmd, None, &format!("set {key} for peer {id}"));
+    }
+
     /// Shapes what host `id` sends to `mbit` Mbit/s (`tc tbf` on its `eth0`), as a link of
     /// that speed would.
     pub fn set_rate(&mut self, id: u32, mbit: u32) {
