@@ -8,6 +8,9 @@ use std::path::Path;
 /// Below this MTU a chunk datagram (64,000 bytes of body, its header, UDP and IP) is
 /// fragmented.
 pub const UNFRAGMENTED_MTU: u32 = 65_535;
+/// IP payload of the largest chunk datagram: 64,000 bytes of body, up to about 92 of header,
+/// 8 of UDP.
+const CHUNK_DATAGRAM: u32 = 64_100;
 /// Reassembly memory (`net.ipv4.ipfrag_high_thresh`, bytes) that held up in the measurement
 /// (docs/benchmarks.md: 4 hosts, MTU 1,500, 1 Gbit/s, 1 % frame loss, a 20 MB BACKUP).
 pub const ADVISED_HIGH_THRESH: u64 = 32 * 1024 * 1024;
@@ -63,7 +66,8 @@ pub fn advice(name: &str, mtu: u32, high_thresh: u64, time_s: u64) -> Option<Str
     if mtu >= UNFRAGMENTED_MTU || (high_thresh >= ADVISED_HIGH_THRESH && time_s <= ADVISED_TIME_S) {
         return None;
     }
-    let fragments = 64_100_u32.div_ceil(mtu.saturating_sub(20).max(8) / 8 * 8);
+    // Each fragment carries what fits after the 20-byte IP header, in multiples of 8 bytes.
+    let fragments = CHUNK_DATAGRAM.div_ceil(mtu.saturating_sub(20).max(8) / 8 * 8);
     Some(format!(
         "{name} has MTU {mtu}: each chunk datagram travels as {fragments} IP fragments and is lost \
          with any one of them, and this host keeps at most {high_thresh} bytes of incomplete \
