@@ -156,7 +156,8 @@ fn parse_access_point(s: &str) -> Result<AccessPoint, String> {
 /// kept growing in a soak (8 to 12 MB in an hour on a 2.0 peer) while the memory in use stayed
 /// at 1.3-1.6 MB: the long-lived small objects (tombstones, map entries) landed between the
 /// 64 KB chunk buffers of the bursts and pinned their pages, and a freed buffer went back to
-/// the system only at the next trim.
+/// the system only at the next trim. With jemalloc, an hour-long soak ended within 76-240 kB of
+/// its minute-10 figures (docs/benchmarks.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
