@@ -201,14 +201,19 @@ fn assert_faults_happened(net: &Net, ids: &[u32], what: &str) {
 /// The group of the loss tests: 1.0 peers 1–3, 2.0 peers 4 and 5 (which run the 1.0
 /// subprotocols as 1.0 peers do), `pct` % of the datagrams each one receives lost.
 fn mixed_group(name: &str, pct: u8, extra_4_5: &[&str]) -> Net {
-    let mut net = Net::new(name);
+    let mut net = with_mixed_peers(Net::new(name), extra_4_5);
+    net.set_faults_all(&ALL, Faults::loss(pct));
+    net
+}
+
+/// `net` with 1.0 peers 1–3 and 2.0 peers 4 and 5 (with `extra_4_5`) running.
+fn with_mixed_peers(mut net: Net, extra_4_5: &[&str]) -> Net {
     for id in 1..=3 {
         net.spawn(id, Some("1.0"), &[]);
     }
     for id in 4..=5 {
         net.spawn(id, Some("2.0"), extra_4_5);
     }
-    net.set_faults_all(&ALL, Faults::loss(pct));
     net
 }
 
@@ -555,13 +560,7 @@ fn the_harness_isolates_the_peers_and_cleans_up() {
 /// BACKUPENH and RESTOREENH from 2.0 peer 4; no loss.
 #[test]
 fn a_mixed_group_on_mtu_1500_backs_up_and_restores() {
-    let mut net = Net::with_mtu("mtu1500", 1500);
-    for id in 1..=3 {
-        net.spawn(id, Some("1.0"), &[]);
-    }
-    for id in 4..=5 {
-        net.spawn(id, Some("2.0"), &[]);
-    }
+    let mut net = with_mixed_peers(Net::with_mtu("mtu1500", 1500), &[]);
     let reassembled =
         |net: &mut Net| -> u64 { ALL.iter().map(|&id| net.ip_stat(id, "ReasmOKs")).sum() };
     let before = reassembled(&mut net);
@@ -585,13 +584,7 @@ fn a_mixed_group_on_mtu_1500_backs_up_and_restores() {
 /// whole-chunk resends.
 #[test]
 fn plain_backup_and_restore_complete_on_mtu_1500_with_frame_loss() {
-    let mut net = Net::with_mtu("frameloss", 1500);
-    for id in 1..=3 {
-        net.spawn(id, Some("1.0"), &[]);
-    }
-    for id in 4..=5 {
-        net.spawn(id, Some("2.0"), &[]);
-    }
+    let mut net = with_mixed_peers(Net::with_mtu("frameloss", 1500), &[]);
     for id in ALL {
         net.set_rate(id, 1000);
     }
