@@ -13,9 +13,11 @@
 //! - The bridge lives in its own namespace. Each veth pair is created directly inside its two
 //!   namespaces (`ip link add eth0 netns <host> type veth peer name p<ID> netns <bridge>`), so
 //!   no interface ever appears in the namespace running the tests, let alone on a real NIC:
-//!   nothing created here can reach another machine. MTU 65535 (like `lo`) unless the LAN is
-//!   made with [`Net::with_mtu`]: then a 64,000-byte chunk is one unfragmented frame and every
-//!   fault rule acts on whole datagrams; at MTU 1,500 it is 44 IP fragments, as on Ethernet.
+//!   nothing created here can reach another machine. MTU 65535 (like `lo`), so a 64,000-byte
+//!   chunk is one unfragmented frame and every fault rule acts on whole datagrams; a LAN made
+//!   with [`Net::with_mtu`] has another MTU (at 1,500 a chunk is 44 IP fragments, as on
+//!   Ethernet), and can be given per-host rate limits ([`Net::set_rate`], `tc tbf`) and loss of
+//!   single frames on the bridge ([`Net::set_frame_loss`], a `bridge` nftables table).
 //! - Peers run with `--iface 10.99.0.<ID>`; multicast works across the bridge because IGMP
 //!   snooping is off (every frame is flooded to every port).
 //! - Faults ([`Faults`]) are nftables rules in the peer's own namespace, on UDP only (TCP of
