@@ -450,6 +450,14 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
     );
     // Well-formed requests testapp would not send: the peer checks them itself.
     let file = c.make_file("f", 10);
+    let fifo = c.dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let dir = c.dir.path();
     for (request, kind, text) in [
         (
@@ -463,14 +471,24 @@ fn garbage_requests_on_the_access_point_get_errors_and_the_socket_is_private() {
             "/no/such/file",
         ),
         (
-            serde_json::json!({"op": "backup", "path": dir, "degree": 1}),
+            serde_json::json!({"op": "backup", "path": fifo, "degree": 1}),
             "source_unreadable",
-            "not a regular file",
+            "neither a regular file nor a directory",
+        ),
+        (
+            serde_json::json!({"op": "backup", "path": dir, "degree": 10}),
+            "bad_request",
+            "degree must be 1 to 9",
         ),
         (
             serde_json::json!({"op": "restore", "path": "/"}),
+            "not_backed_up",
+            "neither a file nor a directory holding one",
+        ),
+        (
+            serde_json::json!({"op": "list", "path": 7}),
             "bad_request",
-            "does not name a file",
+            "malformed request",
         ),
     ] {
         let reply: serde_json::Value =

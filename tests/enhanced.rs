@@ -32,6 +32,8 @@ fn restore_identical(c: &Cluster, id: u32, op: &str, path: &Path) {
         std::fs::read(dest).unwrap() == std::fs::read(path).unwrap(),
         "{dest} differs"
     );
+    // The next restore of the file must really restore, not find it there.
+    std::fs::remove_file(dest).unwrap();
 }
 
 fn all_deleted(c: &Cluster, ids: &[u32], file_id: &str) -> bool {

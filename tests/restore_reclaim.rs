@@ -25,6 +25,12 @@ fn backup(c: &Cluster, id: u32, path: &Path, degree: u32) -> String {
 
 /// Restores `path` at peer `id`, checks it is byte-identical, and returns where it went.
 fn restore_identical(c: &Cluster, id: u32, path: &Path) -> PathBuf {
+    // A copy restored before would make this restore a no-op: every call really restores.
+    let _ = std::fs::remove_file(
+        c.peer_dir(id)
+            .join("restored")
+            .join(path.file_name().unwrap()),
+    );
     let run = c
         .testapp(&["--json", &c.ap(id), "RESTORE", path.to_str().unwrap()])
         .ok();

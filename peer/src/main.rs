@@ -163,7 +163,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A C string pointer jemalloc reads at start-up.
 #[repr(transparent)]
-struct MallocConf(*const u8);
+struct MallocConf(*const std::ffi::c_char);
 
 // SAFETY: the pointer is to a static, immutable, NUL-terminated string.
 unsafe impl Sync for MallocConf {}
@@ -175,7 +175,7 @@ unsafe impl Sync for MallocConf {}
 /// against 177 with glibc; with 100 ms at 136-204 MB/s (the disk's rate swings).
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: MallocConf =
-    MallocConf(b"background_thread:true,narenas:2,dirty_decay_ms:100,muzzy_decay_ms:0\0".as_ptr());
+    MallocConf(c"background_thread:true,narenas:2,dirty_decay_ms:100,muzzy_decay_ms:0".as_ptr());
 
 fn main() -> ExitCode {
     let args = Args::parse();

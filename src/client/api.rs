@@ -12,27 +12,40 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
-    /// Back up a file (absolute path) at a replication degree.
+    /// Back up a file or a directory tree (absolute path) at a replication degree.
     Backup {
-        /// The file.
+        /// The file or directory.
         path: PathBuf,
         /// Desired replication degree, 1..=9.
         degree: u8,
         /// Run the enhanced subprotocol.
         #[serde(default)]
         enhanced: bool,
+        /// Versions of each path kept once the new one reached its degree (at least 1).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        keep: u8,
     },
-    /// Restore a file this peer backed up.
+    /// Restore a file, or every file backed up under a directory.
     Restore {
-        /// The file as it was backed up.
+        /// The file or directory as it was backed up.
         path: PathBuf,
         /// Run the enhanced subprotocol.
         #[serde(default)]
         enhanced: bool,
+        /// Directory to restore into (default: the peer's `restored/`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<PathBuf>,
+        /// Replace files already there.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        /// The version to restore (default: the newest whole one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
     },
-    /// Delete a file's backup.
+    /// Delete the backup of a file, or of every file backed up under a directory (every
+    /// version).
     Delete {
-        /// The file as it was backed up.
+        /// The file or directory as it was backed up.
         path: PathBuf,
         /// Run the enhanced subprotocol.
         #[serde(default)]
@@ -48,6 +61,21 @@ pub enum Request {
     },
     /// Report the peer's state.
     State,
+    /// List the files backed up here (under a path, if given) with their versions and
+    /// whether they are safe.
+    List {
+        /// Only this file or what is under this directory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
+}
+
+fn one() -> u8 {
+    1
+}
+
+fn is_one(n: &u8) -> bool {
+    *n == 1
 }
 
 impl Request {
@@ -58,7 +86,7 @@ impl Request {
             | Request::Restore { enhanced, .. }
             | Request::Delete { enhanced, .. }
             | Request::Reclaim { enhanced, .. } => *enhanced,
-            Request::State => false,
+            Request::State | Request::List { .. } => false,
         }
     }
 
@@ -70,6 +98,7 @@ impl Request {
             Request::Delete { .. } => "DELETE",
             Request::Reclaim { .. } => "RECLAIM",
             Request::State => "STATE",
+            Request::List { .. } => "LIST",
         }
     }
 }
@@ -148,10 +177,13 @@ impl std::fmt::Display for ErrorKind {
 pub enum Reply {
     /// Progress of a long operation.
     Progress {
-        /// Units done.
+        /// Units done: chunks of one file, bytes of a tree.
         done: u64,
         /// Units in all.
         total: u64,
+        /// A tree: files done and in all (`done` and `total` are then bytes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        files: Option<[u64; 2]>,
     },
     /// The operation ended; `ok` false means it ran but failed (e.g. chunks short of degree).
     Done {
@@ -185,6 +217,7 @@ mod tests {
             path: "/a/b".into(),
             degree: 2,
             enhanced: false,
+            keep: 1,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(

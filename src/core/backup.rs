@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::metadata::chunk_count;
+use super::metadata::{FileAttrs, chunk_count};
 use super::{
     Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
 };
@@ -27,13 +27,22 @@ pub struct BackupRequest {
     /// Run the enhanced subprotocol (PUTCHUNK 2.0: enhanced peers store only while the degree
     /// is short).
     pub enhanced: bool,
+    /// What the catalog keeps besides the chunks (the version number is the core's to set).
+    pub attrs: FileAttrs,
+    /// Versions of the path kept once this one reached its degree, this one included (at
+    /// least 1); older ones are deleted then. Until then every earlier version stays.
+    pub keep: u8,
 }
 
 /// What a backup sends.
 #[derive(Debug)]
 enum Source {
-    /// Every chunk of a file of the home.
-    File { path: PathBuf, size: u64 },
+    /// Every chunk of a file of the home, which had this size and mtime when it was opened.
+    File {
+        path: PathBuf,
+        size: u64,
+        mtime_ns: i64,
+    },
     /// One chunk this peer stores (re-backup).
     Stored { no: ChunkNo },
 }
@@ -61,6 +70,10 @@ pub struct BackupOp {
     answered: bool,
     /// Chunks that ran out of sends without a single STORED, while none was answered.
     silent: u64,
+    /// Every chunk finished; waiting to hear whether the source changed meanwhile.
+    checking: bool,
+    /// Versions of the path kept when this backup reaches its degree (0 for a re-backup).
+    keep: u8,
 }
 
 /// A backup that no peer answers gives up after this many chunks each ran out of sends
@@ -86,6 +99,8 @@ impl BackupOp {
             recent_storers: VecDeque::with_capacity(RECENT_CHECKS),
             answered: false,
             silent: 0,
+            checking: false,
+            keep: 0,
         }
     }
 
@@ -169,7 +184,7 @@ impl Core {
         };
         let mut actions = Vec::new();
         let mut already_done = Vec::new();
-        let old = {
+        {
             // Checking for a running backup and registering this one happen under the
             // metadata lock, so that two requests for the same file cannot both start.
             let mut meta = self.meta.lock();
@@ -180,18 +195,18 @@ impl Core {
             {
                 return Err(CommandError::BackupRunning(req.path));
             }
-            // An earlier version of the same path: its chunks are no longer wanted.
-            let old: Vec<FileId> = meta
-                .backed_up()
-                .iter()
-                .filter(|(id, f)| f.path == req.path && **id != req.file)
-                .map(|(id, _)| *id)
-                .collect();
-            let old: Vec<(FileId, Version)> = old
-                .into_iter()
-                .map(|file| (file, self.forget_file(&mut meta, file, req.enhanced)))
-                .collect();
-            let entry = meta.register_file(req.file, req.path.clone(), req.size, req.degree);
+            // Earlier versions of the path stay until this one reaches its degree.
+            let number = meta.version_number(&req.path, req.file);
+            meta.register_file(req.file, req.path.clone(), req.size, req.degree);
+            meta.set_file_attrs(
+                req.file,
+                FileAttrs {
+                    version: number,
+                    link: None,
+                    ..req.attrs
+                },
+            );
+            let entry = &meta.backed_up()[&req.file];
             // Resumable: chunks already confirmed by enough peers are not sent again.
             // (A confirmed chunk whose hash was not saved before a crash gets it from the file.)
             for (no, c) in entry.chunks.iter().enumerate() {
@@ -210,20 +225,45 @@ impl Core {
             let source = Source::File {
                 path: req.path,
                 size: req.size,
+                mtime_ns: req.attrs.mtime_ns,
             };
-            self.backups.insert(
-                op,
-                BackupOp::new(req.file, source, req.degree, version, chunks),
-            );
-            old
-        };
-        // The DELETEs of the earlier versions go first (sending takes the metadata lock).
-        let deletes = old
-            .into_iter()
-            .flat_map(|(file, version)| self.delete_sends(file, version, None));
-        actions.splice(0..0, deletes.collect::<Vec<_>>());
+            let mut backup = BackupOp::new(req.file, source, req.degree, version, chunks);
+            backup.keep = req.keep.max(1);
+            self.backups.insert(op, backup);
+        }
         actions.extend(self.fill_window(op, &already_done));
         Ok(actions)
+    }
+
+    /// Records a symbolic link met in a tree being backed up: its target (in `attrs.link`),
+    /// not what it points to; it has no chunks and sends nothing. The versions of its path
+    /// older than the `keep - 1` before it are deleted.
+    pub fn record_link(
+        &self,
+        file: FileId,
+        path: PathBuf,
+        attrs: FileAttrs,
+        keep: u8,
+        enhanced: bool,
+    ) -> Vec<Action> {
+        {
+            let mut meta = self.meta.lock();
+            let number = meta.version_number(&path, file);
+            meta.register_file(file, path.clone(), 0, 0);
+            meta.set_file_attrs(
+                file,
+                FileAttrs {
+                    version: number,
+                    ..attrs
+                },
+            );
+        }
+        let version = if enhanced {
+            Version::V2_0
+        } else {
+            Version::V1_0
+        };
+        self.prune_versions(&path, file, keep.max(1), version)
     }
 
     /// Starts re-backing up one chunk stored here (after a REMOVED left it below `degree`).
@@ -260,21 +300,116 @@ impl Core {
         };
         actions.extend(self.launch(op, &mut b, skip));
         actions.extend(progress(op, b.finished, b.chunks));
-        if b.finished == b.chunks {
-            drop(b);
-            if let Some((_, b)) = self.backups.remove(&op) {
-                actions.push(Action::Report {
+        if b.finished == b.chunks && !b.checking {
+            // A file's chunks were read one by one: before the backup counts, its source must
+            // still be what was opened (else the chunks may mix two contents). Without a known
+            // mtime there is nothing to compare.
+            if let Source::File {
+                path,
+                size,
+                mtime_ns,
+            } = &b.source
+                && *mtime_ns != 0
+            {
+                actions.push(Action::CheckSource {
                     op,
-                    event: OpEvent::BackupDone {
-                        file: b.file,
-                        chunks: b.chunks,
-                        short: sorted(b.short),
-                        gave_up_after: (b.silent >= SILENT_CHUNKS_GIVE_UP).then_some(b.silent),
-                    },
+                    path: path.clone(),
+                    size: *size,
+                    mtime_ns: *mtime_ns,
                 });
+                b.checking = true;
+                return actions;
             }
+            drop(b);
+            actions.extend(self.backup_over(op));
         }
         actions
+    }
+
+    /// The source of backup `op` was checked after its last chunk: `unchanged`, the backup
+    /// ends (earlier versions beyond those kept go, if every chunk reached its degree);
+    /// changed, it fails and this version is deleted, so that no mix of two contents is ever
+    /// restored (the earlier versions stay).
+    pub fn source_checked(&self, op: OpId, unchanged: bool) -> Vec<Action> {
+        if unchanged {
+            return self.backup_over(op);
+        }
+        let Some((_, b)) = self.backups.remove(&op) else {
+            return Vec::new();
+        };
+        let enhanced = b.version == Version::V2_0;
+        let version = {
+            let mut meta = self.meta.lock();
+            self.forget_file(&mut meta, b.file, enhanced)
+        };
+        let mut actions = self.delete_sends(b.file, version, None);
+        let what = b
+            .path()
+            .map_or_else(String::new, |p| p.display().to_string());
+        actions.push(Action::Report {
+            op,
+            event: OpEvent::Failed(format!(
+                "backup of {what} failed: the file changed while it was read (its size or \
+                 modification time is not what it was when the backup started); this version \
+                 was deleted, earlier ones are kept"
+            )),
+        });
+        actions
+    }
+
+    /// Backup `op` is over: its report, after pruning the versions no longer kept.
+    fn backup_over(&self, op: OpId) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some((_, b)) = self.backups.remove(&op) {
+            if b.short.is_empty()
+                && let Source::File { path, .. } = &b.source
+            {
+                actions.extend(self.prune_versions(path, b.file, b.keep, b.version));
+            }
+            actions.push(Action::Report {
+                op,
+                event: OpEvent::BackupDone {
+                    file: b.file,
+                    chunks: b.chunks,
+                    short: sorted(b.short),
+                    gave_up_after: (b.silent >= SILENT_CHUNKS_GIVE_UP).then_some(b.silent),
+                },
+            });
+        }
+        actions
+    }
+
+    /// `file`, backed up from `path`, reached its degree: the versions of the path older than
+    /// the `keep - 1` before it are deleted (with DELETEs of `version`).
+    fn prune_versions(
+        &self,
+        path: &std::path::Path,
+        file: FileId,
+        keep: u8,
+        version: Version,
+    ) -> Vec<Action> {
+        let old: Vec<(FileId, Version, bool)> = {
+            let mut meta = self.meta.lock();
+            let mut older: Vec<(FileId, bool)> = meta
+                .versions_of(path)
+                .into_iter()
+                .filter(|(id, _)| *id != file)
+                .map(|(id, f)| (id, f.is_link()))
+                .collect();
+            let kept = usize::from(keep - 1).min(older.len());
+            older.truncate(older.len() - kept);
+            older
+                .into_iter()
+                .map(|(id, link)| {
+                    let v = self.forget_file(&mut meta, id, version == Version::V2_0);
+                    (id, v, link)
+                })
+                .collect()
+        };
+        old.into_iter()
+            .filter(|(_, _, link)| !link)
+            .flat_map(|(id, v, _)| self.delete_sends(id, v, None))
+            .collect()
     }
 
     fn launch(&self, op: OpId, b: &mut BackupOp, skip: &[ChunkNo]) -> Vec<Action> {
@@ -518,7 +653,7 @@ fn putchunk_action(
     cfg: &Config,
 ) -> Action {
     let source = match &b.source {
-        Source::File { path, size } => file_source(path, *size, chunk.no),
+        Source::File { path, size, .. } => file_source(path, *size, chunk.no),
         Source::Stored { .. } => ChunkSource::Stored,
     };
     Action::SendPutchunk {

@@ -4,7 +4,7 @@
 //! sent again when one of them announces itself (UP) and every few seconds.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::metadata::Metadata;
 use super::{Action, Channel, CommandError, Core, OpEvent, OpId, TimerEvent};
@@ -14,27 +14,62 @@ use crate::protocol::{FileId, Message, MessageKind, PeerId, Version};
 const RETRY_BATCH: usize = 64;
 
 impl Core {
-    /// Starts DELETE for the file backed up from `path`.
+    /// Starts DELETE for the file backed up from `path` (every version of it).
     pub fn start_delete(
         &self,
         op: OpId,
         path: &Path,
         enhanced: bool,
     ) -> Result<Vec<Action>, CommandError> {
-        let (file, version) = {
+        self.start_delete_many(op, &[path.to_path_buf()], enhanced)
+    }
+
+    /// Starts DELETE for every version of every path in `paths`, as one operation: each file's
+    /// DELETE is sent now and repeated on one shared schedule, and `op` hears
+    /// [`OpEvent::DeleteDone`] after the last round. Refused, with nothing deleted, if a path
+    /// was not backed up here or a backup or restore of one is running.
+    pub fn start_delete_many(
+        &self,
+        op: OpId,
+        paths: &[PathBuf],
+        enhanced: bool,
+    ) -> Result<Vec<Action>, CommandError> {
+        let mut deleted: Vec<(FileId, Version, bool)> = Vec::new();
+        {
             let mut meta = self.meta.lock();
-            let file = meta
-                .file_for_path(path)
-                .ok_or_else(|| CommandError::NotBackedUp(path.to_path_buf()))?;
-            if self.backups.iter().any(|b| b.file == file) {
-                return Err(CommandError::BackupRunning(path.to_path_buf()));
+            let mut files = Vec::new();
+            for path in paths {
+                let versions = meta.versions_of(path);
+                if versions.is_empty() {
+                    return Err(CommandError::NotBackedUp(path.clone()));
+                }
+                for (file, f) in versions {
+                    if self.backups.iter().any(|b| b.file == file) {
+                        return Err(CommandError::BackupRunning(path.clone()));
+                    }
+                    if self.restores.iter().any(|r| r.file == file) {
+                        return Err(CommandError::RestoreRunning(path.clone()));
+                    }
+                    files.push((file, f.is_link()));
+                }
             }
-            if self.restores.iter().any(|r| r.file == file) {
-                return Err(CommandError::RestoreRunning(path.to_path_buf()));
+            for (file, link) in files {
+                deleted.push((file, self.forget_file(&mut meta, file, enhanced), link));
             }
-            (file, self.forget_file(&mut meta, file, enhanced))
-        };
-        Ok(self.delete_sends(file, version, Some(op)))
+        }
+        let messages: Vec<Message> = deleted
+            .iter()
+            .filter(|(_, _, link)| !link)
+            .map(|(file, version, _)| {
+                Message::new(*version, self.cfg.id, MessageKind::Delete { file: *file })
+            })
+            .collect();
+        let files = deleted.into_iter().map(|(file, _, _)| file).collect();
+        Ok(self.send_repeated(
+            messages,
+            self.cfg.delete_sends - 1,
+            Some((op, OpEvent::DeleteDone { files })),
+        ))
     }
 
     /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must
@@ -62,8 +97,8 @@ impl Core {
         op: Option<OpId>,
     ) -> Vec<Action> {
         let message = Message::new(version, self.cfg.id, MessageKind::Delete { file });
-        let then = op.map(|op| (op, OpEvent::DeleteDone { file }));
-        self.send_repeated(message, self.cfg.delete_sends - 1, then)
+        let then = op.map(|op| (op, OpEvent::DeleteDone { files: vec![file] }));
+        self.send_repeated(vec![message], self.cfg.delete_sends - 1, then)
     }
 
     /// Notes that `peer` speaks the enhanced protocol. A peer heard of for the first time may

@@ -41,6 +41,29 @@ pub struct ChunkRecord {
     pub hash: Option<ChunkHash>,
 }
 
+/// What the catalog keeps of a backed-up file besides its chunks: what a restore puts back
+/// (mode, mtime, a symlink's target), when it was backed up and which version of its path
+/// it is. Every field defaults to "unknown" (metadata written before they were kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAttrs {
+    /// Unix permission bits (0: unknown).
+    #[serde(default)]
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch (0: unknown).
+    #[serde(default)]
+    pub mtime_ns: i64,
+    /// When the backup started, seconds since the epoch (0: unknown).
+    #[serde(default)]
+    pub backed_up_at: u64,
+    /// Version number of this path: 1 for its first backup, one more for each changed
+    /// content (0: from before versions were kept).
+    #[serde(default)]
+    pub version: u32,
+    /// A symbolic link: its target (recorded, not followed; it has no chunks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
+}
+
 /// A file this peer backed up (it is the file's home).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackedUpFile {
@@ -52,6 +75,26 @@ pub struct BackedUpFile {
     pub desired: u8,
     /// One record per chunk, indexed by chunk number.
     pub chunks: Vec<ChunkRecord>,
+    /// Mode, mtime, time of backup, version, link target.
+    #[serde(flatten)]
+    pub attrs: FileAttrs,
+}
+
+impl BackedUpFile {
+    /// Whether this entry is a symbolic link (no chunks).
+    pub fn is_link(&self) -> bool {
+        self.attrs.link.is_some()
+    }
+
+    /// The lowest perceived degree of its chunks (`None` for a link).
+    pub fn lowest_degree(&self) -> Option<usize> {
+        self.chunks.iter().map(|c| c.holders.len()).min()
+    }
+
+    /// Whether every chunk has at least one holder (a restore can get it all).
+    pub fn restorable(&self) -> bool {
+        self.chunks.iter().all(|c| !c.holders.is_empty())
+    }
 }
 
 /// A backed-up file without its chunk records (a journal record).
@@ -63,6 +106,9 @@ pub struct FileHeader {
     pub size: u64,
     /// Desired replication degree.
     pub desired: u8,
+    /// Mode, mtime, time of backup, version, link target.
+    #[serde(flatten)]
+    pub attrs: FileAttrs,
 }
 
 /// Everything a peer persists. Read through the accessors; change only through the methods,
@@ -406,9 +452,42 @@ impl Metadata {
             size,
             desired,
             chunks: vec![ChunkRecord::default(); chunk_count(size) as usize],
+            attrs: FileAttrs::default(),
         });
         entry.desired = desired;
         entry
+    }
+
+    /// Sets the attributes of a file backed up here (a link loses its chunk records).
+    pub fn set_file_attrs(&mut self, file: FileId, attrs: FileAttrs) {
+        if let Some(f) = self.backed_up.get_mut(&file) {
+            if attrs.link.is_some() {
+                f.chunks.clear();
+            }
+            f.attrs = attrs;
+            self.mark(Item::OwnFile(file));
+        }
+    }
+
+    /// The version number `file` has (or, new, gets) among the versions of `path`.
+    pub fn version_number(&self, path: &std::path::Path, file: FileId) -> u32 {
+        let versions = self.versions_of(path);
+        match versions.iter().find(|(id, _)| *id == file) {
+            Some((_, same)) => same.attrs.version,
+            None => versions.last().map_or(1, |(_, f)| f.attrs.version + 1),
+        }
+    }
+
+    /// The versions backed up from `path` (links included), oldest first.
+    pub fn versions_of(&self, path: &std::path::Path) -> Vec<(FileId, &BackedUpFile)> {
+        let mut v: Vec<(FileId, &BackedUpFile)> = self
+            .backed_up
+            .iter()
+            .filter(|(_, f)| f.path == path)
+            .map(|(id, f)| (*id, f))
+            .collect();
+        v.sort_by_key(|(id, f)| (f.attrs.version, f.attrs.backed_up_at, *id));
+        v
     }
 
     /// Forgets a file this peer backed up.
@@ -442,12 +521,21 @@ impl Metadata {
         self.stored_chunk(key).map(|c| c.holders.len())
     }
 
-    /// The file id under which `path` is backed up, if any.
-    pub fn file_for_path(&self, path: &std::path::Path) -> Option<FileId> {
-        self.backed_up
-            .iter()
-            .find(|(_, f)| f.path == path)
-            .map(|(id, _)| *id)
+    /// The version of `path` a restore takes: `version` if given, else the newest one every
+    /// chunk of which some peer holds (a newer one still short of holders, say while it is
+    /// being backed up, leaves the previous one in charge), else the newest. Links are not
+    /// files: `None` for them.
+    pub fn file_for_path(&self, path: &std::path::Path, version: Option<u32>) -> Option<FileId> {
+        let versions = self.versions_of(path);
+        let found = match version {
+            Some(k) => versions.iter().find(|(_, f)| f.attrs.version == k),
+            None => versions
+                .iter()
+                .rev()
+                .find(|(_, f)| f.restorable())
+                .or(versions.last()),
+        };
+        found.filter(|(_, f)| !f.is_link()).map(|(id, _)| *id)
     }
 
     /// Notes that `peer` holds (`holds`) or dropped `key`, wherever this peer tracks that
@@ -600,6 +688,7 @@ impl Metadata {
                     path: f.path.clone(),
                     size: f.size,
                     desired: f.desired,
+                    attrs: f.attrs.clone(),
                 }),
                 fresh: self.fresh_files.contains(&file),
             },
@@ -651,9 +740,14 @@ impl Metadata {
                     size: h.size,
                     desired: h.desired,
                     chunks: vec![ChunkRecord::default(); chunk_count(h.size) as usize],
+                    attrs: FileAttrs::default(),
                 });
                 entry.path = h.path;
                 entry.desired = h.desired;
+                if h.attrs.link.is_some() {
+                    entry.chunks.clear();
+                }
+                entry.attrs = h.attrs;
             }
             Record::OwnChunk { file, no, record } => {
                 if let Some(c) = self

@@ -12,6 +12,7 @@
 //! concurrent maps and is removed when the instance ends.
 
 pub mod backup;
+pub mod catalog;
 pub mod delete;
 pub mod enhanced;
 pub mod flow;
@@ -35,8 +36,9 @@ use crate::protocol::{
 };
 pub use backup::{BackupOp, BackupRequest, PendingPut};
 use maps::{Map, Seeded};
+pub use metadata::FileAttrs;
 pub use metadata::Metadata;
-pub use restore::{PendingGet, RestoreOp, RestoreRequest};
+pub use restore::{PendingGet, Placement, RestoreOp, RestoreRequest};
 pub use state::StateReport;
 
 /// The three multicast channels.
@@ -283,6 +285,20 @@ pub enum Action {
         tmp: PathBuf,
         /// Final name.
         dest: PathBuf,
+        /// Mode, mtime, and whether an existing file may be replaced.
+        placement: Placement,
+    },
+    /// Check that the source of a backup whose chunks are all done still has the size and
+    /// mtime it had when opened, then call [`Core::source_checked`].
+    CheckSource {
+        /// The backup.
+        op: OpId,
+        /// Its source file.
+        path: PathBuf,
+        /// Its size when opened.
+        size: u64,
+        /// Its mtime when opened, nanoseconds since the epoch.
+        mtime_ns: i64,
     },
     /// Remove a failed restore's temporary file.
     AbortRestore {
@@ -369,11 +385,12 @@ pub enum TimerEvent {
         /// Which chunk.
         chunk: ChunkKey,
     },
-    /// Send an unconfirmed message (DELETE, REMOVED) again; `remaining` sends are left after
-    /// this one, and `then` is reported after the last.
+    /// Send unconfirmed messages (DELETE, REMOVED) again; `remaining` sends are left after
+    /// this one, and `then` is reported after the last. A batch (the DELETEs of a tree) shares
+    /// one schedule.
     SendAgain {
-        /// The message.
-        message: Message,
+        /// The messages.
+        messages: Vec<Message>,
         /// Sends left after this one.
         remaining: u8,
         /// The report to make after the last send, if a client waits.
@@ -421,8 +438,8 @@ pub enum OpEvent {
     },
     /// A delete finished its sends.
     DeleteDone {
-        /// The file's id.
-        file: FileId,
+        /// The files deleted (every version of each path).
+        files: Vec<FileId>,
     },
     /// The operation failed.
     Failed(String),
@@ -446,6 +463,9 @@ pub enum CommandError {
     /// A restore of the same file is running.
     #[error("a restore of {0} is already running")]
     RestoreRunning(PathBuf),
+    /// The path was backed up, but not in that version.
+    #[error("{0} has no version {1} backed up by this peer")]
+    NoSuchVersion(PathBuf, u32),
 }
 
 /// Protocol events counted since start (reported in STATE and by benchmarks).
@@ -638,33 +658,34 @@ impl Core {
     /// then reports `then` (DELETE and REMOVED: nobody confirms them in 1.0).
     fn send_repeated(
         &self,
-        message: Message,
+        mut messages: Vec<Message>,
         remaining: u8,
         then: Option<(OpId, OpEvent)>,
     ) -> Vec<Action> {
         // A REMOVED repeated after this peer stored the chunk again (a re-backup asked it to)
         // would make the others drop it from the holders it is again one of.
         // Nor is one for a chunk of a file deleted since (it would start re-backups of it).
-        if let MessageKind::Removed { chunk } = &message.kind
-            && (self.writing.contains_key(chunk) || {
+        messages.retain(|message| {
+            let MessageKind::Removed { chunk } = &message.kind else {
+                return true;
+            };
+            !(self.writing.contains_key(chunk) || {
                 let meta = self.meta.lock();
                 meta.stored_chunk(chunk).is_some() || meta.tombstone(&chunk.file).is_some()
             })
-        {
-            return then
-                .map(|(op, event)| Action::Report { op, event })
-                .into_iter()
-                .collect();
-        }
-        let mut actions = vec![Action::Send {
-            channel: Channel::Mc,
-            message: message.clone(),
-        }];
-        if remaining > 0 {
+        });
+        let mut actions: Vec<Action> = messages
+            .iter()
+            .map(|message| Action::Send {
+                channel: Channel::Mc,
+                message: message.clone(),
+            })
+            .collect();
+        if remaining > 0 && !messages.is_empty() {
             actions.push(Action::Schedule {
                 delay: self.cfg.repeat_interval,
                 event: TimerEvent::SendAgain {
-                    message,
+                    messages,
                     remaining: remaining - 1,
                     then,
                 },
@@ -760,10 +781,10 @@ impl Core {
             TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
             TimerEvent::TrashExpired { chunk } => self.trash_expired(chunk),
             TimerEvent::SendAgain {
-                message,
+                messages,
                 remaining,
                 then,
-            } => self.send_repeated(message, remaining, then),
+            } => self.send_repeated(messages, remaining, then),
         }
     }
 
@@ -785,6 +806,14 @@ impl Core {
     /// This peer's STATE report.
     pub fn state(&self) -> StateReport {
         StateReport::from_metadata(&self.cfg, &self.meta.lock())
+    }
+
+    /// The LIST report of the paths equal to `under` or below it (all without it).
+    pub fn list(&self, under: Option<&std::path::Path>) -> catalog::ListReport {
+        let running: std::collections::BTreeSet<FileId> =
+            self.backups.iter().map(|b| b.file).collect();
+        let meta = self.meta.lock();
+        catalog::ListReport::from_metadata(&meta, under, |file| running.contains(file))
     }
 }
 

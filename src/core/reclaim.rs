@@ -106,7 +106,7 @@ impl Core {
     /// Sends REMOVED for `chunk` now and `removed_sends - 1` times more.
     pub(super) fn removed_sends(&self, chunk: ChunkKey, version: Version) -> Vec<Action> {
         let message = Message::new(version, self.cfg.id, MessageKind::Removed { chunk });
-        self.send_repeated(message, self.cfg.removed_sends - 1, None)
+        self.send_repeated(vec![message], self.cfg.removed_sends - 1, None)
     }
 
     pub(super) fn on_removed(

@@ -31,6 +31,24 @@ pub struct RestoreRequest {
     /// Run the enhanced subprotocol: the first GETCHUNK of each chunk is 2.0 and asks enhanced
     /// holders for the body over TCP; later ones are plain 1.0 (any holder answers on MDR).
     pub enhanced: bool,
+    /// The version to restore (see [`Metadata::file_for_path`]); `None`: the newest whole one.
+    ///
+    /// [`Metadata::file_for_path`]: super::Metadata::file_for_path
+    pub version: Option<u32>,
+    /// Replace a file already at `dest` (else the restore fails rather than overwrite it).
+    pub overwrite: bool,
+}
+
+/// How a restored file is put in place: the mode and mtime it had when backed up (0: unknown,
+/// left as created), and whether it may replace a file already there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Unix permission bits, or 0.
+    pub mode: u32,
+    /// Modification time in nanoseconds since the epoch, or 0.
+    pub mtime_ns: i64,
+    /// Replace an existing file.
+    pub overwrite: bool,
 }
 
 /// One restore in progress.
@@ -44,6 +62,7 @@ pub struct RestoreOp {
     hashes: Vec<Option<ChunkHash>>,
     tmp: PathBuf,
     dest: PathBuf,
+    placement: Placement,
     enhanced: bool,
     /// Next chunk to ask for.
     next: u64,
@@ -95,14 +114,22 @@ impl Core {
         // lock, so that two requests for the same file cannot both start.
         let meta = self.meta.lock();
         let file = meta
-            .file_for_path(&req.path)
-            .ok_or_else(|| CommandError::NotBackedUp(req.path.clone()))?;
+            .file_for_path(&req.path, req.version)
+            .ok_or_else(|| match req.version {
+                Some(k) => CommandError::NoSuchVersion(req.path.clone(), k),
+                None => CommandError::NotBackedUp(req.path.clone()),
+            })?;
         if self.restores.iter().any(|r| r.file == file) {
             return Err(CommandError::RestoreRunning(req.path));
         }
         let f = &meta.backed_up()[&file];
         let size = f.size;
         let hashes = f.chunks.iter().map(|c| c.hash).collect::<Vec<_>>();
+        let placement = Placement {
+            mode: f.attrs.mode,
+            mtime_ns: f.attrs.mtime_ns,
+            overwrite: req.overwrite,
+        };
         self.restores.insert(
             op,
             RestoreOp {
@@ -112,6 +139,7 @@ impl Core {
                 hashes,
                 tmp: req.tmp.clone(),
                 dest: req.dest,
+                placement,
                 enhanced: req.enhanced,
                 next: 0,
                 resolved: 0,
@@ -311,6 +339,7 @@ impl Core {
                 op,
                 tmp: r.tmp.clone(),
                 dest: r.dest.clone(),
+                placement: r.placement,
             });
         }
         actions

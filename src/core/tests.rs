@@ -42,6 +42,8 @@ fn request(size: u64, degree: u8) -> BackupRequest {
         size,
         degree,
         enhanced: false,
+        attrs: Default::default(),
+        keep: 1,
     }
 }
 
@@ -366,19 +368,171 @@ fn delete_is_sent_three_times_then_reported() {
     assert!(c.start_delete(3, "/src/file".as_ref(), false).is_err());
 }
 
+/// Whether `actions` send a DELETE of `file`.
+fn deletes(actions: &[Action], file: FileId) -> bool {
+    actions.iter().any(|a| {
+        matches!(a, Action::Send { message, .. } if message.kind == MessageKind::Delete { file })
+    })
+}
+
+/// Version `n` (1, 2, ...) of /src/file, of `n + 4` bytes (one chunk), backed up as `op`
+/// keeping `keep` versions; returns the start's actions.
+fn version_n(c: &Core, n: u8, keep: u8) -> (FileId, Vec<Action>) {
+    let mut req = request(u64::from(n) + 4, 1);
+    req.file = FileId([n; 32]);
+    req.keep = keep;
+    (req.file, c.start_backup(u64::from(n), req).unwrap())
+}
+
+fn stored_for(file: FileId) -> MessageKind {
+    MessageKind::Stored {
+        chunk: ChunkKey { file, no: 0 },
+    }
+}
+
 #[test]
-fn backing_up_a_changed_file_deletes_the_old_version() {
+fn a_changed_file_keeps_its_previous_version_until_the_new_one_reaches_its_degree() {
     let c = core(1);
-    c.start_backup(1, request(5, 1)).unwrap();
-    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
-    let mut changed = request(6, 1);
-    changed.file = FileId([0xcd; 32]);
-    let actions = c.start_backup(2, changed).unwrap();
-    assert!(
-        actions.iter().any(|a| matches!(a,
-        Action::Send { message, .. } if message.kind == MessageKind::Delete { file: key(0).file }))
+    let (v1, _) = version_n(&c, 1, 1);
+    c.on_message(msg(2, stored_for(v1)));
+    let (v2, started) = version_n(&c, 2, 1);
+    assert!(!deletes(&started, v1), "the only good copy stays meanwhile");
+    // Meanwhile a restore takes the previous version: the new one has no holder yet.
+    let path = std::path::Path::new("/src/file");
+    assert_eq!(c.with_metadata(|m| m.file_for_path(path, None)), Some(v1));
+    assert_eq!(
+        c.with_metadata(|m| m.file_for_path(path, Some(2))),
+        Some(v2)
     );
-    assert_eq!(c.state().backed_up.len(), 1);
+    let finished = c.on_message(msg(2, stored_for(v2)));
+    assert_eq!(done(&finished), Some(vec![]));
+    assert!(deletes(&finished, v1), "{finished:?}");
+    let versions: Vec<u32> = c.with_metadata(|m| {
+        m.versions_of(path)
+            .iter()
+            .map(|(_, f)| f.attrs.version)
+            .collect()
+    });
+    assert_eq!(versions, vec![2]);
+}
+
+#[test]
+fn a_new_version_short_of_its_degree_deletes_no_earlier_one() {
+    let c = core(1);
+    let (v1, _) = version_n(&c, 1, 1);
+    c.on_message(msg(2, stored_for(v1)));
+    let (_, first) = version_n(&c, 2, 1);
+    // Nobody stores version 2: its chunk runs out of sends.
+    let mut next = timers(&first);
+    let mut all = Vec::new();
+    while let Some((_, event)) = next.pop() {
+        let more = c.on_timer(event);
+        next.extend(timers(&more));
+        all.extend(more);
+    }
+    assert_eq!(done(&all), Some(vec![0]));
+    assert!(!deletes(&all, v1));
+    let path = std::path::Path::new("/src/file");
+    assert_eq!(c.with_metadata(|m| m.file_for_path(path, None)), Some(v1));
+    assert_eq!(c.with_metadata(|m| m.versions_of(path).len()), 2);
+}
+
+#[test]
+fn keep_bounds_the_versions_of_a_path_oldest_first() {
+    let c = core(1);
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let (v, _) = version_n(&c, n, 2);
+        let finished = c.on_message(msg(2, stored_for(v)));
+        if n >= 3 {
+            assert!(
+                deletes(&finished, ids[usize::from(n) - 3]),
+                "v{n}: {finished:?}"
+            );
+        }
+        ids.push(v);
+    }
+    let path = std::path::Path::new("/src/file");
+    let kept: Vec<(FileId, u32)> = c.with_metadata(|m| {
+        m.versions_of(path)
+            .iter()
+            .map(|(id, f)| (*id, f.attrs.version))
+            .collect()
+    });
+    assert_eq!(kept, vec![(ids[2], 3), (ids[3], 4)]);
+    // Keeping one again drops all but the newest.
+    let (v5, _) = version_n(&c, 5, 1);
+    let finished = c.on_message(msg(2, stored_for(v5)));
+    assert!(deletes(&finished, ids[2]) && deletes(&finished, ids[3]));
+}
+
+#[test]
+fn a_source_that_changed_during_its_backup_fails_and_only_that_version_goes() {
+    let c = core(1);
+    let (v1, _) = version_n(&c, 1, 1);
+    c.on_message(msg(2, stored_for(v1)));
+    let mut req = request(6, 1);
+    req.file = FileId([2; 32]);
+    req.attrs.mtime_ns = 42;
+    c.start_backup(7, req).unwrap();
+    let finished = c.on_message(msg(2, stored_for(FileId([2; 32]))));
+    assert_eq!(
+        done(&finished),
+        None,
+        "nothing counts before the source is checked"
+    );
+    assert_eq!(
+        finished.last(),
+        Some(&Action::CheckSource {
+            op: 7,
+            path: "/src/file".into(),
+            size: 6,
+            mtime_ns: 42
+        })
+    );
+    let failed = c.source_checked(7, false);
+    assert!(deletes(&failed, FileId([2; 32])));
+    assert!(!deletes(&failed, v1));
+    assert!(failed.iter().any(|a| matches!(a,
+        Action::Report { op: 7, event: OpEvent::Failed(m) } if m.contains("changed while it was read"))));
+    let path = std::path::Path::new("/src/file");
+    assert_eq!(c.with_metadata(|m| m.versions_of(path).len()), 1);
+    assert_eq!(c.instances(), 0);
+}
+
+#[test]
+fn a_delete_of_many_files_shares_one_repeat_schedule() {
+    let c = core(1);
+    let paths: Vec<PathBuf> = (1..=3u8)
+        .map(|n| {
+            let mut req = request(5, 1);
+            req.file = FileId([n; 32]);
+            req.path = format!("/tree/f{n}").into();
+            c.start_backup(u64::from(n), req).unwrap();
+            c.on_message(msg(2, stored_for(FileId([n; 32]))));
+            format!("/tree/f{n}").into()
+        })
+        .collect();
+    let mut actions = c.start_delete_many(9, &paths, false).unwrap();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        for n in 1..=3u8 {
+            assert!(deletes(&actions, FileId([n; 32])), "round {rounds}");
+        }
+        let next = timers(&actions);
+        assert!(next.len() <= 1, "one schedule for the batch: {next:?}");
+        match next.into_iter().next() {
+            Some((_, event)) => actions = c.on_timer(event),
+            None => break,
+        }
+    }
+    assert_eq!(rounds, 3);
+    assert!(
+        matches!(actions.last(), Some(Action::Report { op: 9, event: OpEvent::DeleteDone { files } }) if files.len() == 3)
+    );
+    // A path not backed up refuses the whole batch.
+    assert!(c.start_delete_many(10, &["/nope".into()], false).is_err());
 }
 
 #[test]
@@ -450,6 +604,8 @@ fn restore_request() -> RestoreRequest {
         tmp: PathBuf::from("/tree/tmp/r"),
         dest: PathBuf::from("/tree/restored/file"),
         enhanced: false,
+        version: None,
+        overwrite: false,
     }
 }
 
@@ -1118,7 +1274,7 @@ fn a_deleted_file_is_put_back_only_by_the_peer_that_deleted_it() {
     assert!(c.on_message(msg(3, putchunk(0, b"x"))).is_empty());
     // Nor does this peer repeat a REMOVED for that file any more.
     let again = c.on_timer(TimerEvent::SendAgain {
-        message: msg2(2, MessageKind::Removed { chunk: key(0) }),
+        messages: vec![msg2(2, MessageKind::Removed { chunk: key(0) })],
         remaining: 3,
         then: None,
     });
@@ -1302,6 +1458,8 @@ fn two_requests_for_one_file_at_once_start_one_operation() {
                 tmp: PathBuf::from(format!("/tmp/r{op}")),
                 dest: PathBuf::from("/tmp/out"),
                 enhanced: false,
+                version: None,
+                overwrite: true,
             };
             c.start_restore(op, req).is_ok()
         });

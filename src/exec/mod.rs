@@ -246,6 +246,15 @@ impl<E: Effects> Executor<E> {
                     self.effects
                         .send(Channel::Mdb, Outgoing::Build(Box::new(build)));
                 }
+                Action::CheckSource {
+                    op,
+                    path,
+                    size,
+                    mtime_ns,
+                } => {
+                    let unchanged = disk.source_unchanged(&path, size, mtime_ns);
+                    self.run(self.core.source_checked(op, unchanged));
+                }
                 Action::RecordHash { op, chunk, source } => {
                     let ChunkSource::File { path, offset, len } = source else {
                         continue;
@@ -321,8 +330,15 @@ impl<E: Effects> Executor<E> {
                     }
                     self.run(self.core.restored_chunk_written(op, written.is_ok()));
                 }
-                Action::CommitRestore { op, tmp, dest } => {
-                    let result = disk.commit_restore(&tmp, &dest).map_err(|e| e.to_string());
+                Action::CommitRestore {
+                    op,
+                    tmp,
+                    dest,
+                    placement,
+                } => {
+                    let result = disk
+                        .commit_restore(&tmp, &dest, placement)
+                        .map_err(|e| e.to_string());
                     self.run(self.core.restore_committed(op, result));
                 }
                 Action::AbortRestore { tmp } => disk.abort_restore(&tmp),

@@ -1,8 +1,7 @@
-//! Client operations: starting them on the core (after reading what the file system says of
-//! the file), answering STATE, and the access point's request handler.
+//! Client operations: the access point's request handler, DELETE, RECLAIM, STATE and LIST
+//! (BACKUP and RESTORE have modules of their own).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -10,12 +9,13 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use serde_json::json;
 
+use super::batch::Refusal;
 use super::effects::Peer;
 use super::replies::log_end;
+use super::{backup_ops, restore_ops};
 use crate::client::server::Handler;
 use crate::client::{ErrorKind, Reply, Request};
-use crate::core::{Action, BackupRequest, CommandError, OpId, RestoreRequest};
-use crate::protocol::file_id::file_id;
+use crate::core::{Action, CommandError, OpId};
 
 /// The access point's handler: runs client requests on this peer.
 pub(super) struct ClientHandler(pub(super) Arc<Peer>);
@@ -47,85 +47,33 @@ impl ClientHandler {
         state
     }
 
-    fn backup(&self, path: &Path, degree: u8, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
-        let unreadable = |e| (ErrorKind::SourceUnreadable, e);
-        let path = std::fs::canonicalize(path)
-            .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
-        if !meta.is_file() {
-            return Err(unreadable(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-        let file = file_id(&path, meta.len(), mtime, self.0.core.config().id);
-        // The core fails a backup only when its source cannot be read (or changes).
-        let (op, rx) = self.0.effects.replies.new_op(
-            op_name("BACKUP", enhanced),
-            &path,
-            ErrorKind::SourceUnreadable,
-        );
-        let req = BackupRequest {
-            path,
-            file,
-            size: meta.len(),
-            degree,
-            enhanced,
-        };
-        self.start(op, rx, self.0.core.start_backup(op, req))
-    }
-
+    /// Deletes the backup of `path`: every version of the file backed up from there, or of
+    /// every path backed up below it, as one batch of DELETEs.
     fn delete(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let paths: Vec<PathBuf> = self.0.core.with_metadata(|m| {
+            let mut paths: Vec<PathBuf> = m
+                .backed_up()
+                .values()
+                .filter(|f| f.path.starts_with(&path))
+                .map(|f| f.path.clone())
+                .collect();
+            paths.sort();
+            paths.dedup();
+            paths
+        });
+        if paths.is_empty() {
+            return Err((
+                ErrorKind::NotBackedUp,
+                format!("{} was not backed up by this peer", path.display()),
+            ));
+        }
         let (op, rx) =
             self.0
                 .effects
                 .replies
                 .new_op(op_name("DELETE", enhanced), &path, ErrorKind::Internal);
-        self.start(op, rx, self.0.core.start_delete(op, &path, enhanced))
-    }
-
-    fn restore(&self, path: &Path, enhanced: bool) -> Result<Receiver<Reply>, Refusal> {
-        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let name = path.file_name().ok_or_else(|| {
-            (
-                ErrorKind::BadRequest,
-                format!("{} does not name a file", path.display()),
-            )
-        })?;
-        let dest = self.0.effects.disk.files.root().join("restored").join(name);
-        if std::fs::canonicalize(&dest).is_ok_and(|d| d == path) {
-            return Err((
-                ErrorKind::BadRequest,
-                format!(
-                    "restoring {} would overwrite the original: move it out of {} first",
-                    path.display(),
-                    self.0.effects.disk.files.root().join("restored").display()
-                ),
-            ));
-        }
-        // The core fails a restore only when the restored file cannot be written.
-        let (op, rx) =
-            self.0
-                .effects
-                .replies
-                .new_op(op_name("RESTORE", enhanced), &path, ErrorKind::Io);
-        let tmp = self
-            .0
-            .effects
-            .disk
-            .files
-            .tmp_dir()
-            .join(format!("restore-{op}.part"));
-        let req = RestoreRequest {
-            path,
-            tmp,
-            dest,
-            enhanced,
-        };
-        self.start(op, rx, self.0.core.start_restore(op, req))
+        self.start(op, rx, self.0.core.start_delete_many(op, &paths, enhanced))
     }
 
     fn reclaim(&self, max_kb: u64, enhanced: bool) -> Reply {
@@ -150,6 +98,18 @@ impl ClientHandler {
         }
     }
 
+    /// The LIST of what is backed up under `path` (everything without it).
+    fn list(&self, path: Option<&Path>) -> Reply {
+        let path = path.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+        let report = self.0.core.list(path.as_deref());
+        Reply::Done {
+            ok: true,
+            kind: None,
+            message: String::new(),
+            result: serde_json::to_value(&report).expect("list serialises"),
+        }
+    }
+
     /// Runs a started command's first actions, or forgets the operation if it was refused.
     fn start(
         &self,
@@ -164,27 +124,25 @@ impl ClientHandler {
             }
             Err(e) => {
                 self.0.effects.replies.forget(op);
-                Err((command_error_kind(&e), e.to_string()))
+                Err(command_refusal(&e))
             }
         }
     }
 }
 
 /// The operation's name as the client typed it.
-fn op_name(name: &str, enhanced: bool) -> String {
+pub(super) fn op_name(name: &str, enhanced: bool) -> String {
     format!("{name}{}", if enhanced { "ENH" } else { "" })
 }
 
-/// A request the peer does not run, and why.
-type Refusal = (ErrorKind, String);
-
 /// The client's view of a command the core refused.
-fn command_error_kind(e: &CommandError) -> ErrorKind {
-    match e {
+pub(super) fn command_refusal(e: &CommandError) -> Refusal {
+    let kind = match e {
         CommandError::BadDegree(_) | CommandError::TooLarge(_) => ErrorKind::BadRequest,
         CommandError::BackupRunning(_) | CommandError::RestoreRunning(_) => ErrorKind::Busy,
-        CommandError::NotBackedUp(_) => ErrorKind::NotBackedUp,
-    }
+        CommandError::NotBackedUp(_) | CommandError::NoSuchVersion(..) => ErrorKind::NotBackedUp,
+    };
+    (kind, e.to_string())
 }
 
 impl Handler for ClientHandler {
@@ -195,6 +153,7 @@ impl Handler for ClientHandler {
         match &request {
             // Graders and scripts poll STATE: not worth a line each.
             Request::State => tracing::debug!("STATE requested"),
+            Request::List { .. } => tracing::debug!("LIST requested"),
             Request::Backup { path, degree, .. } => {
                 tracing::info!("{name} {} at degree {degree}: started", path.display());
             }
@@ -218,7 +177,16 @@ impl Handler for ClientHandler {
                     path,
                     degree,
                     enhanced,
-                } => s.backup(path, *degree, *enhanced),
+                    keep,
+                } => backup_ops::backup(
+                    &s.0,
+                    path,
+                    backup_ops::Options {
+                        degree: *degree,
+                        enhanced: *enhanced,
+                        keep: *keep,
+                    },
+                ),
                 Request::Delete { path, enhanced } => s.delete(path, *enhanced),
                 Request::State => Ok(reply_now(Reply::Done {
                     ok: true,
@@ -226,7 +194,23 @@ impl Handler for ClientHandler {
                     message: String::new(),
                     result: s.state_json(),
                 })),
-                Request::Restore { path, enhanced } => s.restore(path, *enhanced),
+                Request::List { path } => Ok(reply_now(s.list(path.as_deref()))),
+                Request::Restore {
+                    path,
+                    enhanced,
+                    to,
+                    force,
+                    version,
+                } => restore_ops::restore(
+                    &s.0,
+                    path,
+                    restore_ops::Options {
+                        enhanced: *enhanced,
+                        to: to.clone(),
+                        force: *force,
+                        version: *version,
+                    },
+                ),
                 Request::Reclaim { max_kb, enhanced } => {
                     let reply = s.reclaim(*max_kb, *enhanced);
                     log_end(&name, started, &reply);
@@ -243,7 +227,7 @@ impl Handler for ClientHandler {
 }
 
 /// A reply that is ready now, as the channel its client reads.
-fn reply_now(reply: Reply) -> Receiver<Reply> {
+pub(super) fn reply_now(reply: Reply) -> Receiver<Reply> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let _ = tx.send(reply);
     rx

@@ -2,12 +2,15 @@
 //! pool, a timer wheel, paced sender threads, and the disk, as the world of the shared
 //! executor ([`crate::exec`]).
 
+mod backup_ops;
+mod batch;
 mod client_ops;
 mod effects;
 pub mod node;
 pub mod pool;
 mod receive;
 mod replies;
+mod restore_ops;
 pub mod sender;
 pub mod supervise;
 pub mod tcp;

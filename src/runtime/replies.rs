@@ -12,9 +12,27 @@ use serde_json::json;
 use crate::client::{ErrorKind, Reply};
 use crate::core::{INTERNAL_OPS, OpEvent, OpId};
 
+/// Who reads an operation's replies.
+pub(super) enum Sink {
+    /// The client that asked for it.
+    Client(Sender<Reply>),
+    /// A tree operation, of which this is the file `index`.
+    Child(Sender<(usize, Reply)>, usize),
+}
+
+impl Sink {
+    /// Passes a reply on; a reader that went away is not an error (the operation goes on).
+    fn send(&self, reply: Reply) {
+        match self {
+            Sink::Client(tx) => drop(tx.send(reply)),
+            Sink::Child(tx, index) => drop(tx.send((*index, reply))),
+        }
+    }
+}
+
 /// Where a client operation's replies go.
 struct OpSink {
-    tx: Sender<Reply>,
+    sink: Sink,
     /// The operation as the client named it (BACKUP, RESTOREENH, ...), for the log.
     name: String,
     started: Instant,
@@ -45,19 +63,30 @@ impl Replies {
         path: &Path,
         failure: ErrorKind,
     ) -> (OpId, Receiver<Reply>) {
-        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
+        (self.new_op_to(name, path, failure, Sink::Client(tx)), rx)
+    }
+
+    /// A new operation whose replies go to `sink`.
+    pub(super) fn new_op_to(
+        &self,
+        name: String,
+        path: &Path,
+        failure: ErrorKind,
+        sink: Sink,
+    ) -> OpId {
+        let op = self.next_op.fetch_add(1, Ordering::Relaxed);
         self.ops.insert(
             op,
             OpSink {
-                tx,
+                sink,
                 name,
                 started: Instant::now(),
                 path: path.to_path_buf(),
                 failure,
             },
         );
-        (op, rx)
+        op
     }
 
     /// Forgets an operation that did not start.
@@ -77,7 +106,11 @@ impl Replies {
             return;
         };
         let reply = match event {
-            OpEvent::Progress { done, total } => Reply::Progress { done, total },
+            OpEvent::Progress { done, total } => Reply::Progress {
+                done,
+                total,
+                files: None,
+            },
             OpEvent::BackupDone {
                 file,
                 chunks,
@@ -120,11 +153,17 @@ impl Replies {
                 ),
                 result: json!({"path": path, "file_id": file, "missing": missing}),
             },
-            OpEvent::DeleteDone { file } => Reply::Done {
+            OpEvent::DeleteDone { files } => Reply::Done {
                 ok: true,
                 kind: None,
-                message: format!("deleted the backup of {path}"),
-                result: json!({"path": path, "file_id": file}),
+                message: match files.len() {
+                    1 => format!("deleted the backup of {path}"),
+                    n => format!("deleted the backups of {path}: {n} file(s) and version(s)"),
+                },
+                result: match &files[..] {
+                    [file] => json!({"path": path, "file_id": file}),
+                    _ => json!({"path": path, "file_ids": files}),
+                },
             },
             OpEvent::Failed(message) => Reply::Error {
                 kind: failure,
@@ -133,11 +172,14 @@ impl Replies {
         };
         if matches!(reply, Reply::Progress { .. }) {
             if let Some(sink) = self.ops.get(&op) {
-                let _ = sink.tx.send(reply);
+                sink.sink.send(reply);
             }
         } else if let Some((_, sink)) = self.ops.remove(&op) {
-            log_end(&sink.name, sink.started, &reply);
-            let _ = sink.tx.send(reply);
+            // The files of a tree are logged at its end, together.
+            if let Sink::Client(_) = sink.sink {
+                log_end(&sink.name, sink.started, &reply);
+            }
+            sink.sink.send(reply);
         }
     }
 }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::copies::Copies;
-use crate::core::Metadata;
 use crate::core::metadata::Changes;
+use crate::core::{Metadata, Placement};
 use crate::protocol::ChunkKey;
 use crate::storage::{ChunkStore, Disk, StorageError};
 
@@ -251,6 +251,15 @@ impl Disk for SimDisk {
         self.state.lock().saved
     }
 
+    fn source_unchanged(&self, path: &Path, size: u64, _mtime_ns: i64) -> bool {
+        // Simulated sources never change; one that went away (or shrank) counts as changed.
+        self.state
+            .lock()
+            .files
+            .get(path)
+            .is_some_and(|(data, _)| data.len() as u64 == size)
+    }
+
     fn read_source(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let st = self.state.lock();
         let (data, _) = st.files.get(path).ok_or(io::ErrorKind::NotFound)?;
@@ -283,8 +292,20 @@ impl Disk for SimDisk {
         Ok(())
     }
 
-    fn commit_restore(&self, tmp: &Path, dest: &Path) -> Result<(), StorageError> {
+    fn commit_restore(
+        &self,
+        tmp: &Path,
+        dest: &Path,
+        placement: Placement,
+    ) -> Result<(), StorageError> {
         let mut st = self.state.lock();
+        if !placement.overwrite && st.files.contains_key(dest) {
+            return Err(StorageError::Io {
+                what: "move the restored file to",
+                path: dest.to_path_buf(),
+                source: io::ErrorKind::AlreadyExists.into(),
+            });
+        }
         let (data, _) = st.files.remove(tmp).ok_or_else(|| StorageError::Io {
             what: "move the restored file to",
             path: dest.to_path_buf(),

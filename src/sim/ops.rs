@@ -200,6 +200,12 @@ impl World {
                     size: f.data.len() as u64,
                     degree: f.degree,
                     enhanced: f.enhanced,
+                    // A known mtime: the backup checks its source before it counts.
+                    attrs: crate::core::FileAttrs {
+                        mtime_ns: 1,
+                        ..Default::default()
+                    },
+                    keep: 1,
                 },
             ),
             Step::Restore => exec.core.start_restore(
@@ -209,6 +215,8 @@ impl World {
                     tmp: PathBuf::from(format!("/tmp/restore-{op}")),
                     dest: PathBuf::from(format!("/restored/file{i}-{op}")),
                     enhanced: f.enhanced,
+                    version: None,
+                    overwrite: false,
                 },
             ),
             Step::Delete => {
@@ -313,9 +321,11 @@ impl World {
                 self.fail(format!("file {i}: restore missing chunks {missing:?}"));
                 self.next_step(i, after_restore);
             }
-            OpEvent::DeleteDone { file } => {
+            OpEvent::DeleteDone { files } => {
                 let enhanced = f.enhanced;
-                self.ledger.deleted.insert(file, enhanced);
+                for file in files {
+                    self.ledger.deleted.insert(file, enhanced);
+                }
                 self.next_step(i, Step::Done);
             }
             OpEvent::Failed(reason) => {

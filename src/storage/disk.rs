@@ -10,8 +10,8 @@ use std::path::Path;
 use super::chunk_files::{ChunkFiles, Staged};
 use super::meta_file::MetaFile;
 use super::{StorageError, TreeLock, start_writeback};
-use crate::core::Metadata;
 use crate::core::metadata::Changes;
+use crate::core::{Metadata, Placement};
 use crate::protocol::{ChunkKey, MAX_CHUNK_SIZE};
 
 /// Chunk bodies on a peer's disk, written in two steps so that many become durable together:
@@ -52,12 +52,22 @@ pub trait Disk: ChunkStore + Send + Sync + 'static {
     fn saved_generation(&self) -> u64;
     /// Reads `len` bytes at `offset` of a file being backed up.
     fn read_source(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Whether a file being backed up still has the size and mtime (nanoseconds since the
+    /// epoch) it had when opened.
+    fn source_unchanged(&self, path: &Path, size: u64, mtime_ns: i64) -> bool;
     /// Creates a restore's temporary file with its final size.
     fn create_restore_file(&self, path: &Path, size: u64) -> io::Result<()>;
     /// Writes a restored chunk into a restore's temporary file.
     fn write_restored(&self, path: &Path, offset: u64, body: &[u8]) -> io::Result<()>;
-    /// Makes a restored file durable and renames it into place.
-    fn commit_restore(&self, tmp: &Path, dest: &Path) -> Result<(), StorageError>;
+    /// Gives a restored file its mode and mtime, makes it durable and moves it into place
+    /// (creating the directories above it); fails rather than replace a file already there
+    /// unless `placement.overwrite`.
+    fn commit_restore(
+        &self,
+        tmp: &Path,
+        dest: &Path,
+        placement: Placement,
+    ) -> Result<(), StorageError>;
     /// Removes a failed restore's temporary file.
     fn abort_restore(&self, tmp: &Path);
 }
@@ -172,6 +182,10 @@ impl Disk for PeerDisk {
         Ok(body)
     }
 
+    fn source_unchanged(&self, path: &Path, size: u64, mtime_ns: i64) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| m.len() == size && mtime_of(&m) == mtime_ns)
+    }
+
     fn create_restore_file(&self, path: &Path, size: u64) -> io::Result<()> {
         std::fs::File::create(path).and_then(|f| f.set_len(size))
     }
@@ -185,17 +199,42 @@ impl Disk for PeerDisk {
         Ok(())
     }
 
-    fn commit_restore(&self, tmp: &Path, dest: &Path) -> Result<(), StorageError> {
+    fn commit_restore(
+        &self,
+        tmp: &Path,
+        dest: &Path,
+        placement: Placement,
+    ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        std::fs::File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(tmp, dest))
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let finish = |f: std::fs::File| -> io::Result<()> {
+            if placement.mode != 0 {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(placement.mode & 0o7777))?;
+            }
+            if placement.mtime_ns != 0 {
+                f.set_modified(system_time(placement.mtime_ns))?;
+            }
+            f.sync_all()?;
+            std::fs::create_dir_all(dir)?;
+            if placement.overwrite {
+                std::fs::rename(tmp, dest)
+            } else {
+                // A hard link fails if `dest` exists: no file there is ever replaced.
+                std::fs::hard_link(tmp, dest)?;
+                std::fs::remove_file(tmp)
+            }
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp)
+            .and_then(finish)
             .map_err(|source| StorageError::Io {
                 what: "move the restored file to",
                 path: dest.to_path_buf(),
                 source,
             })?;
-        super::sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
+        super::sync_dir(dir)?;
         tracing::debug!(
             "restored file {} made durable in {:?}",
             dest.display(),
@@ -207,4 +246,22 @@ impl Disk for PeerDisk {
     fn abort_restore(&self, tmp: &Path) {
         let _ = std::fs::remove_file(tmp);
     }
+}
+
+/// The time `ns` nanoseconds after (before, if negative) the Unix epoch.
+fn system_time(ns: i64) -> std::time::SystemTime {
+    let offset = std::time::Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        std::time::UNIX_EPOCH + offset
+    } else {
+        std::time::UNIX_EPOCH - offset
+    }
+}
+
+/// A file's modification time in nanoseconds since the epoch.
+pub fn mtime_of(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
 }

@@ -11,7 +11,7 @@ pub mod reconcile;
 pub mod tree_lock;
 
 pub use chunk_files::ChunkFiles;
-pub use disk::{ChunkStore, Disk, PeerDisk};
+pub use disk::{ChunkStore, Disk, PeerDisk, mtime_of};
 pub use tree_lock::TreeLock;
 
 /// Storage failures.

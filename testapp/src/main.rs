@@ -7,26 +7,67 @@ use std::process::ExitCode;
 use clap::Parser;
 use dbs::client::{AccessPoint, ErrorKind, Reply, Request};
 use dbs::core::StateReport;
+use dbs::core::catalog::ListReport;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Ask a dbs peer to run an operation.
 ///
 /// Operations (names are case-insensitive; add ENH, e.g. BACKUPENH, for the enhanced
 /// subprotocol on a peer that runs one):
-///   BACKUP <file> <replication_degree>   back up a file, degree 1-9
-///   RESTORE <file>                       restore a file the peer backed up
-///   DELETE <file>                        delete a file's backup from every peer
+///   BACKUP <path> <replication_degree>   back up a file, or a directory tree, degree 1-9
+///                                        [--keep N]
+///   RESTORE <path>                       restore a file the peer backed up, or every file
+///                                        it backed up under a directory
+///                                        [--to DIR] [--force] [--version K]
+///   DELETE <path>                        delete the backup of a file (every version), or of
+///                                        every file under a directory, from every peer
 ///   RECLAIM <max_kbytes>                 limit the peer's space for stored chunks (0 frees all)
 ///   STATE                                report what the peer backed up and stores
+///   LIST [path]                          list the files backed up (under a path), with their
+///                                        versions and whether they are safe
+///
+/// A tree's backup backs up its regular files, records its symbolic links (not followed),
+/// skips and names special files, and skips files unchanged (same size and mtime) since
+/// their last complete backup. A restore recreates the paths below the directory named
+/// under the target (`RESTORE /home/u/proj --to /tmp/r` gives /tmp/r/proj/...; a file goes to
+/// the target under its name) with their modes and mtimes, and never replaces an existing
+/// file unless --force (a file that already holds exactly the backed-up content counts as
+/// restored).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, verbatim_doc_comment, after_help = AFTER_HELP)]
+#[command(
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment,
+    after_help = AFTER_HELP,
+    disable_version_flag = true
+)]
 struct Args {
     /// Print exactly one JSON document on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// RESTORE: the directory to restore into (created if missing; default: the peer's
+    /// restored/ directory).
+    #[arg(long, value_name = "DIR")]
+    to: Option<PathBuf>,
+    /// RESTORE: replace files that exist at the target.
+    #[arg(long)]
+    force: bool,
+    /// RESTORE: the version of the file to restore, as LIST numbers them (default: the
+    /// newest one every chunk of which a peer holds).
+    #[arg(long = "version", value_name = "K")]
+    file_version: Option<u32>,
+    /// BACKUP: versions of each path to keep once the new one reached its degree (1-255,
+    /// default 1); older ones are deleted then. Until then the previous version stays.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    keep: Option<u8>,
+    /// Print the version of the TestApp.
+    #[arg(short = 'V', long = "testapp-version", action = clap::ArgAction::Version)]
+    print_version: Option<bool>,
     /// The peer's access point: NAME (Unix socket) or [HOST:]PORT (TCP).
     access_point: String,
-    /// BACKUP, RESTORE, DELETE, RECLAIM or STATE (optionally with the ENH suffix).
+    /// BACKUP, RESTORE, DELETE, RECLAIM, STATE or LIST (the first four optionally with the ENH
+    /// suffix).
     operation: String,
     /// The operation's operands.
     #[arg(num_args = 0..=2)]
@@ -103,12 +144,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_request(op: &str, operands: &[String]) -> Result<Request, Fail> {
+fn parse_request(args: &Args) -> Result<Request, Fail> {
+    let (op, operands) = (&args.operation, &args.operands);
     let upper = op.to_ascii_uppercase();
     let (base, enhanced) = match upper.strip_suffix("ENH") {
-        Some(b) if b != "STATE" && !b.is_empty() => (b.to_string(), true),
+        Some(b) if b != "STATE" && b != "LIST" && !b.is_empty() => (b.to_string(), true),
         _ => (upper.clone(), false),
     };
+    // Options of one operation only.
+    let given = [
+        ("--to", args.to.is_some(), "RESTORE"),
+        ("--force", args.force, "RESTORE"),
+        ("--version", args.file_version.is_some(), "RESTORE"),
+        ("--keep", args.keep.is_some(), "BACKUP"),
+    ];
+    if let Some((opt, _, only)) = given.iter().find(|(_, set, only)| *set && *only != base) {
+        return Err(usage(format!("{opt} applies to {only} only, not {upper}")));
+    }
     let want = |n: usize, form: &str| {
         if operands.len() == n {
             Ok(())
@@ -121,7 +173,7 @@ fn parse_request(op: &str, operands: &[String]) -> Result<Request, Fail> {
     };
     Ok(match base.as_str() {
         "BACKUP" => {
-            want(2, "<file> <replication_degree>")?;
+            want(2, "<path> <replication_degree>")?;
             let degree = match operands[1].as_bytes() {
                 [d @ b'1'..=b'9'] => d - b'0',
                 _ => {
@@ -134,9 +186,9 @@ fn parse_request(op: &str, operands: &[String]) -> Result<Request, Fail> {
             let unreadable = |msg| Fail(Kind::Peer(ErrorKind::SourceUnreadable), msg);
             let path = std::fs::canonicalize(&operands[0])
                 .map_err(|e| unreadable(format!("cannot read {}: {e}", operands[0])))?;
-            if !path.is_file() {
+            if !path.is_file() && !path.is_dir() {
                 return Err(unreadable(format!(
-                    "{} is not a regular file",
+                    "{} is neither a regular file nor a directory",
                     path.display()
                 )));
             }
@@ -144,17 +196,28 @@ fn parse_request(op: &str, operands: &[String]) -> Result<Request, Fail> {
                 path,
                 degree,
                 enhanced,
+                keep: args.keep.unwrap_or(1),
             }
         }
         "RESTORE" => {
-            want(1, "<file>")?;
+            want(1, "<path>")?;
+            let to = match &args.to {
+                Some(dir) => Some(
+                    std::path::absolute(dir)
+                        .map_err(|e| usage(format!("bad --to {}: {e}", dir.display())))?,
+                ),
+                None => None,
+            };
             Request::Restore {
                 path: absolute(&operands[0])?,
                 enhanced,
+                to,
+                force: args.force,
+                version: args.file_version,
             }
         }
         "DELETE" => {
-            want(1, "<file>")?;
+            want(1, "<path>")?;
             Request::Delete {
                 path: absolute(&operands[0])?,
                 enhanced,
@@ -174,9 +237,20 @@ fn parse_request(op: &str, operands: &[String]) -> Result<Request, Fail> {
             want(0, "no operands")?;
             Request::State
         }
+        "LIST" => {
+            if operands.len() > 1 {
+                return Err(usage(format!(
+                    "LIST takes at most one path, got {} operand(s)",
+                    operands.len()
+                )));
+            }
+            Request::List {
+                path: operands.first().map(|p| absolute(p)).transpose()?,
+            }
+        }
         _ => {
             return Err(usage(format!(
-                "unknown operation {op:?}: expected BACKUP, RESTORE, DELETE, RECLAIM or STATE"
+                "unknown operation {op:?}: expected BACKUP, RESTORE, DELETE, RECLAIM, STATE or LIST"
             )));
         }
     })
@@ -190,7 +264,7 @@ fn absolute(p: &str) -> Result<PathBuf, Fail> {
 }
 
 fn run(args: Args) -> Result<u8, Fail> {
-    let request = parse_request(&args.operation, &args.operands)?;
+    let request = parse_request(&args)?;
     let ap = AccessPoint::parse(&args.access_point).map_err(|e| usage(e.to_string()))?;
     let mut stream = ap.connect().map_err(|e| {
         Fail(
@@ -222,8 +296,18 @@ fn run(args: Args) -> Result<u8, Fail> {
             )
         })?;
         match reply {
-            Reply::Progress { done, total } => {
+            Reply::Progress { done, total, files } => {
                 if let Some(bar) = &bar {
+                    if let Some([files_done, files_total]) = files {
+                        // A tree: bytes, with files done in the message.
+                        if bar.length() != Some(total) {
+                            bar.set_style(tree_style());
+                        }
+                        bar.set_message(format!(
+                            "{} {files_done}/{files_total} files",
+                            request.name()
+                        ));
+                    }
                     bar.set_length(total);
                     bar.set_position(done);
                 }
@@ -272,6 +356,15 @@ fn progress_bar(request: &Request) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// The progress bar of a tree: bytes, their rate and the time left.
+fn tree_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ")
+}
+
 /// Prints a `done` reply; `failure` is set when it says the operation failed.
 fn print_done(
     request: &Request,
@@ -292,6 +385,11 @@ fn print_done(
             }
         }
         out(&result.to_string());
+    } else if matches!(request, Request::List { .. }) {
+        match serde_json::from_value::<ListReport>(result) {
+            Ok(list) => out(&list.to_string()),
+            Err(e) => eprintln!("testapp: unreadable LIST: {e}"),
+        }
     } else if matches!(request, Request::State) {
         let disk_errors = result["counters"]["disk_errors"].as_u64().unwrap_or(0);
         let last = result["last_disk_error"].as_str().unwrap_or("").to_string();

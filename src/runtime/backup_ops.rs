@@ -1,0 +1,306 @@
+//! BACKUP of a file or of a directory tree: what the file system says of each file, what a
+//! tree holds (regular files backed up, symbolic links recorded and not followed, special
+//! files skipped and reported), which files are unchanged since their newest backup, and the
+//! tree's one result.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use serde_json::json;
+
+use super::batch::{self, Batch, FileResult, Refusal, Task};
+use super::client_ops::{command_refusal, op_name};
+use super::effects::Peer;
+use crate::client::{ErrorKind, Reply};
+use crate::core::{BackupRequest, CommandError, FileAttrs};
+use crate::protocol::FileId;
+use crate::protocol::file_id::file_id;
+use crate::storage::mtime_of;
+
+/// What a BACKUP asks for, besides the path.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Options {
+    pub degree: u8,
+    pub enhanced: bool,
+    pub keep: u8,
+}
+
+/// Backs up `path`: a file (as one operation, as always) or a directory tree.
+pub(super) fn backup(
+    peer: &Arc<Peer>,
+    path: &Path,
+    opts: Options,
+) -> Result<Receiver<Reply>, Refusal> {
+    if !(1..=9).contains(&opts.degree) {
+        return Err(command_refusal(&CommandError::BadDegree(opts.degree)));
+    }
+    let unreadable = |e| (ErrorKind::SourceUnreadable, e);
+    let path = std::fs::canonicalize(path)
+        .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
+    let name = op_name("BACKUP", opts.enhanced);
+    if meta.is_file() {
+        let batch = Batch {
+            name,
+            failure: ErrorKind::SourceUnreadable,
+            tasks: vec![file_task(peer, path, &meta, opts)],
+        };
+        return Ok(batch::spawn(peer.clone(), batch, |mut r| {
+            r.pop().expect("one file").reply
+        }));
+    }
+    if !meta.is_dir() {
+        return Err(unreadable(format!(
+            "{} is neither a regular file nor a directory",
+            path.display()
+        )));
+    }
+    let tree = walk(peer, &path, opts);
+    let batch = Batch {
+        name,
+        failure: ErrorKind::SourceUnreadable,
+        tasks: tree.tasks,
+    };
+    let found = tree.found;
+    Ok(batch::spawn(peer.clone(), batch, move |results| {
+        tree_reply(&path, found, &results)
+    }))
+}
+
+/// The seconds since the epoch now.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The catalog's attributes of a file as `meta` describes it, backed up now.
+fn attrs_of(meta: &std::fs::Metadata) -> FileAttrs {
+    FileAttrs {
+        mode: meta.mode() & 0o7777,
+        mtime_ns: mtime_of(meta),
+        backed_up_at: now_secs(),
+        version: 0,
+        link: None,
+    }
+}
+
+/// The file id of `path` as `meta` describes it, backed up by this peer.
+fn id_of(peer: &Peer, path: &Path, meta: &std::fs::Metadata) -> FileId {
+    file_id(
+        path,
+        meta.len(),
+        i128::from(mtime_of(meta)),
+        peer.core.config().id,
+    )
+}
+
+/// One file's backup.
+fn file_task(peer: &Arc<Peer>, path: PathBuf, meta: &std::fs::Metadata, opts: Options) -> Task {
+    let req = BackupRequest {
+        path: path.clone(),
+        file: id_of(peer, &path, meta),
+        size: meta.len(),
+        degree: opts.degree,
+        enhanced: opts.enhanced,
+        attrs: attrs_of(meta),
+        keep: opts.keep,
+    };
+    let peer = peer.clone();
+    Task {
+        path,
+        bytes: meta.len(),
+        start: Box::new(move |op| {
+            peer.core
+                .start_backup(op, req)
+                .map_err(|e| command_refusal(&e))
+        }),
+    }
+}
+
+/// What a walk found besides the files to back up.
+#[derive(Default)]
+struct Found {
+    /// Files whose newest backup has this content at the desired degree already.
+    unchanged: usize,
+    /// Symbolic links recorded.
+    links: usize,
+    /// Special files (devices, FIFOs, sockets) skipped.
+    special: Vec<PathBuf>,
+    /// Entries that could not be read, and why.
+    unreadable: Vec<(PathBuf, String)>,
+}
+
+/// The files of a tree to back up, and the rest of what it holds.
+struct Tree {
+    tasks: Vec<Task>,
+    found: Found,
+}
+
+/// Walks the tree under `root` (not following symbolic links): regular files become tasks,
+/// unless unchanged; links are recorded at once.
+fn walk(peer: &Arc<Peer>, root: &Path, opts: Options) -> Tree {
+    let mut tree = Tree {
+        tasks: Vec::new(),
+        found: Found::default(),
+    };
+    let mut link_actions = Vec::new();
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                tree.found.unreadable.push((path, e.to_string()));
+                continue;
+            }
+        };
+        let path = entry.path().to_path_buf();
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                tree.found.unreadable.push((path, e.to_string()));
+                continue;
+            }
+        };
+        if kind.is_symlink() {
+            match std::fs::read_link(&path) {
+                Ok(target) => {
+                    let file = id_of(peer, &path, &meta);
+                    let attrs = FileAttrs {
+                        link: Some(target),
+                        ..attrs_of(&meta)
+                    };
+                    link_actions.extend(peer.core.record_link(
+                        file,
+                        path,
+                        attrs,
+                        opts.keep,
+                        opts.enhanced,
+                    ));
+                    tree.found.links += 1;
+                }
+                Err(e) => tree.found.unreadable.push((path, e.to_string())),
+            }
+        } else if kind.is_file() {
+            let file = id_of(peer, &path, &meta);
+            if unchanged(peer, file, opts.degree) {
+                tree.found.unchanged += 1;
+            } else {
+                tree.tasks.push(file_task(peer, path, &meta, opts));
+            }
+        } else {
+            tree.found.special.push(path);
+        }
+    }
+    peer.run(link_actions);
+    tree
+}
+
+/// Whether `file` (same path, size and mtime) is backed up here with every chunk at
+/// `degree` or more, for that degree or more.
+fn unchanged(peer: &Peer, file: FileId, degree: u8) -> bool {
+    peer.core.with_metadata(|m| {
+        m.backed_up().get(&file).is_some_and(|f| {
+            f.desired >= degree && f.lowest_degree().is_some_and(|d| d >= usize::from(degree))
+        })
+    })
+}
+
+/// The result of a tree's backup.
+fn tree_reply(root: &Path, found: Found, results: &[FileResult]) -> Reply {
+    let failed: Vec<&FileResult> = results.iter().filter(|r| r.failure().is_some()).collect();
+    let bytes: u64 = results
+        .iter()
+        .filter(|r| r.failure().is_none())
+        .map(|r| r.bytes)
+        .sum();
+    let done = results.len() - failed.len();
+    let mut message = format!(
+        "backed up {}: {done} file(s), {bytes} bytes",
+        root.display()
+    );
+    let mut also = Vec::new();
+    if found.unchanged > 0 {
+        also.push(format!("{} unchanged", found.unchanged));
+    }
+    if found.links > 0 {
+        also.push(format!("{} symbolic link(s) recorded", found.links));
+    }
+    if !found.special.is_empty() {
+        also.push(format!(
+            "{} special file(s) skipped ({})",
+            found.special.len(),
+            names(found.special.iter())
+        ));
+    }
+    if !also.is_empty() {
+        message.push_str(&format!("; {}", also.join(", ")));
+    }
+    let problems = failed.len() + found.unreadable.len();
+    if problems > 0 {
+        let mut lines: Vec<String> = failed
+            .iter()
+            .map(|r| r.failure().map(|(_, m)| m.to_string()).unwrap_or_default())
+            .collect();
+        lines.extend(
+            found
+                .unreadable
+                .iter()
+                .map(|(p, e)| format!("cannot read {}: {e}", p.display())),
+        );
+        message.push_str(&format!("; {problems} FAILED: {}", first_lines(&lines)));
+    }
+    // Some files are not backed up: the tree's backup did not finish its job (each file's
+    // own kind is in `failed`).
+    let kind = (problems > 0).then_some(ErrorKind::Incomplete);
+    let failures: Vec<serde_json::Value> =
+        failed
+            .iter()
+            .map(|r| {
+                let (kind, message) = r.failure().expect("failed");
+                json!({"path": r.path, "kind": kind, "message": message})
+            })
+            .chain(found.unreadable.iter().map(
+                |(p, e)| json!({"path": p, "kind": ErrorKind::SourceUnreadable, "message": e}),
+            ))
+            .collect();
+    Reply::Done {
+        ok: problems == 0,
+        kind,
+        message,
+        result: json!({
+            "path": root,
+            "files": done,
+            "bytes": bytes,
+            "unchanged": found.unchanged,
+            "links": found.links,
+            "skipped": found.special,
+            "failed": failures,
+        }),
+    }
+}
+
+/// "a, b, c" of the first few paths, then how many more.
+pub(super) fn names<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> String {
+    let all: Vec<String> = paths.map(|p| p.display().to_string()).collect();
+    first_lines(&all)
+}
+
+/// The first 5 of `lines` joined, then how many more.
+pub(super) fn first_lines(lines: &[String]) -> String {
+    let mut s = lines.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    if lines.len() > 5 {
+        s.push_str(&format!("; … ({} more)", lines.len() - 5));
+    }
+    s
+}

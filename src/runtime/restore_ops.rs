@@ -1,0 +1,362 @@
+//! RESTORE of a file, or of everything backed up under a directory: where each file goes
+//! (under the target, by its path below what was named), never over an existing file unless
+//! asked (one that already holds exactly the backed-up content counts as restored), symbolic
+//! links recreated, and the tree's one result.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use serde_json::json;
+
+use super::backup_ops::first_lines;
+use super::batch::{self, Batch, FileResult, Refusal, Task};
+use super::client_ops::{command_refusal, op_name, reply_now};
+use super::effects::Peer;
+use crate::client::{ErrorKind, Reply};
+use crate::core::{Metadata, RestoreRequest};
+use crate::protocol::{ChunkHash, FileId, MAX_CHUNK_SIZE};
+
+/// What a RESTORE asks for, besides the path.
+#[derive(Clone, Debug)]
+pub(super) struct Options {
+    pub enhanced: bool,
+    /// Directory to restore into (`None`: the peer's `restored/`).
+    pub to: Option<PathBuf>,
+    /// Replace existing files.
+    pub force: bool,
+    /// One file's version.
+    pub version: Option<u32>,
+}
+
+/// One path to restore, as the catalog has it.
+enum Entry {
+    /// A file: its id, size and chunk hashes.
+    File {
+        file: FileId,
+        size: u64,
+        hashes: Vec<Option<ChunkHash>>,
+    },
+    /// A symbolic link and its target.
+    Link(PathBuf),
+}
+
+/// The entry of `path` (`version`, or the newest one a restore takes), if backed up.
+fn entry(m: &Metadata, path: &Path, version: Option<u32>) -> Option<Entry> {
+    if version.is_none()
+        && let Some((_, newest)) = m.versions_of(path).last()
+        && let Some(target) = &newest.attrs.link
+    {
+        return Some(Entry::Link(target.clone()));
+    }
+    let file = m.file_for_path(path, version)?;
+    let f = &m.backed_up()[&file];
+    Some(Entry::File {
+        file,
+        size: f.size,
+        hashes: f.chunks.iter().map(|c| c.hash).collect(),
+    })
+}
+
+/// Restores `path`: a file backed up from there, or every path backed up below it.
+pub(super) fn restore(
+    peer: &Arc<Peer>,
+    path: &Path,
+    opts: Options,
+) -> Result<Receiver<Reply>, Refusal> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let root = peer.effects.disk.files.root().to_path_buf();
+    let target = opts.to.clone().unwrap_or_else(|| root.join("restored"));
+    let (one, below) = peer.core.with_metadata(|m| {
+        let one = entry(m, &path, opts.version);
+        let mut below: Vec<(PathBuf, Entry)> = Vec::new();
+        if one.is_none() && opts.version.is_none() {
+            let mut paths: Vec<&PathBuf> = m
+                .backed_up()
+                .values()
+                .map(|f| &f.path)
+                .filter(|p| p.starts_with(&path) && **p != path)
+                .collect();
+            paths.sort();
+            paths.dedup();
+            below = paths
+                .into_iter()
+                .filter_map(|p| entry(m, p, None).map(|e| (p.clone(), e)))
+                .collect();
+        }
+        (one, below)
+    });
+    let name = op_name("RESTORE", opts.enhanced);
+    match one {
+        Some(Entry::File { file, size, hashes }) => {
+            let Some(base) = path.file_name() else {
+                return Err((
+                    ErrorKind::BadRequest,
+                    format!("{} does not name a file", path.display()),
+                ));
+            };
+            let dest = target.join(base);
+            if !opts.force && dest.symlink_metadata().is_ok() {
+                if same_content(&dest, size, &hashes) {
+                    return Ok(reply_now(Reply::Done {
+                        ok: true,
+                        kind: None,
+                        message: format!(
+                            "{} already holds the backed-up content of {}: nothing to restore",
+                            dest.display(),
+                            path.display()
+                        ),
+                        result: json!({"path": path, "file_id": file,
+                            "chunks": hashes.len(), "restored_to": dest}),
+                    }));
+                }
+                return Err((ErrorKind::BadRequest, exists(&dest, &path)));
+            }
+            let batch = Batch {
+                name,
+                failure: ErrorKind::Io,
+                tasks: vec![file_task(peer, path, dest, size, &opts)],
+            };
+            Ok(batch::spawn(peer.clone(), batch, |mut r| {
+                r.pop().expect("one file").reply
+            }))
+        }
+        Some(Entry::Link(_)) | None if below.is_empty() => Err(match opts.version {
+            Some(k) => (
+                ErrorKind::NotBackedUp,
+                format!(
+                    "{} has no version {k} backed up by this peer",
+                    path.display()
+                ),
+            ),
+            None if one.is_some() => (
+                ErrorKind::BadRequest,
+                format!(
+                    "{} is a symbolic link: restore the directory that holds it",
+                    path.display()
+                ),
+            ),
+            None => (
+                ErrorKind::NotBackedUp,
+                format!(
+                    "{} was not backed up by this peer (neither a file nor a directory holding one)",
+                    path.display()
+                ),
+            ),
+        }),
+        _ => {
+            // A tree: each path goes under the target by its place below the directory named.
+            let base = target.join(path.file_name().unwrap_or_default());
+            let mut tasks = Vec::new();
+            let mut settled = Vec::new();
+            for (p, e) in below {
+                let dest = base.join(p.strip_prefix(&path).expect("below the root"));
+                let taken = dest.symlink_metadata().is_ok();
+                match e {
+                    Entry::Link(to) => {
+                        let same = std::fs::read_link(&dest).is_ok_and(|t| t == to);
+                        let reply = if same {
+                            Ok(())
+                        } else {
+                            restore_link(&to, &dest, taken && opts.force)
+                        };
+                        let reply = match reply {
+                            Err(e) if taken && !opts.force => Reply::Error {
+                                kind: ErrorKind::BadRequest,
+                                message: format!("{}: {e}", exists_msg(&dest)),
+                            },
+                            Err(e) => Reply::Error {
+                                kind: ErrorKind::Io,
+                                message: format!("cannot make link {}: {e}", dest.display()),
+                            },
+                            Ok(()) => done(format!("linked {}", dest.display())),
+                        };
+                        settled.push(FileResult {
+                            path: p,
+                            bytes: 0,
+                            reply,
+                        });
+                    }
+                    Entry::File { size, hashes, .. } => {
+                        if taken && !opts.force {
+                            let reply = if same_content(&dest, size, &hashes) {
+                                done(format!("{} already restored", dest.display()))
+                            } else {
+                                Reply::Error {
+                                    kind: ErrorKind::BadRequest,
+                                    message: exists(&dest, &p),
+                                }
+                            };
+                            settled.push(FileResult {
+                                path: p,
+                                bytes: size,
+                                reply,
+                            });
+                            continue;
+                        }
+                        tasks.push(file_task(peer, p, dest, size, &opts));
+                    }
+                }
+            }
+            let batch = Batch {
+                name,
+                failure: ErrorKind::Io,
+                tasks,
+            };
+            Ok(batch::spawn(peer.clone(), batch, move |mut results| {
+                results.extend(settled);
+                tree_reply(&path, &base, &results)
+            }))
+        }
+    }
+}
+
+/// A success with `message`.
+fn done(message: String) -> Reply {
+    Reply::Done {
+        ok: true,
+        kind: None,
+        message,
+        result: json!({}),
+    }
+}
+
+/// Why a restore to `dest` of `path` was refused: a file is there.
+fn exists(dest: &Path, path: &Path) -> String {
+    if std::fs::canonicalize(dest).is_ok_and(|d| d == path) {
+        format!(
+            "restoring {} would overwrite the original: restore it elsewhere with --to, or \
+             over it with --force",
+            path.display()
+        )
+    } else {
+        exists_msg(dest)
+    }
+}
+
+fn exists_msg(dest: &Path) -> String {
+    format!(
+        "{} exists with other content: restore elsewhere with --to, or replace it with --force",
+        dest.display()
+    )
+}
+
+/// Recreates a symbolic link (replacing what is at `dest` if `replace`).
+fn restore_link(to: &Path, dest: &Path, replace: bool) -> std::io::Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if replace {
+        std::fs::remove_file(dest)?;
+    }
+    std::os::unix::fs::symlink(to, dest)
+}
+
+/// Whether the file at `dest` has exactly `size` bytes with these chunk hashes (unknown
+/// hashes: no).
+fn same_content(dest: &Path, size: u64, hashes: &[Option<ChunkHash>]) -> bool {
+    let Ok(mut f) = std::fs::File::open(dest) else {
+        return false;
+    };
+    if f.metadata().map(|m| m.len()).ok() != Some(size) {
+        return false;
+    }
+    let mut buf = vec![0u8; MAX_CHUNK_SIZE];
+    for (no, hash) in hashes.iter().enumerate() {
+        let Some(hash) = hash else { return false };
+        let len = (size - no as u64 * MAX_CHUNK_SIZE as u64).min(MAX_CHUNK_SIZE as u64) as usize;
+        if f.read_exact(&mut buf[..len]).is_err() || ChunkHash::of(&buf[..len]) != *hash {
+            return false;
+        }
+    }
+    true
+}
+
+/// One file's restore to `dest`.
+fn file_task(peer: &Arc<Peer>, path: PathBuf, dest: PathBuf, size: u64, opts: &Options) -> Task {
+    let peer = peer.clone();
+    let (enhanced, version, overwrite) = (opts.enhanced, opts.version, opts.force);
+    Task {
+        path: path.clone(),
+        bytes: size,
+        start: Box::new(move |op| {
+            let dir = dest.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(dir).map_err(|e| {
+                (
+                    ErrorKind::Io,
+                    format!("cannot create {}: {e}", dir.display()),
+                )
+            })?;
+            let tmp = tmp_for(&peer, &dest, op);
+            let req = RestoreRequest {
+                path,
+                tmp,
+                dest,
+                enhanced,
+                version,
+                overwrite,
+            };
+            peer.core
+                .start_restore(op, req)
+                .map_err(|e| command_refusal(&e))
+        }),
+    }
+}
+
+/// Where restore `op` assembles `dest`: in the peer's temporary directory if that is on the
+/// same file system (it is cleaned at start), else beside `dest` (a rename cannot cross file
+/// systems).
+fn tmp_for(peer: &Peer, dest: &Path, op: u64) -> PathBuf {
+    let tmp_dir = peer.effects.disk.files.tmp_dir();
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    if dev(tmp_dir).is_some() && dev(tmp_dir) == dev(dir) {
+        tmp_dir.join(format!("restore-{op}.part"))
+    } else {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        dir.join(format!(".{name}.dbs-restore-{op}.part"))
+    }
+}
+
+/// The result of a tree's restore into `base`.
+fn tree_reply(root: &Path, base: &Path, results: &[FileResult]) -> Reply {
+    let failed: Vec<(&FileResult, ErrorKind, &str)> = results
+        .iter()
+        .filter_map(|r| r.failure().map(|(k, m)| (r, k, m)))
+        .collect();
+    let done = results.len() - failed.len();
+    let bytes: u64 = results
+        .iter()
+        .filter(|r| r.failure().is_none())
+        .map(|r| r.bytes)
+        .sum();
+    let mut message = format!(
+        "restored {} to {}: {done} file(s), {bytes} bytes",
+        root.display(),
+        base.display()
+    );
+    if !failed.is_empty() {
+        let lines: Vec<String> = failed.iter().map(|(_, _, m)| m.to_string()).collect();
+        message.push_str(&format!(
+            "; {} FAILED: {}",
+            failed.len(),
+            first_lines(&lines)
+        ));
+    }
+    // Some files are not where they should be: the tree's restore did not finish its job.
+    Reply::Done {
+        ok: failed.is_empty(),
+        kind: (!failed.is_empty()).then_some(ErrorKind::Incomplete),
+        message,
+        result: json!({
+            "path": root,
+            "restored_to": base,
+            "files": done,
+            "bytes": bytes,
+            "failed": failed.iter().map(|(r, k, m)| json!({"path": r.path, "kind": k, "message": m}))
+                .collect::<Vec<_>>(),
+        }),
+    }
+}
