@@ -9,11 +9,13 @@
 //! - [`exec`]: the one executor of the core's actions, over a world's disk, network and timers;
 //! - [`runtime`]: threads, worker pool and timer wheel that drive the core for real;
 //! - [`sim`]: a deterministic simulated group (virtual clock, network and disks) of real cores;
-//! - [`client`]: the access point and the line-delimited JSON API between TestApp and peer.
+//! - [`client`]: the access point and the line-delimited JSON API between TestApp and peer;
+//! - [`log_limit`]: log lines of repeated events, rate-limited.
 
 pub mod client;
 pub mod core;
 pub mod exec;
+pub mod log_limit;
 pub mod net;
 pub mod protocol;
 pub mod runtime;

@@ -251,6 +251,15 @@ fn the_course_script_passes_options_to_the_testapp() {
     let out = run(&["--json", &ap, "STATE", "extra"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("STATE takes 0 operand(s), got 1"));
+    // Options with a value keep it: the peer is asked (and has nothing backed up), not a usage
+    // error about two operands.
+    let out = run(&[&ap, "RESTORE", "--to", "/tmp/somewhere", "/no/such/file"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = run(&["--json", &ap, "LIST"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(&[&ap, "VERIFY", "a", "b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VERIFY takes 0 or 1 operand(s), got 2"));
 }
 
 #[test]

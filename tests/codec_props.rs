@@ -69,6 +69,15 @@ fn kind() -> impl Strategy<Value = MessageKind> {
         chunk_key().prop_map(|chunk| MessageKind::Removed { chunk }),
         Just(MessageKind::Up),
         file_id().prop_map(|file| MessageKind::Deleted { file }),
+        (chunk_key(), any::<[u8; 32]>())
+            .prop_map(|(chunk, nonce)| MessageKind::Check { chunk, nonce }),
+        (chunk_key(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(chunk, nonce, proof)| {
+            MessageKind::Checked {
+                chunk,
+                nonce,
+                proof,
+            }
+        }),
     ]
 }
 
@@ -108,6 +117,19 @@ fn header_fields(m: &Message) -> Vec<String> {
         | MessageKind::Getchunk { chunk }
         | MessageKind::Chunk { chunk, .. }
         | MessageKind::Removed { chunk } => f.push(chunk.no.to_string()),
+        MessageKind::Check { chunk, nonce } => {
+            f.push(chunk.no.to_string());
+            f.push(dbs::protocol::ids::hex_lower(nonce));
+        }
+        MessageKind::Checked {
+            chunk,
+            nonce,
+            proof,
+        } => {
+            f.push(chunk.no.to_string());
+            f.push(dbs::protocol::ids::hex_lower(nonce));
+            f.push(dbs::protocol::ids::hex_lower(proof));
+        }
         MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
     }
     f
@@ -140,7 +162,9 @@ fn check_parsed(m: &Message) -> Result<(), TestCaseError> {
         }
         MessageKind::Stored { chunk }
         | MessageKind::Getchunk { chunk }
-        | MessageKind::Removed { chunk } => prop_assert!(chunk.no <= 999_999),
+        | MessageKind::Removed { chunk }
+        | MessageKind::Check { chunk, .. }
+        | MessageKind::Checked { chunk, .. } => prop_assert!(chunk.no <= 999_999),
         MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
     }
     check_canonical(m)
@@ -295,7 +319,7 @@ proptest! {
     #[test]
     fn lenient_forms_parse_to_the_same_message(
         m in message(),
-        gaps in prop::collection::vec(1..5usize, 5),
+        gaps in prop::collection::vec(1..5usize, 6),
         trailing in 0..4usize,
         case in 0..3u8,
         case_seed in any::<u64>(),
@@ -630,6 +654,23 @@ fn rejects_malformed_messages_with_the_matching_error() {
                 expected: 4,
                 got: 3,
             },
+        ),
+        (
+            format!("CHECK 2.0 2 {HEX} 0 \r\n\r\n"),
+            FieldCount {
+                kind: "CHECK",
+                expected: 6,
+                got: 5,
+            },
+        ),
+        (format!("CHECK 2.0 2 {HEX} 0 abc \r\n\r\n"), BadDigest),
+        (
+            format!("CHECKED 2.0 2 {HEX} 0 {HEX} ../.. \r\n\r\n"),
+            BadDigest,
+        ),
+        (
+            format!("CHECKED 2.0 2 {HEX} 0 {HEX} {HEX} \r\n\r\nbody"),
+            UnexpectedBody("CHECKED", 4),
         ),
         // Versions.
         (format!("STORED 1 2 {HEX} 0 \r\n\r\n"), BadVersion),

@@ -91,6 +91,17 @@ fn no_loss_every_operation_succeeds() {
         }) {
             assert_eq!(s.ops_failed, 0, "seed {}: {:?}", s.seed, s.failures);
             assert!(s.ops >= 6, "seed {}: only {} operations", s.seed, s.ops);
+            // Enhanced homes VERIFY each file after restoring it: without loss, every chunk
+            // of an all-2.0 group is proven at its degree.
+            let (checked, proven) = s.verified_chunks;
+            match versions {
+                Versions::V1 => assert_eq!(checked, 0),
+                Versions::V2 => {
+                    assert!(checked > 0, "seed {}: no VERIFY ran", s.seed);
+                    assert_eq!(proven, checked, "seed {}", s.seed);
+                }
+                Versions::Mixed => {}
+            }
         }
     }
 }

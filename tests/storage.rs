@@ -209,7 +209,11 @@ fn sample_metadata() -> Metadata {
         file: fid(9),
         no: 0,
     };
-    m.record_own_hash(&first, dbs::protocol::ChunkHash::of(b"chunk"));
+    m.record_own_hash(
+        &first,
+        dbs::protocol::ChunkHash::of(b"chunk"),
+        String::new(),
+    );
     for peer in [1, 2, 3] {
         m.add_holder(&first, peer);
     }

@@ -61,6 +61,17 @@ pub enum Request {
     },
     /// Report the peer's state.
     State,
+    /// Check that enough holders still have each chunk of the files backed up here (under a
+    /// path, if given), without moving chunk bodies (enhanced peers only); `read_data` also
+    /// reads every chunk back and checks it, writing nothing.
+    Verify {
+        /// Only this file or what is under this directory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+        /// Also read every chunk back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        read_data: bool,
+    },
     /// List the files backed up here (under a path, if given) with their versions and
     /// whether they are safe.
     List {
@@ -86,7 +97,7 @@ impl Request {
             | Request::Restore { enhanced, .. }
             | Request::Delete { enhanced, .. }
             | Request::Reclaim { enhanced, .. } => *enhanced,
-            Request::State | Request::List { .. } => false,
+            Request::State | Request::List { .. } | Request::Verify { .. } => false,
         }
     }
 
@@ -99,6 +110,7 @@ impl Request {
             Request::Reclaim { .. } => "RECLAIM",
             Request::State => "STATE",
             Request::List { .. } => "LIST",
+            Request::Verify { .. } => "VERIFY",
         }
     }
 }

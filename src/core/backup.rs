@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::metadata::{FileAttrs, chunk_count};
+use super::verify::recorded_proofs;
 use super::{
     Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
 };
@@ -197,15 +198,19 @@ impl Core {
             }
             // Earlier versions of the path stay until this one reaches its degree.
             let number = meta.version_number(&req.path, req.file);
+            // The same file again keeps its VERIFY key: its recorded proofs were made with it.
+            let known = meta.backed_up().get(&req.file).map(|f| f.attrs.clone());
             meta.register_file(req.file, req.path.clone(), req.size, req.degree);
-            meta.set_file_attrs(
-                req.file,
-                FileAttrs {
-                    version: number,
-                    link: None,
-                    ..req.attrs
-                },
-            );
+            let mut attrs = FileAttrs {
+                version: number,
+                link: None,
+                ..req.attrs
+            };
+            if let Some(known) = known {
+                attrs.verify_key = known.verify_key;
+                attrs.verifies = known.verifies;
+            }
+            meta.set_file_attrs(req.file, attrs);
             let entry = &meta.backed_up()[&req.file];
             // Resumable: chunks already confirmed by enough peers are not sent again.
             // (A confirmed chunk whose hash was not saved before a crash gets it from the file.)
@@ -254,6 +259,7 @@ impl Core {
                 file,
                 FileAttrs {
                     version: number,
+                    verify_key: None,
                     ..attrs
                 },
             );
@@ -591,13 +597,12 @@ impl Core {
     /// The runtime read a chunk of a home file for PUTCHUNK: the first read records its hash;
     /// a later read with another hash means the file changed under the backup, which then
     /// fails (`Err` holds the actions that end it; the body must not be sent).
-    pub fn putchunk_read(
-        &self,
-        op: OpId,
-        chunk: ChunkKey,
-        hash: ChunkHash,
-    ) -> Result<(), Vec<Action>> {
-        let recorded = self.meta.lock().record_own_hash(&chunk, hash);
+    /// The first read also records VERIFY's proofs (computed outside the metadata lock).
+    pub fn putchunk_read(&self, op: OpId, chunk: ChunkKey, body: &[u8]) -> Result<(), Vec<Action>> {
+        let hash = ChunkHash::of(body);
+        let key = self.meta.lock().key_to_record(&chunk);
+        let proofs = key.map_or_else(String::new, |k| recorded_proofs(&k, chunk, body));
+        let recorded = self.meta.lock().record_own_hash(&chunk, hash, proofs);
         let changed = recorded.is_some_and(|h| h != hash);
         if changed {
             Err(self

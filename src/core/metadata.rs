@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::verify::VerifyKey;
 use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, PeerId};
 
 /// Default capacity for stored chunks: 100 GB (in bytes).
@@ -39,6 +40,10 @@ pub struct ChunkRecord {
     /// SHA-256 of the chunk as first sent; restores accept only bodies with this hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<ChunkHash>,
+    /// The proofs VERIFY expects from its holders, recorded with the hash (hex; see
+    /// [`crate::core::verify::recorded_proofs`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proofs: String,
 }
 
 /// What the catalog keeps of a backed-up file besides its chunks: what a restore puts back
@@ -62,6 +67,12 @@ pub struct FileAttrs {
     /// A symbolic link: its target (recorded, not followed; it has no chunks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<PathBuf>,
+    /// The secret VERIFY derives its nonces from (see [`crate::core::verify`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_key: Option<VerifyKey>,
+    /// VERIFYs run so far (each takes the next nonce).
+    #[serde(default)]
+    pub verifies: u32,
 }
 
 /// A file this peer backed up (it is the file's home).
@@ -497,9 +508,14 @@ impl Metadata {
         Some(f)
     }
 
-    /// Records the hash of chunk `key` of a file backed up here, unless one is recorded;
-    /// returns the recorded one (`None` if the chunk is unknown).
-    pub fn record_own_hash(&mut self, key: &ChunkKey, hash: ChunkHash) -> Option<ChunkHash> {
+    /// Records the hash of chunk `key` of a file backed up here, with VERIFY's `proofs`,
+    /// unless a hash is recorded; returns the recorded hash (`None` if the chunk is unknown).
+    pub fn record_own_hash(
+        &mut self,
+        key: &ChunkKey,
+        hash: ChunkHash,
+        proofs: String,
+    ) -> Option<ChunkHash> {
         let record = self
             .backed_up
             .get_mut(&key.file)
@@ -508,8 +524,17 @@ impl Metadata {
             return Some(h);
         }
         record.hash = Some(hash);
+        record.proofs = proofs;
         self.mark(Item::OwnChunk(*key));
         Some(hash)
+    }
+
+    /// The VERIFY key of the file of `key` if the chunk has no hash recorded yet (its proofs
+    /// are then to be computed with the hash).
+    pub fn key_to_record(&self, key: &ChunkKey) -> Option<VerifyKey> {
+        let f = self.backed_up.get(&key.file)?;
+        f.chunks.get(key.no as usize).filter(|c| c.hash.is_none())?;
+        f.attrs.verify_key.clone()
     }
 
     /// Perceived degree of `key`: confirmations if it is a chunk of our own file, else the
@@ -890,7 +915,7 @@ mod tests {
         m.insert_stored(key(1, 4), stored(7)); // after the file's removal
         m.remove_holder(&key(1, 4), 4);
         m.register_file(FileId([2; 32]), "/a".into(), 64_001, 3);
-        m.record_own_hash(&key(2, 1), ChunkHash::of(b"h"));
+        m.record_own_hash(&key(2, 1), ChunkHash::of(b"h"), "ab".into());
         m.add_holder(&key(2, 1), 5);
         m.register_file(FileId([3; 32]), "/b".into(), 1, 1);
         m.forget_file(&FileId([3; 32]));

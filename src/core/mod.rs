@@ -22,6 +22,7 @@ pub mod reclaim;
 pub mod restore;
 pub mod state;
 pub mod storer;
+pub mod verify;
 
 use bytes::Bytes;
 use std::net::SocketAddrV4;
@@ -288,6 +289,16 @@ pub enum Action {
         /// Mode, mtime, and whether an existing file may be replaced.
         placement: Placement,
     },
+    /// Enhanced: read the stored copy of `chunk` (checking it against `hash`, as before serving
+    /// it) and multicast CHECKED with SHA-256(nonce ‖ body) on MC.
+    SendProof {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// The CHECK's nonce.
+        nonce: [u8; 32],
+        /// Its recorded hash.
+        hash: Option<ChunkHash>,
+    },
     /// Check that the source of a backup whose chunks are all done still has the size and
     /// mtime it had when opened, then call [`Core::source_checked`].
     CheckSource {
@@ -385,6 +396,13 @@ pub enum TimerEvent {
         /// Which chunk.
         chunk: ChunkKey,
     },
+    /// Enhanced: the wait after CHECK send `send` of VERIFY `op` is over.
+    CheckWait {
+        /// The VERIFY.
+        op: OpId,
+        /// Which send.
+        send: u8,
+    },
     /// Send unconfirmed messages (DELETE, REMOVED) again; `remaining` sends are left after
     /// this one, and `then` is reported after the last. A batch (the DELETEs of a tree) shares
     /// one schedule.
@@ -429,6 +447,13 @@ pub enum OpEvent {
         /// Chunks in the file.
         chunks: u64,
     },
+    /// A VERIFY ended.
+    VerifyDone {
+        /// The file's id.
+        file: FileId,
+        /// What it found.
+        report: verify::VerifyReport,
+    },
     /// A restore could not get every chunk.
     RestoreIncomplete {
         /// The file's id.
@@ -463,6 +488,9 @@ pub enum CommandError {
     /// A restore of the same file is running.
     #[error("a restore of {0} is already running")]
     RestoreRunning(PathBuf),
+    /// A VERIFY of the same file is running.
+    #[error("a verify of {0} is already running")]
+    VerifyRunning(PathBuf),
     /// The path was backed up, but not in that version.
     #[error("{0} has no version {1} backed up by this peer")]
     NoSuchVersion(PathBuf, u32),
@@ -527,6 +555,8 @@ pub struct Core {
     /// Enhanced: copies trimmed here, kept on disk for a grace time in case a lower holder
     /// they were trimmed for evicts its own meanwhile.
     trash: Map<ChunkKey, storer::Trimmed>,
+    /// Enhanced: each VERIFY in progress.
+    verifying: Map<OpId, verify::VerifyOp>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -579,6 +609,7 @@ impl Core {
             getting: Map::seeded(cfg.seed),
             watches: Map::seeded(cfg.seed),
             trash: Map::seeded(cfg.seed),
+            verifying: Map::seeded(cfg.seed),
             cfg,
         }
     }
@@ -615,7 +646,7 @@ impl Core {
     }
 
     /// [`Core::instances`] by kind.
-    pub fn instances_by_kind(&self) -> [(&'static str, usize); 9] {
+    pub fn instances_by_kind(&self) -> [(&'static str, usize); 10] {
         [
             ("backups", self.backups.len()),
             ("awaiting_stored", self.pending.len()),
@@ -626,6 +657,7 @@ impl Core {
             ("watches", self.watches.len()),
             ("deferred", self.deferred.len()),
             ("trimmed", self.trash.len()),
+            ("verifies", self.verifying.len()),
         ]
     }
 
@@ -760,7 +792,16 @@ impl Core {
             MessageKind::Removed { chunk } => self.on_removed(msg.sender, chunk, enhanced),
             MessageKind::Up if enhanced => self.on_up(msg.sender),
             MessageKind::Deleted { file } if enhanced => self.on_deleted(msg.sender, file),
-            MessageKind::Up | MessageKind::Deleted { .. } => Vec::new(),
+            MessageKind::Check { chunk, nonce } if enhanced => self.on_check(chunk, nonce),
+            MessageKind::Checked {
+                chunk,
+                nonce,
+                proof,
+            } if enhanced => self.on_checked(msg.sender, chunk, nonce, proof),
+            MessageKind::Up
+            | MessageKind::Deleted { .. }
+            | MessageKind::Check { .. }
+            | MessageKind::Checked { .. } => Vec::new(),
         }
     }
 
@@ -780,6 +821,7 @@ impl Core {
             TimerEvent::RetryDeletes => self.retry_deletes(),
             TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
             TimerEvent::TrashExpired { chunk } => self.trash_expired(chunk),
+            TimerEvent::CheckWait { op, send } => self.check_wait_over(op, send),
             TimerEvent::SendAgain {
                 messages,
                 remaining,

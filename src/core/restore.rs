@@ -37,6 +37,9 @@ pub struct RestoreRequest {
     pub version: Option<u32>,
     /// Replace a file already at `dest` (else the restore fails rather than overwrite it).
     pub overwrite: bool,
+    /// Only read every chunk back and check it (VERIFY --read-data): nothing is written,
+    /// `tmp` and `dest` are unused.
+    pub read_only: bool,
 }
 
 /// How a restored file is put in place: the mode and mtime it had when backed up (0: unknown,
@@ -63,6 +66,7 @@ pub struct RestoreOp {
     tmp: PathBuf,
     dest: PathBuf,
     placement: Placement,
+    read_only: bool,
     enhanced: bool,
     /// Next chunk to ask for.
     next: u64,
@@ -140,6 +144,7 @@ impl Core {
                 tmp: req.tmp.clone(),
                 dest: req.dest,
                 placement,
+                read_only: req.read_only,
                 enhanced: req.enhanced,
                 next: 0,
                 resolved: 0,
@@ -153,11 +158,14 @@ impl Core {
             },
         );
         drop(meta);
-        let mut actions = vec![Action::CreateRestoreFile {
-            op,
-            path: req.tmp,
-            size,
-        }];
+        let mut actions = Vec::new();
+        if !req.read_only {
+            actions.push(Action::CreateRestoreFile {
+                op,
+                path: req.tmp,
+                size,
+            });
+        }
         actions.extend(self.fill_restore_window(op));
         Ok(actions)
     }
@@ -205,7 +213,9 @@ impl Core {
         if r.resolved == r.chunks && !r.missing.is_empty() {
             drop(r);
             if let Some((_, r)) = self.restores.remove(&op) {
-                actions.push(Action::AbortRestore { tmp: r.tmp });
+                if !r.read_only {
+                    actions.push(Action::AbortRestore { tmp: r.tmp });
+                }
                 actions.push(Action::Report {
                     op,
                     event: OpEvent::RestoreIncomplete {
@@ -237,21 +247,29 @@ impl Core {
             return self.bad_body(chunk);
         }
         let (tmp, offset) = (r.tmp.clone(), u64::from(chunk.no) * MAX_CHUNK_SIZE as u64);
+        let read_only = r.read_only;
         drop(r);
         let Some((_, p)) = self.getting.remove(&chunk) else {
             return Vec::new(); // a duplicate CHUNK: the first one won
         };
-        let mut actions = vec![Action::WriteRestored {
-            op,
-            path: tmp,
-            offset,
-            body,
-        }];
+        let mut actions = Vec::new();
+        if !read_only {
+            actions.push(Action::WriteRestored {
+                op,
+                path: tmp,
+                offset,
+                body,
+            });
+        }
         if let Some(mut r) = self.restores.get_mut(&op) {
             r.resolved += 1;
             r.flow.finish(p.sends == 1);
         }
         actions.extend(self.fill_restore_window(op));
+        if read_only {
+            // Nothing to write: the chunk counts as written now.
+            actions.extend(self.restored_chunk_written(op, true));
+        }
         actions
     }
 
@@ -334,7 +352,19 @@ impl Core {
         };
         r.written += 1;
         let mut actions: Vec<Action> = progress(op, r.written, r.chunks).into_iter().collect();
-        if r.written == r.chunks {
+        if r.written == r.chunks && r.read_only {
+            drop(r);
+            if let Some((_, r)) = self.restores.remove(&op) {
+                actions.push(Action::Report {
+                    op,
+                    event: OpEvent::RestoreDone {
+                        file: r.file,
+                        dest: PathBuf::new(),
+                        chunks: r.chunks,
+                    },
+                });
+            }
+        } else if r.written == r.chunks {
             actions.push(Action::CommitRestore {
                 op,
                 tmp: r.tmp.clone(),
@@ -370,12 +400,14 @@ impl Core {
             return Vec::new();
         };
         self.getting.retain(|_, p| p.op != op);
-        vec![
-            Action::AbortRestore { tmp: r.tmp },
-            Action::Report {
-                op,
-                event: OpEvent::Failed(format!("restore failed: {reason}")),
-            },
-        ]
+        let mut actions = Vec::new();
+        if !r.read_only {
+            actions.push(Action::AbortRestore { tmp: r.tmp });
+        }
+        actions.push(Action::Report {
+            op,
+            event: OpEvent::Failed(format!("restore failed: {reason}")),
+        });
+        actions
     }
 }

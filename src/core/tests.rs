@@ -540,8 +540,7 @@ fn rebackup_of_an_unchanged_file_skips_chunks_at_their_degree() {
     let c = core(1);
     c.start_backup(1, request(64_000, 1)).unwrap();
     for no in 0..2 {
-        c.putchunk_read(1, key(no), ChunkHash::of(&[no as u8]))
-            .unwrap();
+        c.putchunk_read(1, key(no), &[no as u8]).unwrap();
     }
     c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
     let finished = c.on_message(msg(2, MessageKind::Stored { chunk: key(1) }));
@@ -566,7 +565,7 @@ fn a_resumed_backup_recovers_a_lost_hash_without_resending() {
             .iter()
             .any(|a| matches!(a, Action::RecordHash { chunk, .. } if *chunk == key(0)))
     );
-    c.putchunk_read(2, key(0), ChunkHash::of(b"zero")).unwrap();
+    c.putchunk_read(2, key(0), b"zero").unwrap();
     assert_eq!(
         c.with_metadata(|m| m.own_chunk(&key(0)).unwrap().hash),
         Some(ChunkHash::of(b"zero"))
@@ -590,8 +589,7 @@ fn home_with_file(size: u64, body: impl Fn(u32) -> Vec<u8>) -> Core {
     c.start_backup(1, request(size, 1)).unwrap();
     let chunks = size / 64_000 + 1;
     for no in 0..chunks as u32 {
-        c.putchunk_read(1, key(no), ChunkHash::of(&body(no)))
-            .unwrap();
+        c.putchunk_read(1, key(no), &body(no)).unwrap();
         c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
     }
     assert_eq!(c.instances(), 0);
@@ -606,6 +604,7 @@ fn restore_request() -> RestoreRequest {
         enhanced: false,
         version: None,
         overwrite: false,
+        read_only: false,
     }
 }
 
@@ -719,8 +718,7 @@ fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queu
     let size = u64::from(chunks - 1) * 64_000 + 1;
     c.start_backup(1, request(size, 1)).unwrap();
     for no in 0..chunks {
-        c.putchunk_read(1, key(no), ChunkHash::of(&body(no)))
-            .unwrap();
+        c.putchunk_read(1, key(no), &body(no)).unwrap();
         c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
     }
     let window = || c.restores.get(&7).unwrap().flow.window() as u32;
@@ -1037,7 +1035,7 @@ fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders
 fn enhanced_restore_asks_for_tcp_first_then_falls_back_to_plain_getchunk() {
     let c = core2(1);
     c.start_backup(1, request(5, 1)).unwrap();
-    c.putchunk_read(1, key(0), ChunkHash::of(b"hello")).unwrap();
+    c.putchunk_read(1, key(0), b"hello").unwrap();
     c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
     let mut req = restore_request();
     req.enhanced = true;
@@ -1460,6 +1458,7 @@ fn two_requests_for_one_file_at_once_start_one_operation() {
                 enhanced: false,
                 version: None,
                 overwrite: true,
+                read_only: false,
             };
             c.start_restore(op, req).is_ok()
         });
@@ -1468,4 +1467,164 @@ fn two_requests_for_one_file_at_once_start_one_operation() {
             "round {round}: {started} restores of one file started"
         );
     }
+}
+
+/// Enhanced home 1 of the one-chunk file `/src/file` ("hello") with a VERIFY key, its chunk
+/// stored by enhanced peers 2 and 3 and by 1.0 peer 4, as `holders` says.
+fn verifiable_home(holders: &[PeerId]) -> Core {
+    let c = core2(1);
+    let mut req = request(5, 2);
+    req.enhanced = true;
+    req.attrs.verify_key = Some(verify::VerifyKey([7; 32]));
+    c.start_backup(1, req).unwrap();
+    c.putchunk_read(1, key(0), b"hello").unwrap();
+    for &h in holders {
+        let stored = MessageKind::Stored { chunk: key(0) };
+        c.on_message(if h == 4 {
+            msg(h, stored)
+        } else {
+            msg2(h, stored)
+        });
+    }
+    assert_eq!(c.with_metadata(|m| m.backed_up().len()), 1);
+    c
+}
+
+/// The nonce VERIFY number `i` of `verifiable_home` uses.
+fn home_nonce(i: usize) -> [u8; 32] {
+    verify::nonce(&verify::VerifyKey([7; 32]), key(0), i)
+}
+
+fn checked(from: PeerId, nonce: &[u8; 32], body: &[u8]) -> Message {
+    msg2(
+        from,
+        MessageKind::Checked {
+            chunk: key(0),
+            nonce: *nonce,
+            proof: verify::proof(nonce, body),
+        },
+    )
+}
+
+fn verify_report(actions: &[Action]) -> Option<verify::VerifyReport> {
+    actions.iter().find_map(|a| match a {
+        Action::Report {
+            event: OpEvent::VerifyDone { report, .. },
+            ..
+        } => Some(report.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn verify_proves_each_holder_with_a_fresh_nonce_and_names_a_wrong_copy() {
+    let c = verifiable_home(&[2, 3]);
+    let started = c.start_verify(9, "/src/file".as_ref(), None).unwrap();
+    let nonce = home_nonce(0);
+    assert!(
+        sends(&started).iter().any(|m| m.version == V2
+            && m.kind
+                == MessageKind::Check {
+                    chunk: key(0),
+                    nonce
+                }),
+        "{started:?}"
+    );
+    assert!(
+        c.on_message(checked(2, &nonce, b"hello")).is_empty(),
+        "3 has not answered"
+    );
+    let report = verify_report(&c.on_message(checked(3, &nonce, b"hellp"))).unwrap();
+    assert!(!report.ok());
+    assert_eq!(report.verified, 0);
+    assert_eq!(report.below[0].proven, vec![2]);
+    assert_eq!(report.below[0].wrong, vec![3]);
+    assert!(report.fresh);
+    assert_eq!(c.instances(), 0);
+
+    // The next VERIFY takes the next nonce: an answer to the first one no longer counts.
+    c.start_verify(10, "/src/file".as_ref(), None).unwrap();
+    let next = home_nonce(1);
+    assert!(c.on_message(checked(2, &nonce, b"hello")).is_empty());
+    c.on_message(checked(2, &next, b"hello"));
+    let report = verify_report(&c.on_message(checked(3, &next, b"hello"))).unwrap();
+    assert!(report.ok());
+    assert_eq!(report.verified, 1);
+}
+
+#[test]
+fn verify_reports_a_silent_holder_after_its_checks_and_a_1_0_holder_as_unconfirmed() {
+    let c = verifiable_home(&[2, 4]);
+    let mut actions = c.start_verify(9, "/src/file".as_ref(), None).unwrap();
+    let mut checks = 0;
+    let report = loop {
+        checks += sends(&actions)
+            .iter()
+            .filter(|m| matches!(m.kind, MessageKind::Check { .. }))
+            .count();
+        if let Some(r) = verify_report(&actions) {
+            break r;
+        }
+        let (_, event) = timers(&actions).pop().expect("a wait");
+        actions = c.on_timer(event);
+    };
+    assert_eq!(checks, 16);
+    // Holder 2 never answered; 1.0 holder 4 cannot: short of the degree either way.
+    assert_eq!(report.below[0].silent, vec![2]);
+    assert_eq!(report.below[0].unverified, vec![4]);
+
+    // With 2 answering, the chunk is unconfirmed (the 1.0 copy may be fine): not a failure.
+    c.start_verify(10, "/src/file".as_ref(), None).unwrap();
+    let report = verify_report(&c.on_message(checked(2, &home_nonce(1), b"hello"))).unwrap();
+    assert!(report.ok());
+    assert_eq!((report.verified, report.unconfirmed.len()), (0, 1));
+    assert_eq!(report.unconfirmed[0].unverified, vec![4]);
+}
+
+#[test]
+fn verify_nonces_are_fresh_for_as_many_verifies_as_proofs_were_recorded() {
+    let c = verifiable_home(&[2]);
+    for i in 0..=verify::CHALLENGES {
+        c.start_verify(20 + i as u64, "/src/file".as_ref(), None)
+            .unwrap();
+        let report =
+            verify_report(&c.on_message(checked(2, &home_nonce(i % verify::CHALLENGES), b"hello")));
+        let report = report.unwrap();
+        assert_eq!(report.fresh, i < verify::CHALLENGES, "verify {i}");
+    }
+    // A second VERIFY of the file while one runs is refused.
+    c.start_verify(40, "/src/file".as_ref(), None).unwrap();
+    assert!(c.start_verify(41, "/src/file".as_ref(), None).is_err());
+}
+
+#[test]
+fn a_holder_answers_check_for_a_chunk_it_stores_and_a_1_0_peer_ignores_it() {
+    let check = || {
+        msg2(
+            1,
+            MessageKind::Check {
+                chunk: key(0),
+                nonce: [3; 32],
+            },
+        )
+    };
+    let holder = core2(2);
+    holder.on_message(msg(1, putchunk(0, b"x")));
+    holder.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    assert_eq!(
+        holder.on_message(check()),
+        vec![Action::SendProof {
+            chunk: key(0),
+            nonce: [3; 32],
+            hash: Some(ChunkHash::of(b"x"))
+        }]
+    );
+    assert!(core2(3).on_message(check()).is_empty(), "holds nothing");
+    let plain = core(2);
+    plain.on_message(msg(1, putchunk(0, b"x")));
+    plain.chunk_written(key(0), 2, 1, Some(ChunkHash::of(b"x")));
+    assert!(
+        plain.on_message(check()).is_empty(),
+        "1.0 peers do not know CHECK"
+    );
 }

@@ -17,8 +17,11 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use std::time::Duration;
+
 use crate::core::enhanced::header_only_chunk;
 use crate::core::{Action, Channel, ChunkSource, Config, Core, Metadata, OpId, TimerEvent};
+use crate::log_limit::LogLimit;
 use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, Message, MessageKind, Version};
 use crate::storage::reconcile::{Reconciled, reconcile};
 use crate::storage::{ChunkStore, Disk, StorageError};
@@ -183,8 +186,9 @@ impl<E: Effects> Executor<E> {
 
     /// Logs and counts a disk error; the peer keeps running.
     pub fn disk_error(&self, what: std::fmt::Arguments<'_>) {
+        static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
         let text = what.to_string();
-        tracing::error!("{text}");
+        crate::log_limited!(LIMIT, error, "{text}");
         self.stats.disk_errors.fetch_add(1, Ordering::Relaxed);
         *self.stats.last_disk_error.lock() = Some(text);
     }
@@ -260,12 +264,27 @@ impl<E: Effects> Executor<E> {
                         continue;
                     };
                     let recorded = match disk.read_source(&path, offset, len) {
-                        Ok(body) => self.core.putchunk_read(op, chunk, ChunkHash::of(&body)),
+                        Ok(body) => self.core.putchunk_read(op, chunk, &body),
                         Err(e) => Err(self.core.backup_source_failed(op, e.to_string())),
                     };
                     if let Err(actions) = recorded {
                         self.run(actions);
                     }
+                }
+                Action::SendProof { chunk, nonce, hash } => {
+                    let s = self.this();
+                    let build = move || {
+                        let body = s.stored_body(chunk, hash)?;
+                        let proof = crate::core::verify::proof(&nonce, &body);
+                        let checked = MessageKind::Checked {
+                            chunk,
+                            nonce,
+                            proof,
+                        };
+                        Some(s.message(Version::V2_0, checked).encode())
+                    };
+                    self.effects
+                        .send(Channel::Mc, Outgoing::Build(Box::new(build)));
                 }
                 Action::SendChunk { chunk, hash, tcp } => {
                     let s = self.this();
@@ -404,27 +423,40 @@ impl<E: Effects> Executor<E> {
     /// it (a corrupt or unreadable copy is dropped and announced instead). Enhanced: the whole
     /// CHUNK goes over TCP to the initiator and only its header on MDR (the body goes on MDR
     /// if TCP fails).
+    /// The body of a chunk stored here, if it reads back with its recorded `hash`; a copy
+    /// that does not is dropped (and REMOVED announced), so that others restore its degree.
+    fn stored_body(&self, chunk: ChunkKey, hash: Option<ChunkHash>) -> Option<Bytes> {
+        static LOST: LogLimit = LogLimit::new(Duration::from_secs(1));
+        match self.effects.disk().read_chunk(&chunk) {
+            Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => Some(Bytes::from(body)),
+            Ok(_) => {
+                crate::log_limited!(
+                    LOST,
+                    error,
+                    "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
+                );
+                self.run(self.core.stored_chunk_lost(chunk));
+                None
+            }
+            Err(e) => {
+                crate::log_limited!(
+                    LOST,
+                    error,
+                    "{e}: dropping chunk {chunk} and announcing REMOVED"
+                );
+                self.run(self.core.stored_chunk_lost(chunk));
+                None
+            }
+        }
+    }
+
     fn chunk_datagram(
         &self,
         chunk: ChunkKey,
         hash: Option<ChunkHash>,
         tcp: Option<SocketAddrV4>,
     ) -> Option<Vec<u8>> {
-        let body = match self.effects.disk().read_chunk(&chunk) {
-            Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => Bytes::from(body),
-            Ok(_) => {
-                tracing::error!(
-                    "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
-                );
-                self.run(self.core.stored_chunk_lost(chunk));
-                return None;
-            }
-            Err(e) => {
-                tracing::error!("{e}: dropping chunk {chunk} and announcing REMOVED");
-                self.run(self.core.stored_chunk_lost(chunk));
-                return None;
-            }
-        };
+        let body = self.stored_body(chunk, hash)?;
         let body = match tcp {
             None => body,
             Some(addr) => {
@@ -435,7 +467,10 @@ impl<E: Effects> Executor<E> {
                         return Some(header_only_chunk(id, chunk).encode());
                     }
                     Err(e) => {
-                        tracing::warn!(
+                        static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
+                        crate::log_limited!(
+                            LIMIT,
+                            warn,
                             "sending chunk {chunk} over TCP to {addr}: {e}; sending it on MDR"
                         );
                         let MessageKind::Chunk { body, .. } = whole.kind else {
@@ -466,7 +501,7 @@ impl<E: Effects> Executor<E> {
         let body = match source {
             ChunkSource::File { path, offset, len } => match disk.read_source(&path, offset, len) {
                 Ok(body) => {
-                    if let Err(actions) = self.core.putchunk_read(op, chunk, ChunkHash::of(&body)) {
+                    if let Err(actions) = self.core.putchunk_read(op, chunk, &body) {
                         self.run(actions);
                         return None;
                     }

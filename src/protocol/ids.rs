@@ -26,16 +26,7 @@ pub struct BadFileId;
 impl FileId {
     /// Parses 64 hex digits of either case.
     pub fn from_hex(s: &[u8]) -> Result<Self, BadFileId> {
-        if s.len() != 64 {
-            return Err(BadFileId);
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in s.chunks_exact(2).enumerate() {
-            let hi = hex_value(pair[0]).ok_or(BadFileId)?;
-            let lo = hex_value(pair[1]).ok_or(BadFileId)?;
-            out[i] = (hi << 4) | lo;
-        }
-        Ok(FileId(out))
+        parse_hex(s).map(FileId).ok_or(BadFileId)
     }
 
     /// The 64 lower-case hex digits.
@@ -53,6 +44,18 @@ pub fn hex_lower(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+/// Parses exactly `2 * N` hex digits of either case.
+pub fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+    }
+    Some(out)
 }
 
 fn hex_value(c: u8) -> Option<u8> {

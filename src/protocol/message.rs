@@ -2,13 +2,13 @@
 //!
 //! We send exactly `TYPE <ver> <id> <fileid> [<chunkNo> [<deg>]] \r\n\r\n` with a lower-case
 //! file id and accept more: several spaces between fields, no trailing space, upper-case hex and
-//! extra header lines (kept, for enhanced versions). The enhanced (2.0) types UP and DELETED
-//! are parsed too; a 1.0 peer ignores them.
+//! extra header lines (kept, for enhanced versions). The enhanced (2.0) types UP, DELETED,
+//! CHECK and CHECKED are parsed too; a 1.0 peer ignores them.
 
 use bytes::Bytes;
 
 use super::MAX_CHUNK_SIZE;
-use super::ids::{ChunkKey, ChunkNo, FileId, PeerId, Version};
+use super::ids::{ChunkKey, ChunkNo, FileId, PeerId, Version, hex_lower, parse_hex};
 
 /// One protocol message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +70,23 @@ pub enum MessageKind {
         /// Which file.
         file: FileId,
     },
+    /// Enhanced (2.0): the home asks the holders of a chunk to prove they have it (MC).
+    Check {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// A value the holder hashes with the chunk (32 bytes, 64 hex digits on the wire).
+        nonce: [u8; 32],
+    },
+    /// Enhanced (2.0): a holder's answer to CHECK (MC): the nonce it answers, and the proof
+    /// (see `core::verify::proof`).
+    Checked {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// The CHECK's nonce (an answer to an earlier CHECK is told apart).
+        nonce: [u8; 32],
+        /// SHA-256 of the nonce and the chunk (64 hex digits on the wire).
+        proof: [u8; 32],
+    },
 }
 
 /// Why a datagram is not a message we understand.
@@ -99,6 +116,9 @@ pub enum ParseError {
     /// Chunk number is not 1 to 6 decimal digits.
     #[error("chunk number is not 1 to 6 decimal digits")]
     BadChunkNo,
+    /// A nonce or proof is not 64 hex digits.
+    #[error("nonce or proof is not 64 hex digits")]
+    BadDigest,
     /// Replication degree is not one digit 1..=9.
     #[error("replication degree is not one digit 1-9")]
     BadDegree,
@@ -132,6 +152,8 @@ impl MessageKind {
             MessageKind::Removed { .. } => "REMOVED",
             MessageKind::Up => "UP",
             MessageKind::Deleted { .. } => "DELETED",
+            MessageKind::Check { .. } => "CHECK",
+            MessageKind::Checked { .. } => "CHECKED",
         }
     }
 
@@ -143,7 +165,9 @@ impl MessageKind {
             | MessageKind::Stored { chunk }
             | MessageKind::Getchunk { chunk }
             | MessageKind::Chunk { chunk, .. }
-            | MessageKind::Removed { chunk } => Some(chunk.file),
+            | MessageKind::Removed { chunk }
+            | MessageKind::Check { chunk, .. }
+            | MessageKind::Checked { chunk, .. } => Some(chunk.file),
             MessageKind::Up => None,
         }
     }
@@ -189,6 +213,22 @@ impl Message {
             | MessageKind::Chunk { chunk, .. }
             | MessageKind::Removed { chunk } => {
                 let _ = write!(out, " {}", chunk.no);
+            }
+            MessageKind::Check { chunk, nonce } => {
+                let _ = write!(out, " {} {}", chunk.no, hex_lower(nonce));
+            }
+            MessageKind::Checked {
+                chunk,
+                nonce,
+                proof,
+            } => {
+                let _ = write!(
+                    out,
+                    " {} {} {}",
+                    chunk.no,
+                    hex_lower(nonce),
+                    hex_lower(proof)
+                );
             }
             MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
         }
@@ -254,6 +294,8 @@ impl Message {
             b"REMOVED" => ("REMOVED", 5, false),
             b"UP" => ("UP", 3, false),
             b"DELETED" => ("DELETED", 4, false),
+            b"CHECK" => ("CHECK", 6, false),
+            b"CHECKED" => ("CHECKED", 7, false),
             other => {
                 return Err(ParseError::UnknownType(
                     String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
@@ -309,6 +351,15 @@ impl Message {
             },
             "DELETE" => MessageKind::Delete { file },
             "DELETED" => MessageKind::Deleted { file },
+            "CHECK" => MessageKind::Check {
+                chunk: chunk()?,
+                nonce: parse_hex(fields[5]).ok_or(ParseError::BadDigest)?,
+            },
+            "CHECKED" => MessageKind::Checked {
+                chunk: chunk()?,
+                nonce: parse_hex(fields[5]).ok_or(ParseError::BadDigest)?,
+                proof: parse_hex(fields[6]).ok_or(ParseError::BadDigest)?,
+            },
             _ => MessageKind::Removed { chunk: chunk()? },
         };
         Ok(Message {

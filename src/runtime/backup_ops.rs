@@ -14,6 +14,7 @@ use super::batch::{self, Batch, FileResult, Refusal, Task};
 use super::client_ops::{command_refusal, op_name};
 use super::effects::Peer;
 use crate::client::{ErrorKind, Reply};
+use crate::core::verify::VerifyKey;
 use crate::core::{BackupRequest, CommandError, FileAttrs};
 use crate::protocol::FileId;
 use crate::protocol::file_id::file_id;
@@ -77,14 +78,19 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The catalog's attributes of a file as `meta` describes it, backed up now.
+/// The catalog's attributes of a file as `meta` describes it, backed up now, with a fresh
+/// VERIFY key from the system's random source.
 fn attrs_of(meta: &std::fs::Metadata) -> FileAttrs {
+    let mut key = VerifyKey([0; 32]);
+    let verify_key = getrandom::fill(&mut key.0).ok().map(|()| key);
     FileAttrs {
         mode: meta.mode() & 0o7777,
         mtime_ns: mtime_of(meta),
         backed_up_at: now_secs(),
         version: 0,
         link: None,
+        verify_key,
+        verifies: 0,
     }
 }
 
@@ -113,6 +119,7 @@ fn file_task(peer: &Arc<Peer>, path: PathBuf, meta: &std::fs::Metadata, opts: Op
     Task {
         path,
         bytes: meta.len(),
+        label: "backup",
         start: Box::new(move |op| {
             peer.core
                 .start_backup(op, req)

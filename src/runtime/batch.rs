@@ -35,6 +35,8 @@ pub(super) struct Task {
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
+    /// What is done to it, when a batch does several things to one file.
+    pub label: &'static str,
     /// How to start it.
     pub start: Start,
 }
@@ -46,6 +48,8 @@ pub(super) struct FileResult {
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
+    /// Its task's label.
+    pub label: &'static str,
     /// Its final reply.
     pub reply: Reply,
 }
@@ -99,9 +103,11 @@ pub(super) fn spawn(
     rx
 }
 
-/// A file in flight: its share of the progress.
+/// A file in flight: what it is and its share of the progress.
 struct Flight {
+    path: PathBuf,
     bytes: u64,
+    label: &'static str,
     done: u64,
     total: u64,
 }
@@ -114,10 +120,15 @@ struct Ended {
 }
 
 impl Ended {
-    fn record(&mut self, i: usize, path: PathBuf, bytes: u64, reply: Reply) {
+    fn record(&mut self, i: usize, flight: Flight, reply: Reply) {
         self.files += 1;
-        self.bytes += bytes;
-        self.results[i] = Some(FileResult { path, bytes, reply });
+        self.bytes += flight.bytes;
+        self.results[i] = Some(FileResult {
+            path: flight.path,
+            bytes: flight.bytes,
+            label: flight.label,
+            reply,
+        });
     }
 }
 
@@ -141,11 +152,11 @@ fn run(
         bytes: 0,
     };
     let mut waiting = batch.tasks.into_iter().enumerate().peekable();
-    let mut flying: HashMap<usize, (PathBuf, Flight)> = HashMap::new();
+    let mut flying: HashMap<usize, Flight> = HashMap::new();
     let mut last_progress: Option<Instant> = None;
     loop {
         // Start files while there is room.
-        let mut in_flight: u64 = flying.values().map(|(_, f)| f.bytes).sum();
+        let mut in_flight: u64 = flying.values().map(|f| f.bytes).sum();
         while let Some((_, task)) = waiting.peek() {
             if flying.len() >= FILES_IN_FLIGHT
                 || (!flying.is_empty() && in_flight + task.bytes > BYTES_IN_FLIGHT)
@@ -159,20 +170,22 @@ fn run(
                 batch.failure,
                 Sink::Child(tx.clone(), i),
             );
+            let flight = Flight {
+                path: task.path,
+                bytes: task.bytes,
+                label: task.label,
+                done: 0,
+                total: 1,
+            };
             match (task.start)(op) {
                 Ok(actions) => {
                     peer.run(actions);
-                    in_flight += task.bytes;
-                    let flight = Flight {
-                        bytes: task.bytes,
-                        done: 0,
-                        total: 1,
-                    };
-                    flying.insert(i, (task.path, flight));
+                    in_flight += flight.bytes;
+                    flying.insert(i, flight);
                 }
                 Err((kind, message)) => {
                     peer.effects.replies.forget(op);
-                    ended.record(i, task.path, task.bytes, Reply::Error { kind, message });
+                    ended.record(i, flight, Reply::Error { kind, message });
                 }
             }
         }
@@ -190,13 +203,13 @@ fn run(
                     });
                     continue;
                 }
-                if let Some((_, f)) = flying.get_mut(&i) {
+                if let Some(f) = flying.get_mut(&i) {
                     (f.done, f.total) = (done, total.max(1));
                 }
             }
             reply => {
-                if let Some((path, f)) = flying.remove(&i) {
-                    ended.record(i, path, f.bytes, reply);
+                if let Some(f) = flying.remove(&i) {
+                    ended.record(i, f, reply);
                 }
             }
         }
@@ -204,7 +217,7 @@ fn run(
             last_progress = Some(Instant::now());
             let partial: u64 = flying
                 .values()
-                .map(|(_, f)| f.bytes.saturating_mul(f.done) / f.total)
+                .map(|f| f.bytes.saturating_mul(f.done) / f.total)
                 .sum();
             let _ = client.send(Reply::Progress {
                 done: ended.bytes + partial,

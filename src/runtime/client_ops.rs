@@ -12,7 +12,7 @@ use serde_json::json;
 use super::batch::Refusal;
 use super::effects::Peer;
 use super::replies::log_end;
-use super::{backup_ops, restore_ops};
+use super::{backup_ops, restore_ops, verify_ops};
 use crate::client::server::Handler;
 use crate::client::{ErrorKind, Reply, Request};
 use crate::core::{Action, CommandError, OpId};
@@ -139,7 +139,9 @@ pub(super) fn op_name(name: &str, enhanced: bool) -> String {
 pub(super) fn command_refusal(e: &CommandError) -> Refusal {
     let kind = match e {
         CommandError::BadDegree(_) | CommandError::TooLarge(_) => ErrorKind::BadRequest,
-        CommandError::BackupRunning(_) | CommandError::RestoreRunning(_) => ErrorKind::Busy,
+        CommandError::BackupRunning(_)
+        | CommandError::RestoreRunning(_)
+        | CommandError::VerifyRunning(_) => ErrorKind::Busy,
         CommandError::NotBackedUp(_) | CommandError::NoSuchVersion(..) => ErrorKind::NotBackedUp,
     };
     (kind, e.to_string())
@@ -154,6 +156,13 @@ impl Handler for ClientHandler {
             // Graders and scripts poll STATE: not worth a line each.
             Request::State => tracing::debug!("STATE requested"),
             Request::List { .. } => tracing::debug!("LIST requested"),
+            Request::Verify { path, read_data } => tracing::info!(
+                "VERIFY{} {}: started",
+                if *read_data { " --read-data" } else { "" },
+                path.as_deref()
+                    .unwrap_or(Path::new("(everything)"))
+                    .display()
+            ),
             Request::Backup { path, degree, .. } => {
                 tracing::info!("{name} {} at degree {degree}: started", path.display());
             }
@@ -195,6 +204,9 @@ impl Handler for ClientHandler {
                     result: s.state_json(),
                 })),
                 Request::List { path } => Ok(reply_now(s.list(path.as_deref()))),
+                Request::Verify { path, read_data } => {
+                    verify_ops::verify(&s.0, path.as_deref(), *read_data)
+                }
                 Request::Restore {
                     path,
                     enhanced,

@@ -15,5 +15,6 @@ pub mod sender;
 pub mod supervise;
 pub mod tcp;
 pub mod timer;
+mod verify_ops;
 
 pub use node::{Node, NodeConfig, NodeError};

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::effects::Peer;
 use crate::core::Channel;
+use crate::log_limit::LogLimit;
 use crate::net::recv_head;
 use crate::protocol::peek_sender;
 
@@ -56,7 +57,8 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
             Err(e) => {
-                tracing::warn!("receive on {}: {e}", channel.name());
+                static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
+                crate::log_limited!(LIMIT, warn, "receive on {}: {e}", channel.name());
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

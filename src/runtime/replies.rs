@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::client::{ErrorKind, Reply};
 use crate::core::{INTERNAL_OPS, OpEvent, OpId};
+use crate::log_limit::LogLimit;
 
 /// Who reads an operation's replies.
 pub(super) enum Sink {
@@ -144,6 +145,41 @@ impl Replies {
                 message: format!("restored {path} to {}", dest.display()),
                 result: json!({"path": path, "file_id": file, "chunks": chunks, "restored_to": dest}),
             },
+            OpEvent::VerifyDone { file, report } => {
+                let chunks = |v: &[crate::core::verify::ChunkFinding]| {
+                    list_chunks(&v.iter().map(|c| c.no).collect::<Vec<_>>())
+                };
+                let mut message = format!(
+                    "verified {path}: {} of {} chunks proven by at least {} holders",
+                    report.verified, report.chunks, report.desired
+                );
+                if !report.unconfirmed.is_empty() {
+                    message.push_str(&format!(
+                        "; {} unconfirmed (held by 1.0 peers, which cannot prove it): {}",
+                        report.unconfirmed.len(),
+                        chunks(&report.unconfirmed)
+                    ));
+                }
+                if !report.below.is_empty() {
+                    message.push_str(&format!(
+                        "; {} BELOW their degree: {}",
+                        report.below.len(),
+                        chunks(&report.below)
+                    ));
+                }
+                if !report.fresh {
+                    message.push_str("; nonces reused (every recorded challenge was used)");
+                }
+                let mut result = serde_json::to_value(&report).expect("report serialises");
+                result["path"] = json!(path);
+                result["file_id"] = json!(file);
+                Reply::Done {
+                    ok: report.ok(),
+                    kind: (!report.ok()).then_some(ErrorKind::Incomplete),
+                    message,
+                    result,
+                }
+            }
             OpEvent::RestoreIncomplete { file, missing } => Reply::Done {
                 ok: false,
                 kind: Some(ErrorKind::Incomplete),
@@ -202,16 +238,22 @@ pub(super) fn log_end(name: &str, started: Instant, reply: &Reply) {
 }
 
 /// A re-backup's events (started by a REMOVED or an audit, for no client; a RECLAIM elsewhere
-/// can start thousands at once): a failure in one info line, the rest at debug level.
+/// can start thousands at once): failures in info lines (one a second at most), the rest at
+/// debug level.
 fn log_re_backup(event: &OpEvent) {
     match event {
         OpEvent::BackupDone { file, short, .. } if short.is_empty() => {
             tracing::debug!("re-backup of a chunk of file {file}: back at its desired degree");
         }
-        OpEvent::BackupDone { file, short, .. } => tracing::info!(
-            "re-backup of file {file}: chunk(s) {} still below the desired degree after 5 tries",
-            list_chunks(short)
-        ),
+        OpEvent::BackupDone { file, short, .. } => {
+            static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
+            crate::log_limited!(
+                LIMIT,
+                info,
+                "re-backup of file {file}: chunk(s) {} still below the desired degree after 5 tries",
+                list_chunks(short)
+            );
+        }
         other => tracing::debug!("re-backup: {other:?}"),
     }
 }

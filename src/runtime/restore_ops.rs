@@ -176,6 +176,7 @@ pub(super) fn restore(
                         settled.push(FileResult {
                             path: p,
                             bytes: 0,
+                            label: "restore",
                             reply,
                         });
                     }
@@ -192,6 +193,7 @@ pub(super) fn restore(
                             settled.push(FileResult {
                                 path: p,
                                 bytes: size,
+                                label: "restore",
                                 reply,
                             });
                             continue;
@@ -281,6 +283,7 @@ fn file_task(peer: &Arc<Peer>, path: PathBuf, dest: PathBuf, size: u64, opts: &O
     Task {
         path: path.clone(),
         bytes: size,
+        label: "restore",
         start: Box::new(move |op| {
             let dir = dest.parent().unwrap_or(Path::new("/"));
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -297,6 +300,7 @@ fn file_task(peer: &Arc<Peer>, path: PathBuf, dest: PathBuf, size: u64, opts: &O
                 enhanced,
                 version,
                 overwrite,
+                read_only: false,
             };
             peer.core
                 .start_restore(op, req)

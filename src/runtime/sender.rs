@@ -4,13 +4,14 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, unbounded};
 
 use crate::core::Channel;
 use crate::exec::Outgoing;
 use crate::exec::pacer::Pacer;
+use crate::log_limit::LogLimit;
 use crate::net::{ChannelAddrs, open_sender};
 
 /// Counters of what was sent.
@@ -64,8 +65,14 @@ impl Senders {
                                 stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
                             }
                             Err(e) => {
+                                static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
                                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!("send on {} to {dest}: {e}", channel.name());
+                                crate::log_limited!(
+                                    LIMIT,
+                                    warn,
+                                    "send on {} to {dest}: {e}",
+                                    channel.name()
+                                );
                             }
                         }
                     }

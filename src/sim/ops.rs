@@ -1,5 +1,5 @@
 //! The simulated clients: each file's life (backup from its home, restore and compare with the
-//! original, maybe delete), RECLAIMs, and the ledger of what they were told (the chunks
+//! original, VERIFY when its home is enhanced, maybe delete), RECLAIMs, and the ledger of what they were told (the chunks
 //! acknowledged, the files deleted), which `invariants` checks.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::world::{Event, World};
 use crate::core::metadata::DEFAULT_CAPACITY;
+use crate::core::verify::VerifyKey;
 use crate::core::{BackupRequest, OpEvent, OpId, RestoreRequest};
 use crate::protocol::file_id::file_id;
 use crate::protocol::{ChunkKey, ChunkNo, FileId, Version};
@@ -18,6 +19,7 @@ use crate::protocol::{ChunkKey, ChunkNo, FileId, Version};
 pub(super) enum Step {
     Backup,
     Restore,
+    Verify,
     Delete,
     Done,
 }
@@ -30,6 +32,8 @@ pub(super) struct FileJob {
     pub(super) file: FileId,
     pub(super) degree: u8,
     enhanced: bool,
+    /// Its VERIFY key (the runtime draws one from the system; here from the seed).
+    verify_key: [u8; 32],
     /// Whether its life ends with DELETE.
     delete: bool,
     pub(super) step: Step,
@@ -59,6 +63,8 @@ pub(super) struct Ledger {
     pub(super) ops_done: u64,
     /// Operations that ended in failure (chunks short, restore incomplete, refused).
     pub(super) ops_failed: u64,
+    /// Chunks VERIFY checked, and of them those it proved at their degree.
+    pub(super) verified_chunks: (u64, u64),
     /// The first failures, for the summary.
     pub(super) failures: Vec<String>,
     /// Set once the workload is over: no more crashes.
@@ -102,6 +108,8 @@ impl World {
             let enhanced = self.slots[home as usize].version != Version::V1_0;
             let file = file_id(&path, size, i as i128, id);
             let delete = self.rng.f64() < self.sc.delete_share;
+            let mut verify_key = [0u8; 32];
+            self.rng.fill(&mut verify_key);
             self.ledger.files.push(FileJob {
                 home,
                 path,
@@ -109,6 +117,7 @@ impl World {
                 file,
                 degree: self.sc.degree,
                 enhanced,
+                verify_key,
                 delete,
                 step: Step::Backup,
                 op: None,
@@ -203,6 +212,7 @@ impl World {
                     // A known mtime: the backup checks its source before it counts.
                     attrs: crate::core::FileAttrs {
                         mtime_ns: 1,
+                        verify_key: Some(VerifyKey(f.verify_key)),
                         ..Default::default()
                     },
                     keep: 1,
@@ -217,8 +227,10 @@ impl World {
                     enhanced: f.enhanced,
                     version: None,
                     overwrite: false,
+                    read_only: false,
                 },
             ),
+            Step::Verify => exec.core.start_verify(op, &f.path.clone(), None),
             Step::Delete => {
                 let file = f.file;
                 self.ledger.acked.retain(|_, idx| *idx != i);
@@ -309,6 +321,47 @@ impl World {
                     ));
                 }
                 disk.remove_file(&dest);
+                let next = if f.enhanced {
+                    Step::Verify
+                } else {
+                    after_restore
+                };
+                self.next_step(i, next);
+            }
+            OpEvent::VerifyDone { file, report } => {
+                // A chunk VERIFY vouches for has its desired degree in durable copies, unless
+                // a RECLAIM gave one up meanwhile.
+                let unsure: BTreeSet<ChunkNo> = report
+                    .unconfirmed
+                    .iter()
+                    .chain(&report.below)
+                    .map(|c| c.no)
+                    .collect();
+                for no in (0..report.chunks as ChunkNo).filter(|no| !unsure.contains(no)) {
+                    let chunk = ChunkKey { file, no };
+                    let copies = self.copies.count(&chunk);
+                    let excused = self
+                        .ledger
+                        .excused
+                        .range((chunk, 0)..=(chunk, u32::MAX))
+                        .next()
+                        .is_some();
+                    if copies < usize::from(report.desired) && !excused {
+                        self.violations.push(format!(
+                            "{:.3}s: VERIFY of file {i} vouched for chunk {no} with {copies} durable copies (desired {})",
+                            self.now.as_secs_f64(),
+                            report.desired
+                        ));
+                    }
+                }
+                self.ledger.verified_chunks.0 += report.chunks;
+                self.ledger.verified_chunks.1 += report.verified;
+                if !report.ok() {
+                    self.fail(format!(
+                        "file {i}: verify found chunks below their degree: {:?}",
+                        report.below.iter().map(|c| c.no).collect::<Vec<_>>()
+                    ));
+                }
                 self.next_step(i, after_restore);
             }
             OpEvent::RestoreIncomplete { missing, .. } => {
@@ -332,7 +385,7 @@ impl World {
                 let step = f.step;
                 self.fail(format!("file {i}: {step:?} failed: {reason}"));
                 let next = match step {
-                    Step::Backup | Step::Restore => after_restore,
+                    Step::Backup | Step::Restore | Step::Verify => after_restore,
                     _ => Step::Done,
                 };
                 self.next_step(i, next);

@@ -155,6 +155,8 @@ pub struct Summary {
     pub ops_failed: u64,
     /// The first failures.
     pub failures: Vec<String>,
+    /// Chunks VERIFY checked, and of them those it proved at their degree.
+    pub verified_chunks: (u64, u64),
     /// Virtual time at the end.
     pub virtual_secs: f64,
     /// Wall-clock time the run took.
@@ -255,6 +257,7 @@ pub fn run_traced(
         peers: w.sc.peers,
         ops: w.ledger.ops,
         ops_failed: w.ledger.ops_failed,
+        verified_chunks: w.ledger.verified_chunks,
         failures: w.ledger.failures.clone(),
         virtual_secs: w.now.as_secs_f64(),
         wall_secs: wall.elapsed().as_secs_f64(),

@@ -25,6 +25,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 ///   STATE                                report what the peer backed up and stores
 ///   LIST [path]                          list the files backed up (under a path), with their
 ///                                        versions and whether they are safe
+///   VERIFY [path]                        check that enough holders still have each chunk of
+///                                        the files backed up (under a path), without moving
+///                                        chunk bodies (enhanced peers) [--read-data]
 ///
 /// A tree's backup backs up its regular files, records its symbolic links (not followed),
 /// skips and names special files, and skips files unchanged (same size and mtime) since
@@ -32,7 +35,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// under the target (`RESTORE /home/u/proj --to /tmp/r` gives /tmp/r/proj/...; a file goes to
 /// the target under its name) with their modes and mtimes, and never replaces an existing
 /// file unless --force (a file that already holds exactly the backed-up content counts as
-/// restored).
+/// restored). VERIFY asks each holder of each chunk to prove it has the chunk (a hash over
+/// a fresh nonce and the chunk, checked against proofs recorded at backup); 1.0 holders cannot
+/// answer and are reported unverified; chunks below their degree are named and make it fail.
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -61,13 +66,17 @@ struct Args {
     /// default 1); older ones are deleted then. Until then the previous version stays.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     keep: Option<u8>,
+    /// VERIFY: also read every chunk back from the holders and check it against its hash
+    /// (like a restore that writes nothing; works on 1.0 peers too).
+    #[arg(long)]
+    read_data: bool,
     /// Print the version of the TestApp.
     #[arg(short = 'V', long = "testapp-version", action = clap::ArgAction::Version)]
     print_version: Option<bool>,
     /// The peer's access point: NAME (Unix socket) or [HOST:]PORT (TCP).
     access_point: String,
-    /// BACKUP, RESTORE, DELETE, RECLAIM, STATE or LIST (the first four optionally with the ENH
-    /// suffix).
+    /// BACKUP, RESTORE, DELETE, RECLAIM, STATE, LIST or VERIFY (the first four optionally with
+    /// the ENH suffix).
     operation: String,
     /// The operation's operands.
     #[arg(num_args = 0..=2)]
@@ -148,7 +157,7 @@ fn parse_request(args: &Args) -> Result<Request, Fail> {
     let (op, operands) = (&args.operation, &args.operands);
     let upper = op.to_ascii_uppercase();
     let (base, enhanced) = match upper.strip_suffix("ENH") {
-        Some(b) if b != "STATE" && b != "LIST" && !b.is_empty() => (b.to_string(), true),
+        Some(b) if !["STATE", "LIST", "VERIFY", ""].contains(&b) => (b.to_string(), true),
         _ => (upper.clone(), false),
     };
     // Options of one operation only.
@@ -157,6 +166,7 @@ fn parse_request(args: &Args) -> Result<Request, Fail> {
         ("--force", args.force, "RESTORE"),
         ("--version", args.file_version.is_some(), "RESTORE"),
         ("--keep", args.keep.is_some(), "BACKUP"),
+        ("--read-data", args.read_data, "VERIFY"),
     ];
     if let Some((opt, _, only)) = given.iter().find(|(_, set, only)| *set && *only != base) {
         return Err(usage(format!("{opt} applies to {only} only, not {upper}")));
@@ -237,20 +247,26 @@ fn parse_request(args: &Args) -> Result<Request, Fail> {
             want(0, "no operands")?;
             Request::State
         }
-        "LIST" => {
+        "LIST" | "VERIFY" => {
             if operands.len() > 1 {
                 return Err(usage(format!(
-                    "LIST takes at most one path, got {} operand(s)",
+                    "{upper} takes at most one path, got {} operand(s)",
                     operands.len()
                 )));
             }
-            Request::List {
-                path: operands.first().map(|p| absolute(p)).transpose()?,
+            let path = operands.first().map(|p| absolute(p)).transpose()?;
+            if base == "LIST" {
+                Request::List { path }
+            } else {
+                Request::Verify {
+                    path,
+                    read_data: args.read_data,
+                }
             }
         }
         _ => {
             return Err(usage(format!(
-                "unknown operation {op:?}: expected BACKUP, RESTORE, DELETE, RECLAIM, STATE or LIST"
+                "unknown operation {op:?}: expected BACKUP, RESTORE, DELETE, RECLAIM, STATE, LIST or VERIFY"
             )));
         }
     })
@@ -341,8 +357,10 @@ fn run(args: Args) -> Result<u8, Fail> {
 }
 
 fn progress_bar(request: &Request) -> Option<ProgressBar> {
-    if !matches!(request, Request::Backup { .. } | Request::Restore { .. })
-        || !std::io::stderr().is_terminal()
+    if !matches!(
+        request,
+        Request::Backup { .. } | Request::Restore { .. } | Request::Verify { .. }
+    ) || !std::io::stderr().is_terminal()
     {
         return None;
     }
