@@ -338,3 +338,72 @@ fn a_file_that_changes_while_it_is_backed_up_is_reported_and_not_kept() {
         first
     );
 }
+
+#[test]
+fn a_tree_operation_streams_progress_in_files_and_bytes() {
+    use std::io::{BufRead, BufReader, Write};
+    let c = Cluster::start(3);
+    let src = c.dir.path().join("many");
+    for i in 0..200 {
+        write(&src.join(format!("d{}/f{i}", i % 4)), 5_000, i);
+    }
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(c.runtime.join(format!("{}.sock", c.ap(1))))
+            .unwrap();
+    let request = serde_json::json!({"op": "backup", "path": src, "degree": 2});
+    socket.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let lines: Vec<Value> = BufReader::new(socket)
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let (last, progress) = lines.split_last().unwrap();
+    assert_eq!(last["type"], "done", "{last}");
+    assert_eq!(last["result"]["files"], 200, "{last}");
+    assert!(!progress.is_empty(), "no progress line");
+    let mut done = 0;
+    for p in progress {
+        assert_eq!(p["type"], "progress");
+        assert_eq!(p["total"], 200 * 5_000, "bytes in all: {p}");
+        assert_eq!(p["files"][1], 200, "{p}");
+        let d = p["done"].as_u64().unwrap();
+        assert!(d >= done && d <= 1_000_000, "bytes done go up: {p}");
+        done = d;
+    }
+}
+
+#[test]
+fn a_tree_restore_never_writes_through_a_link_out_of_its_target() {
+    let c = Cluster::start(3);
+    let src = c.dir.path().join("proj");
+    write(&src.join("d/x"), 100, 1);
+    write(&src.join("y"), 100, 2);
+    let s = src.display().to_string();
+    c.testapp(&[&c.ap(1), "BACKUP", &s, "2"]).ok();
+    // In the target, proj/d is a link to a directory elsewhere.
+    let out = c.dir.path().join("out");
+    let elsewhere = c.dir.path().join("elsewhere");
+    std::fs::create_dir_all(out.join("proj")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("proj/d")).unwrap();
+    let o = out.display().to_string();
+    let run = c.testapp(&["--json", &c.ap(1), "RESTORE", &s, "--to", &o, "--force"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let doc = run.json();
+    assert_eq!(
+        doc["failed"][0]["path"],
+        serde_json::json!(src.join("d/x")),
+        "{doc}"
+    );
+    assert!(
+        doc["failed"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("leads out of"),
+        "{doc}"
+    );
+    assert!(!elsewhere.join("x").exists(), "written through the link");
+    assert_eq!(
+        std::fs::read(out.join("proj/y")).unwrap(),
+        std::fs::read(src.join("y")).unwrap()
+    );
+}

@@ -73,6 +73,8 @@ pub struct BackupOp {
     silent: u64,
     /// Every chunk finished; waiting to hear whether the source changed meanwhile.
     checking: bool,
+    /// This backup registered its file's entry (rather than resuming one already there).
+    fresh: bool,
     /// Versions of the path kept when this backup reaches its degree (0 for a re-backup).
     keep: u8,
 }
@@ -101,6 +103,7 @@ impl BackupOp {
             answered: false,
             silent: 0,
             checking: false,
+            fresh: false,
             keep: 0,
         }
     }
@@ -200,6 +203,7 @@ impl Core {
             let number = meta.version_number(&req.path, req.file);
             // The same file again keeps its VERIFY key: its recorded proofs were made with it.
             let known = meta.backed_up().get(&req.file).map(|f| f.attrs.clone());
+            let fresh = known.is_none();
             meta.register_file(req.file, req.path.clone(), req.size, req.degree);
             let mut attrs = FileAttrs {
                 version: number,
@@ -234,6 +238,7 @@ impl Core {
             };
             let mut backup = BackupOp::new(req.file, source, req.degree, version, chunks);
             backup.keep = req.keep.max(1);
+            backup.fresh = fresh;
             self.backups.insert(op, backup);
         }
         actions.extend(self.fill_window(op, &already_done));
@@ -343,21 +348,30 @@ impl Core {
         let Some((_, b)) = self.backups.remove(&op) else {
             return Vec::new();
         };
-        let enhanced = b.version == Version::V2_0;
-        let version = {
-            let mut meta = self.meta.lock();
-            self.forget_file(&mut meta, b.file, enhanced)
-        };
-        let mut actions = self.delete_sends(b.file, version, None);
         let what = b
             .path()
             .map_or_else(String::new, |p| p.display().to_string());
+        // A version this backup registered goes; one it resumed (the same file id, backed up
+        // before) was whole before this backup changed nothing of it, and stays.
+        let mut actions = Vec::new();
+        if b.fresh {
+            let enhanced = b.version == Version::V2_0;
+            let version = {
+                let mut meta = self.meta.lock();
+                self.forget_file(&mut meta, b.file, enhanced)
+            };
+            actions.extend(self.delete_sends(b.file, version, None));
+        }
         actions.push(Action::Report {
             op,
             event: OpEvent::Failed(format!(
                 "backup of {what} failed: the file changed while it was read (its size or \
-                 modification time is not what it was when the backup started); this version \
-                 was deleted, earlier ones are kept"
+                 modification time is not what it was when the backup started); {}",
+                if b.fresh {
+                    "this version was deleted, earlier ones are kept"
+                } else {
+                    "the version backed up before with this size and mtime is kept"
+                }
             )),
         });
         actions
@@ -394,27 +408,40 @@ impl Core {
         keep: u8,
         version: Version,
     ) -> Vec<Action> {
-        let old: Vec<(FileId, Version, bool)> = {
+        let old: Vec<(FileId, Version)> = {
             let mut meta = self.meta.lock();
-            let mut older: Vec<(FileId, bool)> = meta
+            // Oldest first; the `keep - 1` newest of those a restore can use stay.
+            let older: Vec<(FileId, bool, bool)> = meta
                 .versions_of(path)
                 .into_iter()
                 .filter(|(id, _)| *id != file)
-                .map(|(id, f)| (id, f.is_link()))
+                .map(|(id, f)| (id, f.is_link(), f.is_link() || f.restorable()))
                 .collect();
-            let kept = usize::from(keep - 1).min(older.len());
-            older.truncate(older.len() - kept);
-            older
-                .into_iter()
-                .map(|(id, link)| {
-                    let v = self.forget_file(&mut meta, id, version == Version::V2_0);
-                    (id, v, link)
-                })
-                .collect()
+            let mut kept = usize::from(keep - 1);
+            let mut going = Vec::new();
+            for (id, link, usable) in older.into_iter().rev() {
+                if usable && kept > 0 {
+                    kept -= 1;
+                } else {
+                    going.push((id, link));
+                }
+            }
+            let mut sends = Vec::new();
+            for (id, link) in going {
+                if link {
+                    // Nothing of a link is stored anywhere: no tombstone, no DELETE.
+                    meta.forget_file(&id);
+                } else {
+                    sends.push((
+                        id,
+                        self.forget_file(&mut meta, id, version == Version::V2_0),
+                    ));
+                }
+            }
+            sends
         };
         old.into_iter()
-            .filter(|(_, _, link)| !link)
-            .flat_map(|(id, v, _)| self.delete_sends(id, v, None))
+            .flat_map(|(id, v)| self.delete_sends(id, v, None))
             .collect()
     }
 

@@ -152,8 +152,10 @@ fn when(secs: u64) -> String {
     if secs == 0 {
         return "unknown".into();
     }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    humantime::format_rfc3339_seconds(t).to_string()
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        None => "unknown".into(),
+    }
 }
 
 impl fmt::Display for VersionReport {

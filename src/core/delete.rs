@@ -54,7 +54,13 @@ impl Core {
                 }
             }
             for (file, link) in files {
-                deleted.push((file, self.forget_file(&mut meta, file, enhanced), link));
+                if link {
+                    // Nothing of a link is stored anywhere: no tombstone, no DELETE.
+                    meta.forget_file(&file);
+                    deleted.push((file, Version::V1_0, true));
+                } else {
+                    deleted.push((file, self.forget_file(&mut meta, file, enhanced), false));
+                }
             }
         }
         let messages: Vec<Message> = deleted

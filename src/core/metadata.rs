@@ -60,8 +60,8 @@ pub struct FileAttrs {
     /// When the backup started, seconds since the epoch (0: unknown).
     #[serde(default)]
     pub backed_up_at: u64,
-    /// Version number of this path: 1 for its first backup, one more for each changed
-    /// content (0: from before versions were kept).
+    /// Version number of this path: 1 for its first backup, one more each time another
+    /// content than the newest is backed up (0: from before versions were kept).
     #[serde(default)]
     pub version: u32,
     /// A symbolic link: its target (recorded, not followed; it has no chunks).
@@ -480,12 +480,14 @@ impl Metadata {
         }
     }
 
-    /// The version number `file` has (or, new, gets) among the versions of `path`.
+    /// The version number `file` gets among the versions of `path`: its own if it is the
+    /// newest already, else one more than the newest (an older content back again, say a
+    /// version restored in place, becomes the newest).
     pub fn version_number(&self, path: &std::path::Path, file: FileId) -> u32 {
-        let versions = self.versions_of(path);
-        match versions.iter().find(|(id, _)| *id == file) {
-            Some((_, same)) => same.attrs.version,
-            None => versions.last().map_or(1, |(_, f)| f.attrs.version + 1),
+        match self.versions_of(path).last() {
+            Some((id, f)) if *id == file => f.attrs.version,
+            Some((_, f)) => f.attrs.version + 1,
+            None => 1,
         }
     }
 
@@ -551,7 +553,8 @@ impl Metadata {
     /// being backed up, leaves the previous one in charge), else the newest. Links are not
     /// files: `None` for them.
     pub fn file_for_path(&self, path: &std::path::Path, version: Option<u32>) -> Option<FileId> {
-        let versions = self.versions_of(path);
+        let mut versions = self.versions_of(path);
+        versions.retain(|(_, f)| !f.is_link());
         let found = match version {
             Some(k) => versions.iter().find(|(_, f)| f.attrs.version == k),
             None => versions
@@ -560,7 +563,7 @@ impl Metadata {
                 .find(|(_, f)| f.restorable())
                 .or(versions.last()),
         };
-        found.filter(|(_, f)| !f.is_link()).map(|(id, _)| *id)
+        found.map(|(id, _)| *id)
     }
 
     /// Notes that `peer` holds (`holds`) or dropped `key`, wherever this peer tracks that

@@ -290,7 +290,8 @@ pub enum Action {
         placement: Placement,
     },
     /// Enhanced: read the stored copy of `chunk` (checking it against `hash`, as before serving
-    /// it) and multicast CHECKED with SHA-256(nonce ‖ body) on MC.
+    /// it) and multicast CHECKED with its proof (`verify::proof` of the nonce and the body) on
+    /// MC.
     SendProof {
         /// Which chunk.
         chunk: ChunkKey,

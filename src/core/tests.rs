@@ -1519,7 +1519,7 @@ fn verify_report(actions: &[Action]) -> Option<verify::VerifyReport> {
 #[test]
 fn verify_proves_each_holder_with_a_fresh_nonce_and_names_a_wrong_copy() {
     let c = verifiable_home(&[2, 3]);
-    let started = c.start_verify(9, "/src/file".as_ref(), None).unwrap();
+    let started = c.start_verify(9, "/src/file".as_ref()).unwrap();
     let nonce = home_nonce(0);
     assert!(
         sends(&started).iter().any(|m| m.version == V2
@@ -1543,7 +1543,7 @@ fn verify_proves_each_holder_with_a_fresh_nonce_and_names_a_wrong_copy() {
     assert_eq!(c.instances(), 0);
 
     // The next VERIFY takes the next nonce: an answer to the first one no longer counts.
-    c.start_verify(10, "/src/file".as_ref(), None).unwrap();
+    c.start_verify(10, "/src/file".as_ref()).unwrap();
     let next = home_nonce(1);
     assert!(c.on_message(checked(2, &nonce, b"hello")).is_empty());
     c.on_message(checked(2, &next, b"hello"));
@@ -1555,7 +1555,7 @@ fn verify_proves_each_holder_with_a_fresh_nonce_and_names_a_wrong_copy() {
 #[test]
 fn verify_reports_a_silent_holder_after_its_checks_and_a_1_0_holder_as_unconfirmed() {
     let c = verifiable_home(&[2, 4]);
-    let mut actions = c.start_verify(9, "/src/file".as_ref(), None).unwrap();
+    let mut actions = c.start_verify(9, "/src/file".as_ref()).unwrap();
     let mut checks = 0;
     let report = loop {
         checks += sends(&actions)
@@ -1574,7 +1574,7 @@ fn verify_reports_a_silent_holder_after_its_checks_and_a_1_0_holder_as_unconfirm
     assert_eq!(report.below[0].unverified, vec![4]);
 
     // With 2 answering, the chunk is unconfirmed (the 1.0 copy may be fine): not a failure.
-    c.start_verify(10, "/src/file".as_ref(), None).unwrap();
+    c.start_verify(10, "/src/file".as_ref()).unwrap();
     let report = verify_report(&c.on_message(checked(2, &home_nonce(1), b"hello"))).unwrap();
     assert!(report.ok());
     assert_eq!((report.verified, report.unconfirmed.len()), (0, 1));
@@ -1585,16 +1585,15 @@ fn verify_reports_a_silent_holder_after_its_checks_and_a_1_0_holder_as_unconfirm
 fn verify_nonces_are_fresh_for_as_many_verifies_as_proofs_were_recorded() {
     let c = verifiable_home(&[2]);
     for i in 0..=verify::CHALLENGES {
-        c.start_verify(20 + i as u64, "/src/file".as_ref(), None)
-            .unwrap();
+        c.start_verify(20 + i as u64, "/src/file".as_ref()).unwrap();
         let report =
             verify_report(&c.on_message(checked(2, &home_nonce(i % verify::CHALLENGES), b"hello")));
         let report = report.unwrap();
         assert_eq!(report.fresh, i < verify::CHALLENGES, "verify {i}");
     }
     // A second VERIFY of the file while one runs is refused.
-    c.start_verify(40, "/src/file".as_ref(), None).unwrap();
-    assert!(c.start_verify(41, "/src/file".as_ref(), None).is_err());
+    c.start_verify(40, "/src/file".as_ref()).unwrap();
+    assert!(c.start_verify(41, "/src/file".as_ref()).is_err());
 }
 
 #[test]
@@ -1627,4 +1626,60 @@ fn a_holder_answers_check_for_a_chunk_it_stores_and_a_1_0_peer_ignores_it() {
         plain.on_message(check()).is_empty(),
         "1.0 peers do not know CHECK"
     );
+}
+
+#[test]
+fn an_older_content_backed_up_again_becomes_the_newest_version() {
+    let c = core(1);
+    let (v1, _) = version_n(&c, 1, 2);
+    c.on_message(msg(2, stored_for(v1)));
+    let (v2, _) = version_n(&c, 2, 2);
+    c.on_message(msg(2, stored_for(v2)));
+    // Version 1 restored in place and backed up again: the same file id, now the newest.
+    let mut again = request(5, 1);
+    again.file = v1;
+    again.keep = 2;
+    c.start_backup(3, again).unwrap();
+    let path = std::path::Path::new("/src/file");
+    let order: Vec<(FileId, u32)> = c.with_metadata(|m| {
+        m.versions_of(path)
+            .iter()
+            .map(|(id, f)| (*id, f.attrs.version))
+            .collect()
+    });
+    assert_eq!(order, vec![(v2, 2), (v1, 3)]);
+    assert_eq!(c.with_metadata(|m| m.file_for_path(path, None)), Some(v1));
+}
+
+#[test]
+fn keep_counts_only_versions_a_restore_can_use() {
+    let c = core(1);
+    let (v1, _) = version_n(&c, 1, 2);
+    c.on_message(msg(2, stored_for(v1)));
+    // Version 2 gets no STORED at all: it runs out of sends, unrestorable.
+    let (v2, first) = version_n(&c, 2, 2);
+    let mut next = timers(&first);
+    while let Some((_, event)) = next.pop() {
+        next.extend(timers(&c.on_timer(event)));
+    }
+    let (v3, _) = version_n(&c, 3, 2);
+    let finished = c.on_message(msg(2, stored_for(v3)));
+    assert!(deletes(&finished, v2), "the broken version goes");
+    assert!(!deletes(&finished, v1), "the last good one is the one kept");
+}
+
+#[test]
+fn a_resumed_backup_whose_source_changed_keeps_the_version_it_resumed() {
+    let c = core(1);
+    let mut req = request(6, 1);
+    req.attrs.mtime_ns = 42;
+    c.start_backup(1, req.clone()).unwrap();
+    c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
+    assert!(done(&c.source_checked(1, true)).is_some());
+    // The same file (same id) backed up again, and it changes meanwhile: the whole version
+    // backed up before stays.
+    c.start_backup(2, req).unwrap();
+    let failed = c.source_checked(2, false);
+    assert!(!deletes(&failed, key(0).file), "{failed:?}");
+    assert_eq!(c.with_metadata(|m| m.backed_up().len()), 1);
 }

@@ -2,10 +2,11 @@
 //! with its content, without moving a chunk body.
 //!
 //! At backup the home draws a secret key for the file and, reading each chunk to send it,
-//! records [`CHALLENGES`] short proofs: the first 8 bytes of SHA-256(nonceᵢ ‖ body) for
-//! nonces derived from the key. A VERIFY takes the next unused nonce of every chunk and
-//! multicasts `CHECK 2.0 <id> <file> <chunk> <nonce>`; every enhanced holder answers `CHECKED
-//! 2.0 <id> <file> <chunk> <nonce> <proof>` with the proof of [`proof`]. Holders never saw the nonce before (it is
+//! records [`CHALLENGES`] short proofs: the first 8 bytes of [`proof`] for nonces derived
+//! from the key. A VERIFY takes the next unused nonce of every chunk and
+//! multicasts `CHECK 2.0 <id> <file> <chunk> <nonce>` (a window of chunks at a time); every
+//! enhanced holder answers `CHECKED 2.0 <id> <file> <chunk> <nonce> <proof>` with the proof of
+//! [`proof`] (over the nonce and an eighth of the chunk, or the whole of a small one). Holders never saw the nonce before (it is
 //! derived from a key they do not know), so only one that can read the chunk now answers
 //! right; the home checks answers against its recorded proofs, needing neither the chunk nor
 //! the source file. A 1.0 holder cannot answer and is reported unverified. After
@@ -130,17 +131,30 @@ struct ChunkCheck {
     proven: BTreeSet<PeerId>,
     /// Peers whose answer did not (their copy differs).
     wrong: BTreeSet<PeerId>,
+    /// CHECKs sent for it so far.
+    sends: u8,
 }
 
 impl ChunkCheck {
-    fn settled(&self) -> bool {
+    /// Every holder asked answered (or there is nothing to ask).
+    fn answered(&self) -> bool {
         self.expected.is_none()
             || self
                 .asked
                 .iter()
                 .all(|p| self.proven.contains(p) || self.wrong.contains(p))
     }
+
+    /// Nothing more to wait for: answered, or out of sends.
+    fn settled(&self) -> bool {
+        self.answered() || self.sends >= CHECK_SENDS
+    }
 }
+
+/// CHECKs of one VERIFY in flight at most (chunks sent and not settled): each holder reads
+/// and hashes a chunk per CHECK, so a large file is checked a window at a time, clocked by the
+/// answers, as a restore is.
+const CHECK_WINDOW: usize = 256;
 
 /// One VERIFY of one file in progress.
 #[derive(Debug)]
@@ -152,6 +166,18 @@ pub struct VerifyOp {
     fresh: bool,
     key: Option<VerifyKey>,
     chunks: Vec<ChunkCheck>,
+    /// Chunks before this one have been sent a CHECK at least once.
+    next: usize,
+}
+
+impl VerifyOp {
+    /// Chunks sent and not settled.
+    fn in_flight(&self) -> usize {
+        self.chunks[..self.next]
+            .iter()
+            .filter(|c| !c.settled())
+            .count()
+    }
 }
 
 /// A chunk that is not verified at its desired degree.
@@ -197,16 +223,17 @@ impl VerifyReport {
 }
 
 impl Core {
-    /// Starts verifying the newest restorable version of `path` (or `version`).
+    /// Starts verifying the newest restorable version of `path`.
     pub fn start_verify(
         &self,
         op: OpId,
         path: &std::path::Path,
-        version: Option<u32>,
     ) -> Result<Vec<Action>, CommandError> {
+        // Checking for a running VERIFY and registering this one happen under the metadata
+        // lock, so that two requests for the same file cannot both start.
         let mut meta = self.meta.lock();
         let file = meta
-            .file_for_path(path, version)
+            .file_for_path(path, None)
             .ok_or_else(|| CommandError::NotBackedUp(path.to_path_buf()))?;
         if self.verifying.iter().any(|v| v.file == file) {
             return Err(CommandError::VerifyRunning(path.to_path_buf()));
@@ -231,6 +258,7 @@ impl Core {
                     unverifiable,
                     proven: BTreeSet::new(),
                     wrong: BTreeSet::new(),
+                    sends: 0,
                 }
             })
             .collect::<Vec<_>>();
@@ -238,7 +266,6 @@ impl Core {
         let key = attrs.verify_key.clone();
         attrs.verifies += 1;
         meta.set_file_attrs(file, attrs);
-        drop(meta);
         self.verifying.insert(
             op,
             VerifyOp {
@@ -248,38 +275,59 @@ impl Core {
                 fresh,
                 key,
                 chunks,
+                next: 0,
             },
         );
-        Ok(self.check_round(op, 1))
+        drop(meta);
+        let mut actions = self.launch_checks(op);
+        actions.push(Action::Schedule {
+            delay: CHECK_WAIT,
+            event: TimerEvent::CheckWait { op, send: 1 },
+        });
+        Ok(actions)
     }
 
-    /// Sends CHECK for the chunks of `op` not settled yet (send number `send`), or ends it.
-    fn check_round(&self, op: OpId, send: u8) -> Vec<Action> {
-        let Some(v) = self.verifying.get(&op) else {
+    /// Sends a first CHECK for chunks of `op` while its window has room; ends it when every
+    /// chunk is settled.
+    fn launch_checks(&self, op: OpId) -> Vec<Action> {
+        let Some(mut v) = self.verifying.get_mut(&op) else {
             return Vec::new();
         };
-        let open: Vec<ChunkNo> = v
-            .chunks
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.settled())
-            .map(|(no, _)| no as ChunkNo)
-            .collect();
-        if open.is_empty() || send > CHECK_SENDS {
-            drop(v);
+        let mut open = Vec::new();
+        let mut room = CHECK_WINDOW.saturating_sub(v.in_flight());
+        while room > 0 && v.next < v.chunks.len() {
+            let no = v.next;
+            v.next += 1;
+            if !v.chunks[no].settled() {
+                v.chunks[no].sends = 1;
+                open.push(no as ChunkNo);
+                room -= 1;
+            }
+        }
+        let done = v.next == v.chunks.len() && v.in_flight() == 0;
+        let (file, index, key) = (v.file, v.nonce_index, v.key.clone());
+        drop(v);
+        if done {
             return self.verify_over(op);
         }
-        let Some(key) = v.key.clone() else {
-            drop(v);
-            return self.verify_over(op);
+        self.checks(file, index, key.as_ref(), open)
+    }
+
+    /// CHECK messages for chunks `nos` of `file` with nonce number `index`.
+    fn checks(
+        &self,
+        file: FileId,
+        index: usize,
+        key: Option<&VerifyKey>,
+        nos: Vec<ChunkNo>,
+    ) -> Vec<Action> {
+        let Some(key) = key else {
+            return Vec::new();
         };
-        let (file, index) = (v.file, v.nonce_index);
-        drop(v);
-        let mut actions: Vec<Action> = open
-            .into_iter()
+        nos.into_iter()
             .map(|no| {
                 let chunk = ChunkKey { file, no };
-                let nonce = nonce(&key, chunk, index);
+                let nonce = nonce(key, chunk, index);
                 self.send_v(
                     Channel::Mc,
                     Version::V2_0,
@@ -287,17 +335,35 @@ impl Core {
                     Vec::new(),
                 )
             })
-            .collect();
-        actions.push(Action::Schedule {
-            delay: CHECK_WAIT,
-            event: TimerEvent::CheckWait { op, send },
-        });
-        actions
+            .collect()
     }
 
-    /// The wait after CHECK send `send` of `op` is over.
+    /// The wait after CHECK round `send` of `op` is over: CHECK again for the chunks in flight
+    /// that some holder has not answered, while they have sends left.
     pub(super) fn check_wait_over(&self, op: OpId, send: u8) -> Vec<Action> {
-        self.check_round(op, send + 1)
+        let Some(mut v) = self.verifying.get_mut(&op) else {
+            return Vec::new();
+        };
+        let next = v.next;
+        let mut again = Vec::new();
+        for (no, c) in v.chunks[..next].iter_mut().enumerate() {
+            if !c.settled() {
+                c.sends += 1;
+                again.push(no as ChunkNo);
+            }
+        }
+        let (file, index, key) = (v.file, v.nonce_index, v.key.clone());
+        drop(v);
+        let mut actions = self.checks(file, index, key.as_ref(), again);
+        // Chunks that ran out of sends left the window.
+        actions.extend(self.launch_checks(op));
+        if self.verifying.contains_key(&op) {
+            actions.push(Action::Schedule {
+                delay: CHECK_WAIT,
+                event: TimerEvent::CheckWait { op, send: send + 1 },
+            });
+        }
+        actions
     }
 
     /// A holder answered CHECK with `nonce` (answers to another VERIFY's nonce are ignored).

@@ -84,7 +84,8 @@ pub enum MessageKind {
         chunk: ChunkKey,
         /// The CHECK's nonce (an answer to an earlier CHECK is told apart).
         nonce: [u8; 32],
-        /// SHA-256 of the nonce and the chunk (64 hex digits on the wire).
+        /// SHA-256 of the nonce and (part of) the chunk (`core::verify::proof`; 64 hex digits
+        /// on the wire).
         proof: [u8; 32],
     },
 }

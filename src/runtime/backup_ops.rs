@@ -135,7 +135,7 @@ struct Found {
     unchanged: usize,
     /// Symbolic links recorded.
     links: usize,
-    /// Special files (devices, FIFOs, sockets) skipped.
+    /// Special files (devices, FIFOs, sockets) skipped, and the peer's own tree.
     special: Vec<PathBuf>,
     /// Entries that could not be read, and why.
     unreadable: Vec<(PathBuf, String)>,
@@ -155,10 +155,19 @@ fn walk(peer: &Arc<Peer>, root: &Path, opts: Options) -> Tree {
         found: Found::default(),
     };
     let mut link_actions = Vec::new();
-    for entry in walkdir::WalkDir::new(root)
+    // The peer's own tree (chunks, metadata, restored files) is never backed up.
+    let own = std::fs::canonicalize(peer.effects.disk.files.root()).ok();
+    let own_skipped = std::cell::Cell::new(false);
+    let walk = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
-    {
+        .into_iter()
+        .filter_entry(|e| {
+            let mine = own.as_deref() == Some(e.path());
+            own_skipped.set(own_skipped.get() || mine);
+            !mine
+        });
+    for entry in walk {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -200,7 +209,7 @@ fn walk(peer: &Arc<Peer>, root: &Path, opts: Options) -> Tree {
             }
         } else if kind.is_file() {
             let file = id_of(peer, &path, &meta);
-            if unchanged(peer, file, opts.degree) {
+            if unchanged(peer, &path, file, opts.degree) {
                 tree.found.unchanged += 1;
             } else {
                 tree.tasks.push(file_task(peer, path, &meta, opts));
@@ -210,15 +219,20 @@ fn walk(peer: &Arc<Peer>, root: &Path, opts: Options) -> Tree {
         }
     }
     peer.run(link_actions);
+    if let Some(own) = own.filter(|_| own_skipped.get()) {
+        tree.found.special.push(own);
+    }
     tree
 }
 
-/// Whether `file` (same path, size and mtime) is backed up here with every chunk at
-/// `degree` or more, for that degree or more.
-fn unchanged(peer: &Peer, file: FileId, degree: u8) -> bool {
+/// Whether `file` (same path, size and mtime) is the newest version of `path` backed up here,
+/// with every chunk at `degree` or more, for that degree or more.
+fn unchanged(peer: &Peer, path: &Path, file: FileId, degree: u8) -> bool {
     peer.core.with_metadata(|m| {
-        m.backed_up().get(&file).is_some_and(|f| {
-            f.desired >= degree && f.lowest_degree().is_some_and(|d| d >= usize::from(degree))
+        m.versions_of(path).last().is_some_and(|(id, f)| {
+            *id == file
+                && f.desired >= degree
+                && f.lowest_degree().is_some_and(|d| d >= usize::from(degree))
         })
     })
 }
@@ -245,7 +259,7 @@ fn tree_reply(root: &Path, found: Found, results: &[FileResult]) -> Reply {
     }
     if !found.special.is_empty() {
         also.push(format!(
-            "{} special file(s) skipped ({})",
+            "{} special file(s) or the peer's own tree skipped ({})",
             found.special.len(),
             names(found.special.iter())
         ));

@@ -117,7 +117,7 @@ pub(super) fn restore(
             let batch = Batch {
                 name,
                 failure: ErrorKind::Io,
-                tasks: vec![file_task(peer, path, dest, size, &opts)],
+                tasks: vec![file_task(peer, path, dest, size, &opts, None)],
             };
             Ok(batch::spawn(peer.clone(), batch, |mut r| {
                 r.pop().expect("one file").reply
@@ -149,37 +149,22 @@ pub(super) fn restore(
         _ => {
             // A tree: each path goes under the target by its place below the directory named.
             let base = target.join(path.file_name().unwrap_or_default());
+            std::fs::create_dir_all(&base).map_err(|e| {
+                (
+                    ErrorKind::Io,
+                    format!("cannot create {}: {e}", base.display()),
+                )
+            })?;
             let mut tasks = Vec::new();
             let mut settled = Vec::new();
+            let mut links = Vec::new();
             for (p, e) in below {
                 let dest = base.join(p.strip_prefix(&path).expect("below the root"));
                 let taken = dest.symlink_metadata().is_ok();
                 match e {
-                    Entry::Link(to) => {
-                        let same = std::fs::read_link(&dest).is_ok_and(|t| t == to);
-                        let reply = if same {
-                            Ok(())
-                        } else {
-                            restore_link(&to, &dest, taken && opts.force)
-                        };
-                        let reply = match reply {
-                            Err(e) if taken && !opts.force => Reply::Error {
-                                kind: ErrorKind::BadRequest,
-                                message: format!("{}: {e}", exists_msg(&dest)),
-                            },
-                            Err(e) => Reply::Error {
-                                kind: ErrorKind::Io,
-                                message: format!("cannot make link {}: {e}", dest.display()),
-                            },
-                            Ok(()) => done(format!("linked {}", dest.display())),
-                        };
-                        settled.push(FileResult {
-                            path: p,
-                            bytes: 0,
-                            label: "restore",
-                            reply,
-                        });
-                    }
+                    // Links are made last: a file restored below a link just made could land
+                    // wherever the link points.
+                    Entry::Link(to) => links.push((p, dest, to)),
                     Entry::File { size, hashes, .. } => {
                         if taken && !opts.force {
                             let reply = if same_content(&dest, size, &hashes) {
@@ -198,7 +183,7 @@ pub(super) fn restore(
                             });
                             continue;
                         }
-                        tasks.push(file_task(peer, p, dest, size, &opts));
+                        tasks.push(file_task(peer, p, dest, size, &opts, Some(base.clone())));
                     }
                 }
             }
@@ -207,8 +192,18 @@ pub(super) fn restore(
                 failure: ErrorKind::Io,
                 tasks,
             };
+            let force = opts.force;
             Ok(batch::spawn(peer.clone(), batch, move |mut results| {
                 results.extend(settled);
+                for (p, dest, to) in links {
+                    let reply = link_reply(&to, &dest, &base, force);
+                    results.push(FileResult {
+                        path: p,
+                        bytes: 0,
+                        label: "restore",
+                        reply,
+                    });
+                }
                 tree_reply(&path, &base, &results)
             }))
         }
@@ -245,15 +240,61 @@ fn exists_msg(dest: &Path) -> String {
     )
 }
 
-/// Recreates a symbolic link (replacing what is at `dest` if `replace`).
-fn restore_link(to: &Path, dest: &Path, replace: bool) -> std::io::Result<()> {
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Recreates the symbolic link `dest` → `to` below `base` (replacing what is there if
+/// `force`; one that already points there counts as restored).
+fn link_reply(to: &Path, dest: &Path, base: &Path, force: bool) -> Reply {
+    if std::fs::read_link(dest).is_ok_and(|t| t == to) {
+        return done(format!(
+            "{} already links to {}",
+            dest.display(),
+            to.display()
+        ));
     }
-    if replace {
-        std::fs::remove_file(dest)?;
+    let taken = dest.symlink_metadata().is_ok();
+    if taken && !force {
+        return Reply::Error {
+            kind: ErrorKind::BadRequest,
+            message: exists_msg(dest),
+        };
     }
-    std::os::unix::fs::symlink(to, dest)
+    let made = make_dir_within(dest, base)
+        .and_then(|()| {
+            if taken {
+                std::fs::remove_file(dest)
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| std::os::unix::fs::symlink(to, dest));
+    match made {
+        Ok(()) => done(format!("linked {}", dest.display())),
+        Err(e) => Reply::Error {
+            kind: ErrorKind::Io,
+            message: format!("cannot make link {}: {e}", dest.display()),
+        },
+    }
+}
+
+/// Creates the directories above `dest`, refusing if the part that exists already leads out
+/// of `base` (through a symbolic link that was there before the restore).
+fn make_dir_within(dest: &Path, base: &Path) -> std::io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    let (real, root) = (
+        std::fs::canonicalize(existing)?,
+        std::fs::canonicalize(base)?,
+    );
+    if !real.starts_with(&root) {
+        return Err(std::io::Error::other(format!(
+            "{} leads out of {} (through a symbolic link): not restoring there",
+            existing.display(),
+            base.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
 }
 
 /// Whether the file at `dest` has exactly `size` bytes with these chunk hashes (unknown
@@ -276,8 +317,15 @@ fn same_content(dest: &Path, size: u64, hashes: &[Option<ChunkHash>]) -> bool {
     true
 }
 
-/// One file's restore to `dest`.
-fn file_task(peer: &Arc<Peer>, path: PathBuf, dest: PathBuf, size: u64, opts: &Options) -> Task {
+/// One file's restore to `dest` (a tree's: never outside `within`).
+fn file_task(
+    peer: &Arc<Peer>,
+    path: PathBuf,
+    dest: PathBuf,
+    size: u64,
+    opts: &Options,
+    within: Option<PathBuf>,
+) -> Task {
     let peer = peer.clone();
     let (enhanced, version, overwrite) = (opts.enhanced, opts.version, opts.force);
     Task {
@@ -286,7 +334,11 @@ fn file_task(peer: &Arc<Peer>, path: PathBuf, dest: PathBuf, size: u64, opts: &O
         label: "restore",
         start: Box::new(move |op| {
             let dir = dest.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(dir).map_err(|e| {
+            let made = match &within {
+                Some(base) => make_dir_within(&dest, base),
+                None => std::fs::create_dir_all(dir),
+            };
+            made.map_err(|e| {
                 (
                     ErrorKind::Io,
                     format!("cannot create {}: {e}", dir.display()),

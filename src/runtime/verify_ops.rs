@@ -21,7 +21,8 @@ const CHALLENGE: &str = "challenge";
 /// The label of a file's read-back task.
 const READ_DATA: &str = "read_data";
 
-/// Verifies the newest version of every file backed up at or under `path` (all without it).
+/// Verifies the version a restore would take (the newest whole one) of every file backed up
+/// at or under `path` (all without it).
 pub(super) fn verify(
     peer: &Arc<Peer>,
     path: Option<&Path>,
@@ -40,14 +41,23 @@ pub(super) fn verify(
             ),
         ));
     }
+    // Each path once, with the size of the version VERIFY takes.
     let files: Vec<(PathBuf, u64)> = peer.core.with_metadata(|m| {
-        let mut files: BTreeMap<PathBuf, u64> = BTreeMap::new();
-        for f in m.backed_up().values() {
-            if !f.is_link() && path.as_ref().is_none_or(|p| f.path.starts_with(p)) {
-                files.insert(f.path.clone(), f.size);
-            }
-        }
-        files.into_iter().collect()
+        let mut paths: Vec<&PathBuf> = m
+            .backed_up()
+            .values()
+            .filter(|f| !f.is_link() && path.as_ref().is_none_or(|p| f.path.starts_with(p)))
+            .map(|f| &f.path)
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                let file = m.file_for_path(p, None)?;
+                Some((p.clone(), m.backed_up()[&file].size))
+            })
+            .collect()
     });
     if files.is_empty() {
         return Err((
@@ -68,7 +78,7 @@ pub(super) fn verify(
                 label: CHALLENGE,
                 start: Box::new(move |op| {
                     peer.core
-                        .start_verify(op, &p, None)
+                        .start_verify(op, &p)
                         .map_err(|e| command_refusal(&e))
                 }),
             });

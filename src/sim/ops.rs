@@ -230,7 +230,7 @@ impl World {
                     read_only: false,
                 },
             ),
-            Step::Verify => exec.core.start_verify(op, &f.path.clone(), None),
+            Step::Verify => exec.core.start_verify(op, &f.path.clone()),
             Step::Delete => {
                 let file = f.file;
                 self.ledger.acked.retain(|_, idx| *idx != i);
