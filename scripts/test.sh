@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: runs the TestApp client against a peer (course script).
-# Usage: scripts/test.sh [testapp options] <peer_ap> BACKUP|RESTORE|DELETE|RECLAIM|STATE|LIST|VERIFY [opnd_1 [opnd_2]]
+# Usage: scripts/test.sh [testapp options] <peer_ap> BACKUP|RESTORE|DELETE|RECLAIM|STATE|LIST|VERIFY|RECOVER [opnd_1 [opnd_2]]
 #   BACKUP <path> <replication_degree> | RESTORE <path> | DELETE <path> | RECLAIM <max_kbytes>
-#   | STATE | LIST [path] | VERIFY [path]
+#   | STATE | LIST [path] | VERIFY [path] | RECOVER
 # Operation names are case-insensitive and may carry the ENH suffix (BACKUPENH, ...).
 # Options (words starting with '-', anywhere: --json, --force, --to DIR, --keep N, --version K,
 # --read-data, --help) go to the testapp unchanged, with the value of those that take one; a
@@ -10,7 +10,7 @@
 # release build, target/release/testapp).
 set -euo pipefail
 usage() {
-    echo "usage: $0 [options] <peer_ap> BACKUP <path> <replication_degree> | RESTORE <path> | DELETE <path> | RECLAIM <max_kbytes> | STATE | LIST [path] | VERIFY [path]" >&2
+    echo "usage: $0 [options] <peer_ap> BACKUP <path> <replication_degree> | RESTORE <path> | DELETE <path> | RECLAIM <max_kbytes> | STATE | LIST [path] | VERIFY [path] | RECOVER" >&2
     if [ -n "${1:-}" ]; then echo "$0: $1" >&2; fi
     exit 2
 }
@@ -42,7 +42,7 @@ op="$(printf '%s' "$2" | tr '[:lower:]' '[:upper:]')"
 case "$op" in
     BACKUP | BACKUPENH) want=2 ;;
     RESTORE | RESTOREENH | DELETE | DELETEENH | RECLAIM | RECLAIMENH) want=1 ;;
-    STATE) want=0 ;;
+    STATE | RECOVER) want=0 ;;
     LIST | VERIFY) want="0 or 1" ;;
     *) usage "unknown operation '$2'" ;;
 esac

@@ -668,3 +668,73 @@ fn reassembly_limits_under_frame_loss() {
         );
     }
 }
+
+/// The disaster case at 25 % loss: a home whose disk died gets its catalog back with RECOVER
+/// and restores its tree, byte for byte.
+#[test]
+fn twenty_five_percent_loss_a_lost_home_recovers_and_restores_its_tree() {
+    let mut net = Net::new("recover25");
+    for id in ALL {
+        net.spawn(id, Some("2.0"), &["--catalog-interval", "0.2"]);
+    }
+    net.set_faults_all(&ALL, Faults::loss(25));
+    let src = net.dir.path().join("home/tree");
+    for i in 0..12 {
+        let p = src.join(format!("d{}/f{i}", i % 3));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, common::random_bytes(500 + i * 20_000, i as u64)).unwrap();
+    }
+    let s = src.display().to_string();
+    // Chunks short after their five sends are sent again by a second BACKUP (the others are
+    // unchanged and skipped).
+    let first = net.testapp(&[&net.ap(1), "BACKUPENH", &s, "2"]);
+    if first.code != 0 {
+        net.run_ok(1, &["BACKUPENH", &s, "2"]);
+    }
+    // The catalog generation listing the 12 files reaches 3 holders.
+    let mut generation = None;
+    assert!(wait_until(Duration::from_secs(60), || {
+        generation = net.log(1).lines().rev().find_map(|l| {
+            let rest = l.split("publishing catalog generation ").nth(1)?;
+            let (g, files) = rest.split_once(": ")?;
+            files
+                .starts_with("12 file(s)")
+                .then(|| g.parse::<u64>().ok())?
+        });
+        generation.is_some()
+    }));
+    let catalog = dbs::core::recover::catalog_file_id(1, generation.unwrap()).to_hex();
+    assert!(
+        wait_until(Duration::from_secs(60), || OTHERS
+            .iter()
+            .filter(|&&id| net.state(id)["stored"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["file_id"] == catalog.as_str()))
+            .count()
+            >= 3),
+        "the catalog did not reach 3 holders"
+    );
+    let before: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let rel = format!("d{}/f{i}", i % 3);
+            (rel.clone(), std::fs::read(src.join(&rel)).unwrap())
+        })
+        .collect();
+    net.kill(1);
+    std::fs::remove_dir_all(net.peer_dir(1)).unwrap();
+    std::fs::remove_dir_all(net.dir.path().join("home")).unwrap();
+    net.spawn(1, None, &["--catalog-interval", "0.2"]);
+    let doc = net.run_ok(1, &["RECOVER"]);
+    assert_eq!(doc["paths"], 12, "{doc}");
+    let out = net.dir.path().join("back");
+    net.run_ok(1, &["RESTOREENH", &s, "--to", out.to_str().unwrap()]);
+    for (rel, bytes) in before {
+        assert!(
+            std::fs::read(out.join("tree").join(&rel)).unwrap() == bytes,
+            "{rel} differs"
+        );
+    }
+    assert_faults_happened(&net, &ALL, "loss");
+}

@@ -79,6 +79,11 @@ struct Args {
     /// Worker threads handling messages and disk writes.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
+    /// Enhanced peers: after the catalog (the files this peer backed up) changes, it is backed
+    /// up into the group at most this often, so that RECOVER can get it back if this peer's
+    /// disk is lost (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    catalog_interval: f64,
 }
 
 const AFTER_HELP: &str = "\
@@ -203,6 +208,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut core = Config::new(id, args.protocol_version);
     core.window = args.window as usize;
     core.restore_window = args.restore_window as usize;
+    core.catalog_interval = std::time::Duration::try_from_secs_f64(args.catalog_interval)
+        .context("--catalog-interval must be a number of seconds, 0 or more")?;
     let cfg = NodeConfig {
         core,
         channels: ChannelAddrs {

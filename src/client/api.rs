@@ -72,6 +72,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         read_data: bool,
     },
+    /// Get this peer's catalog back from the group (enhanced peers), on a peer started with an
+    /// empty tree after its disk was lost.
+    Recover,
     /// List the files backed up here (under a path, if given) with their versions and
     /// whether they are safe.
     List {
@@ -97,7 +100,9 @@ impl Request {
             | Request::Restore { enhanced, .. }
             | Request::Delete { enhanced, .. }
             | Request::Reclaim { enhanced, .. } => *enhanced,
-            Request::State | Request::List { .. } | Request::Verify { .. } => false,
+            Request::State | Request::List { .. } | Request::Verify { .. } | Request::Recover => {
+                false
+            }
         }
     }
 
@@ -111,6 +116,7 @@ impl Request {
             Request::State => "STATE",
             Request::List { .. } => "LIST",
             Request::Verify { .. } => "VERIFY",
+            Request::Recover => "RECOVER",
         }
     }
 }

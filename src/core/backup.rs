@@ -12,7 +12,7 @@ use super::{
     Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
 };
 use crate::protocol::ids::MAX_CHUNK_NO;
-use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
+use crate::protocol::{CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
 
 /// A client's request to back up one file (the runtime has read the file's identity).
 #[derive(Clone, Debug)]
@@ -77,6 +77,8 @@ pub struct BackupOp {
     fresh: bool,
     /// Versions of the path kept when this backup reaches its degree (0 for a re-backup).
     keep: u8,
+    /// A chunk of a catalog generation: its PUTCHUNKs say so.
+    catalog: Option<CatalogTag>,
 }
 
 /// A backup that no peer answers gives up after this many chunks each ran out of sends
@@ -105,6 +107,7 @@ impl BackupOp {
             checking: false,
             fresh: false,
             keep: 0,
+            catalog: None,
         }
     }
 
@@ -239,6 +242,7 @@ impl Core {
             let mut backup = BackupOp::new(req.file, source, req.degree, version, chunks);
             backup.keep = req.keep.max(1);
             backup.fresh = fresh;
+            backup.catalog = req.attrs.catalog;
             self.backups.insert(op, backup);
         }
         actions.extend(self.fill_window(op, &already_done));
@@ -274,7 +278,9 @@ impl Core {
         } else {
             Version::V1_0
         };
-        self.prune_versions(&path, file, keep.max(1), version)
+        let mut actions = self.prune_versions(&path, file, keep.max(1), version);
+        actions.extend(self.catalog_changed());
+        actions
     }
 
     /// Starts re-backing up one chunk stored here (after a REMOVED left it below `degree`).
@@ -297,8 +303,11 @@ impl Core {
         }
         let op = self.internal_op();
         let source = Source::Stored { no: chunk.no };
-        self.backups
-            .insert(op, BackupOp::new(chunk.file, source, degree, version, 1));
+        self.backups.insert(op, {
+            let mut b = BackupOp::new(chunk.file, source, degree, version, 1);
+            b.catalog = self.meta.lock().catalog_tag(&chunk.file);
+            b
+        });
         self.fill_window(op, &[])
     }
 
@@ -361,6 +370,7 @@ impl Core {
                 self.forget_file(&mut meta, b.file, enhanced)
             };
             actions.extend(self.delete_sends(b.file, version, None));
+            actions.extend(self.catalog_changed());
         }
         actions.push(Action::Report {
             op,
@@ -385,6 +395,9 @@ impl Core {
                 && let Source::File { path, .. } = &b.source
             {
                 actions.extend(self.prune_versions(path, b.file, b.keep, b.version));
+            }
+            if matches!(b.source, Source::File { .. }) && b.catalog.is_none() {
+                actions.extend(self.catalog_changed());
             }
             actions.push(Action::Report {
                 op,
@@ -411,31 +424,40 @@ impl Core {
         let old: Vec<(FileId, Version)> = {
             let mut meta = self.meta.lock();
             // Oldest first; the `keep - 1` newest of those a restore can use stay.
-            let older: Vec<(FileId, bool, bool)> = meta
+            let older: Vec<(FileId, bool, bool, bool)> = meta
                 .versions_of(path)
                 .into_iter()
                 .filter(|(id, _)| *id != file)
-                .map(|(id, f)| (id, f.is_link(), f.is_link() || f.restorable()))
+                .map(|(id, f)| {
+                    (
+                        id,
+                        f.is_link(),
+                        f.is_link() || f.restorable(),
+                        f.is_catalog(),
+                    )
+                })
                 .collect();
             let mut kept = usize::from(keep - 1);
             let mut going = Vec::new();
-            for (id, link, usable) in older.into_iter().rev() {
+            for (id, link, usable, catalog) in older.into_iter().rev() {
                 if usable && kept > 0 {
                     kept -= 1;
                 } else {
-                    going.push((id, link));
+                    going.push((id, link, catalog));
                 }
             }
             let mut sends = Vec::new();
-            for (id, link) in going {
+            for (id, link, catalog) in going {
                 if link {
                     // Nothing of a link is stored anywhere: no tombstone, no DELETE.
                     meta.forget_file(&id);
                 } else {
-                    sends.push((
-                        id,
-                        self.forget_file(&mut meta, id, version == Version::V2_0),
-                    ));
+                    // An old catalog generation goes with unconfirmed DELETEs: a confirmed
+                    // deletion would stay pending for every peer that left for good, one per
+                    // generation. A holder that misses all three keeps a small stale
+                    // generation, which RECOVER never prefers to a newer one.
+                    let confirmed = version == Version::V2_0 && !catalog;
+                    sends.push((id, self.forget_file(&mut meta, id, confirmed)));
                 }
             }
             sends
@@ -700,5 +722,9 @@ fn putchunk_action(
             cfg.late_after,
             TimerEvent::PutchunkLate { chunk, op, launch },
         )),
+        extra_lines: match (&b.catalog, b.version) {
+            (Some(tag), Version::V2_0) => vec![crate::protocol::message::catalog_line(tag)],
+            _ => Vec::new(),
+        },
     }
 }

@@ -109,7 +109,7 @@ impl ListReport {
     ) -> Self {
         let mut by_path: BTreeMap<&Path, Vec<VersionReport>> = BTreeMap::new();
         for (id, f) in meta.backed_up() {
-            if under.is_some_and(|u| !f.path.starts_with(u)) {
+            if !f.is_users() || under.is_some_and(|u| !f.path.starts_with(u)) {
                 continue;
             }
             by_path.entry(&f.path).or_default().push(VersionReport {

@@ -71,11 +71,13 @@ impl Core {
             })
             .collect();
         let files = deleted.into_iter().map(|(file, _, _)| file).collect();
-        Ok(self.send_repeated(
+        let mut actions = self.send_repeated(
             messages,
             self.cfg.delete_sends - 1,
             Some((op, OpEvent::DeleteDone { files })),
-        ))
+        );
+        actions.extend(self.catalog_changed());
+        Ok(actions)
     }
 
     /// Forgets a file backed up here. An enhanced delete remembers which enhanced peers must

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::verify::VerifyKey;
-use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, PeerId};
+use crate::protocol::{CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, PeerId};
 
 /// Default capacity for stored chunks: 100 GB (in bytes).
 pub const DEFAULT_CAPACITY: u64 = 100_000_000_000;
@@ -73,6 +73,9 @@ pub struct FileAttrs {
     /// VERIFYs run so far (each takes the next nonce).
     #[serde(default)]
     pub verifies: u32,
+    /// A generation of this peer's own catalog (backed up into the group, not a user's file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogTag>,
 }
 
 /// A file this peer backed up (it is the file's home).
@@ -97,6 +100,16 @@ impl BackedUpFile {
         self.attrs.link.is_some()
     }
 
+    /// Whether this entry is a generation of the peer's own catalog.
+    pub fn is_catalog(&self) -> bool {
+        self.attrs.catalog.is_some()
+    }
+
+    /// Whether this entry is a user's file or link (not a catalog generation).
+    pub fn is_users(&self) -> bool {
+        !self.is_catalog()
+    }
+
     /// The lowest perceived degree of its chunks (`None` for a link).
     pub fn lowest_degree(&self) -> Option<usize> {
         self.chunks.iter().map(|c| c.holders.len()).min()
@@ -106,6 +119,17 @@ impl BackedUpFile {
     pub fn restorable(&self) -> bool {
         self.chunks.iter().all(|c| !c.holders.is_empty())
     }
+}
+
+/// A peer's catalog as it is backed up into the group (see `core::recover`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CatalogDocument {
+    /// Whose catalog.
+    pub home: PeerId,
+    /// Its generation.
+    pub generation: u64,
+    /// Every entry: file id and what the home knew of it.
+    pub files: Vec<(FileId, BackedUpFile)>,
 }
 
 /// A backed-up file without its chunk records (a journal record).
@@ -136,6 +160,9 @@ pub struct Metadata {
     /// Files deleted recently, with the peer on whose word (see [`Metadata::add_tombstone`]).
     #[serde(default)]
     tombstones: BTreeMap<FileId, Tombstone>,
+    /// Files stored here that are catalog generations of other peers, and what they are.
+    #[serde(default)]
+    catalog_tags: BTreeMap<FileId, CatalogTag>,
     /// Items changed since the last save.
     #[serde(skip)]
     changed: BTreeSet<Item>,
@@ -186,6 +213,7 @@ enum Item {
     PendingDelete(FileId),
     EnhancedPeer(PeerId),
     Tombstone(FileId),
+    CatalogTag(FileId),
 }
 
 /// The new value of one changed item: a line of the metadata journal. Replaying the records
@@ -253,6 +281,13 @@ pub enum Record {
         /// Its tombstone, or `None`.
         tombstone: Option<Tombstone>,
     },
+    /// A file stored here that is another peer's catalog generation (`None`: no longer).
+    CatalogTag {
+        /// The file.
+        file: FileId,
+        /// What it is, or `None`.
+        tag: Option<CatalogTag>,
+    },
 }
 
 /// What a save writes.
@@ -278,6 +313,7 @@ impl Default for Metadata {
             pending_deletes: BTreeMap::new(),
             enhanced_peers: BTreeSet::new(),
             tombstones: BTreeMap::new(),
+            catalog_tags: BTreeMap::new(),
             changed: BTreeSet::new(),
             fresh_files: BTreeSet::new(),
             epoch: 0,
@@ -426,6 +462,7 @@ impl Metadata {
         if !removed.is_empty() {
             self.mark(Item::StoredFile(*file));
         }
+        self.drop_tag_if_empty(file);
         removed
     }
 
@@ -435,7 +472,98 @@ impl Metadata {
         if removed {
             self.mark(Item::Stored(*key));
         }
+        self.drop_tag_if_empty(&key.file);
         removed
+    }
+
+    /// A catalog tag goes with the last chunk of its file stored here.
+    fn drop_tag_if_empty(&mut self, file: &FileId) {
+        if !self.stored.contains_key(file) && self.catalog_tags.remove(file).is_some() {
+            self.mark(Item::CatalogTag(*file));
+        }
+    }
+
+    /// Notes that `file`, stored here, is a catalog generation (`tag`).
+    pub fn set_catalog_tag(&mut self, file: FileId, tag: CatalogTag) {
+        if self.catalog_tags.insert(file, tag) != Some(tag) {
+            self.mark(Item::CatalogTag(file));
+        }
+    }
+
+    /// The catalog generations stored here (at least one chunk of each), by file.
+    pub fn catalog_tags(&self) -> impl Iterator<Item = (&FileId, &CatalogTag)> {
+        self.catalog_tags
+            .iter()
+            .filter(|(file, _)| self.stored.contains_key(file))
+    }
+
+    /// `file` is a catalog generation just stored here: the generations of the same home two
+    /// or more older are dropped (their home deleted them once the next one had its degree;
+    /// this holder missed those DELETEs), with a tombstone so that they are not stored again.
+    /// Returns the chunks to remove from disk.
+    pub fn drop_stale_catalogs(&mut self, file: &FileId) -> Vec<ChunkKey> {
+        let Some(tag) = self.catalog_tags.get(file).copied() else {
+            return Vec::new();
+        };
+        let stale: Vec<FileId> = self
+            .catalog_tags
+            .iter()
+            .filter(|(_, t)| t.home == tag.home && t.generation + 2 <= tag.generation)
+            .map(|(f, _)| *f)
+            .collect();
+        let mut gone = Vec::new();
+        for f in stale {
+            for no in self.remove_stored_file(&f) {
+                gone.push(ChunkKey { file: f, no });
+            }
+            self.add_tombstone(f, tag.home);
+        }
+        gone
+    }
+
+    /// The catalog tag of `file`, if it is one stored here.
+    pub fn catalog_tag(&self, file: &FileId) -> Option<CatalogTag> {
+        self.catalog_tags.get(file).copied()
+    }
+
+    /// This peer's catalog as a document: every entry of a user's file or link (every
+    /// version), without the catalog generations themselves.
+    pub fn catalog_document(&self, home: PeerId, generation: u64) -> (Vec<u8>, u64) {
+        let files: Vec<(&FileId, &BackedUpFile)> = self
+            .backed_up
+            .iter()
+            .filter(|(_, f)| f.is_users())
+            .collect();
+        let doc = CatalogDocument {
+            home,
+            generation,
+            files: files.iter().map(|(id, f)| (**id, (*f).clone())).collect(),
+        };
+        (
+            serde_json::to_vec(&doc).expect("catalog serialises"),
+            files.len() as u64,
+        )
+    }
+
+    /// Installs a recovered catalog: its entries join the catalog (new entries, every chunk
+    /// record with them). Returns the number of paths and of entries.
+    pub fn install_catalog(&mut self, doc: CatalogDocument) -> (usize, usize) {
+        let entries = doc.files.len();
+        let mut paths = BTreeSet::new();
+        for (id, f) in doc.files {
+            paths.insert(f.path.clone());
+            let chunks = f.chunks.len();
+            self.backed_up.insert(id, f);
+            self.fresh_files.insert(id);
+            self.mark(Item::OwnFile(id));
+            for no in 0..chunks {
+                self.mark(Item::OwnChunk(ChunkKey {
+                    file: id,
+                    no: no as ChunkNo,
+                }));
+            }
+        }
+        (paths.len(), entries)
     }
 
     /// The record of chunk `key` of a file backed up here.
@@ -540,12 +668,44 @@ impl Metadata {
     }
 
     /// Perceived degree of `key`: confirmations if it is a chunk of our own file, else the
-    /// holders of our stored copy.
+    /// holders of our stored copy. A chunk of a catalog generation counts only enhanced
+    /// holders: only they can tell a RECOVER they have it.
     pub fn perceived(&self, key: &ChunkKey) -> Option<usize> {
         if let Some(f) = self.backed_up.get(&key.file) {
-            return f.chunks.get(key.no as usize).map(|c| c.holders.len());
+            let holders = &f.chunks.get(key.no as usize)?.holders;
+            return Some(self.counted(key.file, holders, None));
         }
-        self.stored_chunk(key).map(|c| c.holders.len())
+        self.stored_chunk(key)
+            .map(|c| self.counted(key.file, &c.holders, Some(key)))
+    }
+
+    /// Whether `file` is a catalog generation (ours, or one stored here).
+    pub fn is_catalog_file(&self, file: &FileId) -> bool {
+        self.catalog_tags.contains_key(file)
+            || self
+                .backed_up
+                .get(file)
+                .is_some_and(BackedUpFile::is_catalog)
+    }
+
+    /// How many of `holders` of a chunk of `file` count toward its degree: all of them, or
+    /// for a catalog generation the enhanced ones (this peer, a holder of `stored`, counted
+    /// as one: a peer that keeps catalogs is enhanced).
+    pub fn counted(
+        &self,
+        file: FileId,
+        holders: &BTreeSet<PeerId>,
+        stored: Option<&ChunkKey>,
+    ) -> usize {
+        if !self.is_catalog_file(&file) {
+            return holders.len();
+        }
+        let me = stored.map_or(0, |_| 1);
+        holders
+            .iter()
+            .filter(|p| self.enhanced_peers.contains(p))
+            .count()
+            + me.min(holders.len())
     }
 
     /// The version of `path` a restore takes: `version` if given, else the newest one every
@@ -554,7 +714,7 @@ impl Metadata {
     /// files: `None` for them.
     pub fn file_for_path(&self, path: &std::path::Path, version: Option<u32>) -> Option<FileId> {
         let mut versions = self.versions_of(path);
-        versions.retain(|(_, f)| !f.is_link());
+        versions.retain(|(_, f)| !f.is_link() && f.is_users());
         let found = match version {
             Some(k) => versions.iter().find(|(_, f)| f.attrs.version == k),
             None => versions
@@ -743,6 +903,10 @@ impl Metadata {
                 file,
                 tombstone: self.tombstones.get(&file).copied(),
             },
+            Item::CatalogTag(file) => Record::CatalogTag {
+                file,
+                tag: self.catalog_tags.get(&file).copied(),
+            },
         }
     }
 
@@ -809,6 +973,14 @@ impl Metadata {
                 }
                 None => {
                     self.tombstones.remove(&file);
+                }
+            },
+            Record::CatalogTag { file, tag } => match tag {
+                Some(t) => {
+                    self.catalog_tags.insert(file, t);
+                }
+                None => {
+                    self.catalog_tags.remove(&file);
                 }
             },
         }

@@ -19,6 +19,7 @@ pub mod flow;
 pub mod maps;
 pub mod metadata;
 pub mod reclaim;
+pub mod recover;
 pub mod restore;
 pub mod state;
 pub mod storer;
@@ -27,7 +28,7 @@ pub mod verify;
 use bytes::Bytes;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -133,6 +134,10 @@ pub struct Config {
     pub trim_grace: Duration,
     /// Enhanced: pending deletions are re-announced this often.
     pub delete_retry_interval: Duration,
+    /// Enhanced: the catalog is published at most this often, after a change (zero: never).
+    pub catalog_interval: Duration,
+    /// Enhanced: where the home writes its catalog document to back it up.
+    pub catalog_path: PathBuf,
 }
 
 impl Config {
@@ -161,6 +166,8 @@ impl Config {
             trim_delay: Duration::from_secs(1),
             trim_grace: Duration::from_secs(10),
             delete_retry_interval: Duration::from_secs(10),
+            catalog_interval: Duration::from_secs(10),
+            catalog_path: PathBuf::from(format!("/dbs-catalog-{id}.json")),
         }
     }
 
@@ -219,6 +226,8 @@ pub enum Action {
         /// First sends only: a timer to start when it is sent (its late check, see
         /// [`Config::late_after`]).
         late: Option<(Duration, TimerEvent)>,
+        /// Header lines after the first (a catalog chunk's `CATALOG` line).
+        extra_lines: Vec<String>,
     },
     /// Read a chunk of a home file and pass its hash to [`Core::putchunk_read`] without
     /// sending it (a resumed backup: the chunk is confirmed, its hash was lost in a crash).
@@ -299,6 +308,28 @@ pub enum Action {
         nonce: [u8; 32],
         /// Its recorded hash.
         hash: Option<ChunkHash>,
+    },
+    /// Enhanced: write the catalog document `bytes` (generation `tag`) to `path`, then call
+    /// [`Core::catalog_written`].
+    WriteCatalog {
+        /// Where.
+        path: PathBuf,
+        /// The document.
+        bytes: Vec<u8>,
+        /// What it is.
+        tag: crate::protocol::CatalogTag,
+    },
+    /// Enhanced: read the catalog RECOVER `op` restored to `path` (`tag.size` bytes), remove
+    /// the file, and call [`Core::catalog_loaded`].
+    LoadCatalog {
+        /// The RECOVER.
+        op: OpId,
+        /// Where it was restored.
+        path: PathBuf,
+        /// What its holders said it is.
+        tag: crate::protocol::CatalogTag,
+        /// Who said so.
+        holders: Vec<PeerId>,
     },
     /// Check that the source of a backup whose chunks are all done still has the size and
     /// mtime it had when opened, then call [`Core::source_checked`].
@@ -397,6 +428,15 @@ pub enum TimerEvent {
         /// Which chunk.
         chunk: ChunkKey,
     },
+    /// Enhanced: publish the catalog if it changed.
+    PublishCatalog,
+    /// Enhanced: the wait after FINDCATALOG send `send` of RECOVER `op` is over.
+    FindWait {
+        /// The RECOVER.
+        op: OpId,
+        /// Which send.
+        send: u8,
+    },
     /// Enhanced: the wait after CHECK send `send` of VERIFY `op` is over.
     CheckWait {
         /// The VERIFY.
@@ -448,6 +488,8 @@ pub enum OpEvent {
         /// Chunks in the file.
         chunks: u64,
     },
+    /// RECOVER installed a catalog.
+    Recovered(recover::Recovered),
     /// A VERIFY ended.
     VerifyDone {
         /// The file's id.
@@ -492,6 +534,15 @@ pub enum CommandError {
     /// A VERIFY of the same file is running.
     #[error("a verify of {0} is already running")]
     VerifyRunning(PathBuf),
+    /// RECOVER on a peer that has a catalog.
+    #[error(
+        "this peer's catalog lists {0} file(s) already: RECOVER is for a peer started with an \
+         empty tree after its disk was lost"
+    )]
+    CatalogNotEmpty(usize),
+    /// A RECOVER is running.
+    #[error("a RECOVER is already running")]
+    RecoverRunning,
     /// The path was backed up, but not in that version.
     #[error("{0} has no version {1} backed up by this peer")]
     NoSuchVersion(PathBuf, u32),
@@ -558,6 +609,18 @@ pub struct Core {
     trash: Map<ChunkKey, storer::Trimmed>,
     /// Enhanced: each VERIFY in progress.
     verifying: Map<OpId, verify::VerifyOp>,
+    /// Enhanced: the RECOVER in progress.
+    recovering: Map<OpId, recover::RecoverOp>,
+    /// Enhanced: the catalog changed since the last generation.
+    catalog_dirty: AtomicBool,
+    /// Enhanced: a publication is scheduled.
+    catalog_timer: AtomicBool,
+    /// Enhanced: the start-up hint that the group holds this peer's catalog was logged.
+    catalog_hinted: AtomicBool,
+    /// Enhanced: another live process uses this peer's id.
+    id_conflict: AtomicBool,
+    /// This process's random instance (in its UP).
+    instance: u64,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -611,6 +674,12 @@ impl Core {
             watches: Map::seeded(cfg.seed),
             trash: Map::seeded(cfg.seed),
             verifying: Map::seeded(cfg.seed),
+            recovering: Map::seeded(cfg.seed),
+            catalog_dirty: AtomicBool::new(false),
+            catalog_timer: AtomicBool::new(false),
+            catalog_hinted: AtomicBool::new(false),
+            id_conflict: AtomicBool::new(false),
+            instance: fastrand::Rng::with_seed(cfg.seed ^ 0x1d5e_ed00).u64(..),
             cfg,
         }
     }
@@ -647,7 +716,7 @@ impl Core {
     }
 
     /// [`Core::instances`] by kind.
-    pub fn instances_by_kind(&self) -> [(&'static str, usize); 10] {
+    pub fn instances_by_kind(&self) -> [(&'static str, usize); 11] {
         [
             ("backups", self.backups.len()),
             ("awaiting_stored", self.pending.len()),
@@ -659,6 +728,7 @@ impl Core {
             ("deferred", self.deferred.len()),
             ("trimmed", self.trash.len()),
             ("verifies", self.verifying.len()),
+            ("recovers", self.recovering.len()),
         ]
     }
 
@@ -754,11 +824,20 @@ impl Core {
             .flat_map(|chunk| self.removed_sends(chunk, Version::V1_0))
             .collect();
         if self.cfg.enhanced() {
-            actions.push(self.send_v(Channel::Mc, Version::V2_0, MessageKind::Up, Vec::new()));
+            actions.push(self.up_message());
             actions.push(Action::Schedule {
                 delay: self.cfg.delete_retry_interval,
                 event: TimerEvent::RetryDeletes,
             });
+            // A peer with an empty catalog asks whether the group holds one for its id.
+            if !self.meta.lock().backed_up().values().any(|f| f.is_users()) {
+                actions.push(self.send_v(
+                    Channel::Mc,
+                    Version::V2_0,
+                    MessageKind::FindCatalog { home: self.cfg.id },
+                    Vec::new(),
+                ));
+            }
         }
         actions
     }
@@ -766,7 +845,11 @@ impl Core {
     /// Handles a received message.
     pub fn on_message(&self, msg: Message) -> Vec<Action> {
         if msg.sender == self.cfg.id {
-            return Vec::new();
+            // Our own multicast, or another process with our id.
+            return match msg.kind {
+                MessageKind::Up if self.cfg.enhanced() => self.own_id_up(&msg),
+                _ => Vec::new(),
+            };
         }
         let enhanced = self.cfg.enhanced() && msg.version != Version::V1_0;
         if enhanced {
@@ -777,7 +860,12 @@ impl Core {
                 chunk,
                 degree,
                 body,
-            } => self.on_putchunk(msg.sender, chunk, degree, body, enhanced),
+            } => {
+                let catalog = enhanced
+                    .then(|| crate::protocol::message::catalog_in(&msg.extra_lines))
+                    .flatten();
+                self.on_putchunk(msg.sender, chunk, degree, body, enhanced, catalog)
+            }
             MessageKind::Stored { chunk } => self.on_stored(msg.sender, chunk),
             MessageKind::Getchunk { chunk } => {
                 let tcp = enhanced
@@ -794,6 +882,11 @@ impl Core {
             MessageKind::Up if enhanced => self.on_up(msg.sender),
             MessageKind::Deleted { file } if enhanced => self.on_deleted(msg.sender, file),
             MessageKind::Check { chunk, nonce } if enhanced => self.on_check(chunk, nonce),
+            MessageKind::FindCatalog { home } if enhanced => self.on_find_catalog(msg.sender, home),
+            MessageKind::CatalogHeld { file, tag } if enhanced => {
+                self.on_catalog_held(msg.sender, file, tag);
+                Vec::new()
+            }
             MessageKind::Checked {
                 chunk,
                 nonce,
@@ -801,6 +894,8 @@ impl Core {
             } if enhanced => self.on_checked(msg.sender, chunk, nonce, proof),
             MessageKind::Up
             | MessageKind::Deleted { .. }
+            | MessageKind::FindCatalog { .. }
+            | MessageKind::CatalogHeld { .. }
             | MessageKind::Check { .. }
             | MessageKind::Checked { .. } => Vec::new(),
         }
@@ -823,6 +918,8 @@ impl Core {
             TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
             TimerEvent::TrashExpired { chunk } => self.trash_expired(chunk),
             TimerEvent::CheckWait { op, send } => self.check_wait_over(op, send),
+            TimerEvent::PublishCatalog => self.publish_catalog(),
+            TimerEvent::FindWait { op, send } => self.find_wait_over(op, send),
             TimerEvent::SendAgain {
                 messages,
                 remaining,

@@ -17,7 +17,9 @@ use super::metadata::chunk_count;
 use super::{
     Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent, enhanced, progress,
 };
-use crate::protocol::{ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind, Version};
+use crate::protocol::{
+    CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind, PeerId, Version,
+};
 
 /// A client's request to restore a file this peer backed up.
 #[derive(Clone, Debug)]
@@ -67,6 +69,8 @@ pub struct RestoreOp {
     dest: PathBuf,
     placement: Placement,
     read_only: bool,
+    /// RECOVER's catalog: loaded when it is restored.
+    catalog: Option<(CatalogTag, Vec<PeerId>)>,
     enhanced: bool,
     /// Next chunk to ask for.
     next: u64,
@@ -116,13 +120,30 @@ impl Core {
     ) -> Result<Vec<Action>, CommandError> {
         // Checking for a running restore and registering this one happen under the metadata
         // lock, so that two requests for the same file cannot both start.
-        let meta = self.meta.lock();
-        let file = meta
+        let file = self
+            .meta
+            .lock()
             .file_for_path(&req.path, req.version)
             .ok_or_else(|| match req.version {
                 Some(k) => CommandError::NoSuchVersion(req.path.clone(), k),
                 None => CommandError::NotBackedUp(req.path.clone()),
             })?;
+        self.start_restore_of(op, file, req, None)
+    }
+
+    /// Starts restoring `file` (RECOVER's catalog: `catalog` is what its holders said it is,
+    /// and the restored document is loaded instead of reported).
+    pub(super) fn start_restore_of(
+        &self,
+        op: OpId,
+        file: FileId,
+        req: RestoreRequest,
+        catalog: Option<(CatalogTag, Vec<PeerId>)>,
+    ) -> Result<Vec<Action>, CommandError> {
+        let meta = self.meta.lock();
+        if !meta.backed_up().contains_key(&file) {
+            return Err(CommandError::NotBackedUp(req.path));
+        }
         if self.restores.iter().any(|r| r.file == file) {
             return Err(CommandError::RestoreRunning(req.path));
         }
@@ -145,6 +166,7 @@ impl Core {
                 dest: req.dest,
                 placement,
                 read_only: req.read_only,
+                catalog,
                 enhanced: req.enhanced,
                 next: 0,
                 resolved: 0,
@@ -380,6 +402,14 @@ impl Core {
         let Some((_, r)) = self.restores.remove(&op) else {
             return Vec::new();
         };
+        if let (Some((tag, holders)), Ok(())) = (r.catalog.clone(), &result) {
+            return vec![Action::LoadCatalog {
+                op,
+                path: r.dest,
+                tag,
+                holders,
+            }];
+        }
         let event = match result {
             Ok(()) => OpEvent::RestoreDone {
                 file: r.file,

@@ -73,7 +73,7 @@ impl StateReport {
             backed_up: meta
                 .backed_up()
                 .iter()
-                .filter(|(_, f)| !f.is_link())
+                .filter(|(_, f)| !f.is_link() && f.is_users())
                 .map(|(id, f)| BackedUpReport {
                     path: f.path.display().to_string(),
                     file_id: *id,

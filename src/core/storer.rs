@@ -65,6 +65,7 @@ impl Core {
         degree: u8,
         body: Bytes,
         enhanced: bool,
+        catalog: Option<crate::protocol::CatalogTag>,
     ) -> Vec<Action> {
         if let Some(mut w) = self.watches.get_mut(&chunk) {
             w.putchunk_seen = true; // someone is backing it up
@@ -81,6 +82,10 @@ impl Core {
             || meta.pending_deletes().contains_key(&chunk.file)
         {
             return Vec::new(); // never store chunks of our own files, deleted ones included
+        }
+        // A chunk of another peer's catalog: remember whose (dropped with its last chunk).
+        if let Some(tag) = catalog {
+            meta.set_catalog_tag(chunk.file, tag);
         }
         if meta.stored_chunk(&chunk).is_some() {
             drop(meta);
@@ -153,7 +158,8 @@ impl Core {
             d.holders,
             d.desired
         );
-        if d.holders.len() >= usize::from(d.desired) {
+        let seen = self.meta.lock().counted(chunk.file, &d.holders, None);
+        if seen >= usize::from(d.desired) {
             return Vec::new(); // enough peers stored it: keep our disk free
         }
         let fits = self.fits(&self.meta.lock(), d.body.len() as u32);
@@ -211,12 +217,17 @@ impl Core {
                 hash: Some(hash),
             },
         );
+        let stale = meta.drop_stale_catalogs(&chunk.file);
         drop(meta);
         Counters::bump(&self.counters.chunks_stored);
-        let mut actions = match w.stored_due {
+        let mut actions: Vec<Action> = stale
+            .into_iter()
+            .map(|chunk| Action::RemoveChunk { chunk })
+            .collect();
+        actions.extend(match w.stored_due {
             Some(version) => self.send_stored(chunk, version),
             None => Vec::new(), // its STORED timer will find it stored
-        };
+        });
         if w.enhanced {
             // Stored on an enhanced PUTCHUNK: drop the copy later if others stored it too, and
             // make sure the degree is reached even if the initiator dies.
@@ -384,11 +395,13 @@ impl Core {
         };
         // The holders this copy is trimmed for: the `desired` lowest ids, which keep theirs
         // (holders between them and this peer trim too, and their REMOVEDs change nothing).
+        // (Of a catalog generation, only the enhanced holders count.)
+        let catalog = meta.is_catalog_file(&chunk.file);
         let lower: BTreeSet<PeerId> = c
             .holders
             .iter()
             .copied()
-            .filter(|&p| p < self.cfg.id)
+            .filter(|&p| p < self.cfg.id && (!catalog || meta.enhanced_peers().contains(&p)))
             .take(usize::from(c.desired))
             .collect();
         tracing::debug!(

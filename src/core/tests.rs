@@ -1123,7 +1123,8 @@ fn enhanced_holder_confirms_delete_and_announces_itself_at_start() {
     };
     let start = c.startup(vec![other, key(5)]);
     let announced: Vec<&str> = sends(&start).iter().map(|m| m.kind.name()).collect();
-    assert_eq!(announced, vec!["REMOVED", "UP"]);
+    // A peer with no files of its own also asks whether the group holds its catalog.
+    assert_eq!(announced, vec!["REMOVED", "UP", "FINDCATALOG"]);
 }
 
 #[test]
@@ -1682,4 +1683,209 @@ fn a_resumed_backup_whose_source_changed_keeps_the_version_it_resumed() {
     let failed = c.source_checked(2, false);
     assert!(!deletes(&failed, key(0).file), "{failed:?}");
     assert_eq!(c.with_metadata(|m| m.backed_up().len()), 1);
+}
+
+/// An enhanced home that knows enhanced peers 2 and 3 and backed up /src/file, with the
+/// catalog published every second.
+fn publishing_home() -> Core {
+    let mut cfg = Config::new(1, V2);
+    cfg.seed = 5;
+    cfg.catalog_interval = Duration::from_secs(1);
+    cfg.catalog_path = "/tree/catalog.json".into();
+    let c = Core::new(cfg, Metadata::default());
+    c.on_message(msg2(2, MessageKind::Up));
+    c.on_message(msg2(3, MessageKind::Up));
+    let mut req = request(5, 1);
+    req.enhanced = true;
+    c.start_backup(1, req).unwrap();
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    c
+}
+
+#[test]
+fn a_changed_catalog_is_published_once_per_interval_as_a_tagged_backup() {
+    let c = publishing_home();
+    // The backup's end scheduled one publication.
+    let publish = c.on_timer(TimerEvent::PublishCatalog);
+    let [Action::WriteCatalog { path, bytes, tag }] = &publish[..] else {
+        panic!("{publish:?}")
+    };
+    assert_eq!(path, &PathBuf::from("/tree/catalog.json"));
+    assert_eq!((tag.home, tag.generation, tag.files), (1, 1, 1));
+    let doc: metadata::CatalogDocument = serde_json::from_slice(bytes).unwrap();
+    assert_eq!(doc.files[0].1.path, PathBuf::from("/src/file"));
+    // Nothing changed since: no second generation.
+    assert!(c.on_timer(TimerEvent::PublishCatalog).is_empty());
+    // Its backup: PUTCHUNK 2.0 with the CATALOG line, at the degree of the peers known.
+    let started = c.catalog_written(*tag);
+    let Some(Action::SendPutchunk {
+        degree,
+        extra_lines,
+        version,
+        ..
+    }) = started
+        .iter()
+        .find(|a| matches!(a, Action::SendPutchunk { .. }))
+    else {
+        panic!("{started:?}")
+    };
+    assert_eq!((*degree, *version), (2, V2));
+    assert_eq!(
+        extra_lines,
+        &vec![crate::protocol::message::catalog_line(tag)]
+    );
+    // The catalog is not a user's file: STATE and LIST do not show it.
+    assert_eq!(c.state().backed_up.len(), 1);
+    assert_eq!(c.list(None).files.len(), 1);
+}
+
+#[test]
+fn holders_answer_findcatalog_and_recover_takes_the_newest_generation() {
+    let tag = |generation| crate::protocol::CatalogTag {
+        home: 1,
+        generation,
+        size: 10,
+        files: 1,
+        hash: ChunkHash::of(b"doc"),
+    };
+    // A holder of generation 1's chunk answers for it.
+    let holder = core2(5);
+    let old = recover::catalog_file_id(1, 1);
+    let mut put = msg2(
+        1,
+        MessageKind::Putchunk {
+            chunk: ChunkKey { file: old, no: 0 },
+            degree: 1,
+            body: Bytes::from_static(b"0123456789"),
+        },
+    );
+    put.extra_lines = vec![crate::protocol::message::catalog_line(&tag(1))];
+    // PUTCHUNK 2.0: the holder decides after its delay, then writes.
+    let deferred = holder.on_message(put);
+    let (_, decide) = timers(&deferred).pop().unwrap();
+    assert!(matches!(
+        holder.on_timer(decide)[0],
+        Action::WriteChunk { .. }
+    ));
+    holder.chunk_written(
+        ChunkKey { file: old, no: 0 },
+        1,
+        10,
+        Some(ChunkHash::of(b"0123456789")),
+    );
+    let answers = holder.on_message(msg2(9, MessageKind::FindCatalog { home: 1 }));
+    assert_eq!(
+        sends(&answers)[0].kind,
+        MessageKind::CatalogHeld {
+            file: old,
+            tag: tag(1)
+        }
+    );
+    assert!(
+        holder
+            .on_message(msg2(9, MessageKind::FindCatalog { home: 7 }))
+            .is_empty()
+    );
+
+    // The home recovers: peer 5 holds generation 1, peers 2 and 3 generation 2.
+    let home = core2(1);
+    let mut actions = home.start_recover(40, "/tmp/r".into()).unwrap();
+    assert_eq!(
+        sends(&actions)[0].kind,
+        MessageKind::FindCatalog { home: 1 }
+    );
+    let new = recover::catalog_file_id(1, 2);
+    home.on_message(msg2(
+        5,
+        MessageKind::CatalogHeld {
+            file: old,
+            tag: tag(1),
+        },
+    ));
+    for p in [2, 3] {
+        home.on_message(msg2(
+            p,
+            MessageKind::CatalogHeld {
+                file: new,
+                tag: tag(2),
+            },
+        ));
+    }
+    let mut finds = 0;
+    while let Some((_, event)) = timers(&actions).pop() {
+        finds += 1;
+        actions = home.on_timer(event);
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateRestoreFile { .. }))
+        {
+            break;
+        }
+    }
+    assert_eq!(finds, 3, "three FINDCATALOG rounds");
+    assert_eq!(getchunks(&actions), vec![0]);
+    assert!(
+        sends(&actions)
+            .iter()
+            .any(|m| matches!(m.kind, MessageKind::Getchunk { chunk } if chunk.file == new))
+    );
+    // With no answer at all, RECOVER fails clearly; a peer with files refuses it.
+    let lonely = core2(6);
+    let mut actions = lonely.start_recover(41, "/tmp/r".into()).unwrap();
+    while let Some((_, event)) = timers(&actions).pop() {
+        actions = lonely.on_timer(event);
+    }
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Report { event: OpEvent::Failed(m), .. } if m.contains("no catalog of peer 6"))));
+    assert!(
+        publishing_home()
+            .start_recover(42, "/tmp/r".into())
+            .is_err()
+    );
+}
+
+#[test]
+fn a_recovered_catalog_is_checked_and_installed() {
+    let source = publishing_home();
+    let Some(Action::WriteCatalog { bytes, tag, .. }) =
+        source.on_timer(TimerEvent::PublishCatalog).pop()
+    else {
+        panic!()
+    };
+    let home = core2(1);
+    let bad = home.catalog_loaded(7, tag, vec![2], Ok(b"other".to_vec()));
+    assert!(bad.iter().any(|a| matches!(a,
+        Action::Report { event: OpEvent::Failed(m), .. } if m.contains("hash"))));
+    let good = home.catalog_loaded(7, tag, vec![2], Ok(bytes));
+    assert!(good.iter().any(|a| matches!(a,
+        Action::Report { event: OpEvent::Recovered(r), .. } if r.paths == 1 && r.generation == 1)));
+    let path = std::path::Path::new("/src/file");
+    assert_eq!(
+        home.with_metadata(|m| m.file_for_path(path, None)),
+        Some(key(0).file)
+    );
+}
+
+#[test]
+fn another_process_with_this_id_is_noticed_and_stops_publication() {
+    let c = publishing_home();
+    let mut up = msg2(1, MessageKind::Up);
+    up.extra_lines = vec!["INSTANCE 00000000000000aa".into()];
+    let answer = c.on_message(up.clone());
+    assert_eq!(
+        sends(&answer)[0].kind,
+        MessageKind::Up,
+        "it tells the other one"
+    );
+    assert!(c.on_message(up).is_empty(), "once");
+    assert!(c.on_timer(TimerEvent::PublishCatalog).is_empty());
+    // Its own UP (the same instance) is not a conflict.
+    let other = core2(4);
+    let own = other.startup(Vec::new());
+    let up = sends(&own)
+        .into_iter()
+        .find(|m| m.kind == MessageKind::Up)
+        .unwrap()
+        .clone();
+    assert!(other.on_message(up).is_empty());
 }

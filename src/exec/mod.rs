@@ -235,10 +235,12 @@ impl<E: Effects> Executor<E> {
                     send,
                     wait,
                     late,
+                    extra_lines,
                 } => {
                     let s = self.this();
                     let build = move || {
-                        let datagram = s.putchunk_datagram(op, version, chunk, degree, source)?;
+                        let datagram =
+                            s.putchunk_datagram(op, version, chunk, degree, source, extra_lines)?;
                         // The waits start now that it goes out, not while it waited.
                         s.effects
                             .schedule(wait, TimerEvent::PutchunkWait { chunk, send });
@@ -249,6 +251,27 @@ impl<E: Effects> Executor<E> {
                     };
                     self.effects
                         .send(Channel::Mdb, Outgoing::Build(Box::new(build)));
+                }
+                Action::WriteCatalog { path, bytes, tag } => {
+                    match disk.write_catalog(&path, &bytes) {
+                        Ok(()) => self.run(self.core.catalog_written(tag)),
+                        Err(e) => self.disk_error(format_args!(
+                            "writing the catalog to {}: {e}",
+                            path.display()
+                        )),
+                    }
+                }
+                Action::LoadCatalog {
+                    op,
+                    path,
+                    tag,
+                    holders,
+                } => {
+                    let bytes = disk
+                        .read_source(&path, 0, tag.size as usize)
+                        .map_err(|e| format!("reading the recovered catalog: {e}"));
+                    disk.abort_restore(&path);
+                    self.run(self.core.catalog_loaded(op, tag, holders, bytes));
                 }
                 Action::CheckSource {
                     op,
@@ -496,6 +519,7 @@ impl<E: Effects> Executor<E> {
         chunk: ChunkKey,
         degree: u8,
         source: ChunkSource,
+        extra_lines: Vec<String>,
     ) -> Option<Vec<u8>> {
         let disk = self.effects.disk();
         let body = match source {
@@ -527,7 +551,9 @@ impl<E: Effects> Executor<E> {
             degree,
             body: body.into(),
         };
-        Some(self.message(version, putchunk).encode())
+        let mut message = self.message(version, putchunk);
+        message.extra_lines = extra_lines;
+        Some(message.encode())
     }
 }
 

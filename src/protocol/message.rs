@@ -3,7 +3,7 @@
 //! We send exactly `TYPE <ver> <id> <fileid> [<chunkNo> [<deg>]] \r\n\r\n` with a lower-case
 //! file id and accept more: several spaces between fields, no trailing space, upper-case hex and
 //! extra header lines (kept, for enhanced versions). The enhanced (2.0) types UP, DELETED,
-//! CHECK and CHECKED are parsed too; a 1.0 peer ignores them.
+//! FINDCATALOG, CATALOG, CHECK and CHECKED are parsed too; a 1.0 peer ignores them.
 
 use bytes::Bytes;
 
@@ -70,6 +70,18 @@ pub enum MessageKind {
         /// Which file.
         file: FileId,
     },
+    /// Enhanced (2.0): a peer asks who holds catalog generations of peer `home` (MC).
+    FindCatalog {
+        /// Whose catalog.
+        home: PeerId,
+    },
+    /// Enhanced (2.0): a holder of chunks of a catalog generation says so (MC).
+    CatalogHeld {
+        /// The generation's file id.
+        file: FileId,
+        /// What it is.
+        tag: CatalogTag,
+    },
     /// Enhanced (2.0): the home asks the holders of a chunk to prove they have it (MC).
     Check {
         /// Which chunk.
@@ -88,6 +100,76 @@ pub enum MessageKind {
         /// on the wire).
         proof: [u8; 32],
     },
+}
+
+/// What a catalog generation is: whose, which, how large, how many files, its SHA-256 (on the
+/// wire: `<home> <generation> <size> <files> <hash>`, in CATALOG messages and in the `CATALOG`
+/// line of the PUTCHUNK 2.0 of its chunks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CatalogTag {
+    /// The peer whose catalog it is.
+    pub home: PeerId,
+    /// Its generation (1, 2, ...).
+    pub generation: u64,
+    /// The document's size in bytes.
+    pub size: u64,
+    /// Files (versions and links included) it lists.
+    pub files: u64,
+    /// SHA-256 of the document.
+    pub hash: super::ids::ChunkHash,
+}
+
+impl CatalogTag {
+    /// The five wire fields.
+    pub fn fields(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.home,
+            self.generation,
+            self.size,
+            self.files,
+            hex_lower(&self.hash.0)
+        )
+    }
+
+    /// Parses the five wire fields.
+    pub fn parse(fields: &[&[u8]]) -> Option<CatalogTag> {
+        let [home, generation, size, files, hash] = fields else {
+            return None;
+        };
+        let num = |f: &[u8]| -> Option<u64> {
+            (f.len() <= 20 && f.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(f).ok()?.parse().ok())
+                .flatten()
+        };
+        Some(CatalogTag {
+            home: parse_sender(home).ok()?,
+            generation: num(generation)?,
+            size: num(size)?,
+            files: num(files)?,
+            hash: super::ids::ChunkHash(parse_hex(hash)?),
+        })
+    }
+}
+
+/// The `CATALOG …` extra line of a PUTCHUNK 2.0 of a catalog chunk.
+pub fn catalog_line(tag: &CatalogTag) -> String {
+    format!("CATALOG {}", tag.fields())
+}
+
+/// The catalog tag in a PUTCHUNK's extra lines, if any.
+pub fn catalog_in(lines: &[String]) -> Option<CatalogTag> {
+    lines.iter().find_map(|l| {
+        let words: Vec<&[u8]> = l
+            .as_bytes()
+            .split(|&b| b == b' ')
+            .filter(|w| !w.is_empty())
+            .collect();
+        match words.split_first() {
+            Some((&b"CATALOG", rest)) => CatalogTag::parse(rest),
+            _ => None,
+        }
+    })
 }
 
 /// Why a datagram is not a message we understand.
@@ -117,6 +199,9 @@ pub enum ParseError {
     /// Chunk number is not 1 to 6 decimal digits.
     #[error("chunk number is not 1 to 6 decimal digits")]
     BadChunkNo,
+    /// A catalog's fields are not `<home> <generation> <size> <files> <64 hex digits>`.
+    #[error("catalog fields are not <home> <generation> <size> <files> <hash>")]
+    BadCatalog,
     /// A nonce or proof is not 64 hex digits.
     #[error("nonce or proof is not 64 hex digits")]
     BadDigest,
@@ -153,6 +238,8 @@ impl MessageKind {
             MessageKind::Removed { .. } => "REMOVED",
             MessageKind::Up => "UP",
             MessageKind::Deleted { .. } => "DELETED",
+            MessageKind::FindCatalog { .. } => "FINDCATALOG",
+            MessageKind::CatalogHeld { .. } => "CATALOG",
             MessageKind::Check { .. } => "CHECK",
             MessageKind::Checked { .. } => "CHECKED",
         }
@@ -161,7 +248,9 @@ impl MessageKind {
     /// The file the message is about (none for UP).
     pub fn file(&self) -> Option<FileId> {
         match self {
-            MessageKind::Delete { file } | MessageKind::Deleted { file } => Some(*file),
+            MessageKind::Delete { file }
+            | MessageKind::Deleted { file }
+            | MessageKind::CatalogHeld { file, .. } => Some(*file),
             MessageKind::Putchunk { chunk, .. }
             | MessageKind::Stored { chunk }
             | MessageKind::Getchunk { chunk }
@@ -169,7 +258,7 @@ impl MessageKind {
             | MessageKind::Removed { chunk }
             | MessageKind::Check { chunk, .. }
             | MessageKind::Checked { chunk, .. } => Some(chunk.file),
-            MessageKind::Up => None,
+            MessageKind::Up | MessageKind::FindCatalog { .. } => None,
         }
     }
 }
@@ -214,6 +303,12 @@ impl Message {
             | MessageKind::Chunk { chunk, .. }
             | MessageKind::Removed { chunk } => {
                 let _ = write!(out, " {}", chunk.no);
+            }
+            MessageKind::FindCatalog { home } => {
+                let _ = write!(out, " {home}");
+            }
+            MessageKind::CatalogHeld { tag, .. } => {
+                let _ = write!(out, " {}", tag.fields());
             }
             MessageKind::Check { chunk, nonce } => {
                 let _ = write!(out, " {} {}", chunk.no, hex_lower(nonce));
@@ -295,6 +390,8 @@ impl Message {
             b"REMOVED" => ("REMOVED", 5, false),
             b"UP" => ("UP", 3, false),
             b"DELETED" => ("DELETED", 4, false),
+            b"FINDCATALOG" => ("FINDCATALOG", 4, false),
+            b"CATALOG" => ("CATALOG", 9, false),
             b"CHECK" => ("CHECK", 6, false),
             b"CHECKED" => ("CHECKED", 7, false),
             other => {
@@ -322,11 +419,17 @@ impl Message {
         } else if !body.is_empty() {
             return Err(ParseError::UnexpectedBody(name, body.len()));
         }
-        if name == "UP" {
+        if name == "UP" || name == "FINDCATALOG" {
+            let kind = match name {
+                "UP" => MessageKind::Up,
+                _ => MessageKind::FindCatalog {
+                    home: parse_sender(fields[3])?,
+                },
+            };
             return Ok(Message {
                 version,
                 sender,
-                kind: MessageKind::Up,
+                kind,
                 extra_lines,
             });
         }
@@ -352,6 +455,10 @@ impl Message {
             },
             "DELETE" => MessageKind::Delete { file },
             "DELETED" => MessageKind::Deleted { file },
+            "CATALOG" => MessageKind::CatalogHeld {
+                file,
+                tag: CatalogTag::parse(&fields[4..]).ok_or(ParseError::BadCatalog)?,
+            },
             "CHECK" => MessageKind::Check {
                 chunk: chunk()?,
                 nonce: parse_hex(fields[5]).ok_or(ParseError::BadDigest)?,

@@ -55,7 +55,7 @@ impl ClientHandler {
             let mut paths: Vec<PathBuf> = m
                 .backed_up()
                 .values()
-                .filter(|f| f.path.starts_with(&path))
+                .filter(|f| f.is_users() && f.path.starts_with(&path))
                 .map(|f| f.path.clone())
                 .collect();
             paths.sort();
@@ -96,6 +96,33 @@ impl ClientHandler {
             message,
             result,
         }
+    }
+
+    /// RECOVER: this peer's catalog from the group.
+    fn recover(&self) -> Result<Receiver<Reply>, Refusal> {
+        let peer = &self.0;
+        if !peer.core.config().enhanced() {
+            return Err((
+                ErrorKind::Unsupported,
+                format!(
+                    "RECOVER needs a peer started with an enhanced protocol version (only those \
+                     publish their catalog); this peer runs {}",
+                    peer.core.config().version
+                ),
+            ));
+        }
+        let root = peer.effects.disk.files.root().to_path_buf();
+        let (op, rx) = peer
+            .effects
+            .replies
+            .new_op("RECOVER".into(), &root, ErrorKind::Incomplete);
+        let tmp = peer
+            .effects
+            .disk
+            .files
+            .tmp_dir()
+            .join(format!("recover-{op}.part"));
+        self.start(op, rx, peer.core.start_recover(op, tmp))
     }
 
     /// The LIST of what is backed up under `path` (everything without it).
@@ -143,6 +170,8 @@ pub(super) fn command_refusal(e: &CommandError) -> Refusal {
         | CommandError::RestoreRunning(_)
         | CommandError::VerifyRunning(_) => ErrorKind::Busy,
         CommandError::NotBackedUp(_) | CommandError::NoSuchVersion(..) => ErrorKind::NotBackedUp,
+        CommandError::CatalogNotEmpty(_) => ErrorKind::BadRequest,
+        CommandError::RecoverRunning => ErrorKind::Busy,
     };
     (kind, e.to_string())
 }
@@ -156,6 +185,7 @@ impl Handler for ClientHandler {
             // Graders and scripts poll STATE: not worth a line each.
             Request::State => tracing::debug!("STATE requested"),
             Request::List { .. } => tracing::debug!("LIST requested"),
+            Request::Recover => tracing::info!("RECOVER: started"),
             Request::Verify { path, read_data } => tracing::info!(
                 "VERIFY{} {}: started",
                 if *read_data { " --read-data" } else { "" },
@@ -207,6 +237,7 @@ impl Handler for ClientHandler {
                 Request::Verify { path, read_data } => {
                     verify_ops::verify(&s.0, path.as_deref(), *read_data)
                 }
+                Request::Recover => s.recover(),
                 Request::Restore {
                     path,
                     enhanced,

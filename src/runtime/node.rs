@@ -136,6 +136,8 @@ impl Node {
         }
         let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate)
             .map_err(|e| socket_err(Channel::Mc, e))?;
+        // The catalog document is written in the tree (and backed up from there).
+        cfg.core.catalog_path = cfg.dir.join("catalog.json");
         // Enhanced restores take chunk bodies over TCP on the multicast interface.
         let body_listener = if cfg.core.enhanced() {
             let (listener, addr) = tcp::bind(cfg.iface).map_err(|source| NodeError::Tcp {

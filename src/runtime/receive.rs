@@ -38,8 +38,10 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
         match received {
             Ok((n, full)) => {
                 world.received.fetch_add(1, Ordering::Relaxed);
-                if peek_sender(&buf[..n]) == Some(me) {
-                    continue; // our own multicast: not worth a copy
+                // Our own multicast is not worth a copy; but an UP with our id may be another
+                // process that has it (the core tells them apart).
+                if peek_sender(&buf[..n]) == Some(me) && !buf[..n].starts_with(b"UP ") {
+                    continue;
                 }
                 let datagram = Bytes::copy_from_slice(&buf[..n]);
                 let p = peer.clone();

@@ -145,6 +145,23 @@ impl Replies {
                 message: format!("restored {path} to {}", dest.display()),
                 result: json!({"path": path, "file_id": file, "chunks": chunks, "restored_to": dest}),
             },
+            OpEvent::Recovered(r) => Reply::Done {
+                ok: true,
+                kind: None,
+                message: format!(
+                    "recovered this peer's catalog: {} path(s), {} file version(s) and link(s), \
+                     from generation {} (held by peer(s) {}); RESTORE, LIST and VERIFY work again",
+                    r.paths,
+                    r.entries,
+                    r.generation,
+                    r.holders
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                result: serde_json::to_value(&r).expect("recovered serialises"),
+            },
             OpEvent::VerifyDone { file, report } => {
                 let chunks = |v: &[crate::core::verify::ChunkFinding]| {
                     list_chunks(&v.iter().map(|c| c.no).collect::<Vec<_>>())

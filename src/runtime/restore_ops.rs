@@ -76,6 +76,7 @@ pub(super) fn restore(
             let mut paths: Vec<&PathBuf> = m
                 .backed_up()
                 .values()
+                .filter(|f| f.is_users())
                 .map(|f| &f.path)
                 .filter(|p| p.starts_with(&path) && **p != path)
                 .collect();

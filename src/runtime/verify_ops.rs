@@ -46,7 +46,9 @@ pub(super) fn verify(
         let mut paths: Vec<&PathBuf> = m
             .backed_up()
             .values()
-            .filter(|f| !f.is_link() && path.as_ref().is_none_or(|p| f.path.starts_with(p)))
+            .filter(|f| {
+                !f.is_link() && f.is_users() && path.as_ref().is_none_or(|p| f.path.starts_with(p))
+            })
             .map(|f| &f.path)
             .collect();
         paths.sort();

@@ -251,6 +251,11 @@ impl Disk for SimDisk {
         self.state.lock().saved
     }
 
+    fn write_catalog(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.put_file(path, bytes.to_vec());
+        Ok(())
+    }
+
     fn source_unchanged(&self, path: &Path, size: u64, _mtime_ns: i64) -> bool {
         // Simulated sources never change; one that went away (or shrank) counts as changed.
         self.state

@@ -41,6 +41,10 @@ pub(super) struct FileJob {
     op: Option<OpId>,
     /// Its home crashed during the step: it is run again when the home is back.
     interrupted: bool,
+    /// Its backup completed with every chunk at its degree.
+    whole: bool,
+    /// Its home lost its disk after that: RECOVER must bring it back.
+    to_recover: bool,
 }
 
 /// What the clients asked for and were told.
@@ -65,6 +69,12 @@ pub(super) struct Ledger {
     pub(super) ops_failed: u64,
     /// Chunks VERIFY checked, and of them those it proved at their degree.
     pub(super) verified_chunks: (u64, u64),
+    /// RECOVERs in progress, by (peer, op).
+    recovers: BTreeSet<(u32, OpId)>,
+    /// A disk loss is planned and its RECOVER has not ended yet.
+    awaiting_recovery: bool,
+    /// Files a RECOVER got back into their home's catalog.
+    pub(super) recovered_files: usize,
     /// The first failures, for the summary.
     pub(super) failures: Vec<String>,
     /// Set once the workload is over: no more crashes.
@@ -77,7 +87,7 @@ pub(super) struct Ledger {
 impl Ledger {
     /// Whether every file's life is over.
     pub(super) fn all_done(&self) -> bool {
-        self.files.iter().all(|f| f.step == Step::Done)
+        !self.awaiting_recovery && self.files.iter().all(|f| f.step == Step::Done)
     }
 
     /// Operations in progress.
@@ -122,9 +132,15 @@ impl World {
                 step: Step::Backup,
                 op: None,
                 interrupted: false,
+                whole: false,
+                to_recover: false,
             });
             let start = self.sc.spread.mul_f64(self.rng.f64());
             self.at(start, Event::Client { file: i });
+        }
+        if let Some((at, peer)) = self.sc.lose_disk {
+            self.ledger.awaiting_recovery = true;
+            self.at(at, Event::LoseDisk { peer });
         }
         let horizon = self.sc.horizon();
         if self.sc.crash_rate > 0.0 {
@@ -277,6 +293,10 @@ impl World {
         if matches!(event, OpEvent::Progress { .. }) {
             return;
         }
+        if self.ledger.recovers.remove(&(peer, op)) {
+            self.recover_done(peer, op, event);
+            return;
+        }
         let Some(i) = self.ledger.by_op.remove(&(peer, op)) else {
             return; // a re-backup, or an operation of an earlier life
         };
@@ -303,6 +323,7 @@ impl World {
                     }
                 }
                 if short.is_empty() {
+                    self.ledger.files[i].whole = true;
                     self.next_step(i, Step::Restore);
                 } else {
                     self.fail(format!("file {i}: backup short of chunks {short:?}"));
@@ -328,6 +349,7 @@ impl World {
                 };
                 self.next_step(i, next);
             }
+            OpEvent::Recovered(_) => {}
             OpEvent::VerifyDone { file, report } => {
                 // A chunk VERIFY vouches for has its desired degree in durable copies, unless
                 // a RECLAIM gave one up meanwhile.
@@ -406,6 +428,80 @@ impl World {
     pub(super) fn ledger_left(&mut self, i: u32) {
         for f in self.ledger.files.iter_mut().filter(|f| f.home == i) {
             f.step = Step::Done;
+        }
+    }
+
+    /// Peer `i` lost its disk: its files' operations in progress are abandoned (their sources
+    /// went with it); the files backed up whole and not deleted are to come back by RECOVER.
+    pub(super) fn ledger_lost_disk(&mut self, i: u32) {
+        let deleted = &self.ledger.deleted;
+        for f in self.ledger.files.iter_mut().filter(|f| f.home == i) {
+            f.to_recover = f.whole && !deleted.contains_key(&f.file) && f.step != Step::Delete;
+            f.step = Step::Done;
+            f.op = None;
+            f.interrupted = false;
+        }
+    }
+
+    /// RECOVER on peer `i`.
+    pub(super) fn recover(&mut self, i: u32) {
+        let Some(exec) = self.slots[i as usize].exec.clone() else {
+            return;
+        };
+        self.ledger.next_op += 1;
+        let op = self.ledger.next_op;
+        self.trace(format_args!("recover {} op {op}", i + 1));
+        match exec
+            .core
+            .start_recover(op, PathBuf::from(format!("/tmp/recover-{op}")))
+        {
+            Ok(actions) => {
+                self.ledger.recovers.insert((i, op));
+                exec.run(actions);
+                self.drain(i);
+            }
+            Err(e) => self
+                .violations
+                .push(format!("peer {}: RECOVER refused: {e}", i + 1)),
+        }
+    }
+
+    /// RECOVER `op` on peer `i` ended: every file to recover must be in the catalog again,
+    /// and is then restored and compared.
+    fn recover_done(&mut self, i: u32, op: OpId, event: OpEvent) {
+        self.ledger.awaiting_recovery = false;
+        let Some(exec) = self.slots[i as usize].exec.clone() else {
+            return;
+        };
+        let due: Vec<usize> = (0..self.ledger.files.len())
+            .filter(|&f| self.ledger.files[f].home == i && self.ledger.files[f].to_recover)
+            .collect();
+        if let OpEvent::Failed(reason) = &event {
+            if !due.is_empty() {
+                self.violations.push(format!(
+                    "{:.3}s: RECOVER op {op} at peer {} failed with {} file(s) to bring back: {reason}",
+                    self.now.as_secs_f64(),
+                    i + 1,
+                    due.len()
+                ));
+            }
+            return;
+        }
+        for f in due {
+            let (path, file) = (self.ledger.files[f].path.clone(), self.ledger.files[f].file);
+            if exec.core.with_metadata(|m| m.file_for_path(&path, None)) != Some(file) {
+                self.violations.push(format!(
+                    "{:.3}s: RECOVER at peer {} did not bring back file {f}",
+                    self.now.as_secs_f64(),
+                    i + 1
+                ));
+                continue;
+            }
+            self.ledger.recovered_files += 1;
+            let job = &mut self.ledger.files[f];
+            job.to_recover = false;
+            job.delete = false;
+            self.next_step(f, Step::Restore);
         }
     }
 

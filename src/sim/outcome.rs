@@ -46,14 +46,23 @@ impl World {
             .iter()
             .map(|s| {
                 let e = s.exec.as_ref()?;
-                Some(e.core.with_metadata(|m| super::scenario::PeerState {
-                    stored_chunks: m.stored().values().map(|c| c.len()).sum(),
-                    files: m.backed_up().len(),
-                    pending_deletes: m.pending_deletes().len(),
-                    tombstones: m.tombstone_count(),
-                    enhanced_peers: m.enhanced_peers().len(),
-                    instances: e.core.instances(),
-                    chunk_files: s.disk.chunk_keys().len(),
+                Some(e.core.with_metadata(|m| {
+                    super::scenario::PeerState {
+                        stored_chunks: m.stored().values().map(|c| c.len()).sum(),
+                        catalog_chunks: m
+                            .stored()
+                            .iter()
+                            .filter(|(f, _)| m.catalog_tag(f).is_some())
+                            .map(|(_, c)| c.len())
+                            .sum(),
+                        files: m.backed_up().values().filter(|f| f.is_users()).count(),
+                        catalogs: m.backed_up().values().filter(|f| f.is_catalog()).count(),
+                        pending_deletes: m.pending_deletes().len(),
+                        tombstones: m.tombstone_count(),
+                        enhanced_peers: m.enhanced_peers().len(),
+                        instances: e.core.instances(),
+                        chunk_files: s.disk.chunk_keys().len(),
+                    }
                 }))
             })
             .collect()

@@ -89,6 +89,9 @@ pub struct Scenario {
     pub max_time: Duration,
     /// After the workload, the group has this long to become quiescent.
     pub settle: Duration,
+    /// At this time, this peer's disk dies; it comes back on an empty one 2 s later and runs
+    /// RECOVER 3 s after that, then restores every file whose backup had completed.
+    pub lose_disk: Option<(Duration, u32)>,
 }
 
 impl Default for Scenario {
@@ -121,6 +124,7 @@ impl Default for Scenario {
             disk_bytes: u64::MAX / 4,
             max_time: Duration::from_secs(3_600),
             settle: Duration::from_secs(600),
+            lose_disk: None,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Summary {
     pub failures: Vec<String>,
     /// Chunks VERIFY checked, and of them those it proved at their degree.
     pub verified_chunks: (u64, u64),
+    /// Files a RECOVER got back into their home's catalog.
+    pub recovered_files: usize,
     /// Virtual time at the end.
     pub virtual_secs: f64,
     /// Wall-clock time the run took.
@@ -194,8 +200,12 @@ impl Summary {
 pub struct PeerState {
     /// Chunks it stores for others.
     pub stored_chunks: usize,
-    /// Files it backed up.
+    /// Of those, chunks of other peers' catalog generations.
+    pub catalog_chunks: usize,
+    /// Files it backed up (its catalog's entries).
     pub files: usize,
+    /// Generations of its own catalog it keeps (each backed up into the group).
+    pub catalogs: usize,
     /// Enhanced deletions still pending.
     pub pending_deletes: usize,
     /// Deletions remembered.
@@ -258,6 +268,7 @@ pub fn run_traced(
         ops: w.ledger.ops,
         ops_failed: w.ledger.ops_failed,
         verified_chunks: w.ledger.verified_chunks,
+        recovered_files: w.ledger.recovered_files,
         failures: w.ledger.failures.clone(),
         virtual_secs: w.now.as_secs_f64(),
         wall_secs: wall.elapsed().as_secs_f64(),

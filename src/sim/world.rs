@@ -24,6 +24,7 @@ use crate::core::{Channel, Config, TimerEvent};
 use crate::exec::pacer::Pacer;
 use crate::exec::{Executor, Outgoing, boot};
 use crate::protocol::{Message, PeerId, Version};
+use crate::storage::ChunkStore;
 
 /// A simulated peer's executor.
 pub type SimPeer = Executor<SimEffects>;
@@ -63,6 +64,10 @@ pub(super) enum Event {
     Restart { peer: u32 },
     /// A peer crashes and never comes back (its disk is gone with it).
     Leave { peer: u32 },
+    /// A peer's disk dies: it crashes and comes back, under its id, on an empty disk.
+    LoseDisk { peer: u32 },
+    /// RECOVER on a peer.
+    Recover { peer: u32 },
     /// RECLAIM on a peer: to half of what it uses, or (`back`) to the default capacity.
     Reclaim { peer: u32, back: bool },
     /// A client operation is due (see [`Ledger`]).
@@ -350,6 +355,15 @@ impl World {
                     self.ledger_left(peer);
                 }
             }
+            Event::LoseDisk { peer } => {
+                if self.slots[peer as usize].exec.is_some() {
+                    self.crash(peer);
+                    self.lose_disk(peer);
+                    self.after(Duration::from_secs(2), Event::Restart { peer });
+                    self.after(Duration::from_secs(5), Event::Recover { peer });
+                }
+            }
+            Event::Recover { peer } => self.recover(peer),
             Event::Restart { peer } => {
                 if self.slots[peer as usize].exec.is_none() && !self.slots[peer as usize].gone {
                     self.start_peer(peer);
@@ -418,6 +432,20 @@ impl World {
         slot.disk.crash();
         self.net.up[i as usize].store(false, Ordering::Relaxed);
         self.ledger_crashed(i);
+    }
+
+    /// Peer `i`'s disk is replaced by an empty one: every copy it held is gone (a copy it
+    /// held last is given up, as by a RECLAIM: the disk took it).
+    fn lose_disk(&mut self, i: u32) {
+        self.trace(format_args!("lose disk {}", i + 1));
+        let old = self.slots[i as usize].disk.clone();
+        for chunk in old.chunk_keys() {
+            self.ledger.excused.insert((chunk, i));
+            old.remove_chunk(&chunk).ok();
+        }
+        self.slots[i as usize].disk =
+            Arc::new(SimDisk::new(i, self.sc.disk_bytes, self.copies.clone()));
+        self.ledger_lost_disk(i);
     }
 
     /// Turns what peer `i` asked for into events.

@@ -52,6 +52,8 @@ pub trait Disk: ChunkStore + Send + Sync + 'static {
     fn saved_generation(&self) -> u64;
     /// Reads `len` bytes at `offset` of a file being backed up.
     fn read_source(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Writes this peer's catalog document (durably, replacing the last one).
+    fn write_catalog(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Whether a file being backed up still has the size and mtime (nanoseconds since the
     /// epoch) it had when opened.
     fn source_unchanged(&self, path: &Path, size: u64, mtime_ns: i64) -> bool;
@@ -180,6 +182,10 @@ impl Disk for PeerDisk {
         let mut body = vec![0u8; len];
         file.read_exact_at(&mut body, offset)?;
         Ok(body)
+    }
+
+    fn write_catalog(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        super::write_atomic(self.files.tmp_dir(), path, bytes).map_err(io::Error::other)
     }
 
     fn source_unchanged(&self, path: &Path, size: u64, mtime_ns: i64) -> bool {

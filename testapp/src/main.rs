@@ -28,6 +28,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 ///   VERIFY [path]                        check that enough holders still have each chunk of
 ///                                        the files backed up (under a path), without moving
 ///                                        chunk bodies (enhanced peers) [--read-data]
+///   RECOVER                              get the peer's catalog back from the group after its
+///                                        disk was lost (a peer started with an empty tree
+///                                        under the lost peer's id; enhanced peers)
 ///
 /// A tree's backup backs up its regular files, records its symbolic links (not followed),
 /// skips and names special files, and skips files unchanged (same size and mtime) since
@@ -75,8 +78,8 @@ struct Args {
     print_version: Option<bool>,
     /// The peer's access point: NAME (Unix socket) or [HOST:]PORT (TCP).
     access_point: String,
-    /// BACKUP, RESTORE, DELETE, RECLAIM, STATE, LIST or VERIFY (the first four optionally with
-    /// the ENH suffix).
+    /// BACKUP, RESTORE, DELETE, RECLAIM, STATE, LIST, VERIFY or RECOVER (the first four
+    /// optionally with the ENH suffix).
     operation: String,
     /// The operation's operands.
     #[arg(num_args = 0..=2)]
@@ -157,7 +160,9 @@ fn parse_request(args: &Args) -> Result<Request, Fail> {
     let (op, operands) = (&args.operation, &args.operands);
     let upper = op.to_ascii_uppercase();
     let (base, enhanced) = match upper.strip_suffix("ENH") {
-        Some(b) if !["STATE", "LIST", "VERIFY", ""].contains(&b) => (b.to_string(), true),
+        Some(b) if !["STATE", "LIST", "VERIFY", "RECOVER", ""].contains(&b) => {
+            (b.to_string(), true)
+        }
         _ => (upper.clone(), false),
     };
     // Options of one operation only.
@@ -247,6 +252,10 @@ fn parse_request(args: &Args) -> Result<Request, Fail> {
             want(0, "no operands")?;
             Request::State
         }
+        "RECOVER" => {
+            want(0, "no operands")?;
+            Request::Recover
+        }
         "LIST" | "VERIFY" => {
             if operands.len() > 1 {
                 return Err(usage(format!(
@@ -266,7 +275,7 @@ fn parse_request(args: &Args) -> Result<Request, Fail> {
         }
         _ => {
             return Err(usage(format!(
-                "unknown operation {op:?}: expected BACKUP, RESTORE, DELETE, RECLAIM, STATE, LIST or VERIFY"
+                "unknown operation {op:?}: expected BACKUP, RESTORE, DELETE, RECLAIM, STATE, LIST, VERIFY or RECOVER"
             )));
         }
     })
