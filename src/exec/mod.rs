@@ -449,24 +449,18 @@ impl<E: Effects> Executor<E> {
     /// The body of a chunk stored here, if it reads back with its recorded `hash`; a copy
     /// that does not is dropped (and REMOVED announced), so that others restore its degree.
     fn stored_body(&self, chunk: ChunkKey, hash: Option<ChunkHash>) -> Option<Bytes> {
-        static LOST: LogLimit = LogLimit::new(Duration::from_secs(1));
         match self.effects.disk().read_chunk(&chunk) {
             Ok(body) if hash.is_none_or(|h| h == ChunkHash::of(&body)) => Some(Bytes::from(body)),
+            // Not rate-limited: the copy is dropped, so this happens once per chunk.
             Ok(_) => {
-                crate::log_limited!(
-                    LOST,
-                    error,
+                tracing::error!(
                     "stored chunk {chunk} is corrupt: dropping it and announcing REMOVED"
                 );
                 self.run(self.core.stored_chunk_lost(chunk));
                 None
             }
             Err(e) => {
-                crate::log_limited!(
-                    LOST,
-                    error,
-                    "{e}: dropping chunk {chunk} and announcing REMOVED"
-                );
+                tracing::error!("{e}: dropping chunk {chunk} and announcing REMOVED");
                 self.run(self.core.stored_chunk_lost(chunk));
                 None
             }
