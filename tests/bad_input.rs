@@ -185,6 +185,7 @@ fn peer_rejects_bad_arguments_with_exit_2() {
         (with(4, "0"), "port must be a number from 1 to 65535"),
         (with(6, "70000"), "port must be a number from 1 to 65535"),
         (with(2, "a/b"), "access point"),
+        (with(2, "0.0.0.0:8123"), "--allow-remote"),
         (log_level("loud"), "\"loud\" is not a log level"),
         (log_level("warning"), "\"warning\" is not a log level"),
         (
@@ -407,12 +408,45 @@ fn malformed_datagrams_crash_nothing_and_store_nothing() {
 
 #[test]
 fn tcp_access_point_works() {
+    use std::os::unix::fs::PermissionsExt;
     let mut c = Cluster::empty();
     let ap = format!("127.0.0.1:{}", c.tcp_port());
     c.spawn_at(1, &ap, &[]);
     let st = c.testapp(&["--json", &ap, "STATE"]).ok().json();
     assert_eq!(st["peer_id"], 1);
     assert_eq!(st["protocol_version"], "1.0");
+    // Without the token (a client that has not got it), or with a wrong one, nothing runs.
+    use std::io::{BufRead, BufReader, Write};
+    let ask = |first: &str| -> serde_json::Value {
+        let mut s = std::net::TcpStream::connect(&ap).unwrap();
+        s.write_all(format!("{first}{{\"op\":\"state\"}}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    for first in ["", "TOKEN 00\n", "TOKEN \n"] {
+        let reply = ask(first);
+        assert_eq!(reply["type"], "error", "{first:?}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("token"),
+            "{reply}"
+        );
+    }
+    let token = std::fs::read_to_string(c.peer_dir(1).join("access-token")).unwrap();
+    assert_eq!(ask(&format!("TOKEN {token}\n"))["type"], "done");
+    // The token file in the tree works with --token too; a wrong file is refused.
+    let file = c.peer_dir(1).join("access-token");
+    c.testapp(&["--token", file.to_str().unwrap(), &ap, "STATE"])
+        .ok();
+    let wrong = c.dir.path().join("wrong");
+    std::fs::write(&wrong, "ab").unwrap();
+    let refused = c.testapp(&["--token", wrong.to_str().unwrap(), &ap, "STATE"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -667,4 +701,15 @@ fn a_half_open_client_blocks_nobody_and_is_dropped() {
         started.elapsed() < Duration::from_secs(25),
         "connection not closed"
     );
+}
+
+#[test]
+fn a_peer_tree_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(1);
+    let mode = std::fs::metadata(c.peer_dir(1))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 }

@@ -79,6 +79,10 @@ struct Args {
     /// Worker threads handling messages and disk writes.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
+    /// Accept a TCP access point on a non-loopback address (refused without it): anyone who
+    /// can reach that address can run every operation on this peer.
+    #[arg(long)]
+    allow_remote: bool,
     /// Enhanced peers: after the catalog (the files this peer backed up) changes, it is backed
     /// up into the group at most this often, so that RECOVER can get it back if this peer's
     /// disk is lost (0: never).
@@ -184,6 +188,22 @@ static MALLOC_CONF: MallocConf =
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let AccessPoint::Tcp(addr) = &args.access_point
+        && !addr.ip().is_loopback()
+        && !args.allow_remote
+    {
+        use clap::CommandFactory;
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "access point {addr} is not on loopback: anyone who can reach it could run \
+                     any operation on this peer (DELETE every backup, RECLAIM 0, read STATE); \
+                     give --allow-remote to accept that on a network you trust"
+                ),
+            )
+            .exit();
+    }
     // Checked by parse_log_filter.
     let filter = tracing_subscriber::EnvFilter::new(&args.log_level);
     tracing_subscriber::fmt()
@@ -249,10 +269,30 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(warning) = dbs::net::lan::fragmentation_warning(args.iface) {
         tracing::warn!("{warning}");
     }
+    // A TCP access point takes requests only with its token: in the tree, and in the runtime
+    // directory where this user's testapp finds it.
+    let token = match &args.access_point {
+        AccessPoint::Tcp(addr) => {
+            let files = [
+                dir.join("access-token"),
+                dbs::client::access_point::token_path(addr.port())
+                    .context("the runtime directory")?,
+            ];
+            let token = dbs::client::access_point::new_token(&files)
+                .context("writing the access point's token")?;
+            tracing::info!(
+                "TCP access point token in {} and {}",
+                files[0].display(),
+                files[1].display()
+            );
+            Some(token)
+        }
+        AccessPoint::Unix(_) => None,
+    };
     let handler = node.handler();
     std::thread::Builder::new()
         .name("access-point".into())
-        .spawn(move || dbs::client::server::serve(listener, Arc::clone(&handler)))
+        .spawn(move || dbs::client::server::serve(listener, Arc::clone(&handler), token))
         .context("starting the access point")?;
     let mut signals = signals;
     if let Some(sig) = signals.forever().next() {

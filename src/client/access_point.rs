@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
@@ -110,6 +110,40 @@ impl fmt::Display for AccessPoint {
             AccessPoint::Tcp(addr) => write!(f, "{addr}"),
         }
     }
+}
+
+/// What a client sends first on a TCP access point, before its request: `TOKEN <hex>`.
+pub const TOKEN_PREFIX: &str = "TOKEN ";
+
+/// Where the token of the TCP access point on `port` is kept for the local user's clients:
+/// `<runtime dir>/tcp-<port>.token` (the runtime directory is the user's, mode 0700).
+pub fn token_path(port: u16) -> io::Result<PathBuf> {
+    Ok(runtime_dir()?.join(format!("tcp-{port}.token")))
+}
+
+/// A new random token (64 hex digits) for a TCP access point, written with mode 0600 to each
+/// of `files`.
+pub fn new_token(files: &[PathBuf]) -> io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(io::Error::other)?;
+    let token = crate::protocol::ids::hex_lower(&bytes);
+    for f in files {
+        use std::io::Write;
+        let _ = std::fs::remove_file(f);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(f)?
+            .write_all(token.as_bytes())?;
+    }
+    Ok(token)
+}
+
+/// Whether `given` is `token` (in constant time).
+pub fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// The directory of access-point sockets: `$DBS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/dbs`, else

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 
-use super::access_point::{Listener, Stream};
+use super::access_point::{Listener, Stream, TOKEN_PREFIX, token_matches};
 use super::api::{ErrorKind, MAX_REQUEST, Reply, Request};
 
 /// Runs client requests.
@@ -15,15 +15,18 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Receiver<Reply>;
 }
 
-/// Accepts clients until the listener fails; each on its own thread.
-pub fn serve(listener: Listener, handler: Arc<dyn Handler>) {
+/// Accepts clients until the listener fails; each on its own thread. With a `token` (a TCP
+/// access point), a client's first line must be `TOKEN <token>`.
+pub fn serve(listener: Listener, handler: Arc<dyn Handler>, token: Option<String>) {
+    let token: Option<Arc<str>> = token.map(Arc::from);
     loop {
         match listener.accept() {
             Ok(stream) => {
                 let handler = handler.clone();
+                let token = token.clone();
                 let _ = std::thread::Builder::new()
                     .name("client".into())
-                    .spawn(move || serve_client(stream, handler.as_ref()));
+                    .spawn(move || serve_client(stream, handler.as_ref(), token.as_deref()));
             }
             Err(e) => {
                 tracing::warn!("access point accept: {e}");
@@ -36,7 +39,7 @@ pub fn serve(listener: Listener, handler: Arc<dyn Handler>) {
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn serve_client(stream: Stream, handler: &dyn Handler) {
+fn serve_client(stream: Stream, handler: &dyn Handler, token: Option<&str>) {
     // A client that connects and sends nothing (or half a line) is dropped after the timeout.
     if stream.set_read_timeout(Some(REQUEST_TIMEOUT)).is_err() {
         return;
@@ -46,6 +49,26 @@ fn serve_client(stream: Stream, handler: &dyn Handler) {
     };
     let mut line = String::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
+    if let Some(token) = token {
+        let given = match reader.read_line(&mut line) {
+            Ok(_) => line.trim_end().strip_prefix(TOKEN_PREFIX).unwrap_or(""),
+            Err(_) => "",
+        };
+        if !token_matches(given, token) {
+            let reply = Reply::Error {
+                kind: ErrorKind::BadRequest,
+                message: "this TCP access point needs its token first (testapp reads it from \
+                          the runtime directory of the user who started the peer, or takes \
+                          --token FILE with the peer's <tree>/access-token)"
+                    .into(),
+            };
+            let mut text = serde_json::to_vec(&reply).expect("reply serialises");
+            text.push(b'\n');
+            let _ = out.write_all(&text);
+            return;
+        }
+        line.clear();
+    }
     let replies = match reader.read_line(&mut line) {
         Ok(0) => return,
         Ok(_) if !line.ends_with('\n') => single(Reply::Error {

@@ -8,8 +8,12 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use parking_lot::Mutex;
 
+use crate::log_limit::LogLimit;
 use crate::protocol::{MAX_CHUNK_SIZE, Message};
 
 /// Largest frame accepted: a full chunk plus a generous header.
@@ -27,20 +31,51 @@ pub fn bind(iface: Ipv4Addr) -> io::Result<(TcpListener, SocketAddrV4)> {
     }
 }
 
-/// Accepts holders' connections; every message read is handed to `deliver` on the
-/// connection's own thread (so a fast holder is slowed down by TCP, not dropped).
-pub fn serve(listener: TcpListener, deliver: impl Fn(Message) + Send + Sync + Clone + 'static) {
+/// Connections to the body listener open at once at most (a thread each): 8 holders with a
+/// full pool each. Past it a new connection is closed at once; its holder then sends the body
+/// on MDR, as when TCP fails.
+pub const MAX_BODY_CONNECTIONS: usize = 64;
+
+/// Accepts holders' connections (at most [`MAX_BODY_CONNECTIONS`] open); every message read
+/// is handed to `deliver` on the connection's own thread (so a fast holder is slowed down by
+/// TCP, not dropped). Returns the count of connections open.
+pub fn serve(
+    listener: TcpListener,
+    deliver: impl Fn(Message) + Send + Sync + Clone + 'static,
+) -> Arc<AtomicUsize> {
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
     std::thread::Builder::new()
         .name("tcp-bodies".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
+                if count.fetch_add(1, Ordering::SeqCst) >= MAX_BODY_CONNECTIONS {
+                    count.fetch_sub(1, Ordering::SeqCst);
+                    static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
+                    crate::log_limited!(
+                        LIMIT,
+                        warn,
+                        "TCP body listener: {MAX_BODY_CONNECTIONS} connections open already, \
+                         closing one from {:?}",
+                        stream.peer_addr().ok()
+                    );
+                    continue; // dropped: closed
+                }
                 let deliver = deliver.clone();
-                let _ = std::thread::Builder::new()
+                let conn = count.clone();
+                let spawned = std::thread::Builder::new()
                     .name("tcp-body-conn".into())
-                    .spawn(move || read_frames(stream, deliver));
+                    .spawn(move || {
+                        read_frames(stream, deliver);
+                        conn.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    count.fetch_sub(1, Ordering::SeqCst); // not open after all
+                }
             }
         })
         .expect("spawn TCP body listener");
+    open
 }
 
 fn read_frames(mut stream: TcpStream, deliver: impl Fn(Message)) {
@@ -173,5 +208,31 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_body_listener_keeps_at_most_its_cap_of_connections_open() {
+        let (listener, addr) = bind(Ipv4Addr::LOCALHOST).unwrap();
+        let open = serve(listener, |_| {});
+        let mut idle: Vec<TcpStream> = (0..MAX_BODY_CONNECTIONS + 20)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        // The ones past the cap are closed by the listener: reading them gives end of file.
+        let mut closed = 0;
+        for s in idle.iter_mut().skip(MAX_BODY_CONNECTIONS) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if matches!(s.read(&mut [0u8; 1]), Ok(0)) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 20);
+        assert_eq!(open.load(Ordering::SeqCst), MAX_BODY_CONNECTIONS);
+        // Closing them frees their places.
+        idle.clear();
+        let freed = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            open.load(Ordering::SeqCst) == 0
+        });
+        assert!(freed, "{} still open", open.load(Ordering::SeqCst));
     }
 }

@@ -123,6 +123,17 @@ impl PeerDisk {
     pub fn open(root: &Path) -> Result<Self, StorageError> {
         let lock = TreeLock::acquire(root)?;
         let files = ChunkFiles::open(root)?;
+        // Chunks, metadata and restored files are nobody else's business.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| StorageError::Io {
+                    what: "make private",
+                    path: root.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
         let meta_file = MetaFile::new(root, files.tmp_dir());
         Ok(PeerDisk {
             files,
@@ -214,9 +225,15 @@ impl Disk for PeerDisk {
         let started = std::time::Instant::now();
         let dir = dest.parent().unwrap_or(Path::new("."));
         let finish = |f: std::fs::File| -> io::Result<()> {
-            if placement.mode != 0 {
+            // The mode it had, or private when that is unknown (a catalog from before modes).
+            let mode = if placement.mode != 0 {
+                placement.mode & 0o7777
+            } else {
+                0o600
+            };
+            {
                 use std::os::unix::fs::PermissionsExt;
-                f.set_permissions(std::fs::Permissions::from_mode(placement.mode & 0o7777))?;
+                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
             }
             if placement.mtime_ns != 0 {
                 f.set_modified(system_time(placement.mtime_ns))?;

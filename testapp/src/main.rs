@@ -73,6 +73,10 @@ struct Args {
     /// (like a restore that writes nothing; works on 1.0 peers too).
     #[arg(long)]
     read_data: bool,
+    /// A TCP access point's token file (default: the one the peer wrote in this user's runtime
+    /// directory; a peer started by another user keeps it in its tree, <tree>/access-token).
+    #[arg(long, value_name = "FILE")]
+    token: Option<PathBuf>,
     /// Print the version of the TestApp.
     #[arg(short = 'V', long = "testapp-version", action = clap::ArgAction::Version)]
     print_version: Option<bool>,
@@ -297,7 +301,30 @@ fn run(args: Args) -> Result<u8, Fail> {
             format!("cannot reach a peer at access point {ap}: {e}"),
         )
     })?;
-    let mut line = serde_json::to_vec(&request).expect("request serialises");
+    let mut line = Vec::new();
+    if let AccessPoint::Tcp(addr) = &ap {
+        let file = match &args.token {
+            Some(f) => Some(f.clone()),
+            None => dbs::client::access_point::token_path(addr.port()).ok(),
+        };
+        match file.map(|f| (std::fs::read_to_string(&f), f)) {
+            Some((Ok(token), _)) => {
+                line.extend_from_slice(
+                    format!(
+                        "{}{}\n",
+                        dbs::client::access_point::TOKEN_PREFIX,
+                        token.trim()
+                    )
+                    .as_bytes(),
+                );
+            }
+            Some((Err(e), f)) if args.token.is_some() => {
+                return Err(usage(format!("cannot read the token {}: {e}", f.display())));
+            }
+            _ => {} // the peer says what is missing
+        }
+    }
+    line.extend(serde_json::to_vec(&request).expect("request serialises"));
     line.push(b'\n');
     // A request that could not be sent was not run.
     stream.write_all(&line).map_err(|e| {
