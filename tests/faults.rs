@@ -697,18 +697,17 @@ fn twenty_five_percent_loss_a_lost_home_recovers_and_restores_its_tree() {
         net.run_ok(1, &["BACKUPENH", &s, "2"]);
     }
     // The catalog generation listing the 12 files reaches 3 holders.
-    let mut generation = None;
+    let mut catalog = None;
     assert!(wait_until(Duration::from_secs(60), || {
-        generation = net.log(1).lines().rev().find_map(|l| {
+        catalog = net.log(1).lines().rev().find_map(|l| {
             let rest = l.split("publishing catalog generation ").nth(1)?;
-            let (g, files) = rest.split_once(": ")?;
-            files
-                .starts_with("12 file(s)")
-                .then(|| g.parse::<u64>().ok())?
+            let (_, rest) = rest.split_once(" as file ")?;
+            let (id, files) = rest.split_once(": ")?;
+            files.starts_with("12 file(s)").then(|| id.to_string())
         });
-        generation.is_some()
+        catalog.is_some()
     }));
-    let catalog = dbs::core::recover::catalog_file_id(1, generation.unwrap()).to_hex();
+    let catalog = catalog.unwrap();
     assert!(
         wait_until(Duration::from_secs(60), || OTHERS
             .iter()

@@ -64,6 +64,19 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>, u32, i64)> {
     out
 }
 
+/// The file id of the newest catalog generation of `files` files a peer's log says it
+/// published.
+pub fn catalog_published(log: &str, files: usize) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        let rest = l.split("publishing catalog generation ").nth(1)?;
+        let (_, rest) = rest.split_once(" as file ")?;
+        let (id, counts) = rest.split_once(": ")?;
+        counts
+            .starts_with(&format!("{files} file(s)"))
+            .then(|| id.to_string())
+    })
+}
+
 /// File ids peer `id` stores chunks of that are not among `users` (catalog generations).
 fn catalog_files_at(c: &Cluster, id: u32, users: &BTreeSet<String>) -> BTreeSet<String> {
     c.state(id)["stored"]
@@ -117,16 +130,10 @@ fn a_home_whose_disk_died_recovers_its_catalog_and_restores_its_tree() {
     // The generation that lists all 53 files, and then only it at every holder.
     let mut newest = None;
     assert!(wait_until(Duration::from_secs(20), || {
-        newest = c.log(1).lines().rev().find_map(|l| {
-            let rest = l.split("publishing catalog generation ").nth(1)?;
-            let (generation, files) = rest.split_once(": ")?;
-            files
-                .starts_with("53 file(s)")
-                .then(|| generation.parse::<u64>().ok())?
-        });
+        newest = catalog_published(&c.log(1), 53);
         newest.is_some()
     }));
-    let newest = dbs::core::recover::catalog_file_id(1, newest.unwrap()).to_hex();
+    let newest = newest.unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || (2..=4).all(
             |id| catalog_files_at(&c, id, &users) == BTreeSet::from([newest.clone()])

@@ -391,9 +391,23 @@ impl Core {
     fn backup_over(&self, op: OpId) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some((_, b)) = self.backups.remove(&op) {
-            if b.short.is_empty()
-                && let Source::File { path, .. } = &b.source
-            {
+            // A catalog generation replaces the previous one as soon as a RECOVER could get it
+            // whole (an enhanced holder of every chunk): its degree may stay short while the
+            // peers known include some that left for good.
+            let whole = b.short.is_empty()
+                || (b.catalog.is_some() && {
+                    let meta = self.meta.lock();
+                    let chunks = meta.backed_up().get(&b.file).map_or(0, |f| f.chunks.len());
+                    chunks > 0
+                        && (0..chunks).all(|no| {
+                            let key = ChunkKey {
+                                file: b.file,
+                                no: no as ChunkNo,
+                            };
+                            meta.perceived(&key).unwrap_or(0) > 0
+                        })
+                });
+            if whole && let Source::File { path, .. } = &b.source {
                 actions.extend(self.prune_versions(path, b.file, b.keep, b.version));
             }
             if matches!(b.source, Source::File { .. }) && b.catalog.is_none() {
@@ -451,12 +465,16 @@ impl Core {
                 if link {
                     // Nothing of a link is stored anywhere: no tombstone, no DELETE.
                     meta.forget_file(&id);
+                } else if catalog {
+                    // An old catalog generation goes with unconfirmed DELETEs and leaves no
+                    // tombstone: a confirmed deletion would stay pending for every peer that
+                    // left for good, one per generation, and tombstones would push users'
+                    // files out of the bounded set. A holder that misses all three DELETEs
+                    // drops it when it stores a generation two newer.
+                    meta.forget_file(&id);
+                    sends.push((id, Version::V1_0));
                 } else {
-                    // An old catalog generation goes with unconfirmed DELETEs: a confirmed
-                    // deletion would stay pending for every peer that left for good, one per
-                    // generation. A holder that misses all three keeps a small stale
-                    // generation, which RECOVER never prefers to a newer one.
-                    let confirmed = version == Version::V2_0 && !catalog;
+                    let confirmed = version == Version::V2_0;
                     sends.push((id, self.forget_file(&mut meta, id, confirmed)));
                 }
             }

@@ -466,25 +466,30 @@ impl Metadata {
         removed
     }
 
-    /// Forgets one stored chunk; true if it was held.
+    /// Forgets one stored chunk; true if it was held. (A catalog generation's tag stays: the
+    /// copy may come back, trimmed copies do; it goes with the generation's DELETE.)
     pub fn remove_stored(&mut self, key: &ChunkKey) -> bool {
         let removed = self.put_stored(*key, None).is_some();
         if removed {
             self.mark(Item::Stored(*key));
         }
-        self.drop_tag_if_empty(&key.file);
         removed
     }
 
-    /// A catalog tag goes with the last chunk of its file stored here.
+    /// A catalog tag goes with its file (DELETE).
     fn drop_tag_if_empty(&mut self, file: &FileId) {
         if !self.stored.contains_key(file) && self.catalog_tags.remove(file).is_some() {
             self.mark(Item::CatalogTag(*file));
         }
     }
 
-    /// Notes that `file`, stored here, is a catalog generation (`tag`).
+    /// Notes that `file`, stored here, is the catalog generation `tag`, unless chunks of it
+    /// are held already without one (a user's file is never relabelled). The caller checks
+    /// that `file` is the id `tag` names.
     pub fn set_catalog_tag(&mut self, file: FileId, tag: CatalogTag) {
+        if self.stored.contains_key(&file) && !self.catalog_tags.contains_key(&file) {
+            return;
+        }
         if self.catalog_tags.insert(file, tag) != Some(tag) {
             self.mark(Item::CatalogTag(file));
         }
@@ -498,8 +503,8 @@ impl Metadata {
     }
 
     /// `file` is a catalog generation just stored here: the generations of the same home two
-    /// or more older are dropped (their home deleted them once the next one had its degree;
-    /// this holder missed those DELETEs), with a tombstone so that they are not stored again.
+    /// or more older are dropped (their home deleted them once the next one was whole; this
+    /// holder missed those DELETEs), with a tombstone so that they are not stored again.
     /// Returns the chunks to remove from disk.
     pub fn drop_stale_catalogs(&mut self, file: &FileId) -> Vec<ChunkKey> {
         let Some(tag) = self.catalog_tags.get(file).copied() else {
@@ -528,21 +533,17 @@ impl Metadata {
 
     /// This peer's catalog as a document: every entry of a user's file or link (every
     /// version), without the catalog generations themselves.
-    pub fn catalog_document(&self, home: PeerId, generation: u64) -> (Vec<u8>, u64) {
-        let files: Vec<(&FileId, &BackedUpFile)> = self
-            .backed_up
-            .iter()
-            .filter(|(_, f)| f.is_users())
-            .collect();
-        let doc = CatalogDocument {
+    pub fn catalog_document(&self, home: PeerId, generation: u64) -> CatalogDocument {
+        CatalogDocument {
             home,
             generation,
-            files: files.iter().map(|(id, f)| (**id, (*f).clone())).collect(),
-        };
-        (
-            serde_json::to_vec(&doc).expect("catalog serialises"),
-            files.len() as u64,
-        )
+            files: self
+                .backed_up
+                .iter()
+                .filter(|(_, f)| f.is_users())
+                .map(|(id, f)| (*id, f.clone()))
+                .collect(),
+        }
     }
 
     /// Installs a recovered catalog: its entries join the catalog (new entries, every chunk
@@ -673,10 +674,10 @@ impl Metadata {
     pub fn perceived(&self, key: &ChunkKey) -> Option<usize> {
         if let Some(f) = self.backed_up.get(&key.file) {
             let holders = &f.chunks.get(key.no as usize)?.holders;
-            return Some(self.counted(key.file, holders, None));
+            return Some(self.counted(key.file, holders, false));
         }
         self.stored_chunk(key)
-            .map(|c| self.counted(key.file, &c.holders, Some(key)))
+            .map(|c| self.counted(key.file, &c.holders, true))
     }
 
     /// Whether `file` is a catalog generation (ours, or one stored here).
@@ -691,21 +692,16 @@ impl Metadata {
     /// How many of `holders` of a chunk of `file` count toward its degree: all of them, or
     /// for a catalog generation the enhanced ones (this peer, a holder of `stored`, counted
     /// as one: a peer that keeps catalogs is enhanced).
-    pub fn counted(
-        &self,
-        file: FileId,
-        holders: &BTreeSet<PeerId>,
-        stored: Option<&ChunkKey>,
-    ) -> usize {
+    pub fn counted(&self, file: FileId, holders: &BTreeSet<PeerId>, stored: bool) -> usize {
         if !self.is_catalog_file(&file) {
             return holders.len();
         }
-        let me = stored.map_or(0, |_| 1);
+        let me = usize::from(stored && !holders.is_empty());
         holders
             .iter()
             .filter(|p| self.enhanced_peers.contains(p))
             .count()
-            + me.min(holders.len())
+            + me
     }
 
     /// The version of `path` a restore takes: `version` if given, else the newest one every

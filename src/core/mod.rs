@@ -619,6 +619,8 @@ pub struct Core {
     catalog_hinted: AtomicBool,
     /// Enhanced: another live process uses this peer's id.
     id_conflict: AtomicBool,
+    /// Enhanced: the highest generation of this peer's catalog the group said it holds.
+    catalog_heard: AtomicU64,
     /// This process's random instance (in its UP).
     instance: u64,
 }
@@ -679,6 +681,7 @@ impl Core {
             catalog_timer: AtomicBool::new(false),
             catalog_hinted: AtomicBool::new(false),
             id_conflict: AtomicBool::new(false),
+            catalog_heard: AtomicU64::new(0),
             instance: fastrand::Rng::with_seed(cfg.seed ^ 0x1d5e_ed00).u64(..),
             cfg,
         }
@@ -824,20 +827,11 @@ impl Core {
             .flat_map(|chunk| self.removed_sends(chunk, Version::V1_0))
             .collect();
         if self.cfg.enhanced() {
-            actions.push(self.up_message());
+            actions.extend(self.announce_at_start());
             actions.push(Action::Schedule {
                 delay: self.cfg.delete_retry_interval,
                 event: TimerEvent::RetryDeletes,
             });
-            // A peer with an empty catalog asks whether the group holds one for its id.
-            if !self.meta.lock().backed_up().values().any(|f| f.is_users()) {
-                actions.push(self.send_v(
-                    Channel::Mc,
-                    Version::V2_0,
-                    MessageKind::FindCatalog { home: self.cfg.id },
-                    Vec::new(),
-                ));
-            }
         }
         actions
     }
@@ -882,7 +876,7 @@ impl Core {
             MessageKind::Up if enhanced => self.on_up(msg.sender),
             MessageKind::Deleted { file } if enhanced => self.on_deleted(msg.sender, file),
             MessageKind::Check { chunk, nonce } if enhanced => self.on_check(chunk, nonce),
-            MessageKind::FindCatalog { home } if enhanced => self.on_find_catalog(msg.sender, home),
+            MessageKind::FindCatalog { home } if enhanced => self.on_find_catalog(home),
             MessageKind::CatalogHeld { file, tag } if enhanced => {
                 self.on_catalog_held(msg.sender, file, tag);
                 Vec::new()

@@ -39,21 +39,30 @@ const FIND_WAIT: Duration = Duration::from_secs(1);
 /// The UP line naming the process.
 const INSTANCE: &str = "INSTANCE";
 
-/// The file id of generation `generation` of `home`'s catalog.
-pub fn catalog_file_id(home: PeerId, generation: u64) -> FileId {
+/// The file id of the catalog generation `tag` describes: its home, its generation and its
+/// document's hash, so that two documents never share an id (a generation number used twice,
+/// say after a RECOVER of an older generation, names another file).
+pub fn catalog_file_id(tag: &CatalogTag) -> FileId {
     let mut h = sha2::Sha256::new();
     h.update(b"dbs-catalog-v1\0");
-    h.update(home.to_string());
+    h.update(tag.home.to_string());
     h.update(b"\0");
-    h.update(generation.to_string());
+    h.update(tag.generation.to_string());
+    h.update(b"\0");
+    h.update(tag.hash.0);
     FileId(h.finalize().into())
 }
 
-/// One RECOVER in progress: the generations heard of, and who holds each.
+/// One RECOVER in progress: the generations heard of and who holds each, then those still to
+/// try, newest first.
 #[derive(Debug)]
 pub struct RecoverOp {
     tmp: PathBuf,
-    heard: BTreeMap<FileId, Vec<(PeerId, CatalogTag)>>,
+    heard: BTreeMap<FileId, (CatalogTag, Vec<PeerId>)>,
+    /// After the questions: the generations to try, newest (then most held) first.
+    left: Vec<(FileId, CatalogTag, Vec<PeerId>)>,
+    /// Why the generations tried so far failed.
+    failures: Vec<String>,
 }
 
 /// What a RECOVER found and installed.
@@ -65,8 +74,10 @@ pub struct Recovered {
     pub paths: usize,
     /// Entries (versions and links) it lists.
     pub entries: usize,
-    /// Peers that said they hold it.
+    /// Peers that said they hold that generation.
     pub holders: Vec<PeerId>,
+    /// Newer generations announced that could not be restored whole.
+    pub skipped: Vec<String>,
 }
 
 impl Core {
@@ -86,6 +97,30 @@ impl Core {
         }]
     }
 
+    /// At start: if the newest generation published may not hold the catalog as it is (it
+    /// lists another number of entries, or is not whole), publish again (a change made just
+    /// before a crash, or a publication that failed, is not lost).
+    pub(super) fn catalog_at_start(&self) -> Vec<Action> {
+        let stale = {
+            let meta = self.meta.lock();
+            let entries = meta.backed_up().values().filter(|f| f.is_users()).count() as u64;
+            let newest = meta
+                .backed_up()
+                .iter()
+                .filter_map(|(id, f)| f.attrs.catalog.map(|t| (t.generation, *id, t)))
+                .max_by_key(|(g, _, _)| *g);
+            match newest {
+                None => entries > 0,
+                Some((_, id, tag)) => tag.files != entries || !meta.backed_up()[&id].restorable(),
+            }
+        };
+        if stale {
+            self.catalog_changed()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The interval is over: write the next generation, unless nothing changed, one is being
     /// backed up still, or another live process has this id.
     pub(super) fn publish_catalog(&self) -> Vec<Action> {
@@ -103,8 +138,7 @@ impl Core {
                 .get(&b.file)
                 .is_some_and(|f| f.is_catalog())
         });
-        let enhanced_peers = meta.enhanced_peers().len();
-        if running || enhanced_peers == 0 {
+        if running || meta.enhanced_peers().is_empty() {
             // Later (nobody could answer a FINDCATALOG without an enhanced holder).
             drop(meta);
             self.catalog_timer.store(true, Ordering::Relaxed);
@@ -122,13 +156,13 @@ impl Core {
             .filter_map(|f| f.attrs.catalog.map(|t| t.generation))
             .max()
             .unwrap_or(0)
+            .max(self.catalog_heard.load(Ordering::Relaxed))
             + 1;
-        let (bytes, files) = meta.catalog_document(self.cfg.id, generation);
+        // Copied under the lock, serialised outside it.
+        let doc = meta.catalog_document(self.cfg.id, generation);
         drop(meta);
-        tracing::debug!(
-            "publishing catalog generation {generation}: {files} file(s), {} bytes",
-            bytes.len()
-        );
+        let files = doc.files.len() as u64;
+        let bytes = serde_json::to_vec(&doc).expect("catalog serialises");
         let tag = CatalogTag {
             home: self.cfg.id,
             generation,
@@ -136,6 +170,11 @@ impl Core {
             files,
             hash: ChunkHash::of(&bytes),
         };
+        tracing::debug!(
+            "publishing catalog generation {generation} as file {}: {files} file(s), {} bytes",
+            catalog_file_id(&tag),
+            bytes.len()
+        );
         vec![Action::WriteCatalog {
             path: self.cfg.catalog_path.clone(),
             bytes,
@@ -143,8 +182,12 @@ impl Core {
         }]
     }
 
-    /// The runtime wrote generation `tag` of the catalog to its path: back it up.
-    pub fn catalog_written(&self, tag: CatalogTag) -> Vec<Action> {
+    /// The runtime wrote generation `tag` of the catalog to its path (`ok`), or could not:
+    /// back it up, or try again later.
+    pub fn catalog_written(&self, tag: CatalogTag, ok: bool) -> Vec<Action> {
+        if !ok {
+            return self.catalog_changed();
+        }
         let degree = {
             let meta = self.meta.lock();
             meta.enhanced_peers()
@@ -153,7 +196,7 @@ impl Core {
         };
         let req = BackupRequest {
             path: self.cfg.catalog_path.clone(),
-            file: catalog_file_id(self.cfg.id, tag.generation),
+            file: catalog_file_id(&tag),
             size: tag.size,
             degree,
             enhanced: true,
@@ -163,15 +206,14 @@ impl Core {
             },
             keep: 1,
         };
-        self.start_backup(self.internal_op(), req)
-            .unwrap_or_default()
+        match self.start_backup(self.internal_op(), req) {
+            Ok(actions) => actions,
+            Err(_) => self.catalog_changed(),
+        }
     }
 
     /// A holder is asked which catalog generations of `home` it holds.
-    pub(super) fn on_find_catalog(&self, from: PeerId, home: PeerId) -> Vec<Action> {
-        if from == self.cfg.id {
-            return Vec::new();
-        }
+    pub(super) fn on_find_catalog(&self, home: PeerId) -> Vec<Action> {
         let held: Vec<(FileId, CatalogTag)> = self
             .meta
             .lock()
@@ -193,19 +235,22 @@ impl Core {
 
     /// A holder says it holds a generation of a catalog.
     pub(super) fn on_catalog_held(&self, from: PeerId, file: FileId, tag: CatalogTag) {
-        if tag.home != self.cfg.id || file != catalog_file_id(tag.home, tag.generation) {
+        if tag.home != self.cfg.id || file != catalog_file_id(&tag) {
             return;
         }
+        // Numbering goes on above every generation the group holds.
+        self.catalog_heard
+            .fetch_max(tag.generation, Ordering::Relaxed);
         let mut heard = false;
         for mut r in self.recovering.iter_mut() {
-            let answers = r.heard.entry(file).or_default();
-            if !answers.iter().any(|(p, _)| *p == from) {
-                answers.push((from, tag));
+            let (_, holders) = r.heard.entry(file).or_insert((tag, Vec::new()));
+            if !holders.contains(&from) {
+                holders.push(from);
             }
             heard = true;
         }
         let empty = !self.meta.lock().backed_up().values().any(|f| f.is_users());
-        if !heard && empty && !self.catalog_hinted.swap(true, Ordering::Relaxed) {
+        if !heard && empty && tag.files > 0 && !self.catalog_hinted.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "this peer's tree holds no catalog, but peer {from} holds generation {} of the \
                  catalog of peer id {} ({} files): run RECOVER (testapp <access point> RECOVER) \
@@ -220,13 +265,9 @@ impl Core {
     /// Starts RECOVER: asks the group for this peer's catalog. `tmp` is where the recovered
     /// document is assembled. Refused on a peer whose catalog is not empty.
     pub fn start_recover(&self, op: OpId, tmp: PathBuf) -> Result<Vec<Action>, CommandError> {
-        let files = self
-            .meta
-            .lock()
-            .backed_up()
-            .values()
-            .filter(|f| f.is_users())
-            .count();
+        // Checked and registered under the metadata lock: two RECOVERs cannot both start.
+        let meta = self.meta.lock();
+        let files = meta.backed_up().values().filter(|f| f.is_users()).count();
         if files > 0 {
             return Err(CommandError::CatalogNotEmpty(files));
         }
@@ -238,19 +279,27 @@ impl Core {
             RecoverOp {
                 tmp,
                 heard: BTreeMap::new(),
+                left: Vec::new(),
+                failures: Vec::new(),
             },
         );
+        drop(meta);
         Ok(self.find_round(op, 1))
+    }
+
+    /// FINDCATALOG for this peer's id (send `send` of RECOVER `op`, if any).
+    fn find_catalog(&self) -> Action {
+        self.send_v(
+            Channel::Mc,
+            Version::V2_0,
+            MessageKind::FindCatalog { home: self.cfg.id },
+            Vec::new(),
+        )
     }
 
     fn find_round(&self, op: OpId, send: u8) -> Vec<Action> {
         vec![
-            self.send_v(
-                Channel::Mc,
-                Version::V2_0,
-                MessageKind::FindCatalog { home: self.cfg.id },
-                Vec::new(),
-            ),
+            self.find_catalog(),
             Action::Schedule {
                 delay: FIND_WAIT,
                 event: TimerEvent::FindWait { op, send },
@@ -260,50 +309,67 @@ impl Core {
 
     /// The wait after FINDCATALOG send `send` of RECOVER `op` is over.
     pub(super) fn find_wait_over(&self, op: OpId, send: u8) -> Vec<Action> {
-        if !self.recovering.contains_key(&op) {
-            return Vec::new();
-        }
         if send < FIND_SENDS {
-            return self.find_round(op, send + 1);
+            return if self.recovering.contains_key(&op) {
+                self.find_round(op, send + 1)
+            } else {
+                Vec::new()
+            };
         }
-        let Some((_, r)) = self.recovering.remove(&op) else {
+        let Some(mut r) = self.recovering.get_mut(&op) else {
             return Vec::new();
         };
-        // The newest generation; of its answers, the tag most holders gave.
-        let Some((file, answers)) = r
-            .heard
-            .into_iter()
-            .max_by_key(|(_, a)| a.first().map(|(_, t)| t.generation))
-        else {
+        if r.heard.is_empty() {
+            drop(r);
+            self.recovering.remove(&op);
             return vec![Action::Report {
                 op,
                 event: OpEvent::Failed(format!(
                     "no catalog of peer {} in the group: nobody answered FINDCATALOG in {} s \
                      (its holders are down, run protocol 1.0, or it was never published)",
                     self.cfg.id,
-                    FIND_SENDS as u64 * FIND_WAIT.as_secs()
+                    u64::from(FIND_SENDS) * FIND_WAIT.as_secs()
+                )),
+            }];
+        }
+        // Newest first; of one generation (two documents may share a number), the one most
+        // holders announced first.
+        let mut left: Vec<(FileId, CatalogTag, Vec<PeerId>)> = std::mem::take(&mut r.heard)
+            .into_iter()
+            .map(|(file, (tag, holders))| (file, tag, holders))
+            .collect();
+        left.sort_by_key(|(_, t, h)| (t.generation, h.len()));
+        r.left = left; // the last is tried first
+        drop(r);
+        self.try_next_generation(op, None)
+    }
+
+    /// Restores the next generation RECOVER `op` has left to try (the previous one failed
+    /// for `failed`), or ends it.
+    pub(super) fn try_next_generation(&self, op: OpId, failed: Option<String>) -> Vec<Action> {
+        let Some(mut r) = self.recovering.get_mut(&op) else {
+            return Vec::new();
+        };
+        r.failures.extend(failed);
+        let Some((file, tag, holders)) = r.left.pop() else {
+            let failures = std::mem::take(&mut r.failures);
+            drop(r);
+            self.recovering.remove(&op);
+            return vec![Action::Report {
+                op,
+                event: OpEvent::Failed(format!(
+                    "no catalog generation of peer {} could be restored whole: {}",
+                    self.cfg.id,
+                    failures.join("; ")
                 )),
             }];
         };
-        let mut votes: BTreeMap<(u64, u64, [u8; 32]), Vec<PeerId>> = BTreeMap::new();
-        for (peer, t) in &answers {
-            votes
-                .entry((t.size, t.files, t.hash.0))
-                .or_default()
-                .push(*peer);
-        }
-        let (_, holders) = votes
-            .iter()
-            .max_by_key(|(_, peers)| peers.len())
-            .expect("answers");
-        let tag = answers
-            .iter()
-            .find(|(p, _)| *p == holders[0])
-            .map(|(_, t)| *t)
-            .expect("a holder's tag");
-        let holders = holders.clone();
+        let tmp = r.tmp.clone();
+        drop(r);
         {
+            // A catalog entry left by a RECOVER that failed is replaced.
             let mut meta = self.meta.lock();
+            meta.forget_file(&file);
             meta.register_file(file, self.cfg.catalog_path.clone(), tag.size, 1);
             meta.set_file_attrs(
                 file,
@@ -316,8 +382,8 @@ impl Core {
         }
         let req = RestoreRequest {
             path: self.cfg.catalog_path.clone(),
-            tmp: r.tmp.clone(),
-            dest: r.tmp.with_extension("json"),
+            tmp: tmp.clone(),
+            dest: tmp.with_extension("json"),
             enhanced: true,
             version: None,
             overwrite: true,
@@ -325,11 +391,15 @@ impl Core {
         };
         match self.start_restore_of(op, file, req, Some((tag, holders))) {
             Ok(actions) => actions,
-            Err(e) => vec![Action::Report {
-                op,
-                event: OpEvent::Failed(e.to_string()),
-            }],
+            Err(e) => self.try_next_generation(op, Some(e.to_string())),
         }
+    }
+
+    /// A catalog generation RECOVER `op` restored could not be had whole: forget it, try the
+    /// next one.
+    pub(super) fn catalog_not_restored(&self, op: OpId, file: FileId, why: String) -> Vec<Action> {
+        self.meta.lock().forget_file(&file);
+        self.try_next_generation(op, Some(why))
     }
 
     /// The recovered catalog of RECOVER `op` was read back from disk (`Err`: it could not be).
@@ -340,33 +410,39 @@ impl Core {
         holders: Vec<PeerId>,
         bytes: Result<Vec<u8>, String>,
     ) -> Vec<Action> {
-        let installed = bytes.and_then(|bytes| {
+        let file = catalog_file_id(&tag);
+        let doc = bytes.and_then(|bytes| {
             if ChunkHash::of(&bytes) != tag.hash {
                 return Err(format!(
-                    "the recovered catalog (generation {}) does not have the hash its holders \
-                     announced: not installed",
+                    "generation {} does not have the hash its holders announced",
                     tag.generation
                 ));
             }
             let doc: CatalogDocument = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("the recovered catalog is unreadable: {e}"))?;
+                .map_err(|e| format!("generation {} is unreadable: {e}", tag.generation))?;
             if doc.home != self.cfg.id {
                 return Err(format!(
-                    "the recovered catalog is peer {}'s, not this peer's",
-                    doc.home
+                    "generation {} is peer {}'s catalog, not this peer's",
+                    tag.generation, doc.home
                 ));
             }
-            Ok(self.meta.lock().install_catalog(doc))
+            Ok(doc)
         });
-        let event = match installed {
-            Ok((paths, entries)) => OpEvent::Recovered(Recovered {
-                generation: tag.generation,
-                paths,
-                entries,
-                holders,
-            }),
-            Err(e) => OpEvent::Failed(e),
+        let doc = match doc {
+            Ok(doc) => doc,
+            Err(e) => return self.catalog_not_restored(op, file, e),
         };
+        let Some((_, r)) = self.recovering.remove(&op) else {
+            return Vec::new();
+        };
+        let (paths, entries) = self.meta.lock().install_catalog(doc);
+        let event = OpEvent::Recovered(Recovered {
+            generation: tag.generation,
+            paths,
+            entries,
+            holders,
+            skipped: r.failures,
+        });
         vec![Action::SyncMetadata, Action::Report { op, event }]
     }
 
@@ -378,6 +454,16 @@ impl Core {
             MessageKind::Up,
             vec![format!("{INSTANCE} {:016x}", self.instance)],
         )
+    }
+
+    /// At start: UP, and, with an empty catalog, whether the group holds one for this id.
+    pub(super) fn announce_at_start(&self) -> Vec<Action> {
+        let mut actions = vec![self.up_message()];
+        if !self.meta.lock().backed_up().values().any(|f| f.is_users()) {
+            actions.push(self.find_catalog());
+        }
+        actions.extend(self.catalog_at_start());
+        actions
     }
 
     /// An UP with this peer's own id: another process, if it names another instance. The

@@ -238,13 +238,23 @@ impl Core {
                 if !r.read_only {
                     actions.push(Action::AbortRestore { tmp: r.tmp });
                 }
-                actions.push(Action::Report {
-                    op,
-                    event: OpEvent::RestoreIncomplete {
-                        file: r.file,
-                        missing: super::backup::sorted(r.missing),
-                    },
-                });
+                let missing = super::backup::sorted(r.missing);
+                if let Some((tag, _)) = r.catalog {
+                    // RECOVER tries the next generation.
+                    let why = format!(
+                        "generation {}: no peer delivered chunk(s) {missing:?}",
+                        tag.generation
+                    );
+                    actions.extend(self.catalog_not_restored(op, r.file, why));
+                } else {
+                    actions.push(Action::Report {
+                        op,
+                        event: OpEvent::RestoreIncomplete {
+                            file: r.file,
+                            missing,
+                        },
+                    });
+                }
             }
         }
         actions
@@ -402,13 +412,20 @@ impl Core {
         let Some((_, r)) = self.restores.remove(&op) else {
             return Vec::new();
         };
-        if let (Some((tag, holders)), Ok(())) = (r.catalog.clone(), &result) {
-            return vec![Action::LoadCatalog {
-                op,
-                path: r.dest,
-                tag,
-                holders,
-            }];
+        match (r.catalog.clone(), &result) {
+            (Some((tag, holders)), Ok(())) => {
+                return vec![Action::LoadCatalog {
+                    op,
+                    path: r.dest,
+                    tag,
+                    holders,
+                }];
+            }
+            (Some((tag, _)), Err(e)) => {
+                let why = format!("generation {}: {e}", tag.generation);
+                return self.catalog_not_restored(op, r.file, why);
+            }
+            (None, _) => {}
         }
         let event = match result {
             Ok(()) => OpEvent::RestoreDone {
@@ -434,10 +451,16 @@ impl Core {
         if !r.read_only {
             actions.push(Action::AbortRestore { tmp: r.tmp });
         }
-        actions.push(Action::Report {
-            op,
-            event: OpEvent::Failed(format!("restore failed: {reason}")),
-        });
+        match r.catalog {
+            Some((tag, _)) => {
+                let why = format!("generation {}: {reason}", tag.generation);
+                actions.extend(self.catalog_not_restored(op, r.file, why));
+            }
+            None => actions.push(Action::Report {
+                op,
+                event: OpEvent::Failed(format!("restore failed: {reason}")),
+            }),
+        }
         actions
     }
 }

@@ -83,8 +83,8 @@ impl Core {
         {
             return Vec::new(); // never store chunks of our own files, deleted ones included
         }
-        // A chunk of another peer's catalog: remember whose (dropped with its last chunk).
-        if let Some(tag) = catalog {
+        // A chunk of another peer's catalog: remember whose (the tag must name this file).
+        if let Some(tag) = catalog.filter(|t| super::recover::catalog_file_id(t) == chunk.file) {
             meta.set_catalog_tag(chunk.file, tag);
         }
         if meta.stored_chunk(&chunk).is_some() {
@@ -158,7 +158,7 @@ impl Core {
             d.holders,
             d.desired
         );
-        let seen = self.meta.lock().counted(chunk.file, &d.holders, None);
+        let seen = self.meta.lock().counted(chunk.file, &d.holders, false);
         if seen >= usize::from(d.desired) {
             return Vec::new(); // enough peers stored it: keep our disk free
         }
@@ -207,7 +207,7 @@ impl Core {
         };
         let mut holders = w.holders;
         holders.insert(self.cfg.id);
-        let below = holders.len() < usize::from(desired);
+        let below = meta.counted(chunk.file, &holders, true) < usize::from(desired);
         meta.insert_stored(
             chunk,
             StoredChunk {
@@ -301,7 +301,11 @@ impl Core {
     pub(super) fn on_delete(&self, sender: PeerId, file: FileId, enhanced: bool) -> Vec<Action> {
         let removed = {
             let mut meta = self.meta.lock();
-            meta.add_tombstone(file, sender);
+            // A catalog generation needs no tombstone (an old one coming back is dropped when
+            // a newer one is stored), and would push users' files out of the bounded set.
+            if meta.catalog_tag(&file).is_none() {
+                meta.add_tombstone(file, sender);
+            }
             meta.remove_stored_file(&file)
         };
         for mut w in self.writing.iter_mut().filter(|w| w.key().file == file) {

@@ -1717,7 +1717,7 @@ fn a_changed_catalog_is_published_once_per_interval_as_a_tagged_backup() {
     // Nothing changed since: no second generation.
     assert!(c.on_timer(TimerEvent::PublishCatalog).is_empty());
     // Its backup: PUTCHUNK 2.0 with the CATALOG line, at the degree of the peers known.
-    let started = c.catalog_written(*tag);
+    let started = c.catalog_written(*tag, true);
     let Some(Action::SendPutchunk {
         degree,
         extra_lines,
@@ -1750,7 +1750,7 @@ fn holders_answer_findcatalog_and_recover_takes_the_newest_generation() {
     };
     // A holder of generation 1's chunk answers for it.
     let holder = core2(5);
-    let old = recover::catalog_file_id(1, 1);
+    let old = recover::catalog_file_id(&tag(1));
     let mut put = msg2(
         1,
         MessageKind::Putchunk {
@@ -1794,7 +1794,7 @@ fn holders_answer_findcatalog_and_recover_takes_the_newest_generation() {
         sends(&actions)[0].kind,
         MessageKind::FindCatalog { home: 1 }
     );
-    let new = recover::catalog_file_id(1, 2);
+    let new = recover::catalog_file_id(&tag(2));
     home.on_message(msg2(
         5,
         MessageKind::CatalogHeld {
@@ -1853,10 +1853,12 @@ fn a_recovered_catalog_is_checked_and_installed() {
         panic!()
     };
     let home = core2(1);
+    home.start_recover(7, "/tmp/r".into()).unwrap();
     let bad = home.catalog_loaded(7, tag, vec![2], Ok(b"other".to_vec()));
     assert!(bad.iter().any(|a| matches!(a,
         Action::Report { event: OpEvent::Failed(m), .. } if m.contains("hash"))));
-    let good = home.catalog_loaded(7, tag, vec![2], Ok(bytes));
+    home.start_recover(8, "/tmp/r".into()).unwrap();
+    let good = home.catalog_loaded(8, tag, vec![2], Ok(bytes));
     assert!(good.iter().any(|a| matches!(a,
         Action::Report { event: OpEvent::Recovered(r), .. } if r.paths == 1 && r.generation == 1)));
     let path = std::path::Path::new("/src/file");
@@ -1888,4 +1890,58 @@ fn another_process_with_this_id_is_noticed_and_stops_publication() {
         .unwrap()
         .clone();
     assert!(other.on_message(up).is_empty());
+}
+
+#[test]
+fn recover_falls_back_to_an_older_generation_when_the_newest_cannot_be_had() {
+    let tag = |generation| crate::protocol::CatalogTag {
+        home: 1,
+        generation,
+        size: 10,
+        files: 1,
+        hash: ChunkHash::of(&[generation as u8]),
+    };
+    let home = core2(1);
+    let mut actions = home.start_recover(40, "/tmp/r".into()).unwrap();
+    let (old, new) = (
+        recover::catalog_file_id(&tag(1)),
+        recover::catalog_file_id(&tag(2)),
+    );
+    home.on_message(msg2(
+        5,
+        MessageKind::CatalogHeld {
+            file: old,
+            tag: tag(1),
+        },
+    ));
+    home.on_message(msg2(
+        2,
+        MessageKind::CatalogHeld {
+            file: new,
+            tag: tag(2),
+        },
+    ));
+    // A forged tag naming another file is not believed.
+    home.on_message(msg2(
+        9,
+        MessageKind::CatalogHeld {
+            file: key(0).file,
+            tag: tag(7),
+        },
+    ));
+    let mut asked = Vec::new();
+    while let Some((_, event)) = timers(&actions).pop() {
+        actions = home.on_timer(event);
+        asked.extend(sends(&actions).iter().filter_map(|m| match m.kind {
+            MessageKind::Getchunk { chunk } => Some(chunk.file),
+            _ => None,
+        }));
+        if asked.contains(&old) {
+            break;
+        }
+    }
+    // Generation 2 first (nobody delivers it), then generation 1.
+    assert_eq!(asked.first(), Some(&new));
+    assert!(asked.contains(&old), "{asked:?}");
+    assert!(!asked.contains(&key(0).file));
 }

@@ -253,13 +253,14 @@ impl<E: Effects> Executor<E> {
                         .send(Channel::Mdb, Outgoing::Build(Box::new(build)));
                 }
                 Action::WriteCatalog { path, bytes, tag } => {
-                    match disk.write_catalog(&path, &bytes) {
-                        Ok(()) => self.run(self.core.catalog_written(tag)),
-                        Err(e) => self.disk_error(format_args!(
+                    let written = disk.write_catalog(&path, &bytes);
+                    if let Err(e) = &written {
+                        self.disk_error(format_args!(
                             "writing the catalog to {}: {e}",
                             path.display()
-                        )),
+                        ));
                     }
+                    self.run(self.core.catalog_written(tag, written.is_ok()));
                 }
                 Action::LoadCatalog {
                     op,

@@ -120,6 +120,10 @@ pub struct CatalogTag {
 }
 
 impl CatalogTag {
+    /// A catalog document is at most this large (a million files of about a kilobyte each);
+    /// a tag naming more is not believed.
+    pub const MAX_SIZE: u64 = 1 << 30;
+
     /// The five wire fields.
     pub fn fields(&self) -> String {
         format!(
@@ -145,7 +149,7 @@ impl CatalogTag {
         Some(CatalogTag {
             home: parse_sender(home).ok()?,
             generation: num(generation)?,
-            size: num(size)?,
+            size: num(size).filter(|s| *s <= CatalogTag::MAX_SIZE)?,
             files: num(files)?,
             hash: super::ids::ChunkHash(parse_hex(hash)?),
         })
