@@ -72,18 +72,23 @@ fn kind() -> impl Strategy<Value = MessageKind> {
         (chunk_key(), any::<[u8; 32]>())
             .prop_map(|(chunk, nonce)| MessageKind::Check { chunk, nonce }),
         any::<u32>().prop_map(|home| MessageKind::FindCatalog { home }),
-        (file_id(), any::<(u32, u64, u64, u64, [u8; 32])>()).prop_map(
-            |(file, (home, generation, size, files, hash))| MessageKind::CatalogHeld {
-                file,
-                tag: dbs::protocol::CatalogTag {
-                    home,
-                    generation,
-                    size,
-                    files,
-                    hash: dbs::protocol::ChunkHash(hash),
-                },
-            }
-        ),
+        (
+            file_id(),
+            any::<(u32, u64, u64, [u8; 32])>(),
+            0..=dbs::protocol::CatalogTag::MAX_SIZE
+        )
+            .prop_map(|(file, (home, generation, files, hash), size)| {
+                MessageKind::CatalogHeld {
+                    file,
+                    tag: dbs::protocol::CatalogTag {
+                        home,
+                        generation,
+                        size,
+                        files,
+                        hash: dbs::protocol::ChunkHash(hash),
+                    },
+                }
+            }),
         (chunk_key(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(chunk, nonce, proof)| {
             MessageKind::Checked {
                 chunk,
@@ -687,6 +692,11 @@ fn rejects_malformed_messages_with_the_matching_error() {
             },
         ),
         (format!("CHECK 2.0 2 {HEX} 0 abc \r\n\r\n"), BadDigest),
+        // A catalog over 1 GiB is not believed.
+        (
+            format!("CATALOG 2.0 2 {HEX} 1 1 1073741825 1 {HEX} \r\n\r\n"),
+            BadCatalog,
+        ),
         (
             format!("CHECKED 2.0 2 {HEX} 0 {HEX} ../.. \r\n\r\n"),
             BadDigest,
