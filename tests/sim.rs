@@ -495,3 +495,25 @@ fn a_home_that_lost_its_disk_recovers_its_catalog_and_files() {
         );
     }
 }
+
+/// Files change after their backup: the new content is backed up as a new version, and the
+/// previous one must keep every acknowledged chunk until the new one is whole, then go (the
+/// invariants check both: no acknowledged chunk of the old version lost before, no copy of it
+/// left on an enhanced peer after); restores give the new content. With loss and crashes, in
+/// 2.0 and mixed groups.
+#[test]
+fn a_changed_file_replaces_its_previous_version_only_once_the_new_one_is_whole() {
+    for versions in [Versions::V2, Versions::Mixed] {
+        check(
+            "a_changed_file_replaces_its_previous_version_only_once_the_new_one_is_whole",
+            8_000,
+            20,
+            |seed| Scenario {
+                new_versions: 0.6,
+                crash_rate: 0.5,
+                delete_share: 0.3,
+                ..lossy(seed, versions, 0.1)
+            },
+        );
+    }
+}

@@ -45,6 +45,11 @@ pub(super) struct FileJob {
     whole: bool,
     /// Its home lost its disk after that: RECOVER must bring it back.
     to_recover: bool,
+    /// Its content changes once backed up whole: the new data and file id, backed up next.
+    next_version: Option<(Arc<Vec<u8>>, FileId)>,
+    /// While the new content is backed up: the previous version's file id, which must keep
+    /// every acknowledged chunk until the new one is whole.
+    previous: Option<FileId>,
 }
 
 /// What the clients asked for and were told.
@@ -120,6 +125,13 @@ impl World {
             let delete = self.rng.f64() < self.sc.delete_share;
             let mut verify_key = [0u8; 32];
             self.rng.fill(&mut verify_key);
+            let next_version =
+                (self.sc.new_versions > 0.0 && self.rng.f64() < self.sc.new_versions).then(|| {
+                    let mut changed = data.clone();
+                    self.rng.fill(&mut changed[..]);
+                    let file = file_id(&path, size, 1_000_000 + i as i128, id);
+                    (Arc::new(changed), file)
+                });
             self.ledger.files.push(FileJob {
                 home,
                 path,
@@ -134,6 +146,8 @@ impl World {
                 interrupted: false,
                 whole: false,
                 to_recover: false,
+                next_version,
+                previous: None,
             });
             let start = self.sc.spread.mul_f64(self.rng.f64());
             self.at(start, Event::Client { file: i });
@@ -322,8 +336,28 @@ impl World {
                         self.ledger.acked.insert(chunk, i);
                     }
                 }
-                if short.is_empty() {
-                    self.ledger.files[i].whole = true;
+                if short.is_empty() && self.ledger.files[i].next_version.is_some() {
+                    // The file changes: its new content is backed up, the old version kept
+                    // (its chunks stay acknowledged) until the new one is whole.
+                    let f = &mut self.ledger.files[i];
+                    let (data, file) = f.next_version.take().expect("checked");
+                    f.previous = Some(f.file);
+                    f.file = file;
+                    f.data = data.clone();
+                    let (home, path) = (f.home, f.path.clone());
+                    self.slots[home as usize]
+                        .disk
+                        .put_file(&path, data.to_vec());
+                    self.next_step(i, Step::Backup);
+                } else if short.is_empty() {
+                    let f = &mut self.ledger.files[i];
+                    f.whole = true;
+                    // The version it replaces went with this backup's end (--keep 1).
+                    if let Some(previous) = f.previous.take() {
+                        let enhanced = f.enhanced;
+                        self.ledger.acked.retain(|k, _| k.file != previous);
+                        self.ledger.deleted.insert(previous, enhanced);
+                    }
                     self.next_step(i, Step::Restore);
                 } else {
                     self.fail(format!("file {i}: backup short of chunks {short:?}"));

@@ -92,6 +92,9 @@ pub struct Scenario {
     /// At this time, this peer's disk dies; it comes back on an empty one 2 s later and runs
     /// RECOVER 3 s after that, then restores every file whose backup had completed.
     pub lose_disk: Option<(Duration, u32)>,
+    /// Share of the files whose content changes once they are backed up whole: the new
+    /// content is backed up as a new version (the previous one must stay until it is whole).
+    pub new_versions: f64,
 }
 
 impl Default for Scenario {
@@ -125,6 +128,7 @@ impl Default for Scenario {
             max_time: Duration::from_secs(3_600),
             settle: Duration::from_secs(600),
             lose_disk: None,
+            new_versions: 0.0,
         }
     }
 }
