@@ -163,6 +163,9 @@ pub struct Metadata {
     /// Files stored here that are catalog generations of other peers, and what they are.
     #[serde(default)]
     catalog_tags: BTreeMap<FileId, CatalogTag>,
+    /// The files backed up here by path (an index of `backed_up`, kept with it).
+    #[serde(skip)]
+    by_path: BTreeMap<PathBuf, BTreeSet<FileId>>,
     /// Items changed since the last save.
     #[serde(skip)]
     changed: BTreeSet<Item>,
@@ -310,6 +313,7 @@ impl Default for Metadata {
             capacity: DEFAULT_CAPACITY,
             stored: BTreeMap::new(),
             backed_up: BTreeMap::new(),
+            by_path: BTreeMap::new(),
             pending_deletes: BTreeMap::new(),
             enhanced_peers: BTreeSet::new(),
             tombstones: BTreeMap::new(),
@@ -393,6 +397,9 @@ impl Metadata {
     /// Reads a snapshot (as written by [`Metadata::drain_changes`]).
     pub fn from_json(bytes: &[u8]) -> serde_json::Result<Metadata> {
         let mut m: Metadata = serde_json::from_slice(bytes)?;
+        for (id, f) in &m.backed_up {
+            m.by_path.entry(f.path.clone()).or_default().insert(*id);
+        }
         for c in m.stored.values().flat_map(|chunks| chunks.values()) {
             m.used_bytes += u64::from(c.size);
             m.footprint_bytes += footprint(c.size);
@@ -554,7 +561,7 @@ impl Metadata {
         for (id, f) in doc.files {
             paths.insert(f.path.clone());
             let chunks = f.chunks.len();
-            self.backed_up.insert(id, f);
+            self.put_own(id, f);
             self.fresh_files.insert(id);
             self.mark(Item::OwnFile(id));
             for no in 0..chunks {
@@ -587,15 +594,45 @@ impl Metadata {
         if !self.backed_up.contains_key(&file) {
             self.fresh_files.insert(file);
         }
-        let entry = self.backed_up.entry(file).or_insert_with(|| BackedUpFile {
-            path,
-            size,
-            desired,
-            chunks: vec![ChunkRecord::default(); chunk_count(size) as usize],
-            attrs: FileAttrs::default(),
-        });
+        if !self.backed_up.contains_key(&file) {
+            let f = BackedUpFile {
+                path,
+                size,
+                desired,
+                chunks: vec![ChunkRecord::default(); chunk_count(size) as usize],
+                attrs: FileAttrs::default(),
+            };
+            self.put_own(file, f);
+        }
+        let entry = self.backed_up.get_mut(&file).expect("registered");
         entry.desired = desired;
         entry
+    }
+
+    /// Adds (or replaces) the entry of a file backed up here, keeping the path index.
+    fn put_own(&mut self, file: FileId, f: BackedUpFile) {
+        self.by_path.entry(f.path.clone()).or_default().insert(file);
+        if let Some(old) = self.backed_up.insert(file, f)
+            && old.path != self.backed_up[&file].path
+        {
+            self.unindex(file, &old.path);
+        }
+    }
+
+    /// Removes the entry of a file backed up here, keeping the path index.
+    fn take_own(&mut self, file: &FileId) -> Option<BackedUpFile> {
+        let f = self.backed_up.remove(file)?;
+        self.unindex(*file, &f.path);
+        Some(f)
+    }
+
+    fn unindex(&mut self, file: FileId, path: &std::path::Path) {
+        if let Some(ids) = self.by_path.get_mut(path) {
+            ids.remove(&file);
+            if ids.is_empty() {
+                self.by_path.remove(path);
+            }
+        }
     }
 
     /// Sets the attributes of a file backed up here (a link loses its chunk records).
@@ -623,10 +660,11 @@ impl Metadata {
     /// The versions backed up from `path` (links included), oldest first.
     pub fn versions_of(&self, path: &std::path::Path) -> Vec<(FileId, &BackedUpFile)> {
         let mut v: Vec<(FileId, &BackedUpFile)> = self
-            .backed_up
-            .iter()
-            .filter(|(_, f)| f.path == path)
-            .map(|(id, f)| (*id, f))
+            .by_path
+            .get(path)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.backed_up.get(id).map(|f| (*id, f)))
             .collect();
         v.sort_by_key(|(id, f)| (f.attrs.version, f.attrs.backed_up_at, *id));
         v
@@ -634,7 +672,7 @@ impl Metadata {
 
     /// Forgets a file this peer backed up.
     pub fn forget_file(&mut self, file: &FileId) -> Option<BackedUpFile> {
-        let f = self.backed_up.remove(file)?;
+        let f = self.take_own(file)?;
         self.mark(Item::OwnFile(*file));
         Some(f)
     }
@@ -913,7 +951,7 @@ impl Metadata {
             Record::OwnFile {
                 file, header: None, ..
             } => {
-                self.backed_up.remove(&file);
+                self.take_own(&file);
             }
             Record::OwnFile {
                 file,
@@ -921,16 +959,25 @@ impl Metadata {
                 fresh,
             } => {
                 if fresh {
-                    self.backed_up.remove(&file); // registered anew: no chunk record carries over
+                    self.take_own(&file); // registered anew: no chunk record carries over
                 }
-                let entry = self.backed_up.entry(file).or_insert_with(|| BackedUpFile {
-                    path: h.path.clone(),
-                    size: h.size,
-                    desired: h.desired,
-                    chunks: vec![ChunkRecord::default(); chunk_count(h.size) as usize],
-                    attrs: FileAttrs::default(),
-                });
-                entry.path = h.path;
+                let known = self.backed_up.get(&file).filter(|f| f.path == h.path).is_some();
+                if !known {
+                    // New, or (never, in practice) under another path: the index follows.
+                    let chunks = match self.take_own(&file) {
+                        Some(f) => f.chunks,
+                        None => vec![ChunkRecord::default(); chunk_count(h.size) as usize],
+                    };
+                    let f = BackedUpFile {
+                        path: h.path.clone(),
+                        size: h.size,
+                        desired: h.desired,
+                        chunks,
+                        attrs: FileAttrs::default(),
+                    };
+                    self.put_own(file, f);
+                }
+                let entry = self.backed_up.get_mut(&file).expect("just put");
                 entry.desired = h.desired;
                 if h.attrs.link.is_some() {
                     entry.chunks.clear();
@@ -1040,6 +1087,14 @@ mod tests {
         assert_eq!(a.pending_deletes, b.pending_deletes);
         assert_eq!(a.enhanced_peers, b.enhanced_peers);
         assert_eq!(a.tombstones, b.tombstones);
+        // The path index follows the entries, whichever way they were built.
+        for m in [a, b] {
+            let mut index: BTreeMap<PathBuf, BTreeSet<FileId>> = BTreeMap::new();
+            for (id, f) in &m.backed_up {
+                index.entry(f.path.clone()).or_default().insert(*id);
+            }
+            assert_eq!(m.by_path, index);
+        }
     }
 
     #[test]
