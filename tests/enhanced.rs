@@ -304,3 +304,39 @@ fn rereplication_survives_the_death_of_the_peer_running_it() {
         c.copies_on_disk(&[3, 4, 5], &file_id)
     );
 }
+
+/// A GETCHUNK 2.0 naming a TCP address that is not its sender's (anyone on the LAN could send
+/// one naming a host of theirs) is answered on MDR, never over TCP to that address; one naming
+/// its sender's own address is answered over TCP.
+#[test]
+fn holders_send_bodies_over_tcp_only_to_the_getchunks_sender() {
+    use std::net::TcpListener;
+    let c = mixed(&[], &[1, 2, 3]);
+    let path = c.make_file("target", 1_000);
+    let file_id = backup(&c, 1, "BACKUPENH", &path, 2);
+    let getchunk = |to: std::net::SocketAddr| {
+        format!("GETCHUNK 2.0 9 {file_id} 0 \r\nTCP {to}\r\n\r\n").into_bytes()
+    };
+    let accepted = |listener: &TcpListener| {
+        listener.set_nonblocking(true).unwrap();
+        wait_until(Duration::from_secs(3), || listener.accept().is_ok())
+    };
+    // The test's datagrams come from 127.0.0.1: a listener on 127.0.0.2 is someone else.
+    let elsewhere = TcpListener::bind("127.0.0.2:0").unwrap();
+    c.inject(0, &getchunk(elsewhere.local_addr().unwrap()));
+    assert!(
+        !accepted(&elsewhere),
+        "a holder connected to a foreign address"
+    );
+    assert!(wait_until(Duration::from_secs(5), || (2..=3).any(|id| c
+        .counters(id)["foreign_tcp"]
+        .as_u64()
+        .unwrap_or(0)
+        > 0)));
+    let own = TcpListener::bind("127.0.0.1:0").unwrap();
+    c.inject(0, &getchunk(own.local_addr().unwrap()));
+    assert!(
+        accepted(&own),
+        "no holder answered over TCP to the sender's own address"
+    );
+}

@@ -961,7 +961,11 @@ impl Metadata {
                 if fresh {
                     self.take_own(&file); // registered anew: no chunk record carries over
                 }
-                let known = self.backed_up.get(&file).filter(|f| f.path == h.path).is_some();
+                let known = self
+                    .backed_up
+                    .get(&file)
+                    .filter(|f| f.path == h.path)
+                    .is_some();
                 if !known {
                     // New, or (never, in practice) under another path: the index follows.
                     let chunks = match self.take_own(&file) {

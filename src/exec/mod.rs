@@ -30,6 +30,8 @@ pub use effects::{Effects, Outgoing};
 /// Counters of what the executor saw go wrong.
 #[derive(Default, Debug)]
 pub struct ExecStats {
+    /// GETCHUNK 2.0s naming a TCP address other than their sender's (answered on MDR).
+    pub foreign_tcp: AtomicU64,
     /// Datagrams dropped as malformed (or on the wrong channel).
     pub malformed: AtomicU64,
     /// Disk operations that failed (writing, syncing, removing chunks; saving metadata).
@@ -117,14 +119,16 @@ impl<E: Effects> Executor<E> {
     }
 
     /// Handles one received datagram of `full` bytes, of which only the beginning may be in
-    /// `datagram` (a CHUNK's header, read without its body by a peer that restores nothing).
-    /// `backlog_filling` tells that the peer's queue of received work is filling up.
+    /// `datagram` (a CHUNK's header, read without its body by a peer that restores nothing),
+    /// sent from `from` (if known). `backlog_filling` tells that the peer's queue of received
+    /// work is filling up.
     pub fn on_datagram(
         &self,
         channel: Channel,
         datagram: Bytes,
         full: usize,
         backlog_filling: bool,
+        from: Option<std::net::IpAddr>,
     ) {
         if full > datagram.len() {
             // Only a CHUNK's header is of use without its body (whose size is still checked).
@@ -154,6 +158,18 @@ impl<E: Effects> Executor<E> {
                 ));
             }
         };
+        // A GETCHUNK 2.0 names where to send the body over TCP: only its sender's own address
+        // is believed (else anyone could make holders push chunks to a host of theirs); another
+        // one is dropped and the holder answers on MDR, as to a 1.0 GETCHUNK.
+        let mut msg = msg;
+        if let MessageKind::Getchunk { .. } = &msg.kind
+            && let Some(addr) = crate::core::enhanced::tcp_reply_address(&msg.extra_lines)
+            && from.is_some_and(|ip| ip != std::net::IpAddr::V4(*addr.ip()))
+        {
+            tracing::debug!("GETCHUNK from {from:?} names TCP {addr}: answered on MDR instead");
+            self.stats.foreign_tcp.fetch_add(1, Ordering::Relaxed);
+            msg.extra_lines.clear();
+        }
         if let MessageKind::Chunk { chunk, .. } = &msg.kind
             && backlog_filling
         {

@@ -31,6 +31,7 @@ impl ClientHandler {
         let extra = json!({
             "received": world.received.load(Ordering::Relaxed),
             "malformed": peer.stats.malformed.load(Ordering::Relaxed),
+            "foreign_tcp": peer.stats.foreign_tcp.load(Ordering::Relaxed),
             "backlog_dropped": world.pool.dropped(),
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),

@@ -28,15 +28,19 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
         // taking it, then decides: a restore may have started meanwhile.
         let received = if channel == Channel::Mdr && !peer.core.restoring() {
             match recv_head(&socket, &mut buf[..CHUNK_HEAD], true) {
-                Ok(_) if peer.core.restoring() => socket.recv(&mut buf).map(|n| (n, n)),
-                Ok(_) => recv_head(&socket, &mut buf[..CHUNK_HEAD], false),
+                Ok(_) if peer.core.restoring() => socket.recv(&mut buf).map(|n| (n, n, None)),
+                Ok(_) => {
+                    recv_head(&socket, &mut buf[..CHUNK_HEAD], false).map(|(n, f)| (n, f, None))
+                }
                 Err(e) => Err(e),
             }
         } else {
-            socket.recv(&mut buf).map(|n| (n, n))
+            socket
+                .recv_from(&mut buf)
+                .map(|(n, from)| (n, n, Some(from.ip())))
         };
         match received {
-            Ok((n, full)) => {
+            Ok((n, full, from)) => {
                 world.received.fetch_add(1, Ordering::Relaxed);
                 // Our own multicast is not worth a copy; but an UP with our id may be another
                 // process that has it (the core tells them apart).
@@ -47,7 +51,7 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
                 let p = peer.clone();
                 let queued = world.pool.try_execute(n, move || {
                     let filling = p.effects.pool.filling();
-                    p.on_datagram(channel, datagram, full, filling)
+                    p.on_datagram(channel, datagram, full, filling, from)
                 });
                 if !queued {
                     tracing::debug!("backlog full: dropped a datagram on {}", channel.name());

@@ -644,7 +644,14 @@ impl World {
         let cost = self.sc.proc_per_datagram
             + Duration::from_secs_f64(len as f64 / self.sc.proc_bytes_per_sec);
         self.slots[i as usize].busy_until = self.now + cost;
-        p.on_datagram(channel, data, len, filling);
+        // Every simulated peer's address is loopback, as their TCP listeners are.
+        p.on_datagram(
+            channel,
+            data,
+            len,
+            filling,
+            Some(Ipv4Addr::LOCALHOST.into()),
+        );
         self.drain(i);
     }
 
