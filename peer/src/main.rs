@@ -259,6 +259,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         .access_point
         .bind()
         .with_context(|| format!("opening access point {}", args.access_point))?;
+    // A TCP access point takes requests only with its token: in the tree, and in the runtime
+    // directory where this user's testapp finds it (named after the address bound, so port 0
+    // works too).
+    let token_files = match listener.tcp_addr() {
+        Some(addr) => vec![
+            dir.join("access-token"),
+            dbs::client::access_point::token_path(addr).context("the runtime directory")?,
+        ],
+        None => Vec::new(),
+    };
+    let token = if token_files.is_empty() {
+        None
+    } else {
+        let token = dbs::client::access_point::new_token(&token_files)
+            .context("writing the access point's token")?;
+        tracing::info!(
+            "TCP access point token in {} and {}",
+            token_files[0].display(),
+            token_files[1].display()
+        );
+        Some(token)
+    };
     tracing::info!(
         "peer {id} (protocol {}) ready: access point {}, tree {}, multicast on {}",
         args.protocol_version,
@@ -269,26 +291,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(warning) = dbs::net::lan::fragmentation_warning(args.iface) {
         tracing::warn!("{warning}");
     }
-    // A TCP access point takes requests only with its token: in the tree, and in the runtime
-    // directory where this user's testapp finds it.
-    let token = match &args.access_point {
-        AccessPoint::Tcp(addr) => {
-            let files = [
-                dir.join("access-token"),
-                dbs::client::access_point::token_path(addr.port())
-                    .context("the runtime directory")?,
-            ];
-            let token = dbs::client::access_point::new_token(&files)
-                .context("writing the access point's token")?;
-            tracing::info!(
-                "TCP access point token in {} and {}",
-                files[0].display(),
-                files[1].display()
-            );
-            Some(token)
-        }
-        AccessPoint::Unix(_) => None,
-    };
     let handler = node.handler();
     std::thread::Builder::new()
         .name("access-point".into())
@@ -299,6 +301,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("signal {sig}: stopping");
     }
     node.shutdown().context("saving metadata at shutdown")?;
+    for f in &token_files {
+        let _ = std::fs::remove_file(f);
+    }
     if let AccessPoint::Unix(name) = &args.access_point
         && let Ok(path) = AccessPoint::socket_path(name)
     {

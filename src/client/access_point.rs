@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
@@ -115,27 +115,22 @@ impl fmt::Display for AccessPoint {
 /// What a client sends first on a TCP access point, before its request: `TOKEN <hex>`.
 pub const TOKEN_PREFIX: &str = "TOKEN ";
 
-/// Where the token of the TCP access point on `port` is kept for the local user's clients:
-/// `<runtime dir>/tcp-<port>.token` (the runtime directory is the user's, mode 0700).
-pub fn token_path(port: u16) -> io::Result<PathBuf> {
-    Ok(runtime_dir()?.join(format!("tcp-{port}.token")))
+/// Where the token of the TCP access point bound at `addr` is kept for the local user's
+/// clients: `<runtime dir>/tcp-<ip>-<port>.token` (the runtime directory is the user's, mode
+/// 0700).
+pub fn token_path(addr: SocketAddr) -> io::Result<PathBuf> {
+    Ok(runtime_dir()?.join(format!("tcp-{}-{}.token", addr.ip(), addr.port())))
 }
 
-/// A new random token (64 hex digits) for a TCP access point, written with mode 0600 to each
-/// of `files`.
+/// A new random token (64 hex digits) for a TCP access point, written to each of `files`
+/// (mode 0600, atomically: a reader never sees half of one).
 pub fn new_token(files: &[PathBuf]) -> io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(io::Error::other)?;
     let token = crate::protocol::ids::hex_lower(&bytes);
     for f in files {
-        use std::io::Write;
-        let _ = std::fs::remove_file(f);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(f)?
-            .write_all(token.as_bytes())?;
+        let dir = f.parent().unwrap_or(std::path::Path::new("."));
+        crate::storage::write_atomic(dir, f, token.as_bytes()).map_err(io::Error::other)?;
     }
     Ok(token)
 }
@@ -202,6 +197,14 @@ impl Listener {
         match self {
             Listener::Unix(l, _) => Ok(Stream::Unix(l.accept()?.0)),
             Listener::Tcp(l) => Ok(Stream::Tcp(l.accept()?.0)),
+        }
+    }
+
+    /// The address a TCP access point is bound to (its real port, if 0 was asked for).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(..) => None,
         }
     }
 

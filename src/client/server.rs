@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::Receiver;
 
@@ -19,14 +20,28 @@ pub trait Handler: Send + Sync + 'static {
 /// access point), a client's first line must be `TOKEN <token>`.
 pub fn serve(listener: Listener, handler: Arc<dyn Handler>, token: Option<String>) {
     let token: Option<Arc<str>> = token.map(Arc::from);
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept() {
             Ok(stream) => {
+                // A thread per client, at most MAX_CLIENTS (a client that has not sent its
+                // token or request yet holds one for up to REQUEST_TIMEOUT).
+                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    continue; // closed
+                }
                 let handler = handler.clone();
                 let token = token.clone();
-                let _ = std::thread::Builder::new()
+                let count = open.clone();
+                let spawned = std::thread::Builder::new()
                     .name("client".into())
-                    .spawn(move || serve_client(stream, handler.as_ref(), token.as_deref()));
+                    .spawn(move || {
+                        serve_client(stream, handler.as_ref(), token.as_deref());
+                        count.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(e) => {
                 tracing::warn!("access point accept: {e}");
@@ -35,6 +50,9 @@ pub fn serve(listener: Listener, handler: Arc<dyn Handler>, token: Option<String
         }
     }
 }
+
+/// Clients served at once at most; more are closed at once.
+pub const MAX_CLIENTS: usize = 64;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -59,7 +77,7 @@ fn serve_client(stream: Stream, handler: &dyn Handler, token: Option<&str>) {
                 kind: ErrorKind::BadRequest,
                 message: "this TCP access point needs its token first (testapp reads it from \
                           the runtime directory of the user who started the peer, or takes \
-                          --token FILE with the peer's <tree>/access-token)"
+                          --token FILE: the peer's <tree>/access-token)"
                     .into(),
             };
             let mut text = serde_json::to_vec(&reply).expect("reply serialises");

@@ -3,17 +3,18 @@
 //! A home's catalog (every file it backed up, every version, with what a restore needs) is
 //! itself backed up into the group: after a change, coalesced to one generation per
 //! [`Config::catalog_interval`](super::Config), the home writes the document
-//! ([`Metadata::catalog_document`]) and backs it up as a file whose id is derived from its id
-//! and generation, at degree 3 (or every other enhanced peer known, if fewer), with PUTCHUNK
-//! 2.0 carrying a `CATALOG <home> <generation> <size> <files> <hash>` line so that holders know
-//! what it is. Generations are versions of one path: the previous one is deleted once the new
-//! one has its degree.
+//! ([`Metadata::catalog_document`](super::Metadata::catalog_document)) and backs it up as a
+//! file whose id is derived from its id, generation and document hash, at degree 3 (or every
+//! other enhanced peer known, if fewer; only enhanced holders count), with PUTCHUNK 2.0
+//! carrying a `CATALOG <home> <generation> <size> <files> <hash>` line so that holders know
+//! what it is. Generations are versions of one path: the previous one is deleted (unconfirmed,
+//! no tombstone) once the new one is whole.
 //!
 //! RECOVER, on a peer whose tree is empty: `FINDCATALOG 2.0 <id> <home>` (three times, a second
 //! apart); every enhanced holder of a generation of that home answers `CATALOG 2.0 <id>
-//! <fileid> <home> <generation> <size> <files> <hash>`; the newest generation wins (of its
-//! answers, the most common); it is restored like a file, checked against its hash, and its
-//! entries installed. A peer that starts with an empty tree asks the same question and, if the
+//! <fileid> <home> <generation> <size> <files> <hash>`; the generations are tried newest first,
+//! each restored like a file and checked against its hash, until one is whole; its entries are
+//! installed. A peer that starts with an empty tree asks the same question and, if the
 //! group holds a catalog for its id, says so in its log. Two live processes with one id: each
 //! announces a random instance in its UP; one that hears its own id with another instance
 //! stops publishing (it would replace the other's catalog).
@@ -157,7 +158,7 @@ impl Core {
             .max()
             .unwrap_or(0)
             .max(self.catalog_heard.load(Ordering::Relaxed))
-            + 1;
+            .saturating_add(1);
         // Copied under the lock, serialised outside it.
         let doc = meta.catalog_document(self.cfg.id, generation);
         drop(meta);
@@ -287,7 +288,7 @@ impl Core {
         Ok(self.find_round(op, 1))
     }
 
-    /// FINDCATALOG for this peer's id (send `send` of RECOVER `op`, if any).
+    /// FINDCATALOG for this peer's id.
     fn find_catalog(&self) -> Action {
         self.send_v(
             Channel::Mc,
@@ -364,7 +365,10 @@ impl Core {
                 )),
             }];
         };
-        let tmp = r.tmp.clone();
+        // Each attempt has its own files: a write of an earlier one still under way is not
+        // counted for this one.
+        let stem = format!("{}-{}", r.tmp.display(), &file.to_hex()[..16]);
+        let tmp = PathBuf::from(format!("{stem}.part"));
         drop(r);
         {
             // A catalog entry left by a RECOVER that failed is replaced.
@@ -382,8 +386,8 @@ impl Core {
         }
         let req = RestoreRequest {
             path: self.cfg.catalog_path.clone(),
-            tmp: tmp.clone(),
-            dest: tmp.with_extension("json"),
+            tmp,
+            dest: PathBuf::from(format!("{stem}.json")),
             enhanced: true,
             version: None,
             overwrite: true,
@@ -391,7 +395,7 @@ impl Core {
         };
         match self.start_restore_of(op, file, req, Some((tag, holders))) {
             Ok(actions) => actions,
-            Err(e) => self.try_next_generation(op, Some(e.to_string())),
+            Err(e) => self.catalog_not_restored(op, file, e.to_string()),
         }
     }
 
@@ -456,7 +460,8 @@ impl Core {
         )
     }
 
-    /// At start: UP, and, with an empty catalog, whether the group holds one for this id.
+    /// At start: UP, and, with an empty catalog, whether the group holds one for this id (and
+    /// a publication if the newest generation is stale).
     pub(super) fn announce_at_start(&self) -> Vec<Action> {
         let mut actions = vec![self.up_message()];
         if !self.meta.lock().backed_up().values().any(|f| f.is_users()) {

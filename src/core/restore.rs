@@ -288,7 +288,7 @@ impl Core {
         if !read_only {
             actions.push(Action::WriteRestored {
                 op,
-                path: tmp,
+                path: tmp.clone(),
                 offset,
                 body,
             });
@@ -300,7 +300,7 @@ impl Core {
         actions.extend(self.fill_restore_window(op));
         if read_only {
             // Nothing to write: the chunk counts as written now.
-            actions.extend(self.restored_chunk_written(op, true));
+            actions.extend(self.restored_chunk_written(op, &tmp, true));
         }
         actions
     }
@@ -374,8 +374,13 @@ impl Core {
         ]
     }
 
-    /// The runtime wrote a restored chunk (`ok`) or failed to.
-    pub fn restored_chunk_written(&self, op: OpId, ok: bool) -> Vec<Action> {
+    /// The runtime wrote a restored chunk into `tmp` (`ok`) or failed to. A write into
+    /// another file than the restore's own (an earlier attempt of a RECOVER, under the same
+    /// operation) is ignored.
+    pub fn restored_chunk_written(&self, op: OpId, tmp: &std::path::Path, ok: bool) -> Vec<Action> {
+        if self.restores.get(&op).is_none_or(|r| r.tmp != tmp) {
+            return Vec::new();
+        }
         if !ok {
             return self.restore_failed(op, "cannot write the restored file".into());
         }

@@ -662,11 +662,11 @@ fn restore_verifies_bodies_writes_them_and_commits_at_the_end() {
     assert!(c.on_message(chunk_msg(5, 1, body(1))).is_empty());
     c.on_message(chunk_msg(3, 0, body(0)));
     assert!(
-        c.restored_chunk_written(7, true)
+        c.restored_chunk_written(7, "/tree/tmp/r".as_ref(), true)
             .iter()
             .all(|a| matches!(a, Action::Report { .. }))
     );
-    let last = c.restored_chunk_written(7, true);
+    let last = c.restored_chunk_written(7, "/tree/tmp/r".as_ref(), true);
     assert!(matches!(
         last.last(),
         Some(Action::CommitRestore { op: 7, .. })

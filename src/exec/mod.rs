@@ -387,7 +387,7 @@ impl<E: Effects> Executor<E> {
                     if let Err(e) = &written {
                         tracing::error!("writing {}: {e}", path.display());
                     }
-                    self.run(self.core.restored_chunk_written(op, written.is_ok()));
+                    self.run(self.core.restored_chunk_written(op, &path, written.is_ok()));
                 }
                 Action::CommitRestore {
                     op,

@@ -148,7 +148,8 @@ impl CatalogTag {
         };
         Some(CatalogTag {
             home: parse_sender(home).ok()?,
-            generation: num(generation)?,
+            // Generations are version numbers (32 bits) of the catalog's path.
+            generation: num(generation).filter(|g| *g <= u64::from(u32::MAX))?,
             size: num(size).filter(|s| *s <= CatalogTag::MAX_SIZE)?,
             files: num(files)?,
             hash: super::ids::ChunkHash(parse_hex(hash)?),

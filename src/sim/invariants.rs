@@ -130,6 +130,12 @@ impl World {
                 .files
                 .iter()
                 .find(|f| f.file == *file)
+                .or_else(|| {
+                    self.ledger
+                        .replaced
+                        .get(file)
+                        .map(|&i| &self.ledger.files[i])
+                })
                 .is_some_and(|f| {
                     self.slots[f.home as usize]
                         .exec

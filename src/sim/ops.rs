@@ -62,6 +62,8 @@ pub(super) struct Ledger {
     pub(super) acked: BTreeMap<ChunkKey, usize>,
     /// Files deleted, and whether by an enhanced DELETE.
     pub(super) deleted: BTreeMap<FileId, bool>,
+    /// Versions replaced by a newer one of their file, and that file's index.
+    pub(super) replaced: BTreeMap<FileId, usize>,
     /// Copies evicted by RECLAIM (a copy a user chose to give up).
     pub(super) excused: BTreeSet<(ChunkKey, u32)>,
     /// Chunks whose last copy a RECLAIM evicted (at degree 1, say): not counted as lost, even
@@ -357,6 +359,7 @@ impl World {
                         let enhanced = f.enhanced;
                         self.ledger.acked.retain(|k, _| k.file != previous);
                         self.ledger.deleted.insert(previous, enhanced);
+                        self.ledger.replaced.insert(previous, i);
                     }
                     self.next_step(i, Step::Restore);
                 } else {

@@ -74,7 +74,7 @@ struct Args {
     #[arg(long)]
     read_data: bool,
     /// A TCP access point's token file (default: the one the peer wrote in this user's runtime
-    /// directory; a peer started by another user keeps it in its tree, <tree>/access-token).
+    /// directory; the peer also keeps it in its tree, <tree>/access-token).
     #[arg(long, value_name = "FILE")]
     token: Option<PathBuf>,
     /// Print the version of the TestApp.
@@ -305,7 +305,7 @@ fn run(args: Args) -> Result<u8, Fail> {
     if let AccessPoint::Tcp(addr) = &ap {
         let file = match &args.token {
             Some(f) => Some(f.clone()),
-            None => dbs::client::access_point::token_path(addr.port()).ok(),
+            None => dbs::client::access_point::token_path(*addr).ok(),
         };
         match file.map(|f| (std::fs::read_to_string(&f), f)) {
             Some((Ok(token), _)) => {
