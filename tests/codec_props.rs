@@ -74,7 +74,7 @@ fn kind() -> impl Strategy<Value = MessageKind> {
         any::<u32>().prop_map(|home| MessageKind::FindCatalog { home }),
         (
             file_id(),
-            any::<(u32, u64, u64, [u8; 32])>(),
+            any::<(u32, u32, u64, [u8; 32])>(),
             0..=dbs::protocol::CatalogTag::MAX_SIZE
         )
             .prop_map(|(file, (home, generation, files, hash), size)| {
@@ -82,7 +82,7 @@ fn kind() -> impl Strategy<Value = MessageKind> {
                     file,
                     tag: dbs::protocol::CatalogTag {
                         home,
-                        generation,
+                        generation: u64::from(generation),
                         size,
                         files,
                         hash: dbs::protocol::ChunkHash(hash),
@@ -692,7 +692,11 @@ fn rejects_malformed_messages_with_the_matching_error() {
             },
         ),
         (format!("CHECK 2.0 2 {HEX} 0 abc \r\n\r\n"), BadDigest),
-        // A catalog over 1 GiB is not believed.
+        // A catalog over 1 GiB, or a generation past 32 bits, is not believed.
+        (
+            format!("CATALOG 2.0 2 {HEX} 1 4294967296 10 1 {HEX} \r\n\r\n"),
+            BadCatalog,
+        ),
         (
             format!("CATALOG 2.0 2 {HEX} 1 1 1073741825 1 {HEX} \r\n\r\n"),
             BadCatalog,

@@ -399,10 +399,15 @@ impl Core {
         }
     }
 
-    /// A catalog generation RECOVER `op` restored could not be had whole: forget it, try the
-    /// next one.
+    /// A catalog generation RECOVER `op` restored could not be had whole (`why`): forget it,
+    /// try the next one.
     pub(super) fn catalog_not_restored(&self, op: OpId, file: FileId, why: String) -> Vec<Action> {
-        self.meta.lock().forget_file(&file);
+        let gone = self.meta.lock().forget_file(&file);
+        let generation = gone.and_then(|f| f.attrs.catalog).map(|t| t.generation);
+        let why = match generation {
+            Some(g) => format!("generation {g}: {why}"),
+            None => why,
+        };
         self.try_next_generation(op, Some(why))
     }
 
@@ -417,18 +422,12 @@ impl Core {
         let file = catalog_file_id(&tag);
         let doc = bytes.and_then(|bytes| {
             if ChunkHash::of(&bytes) != tag.hash {
-                return Err(format!(
-                    "generation {} does not have the hash its holders announced",
-                    tag.generation
-                ));
+                return Err("not the hash its holders announced".to_string());
             }
-            let doc: CatalogDocument = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("generation {} is unreadable: {e}", tag.generation))?;
+            let doc: CatalogDocument =
+                serde_json::from_slice(&bytes).map_err(|e| format!("unreadable: {e}"))?;
             if doc.home != self.cfg.id {
-                return Err(format!(
-                    "generation {} is peer {}'s catalog, not this peer's",
-                    tag.generation, doc.home
-                ));
+                return Err(format!("peer {}'s catalog, not this peer's", doc.home));
             }
             Ok(doc)
         });

@@ -239,12 +239,9 @@ impl Core {
                     actions.push(Action::AbortRestore { tmp: r.tmp });
                 }
                 let missing = super::backup::sorted(r.missing);
-                if let Some((tag, _)) = r.catalog {
+                if r.catalog.is_some() {
                     // RECOVER tries the next generation.
-                    let why = format!(
-                        "generation {}: no peer delivered chunk(s) {missing:?}",
-                        tag.generation
-                    );
+                    let why = format!("no peer delivered chunk(s) {missing:?}");
                     actions.extend(self.catalog_not_restored(op, r.file, why));
                 } else {
                     actions.push(Action::Report {
@@ -426,10 +423,7 @@ impl Core {
                     holders,
                 }];
             }
-            (Some((tag, _)), Err(e)) => {
-                let why = format!("generation {}: {e}", tag.generation);
-                return self.catalog_not_restored(op, r.file, why);
-            }
+            (Some(_), Err(e)) => return self.catalog_not_restored(op, r.file, e.clone()),
             (None, _) => {}
         }
         let event = match result {
@@ -457,10 +451,7 @@ impl Core {
             actions.push(Action::AbortRestore { tmp: r.tmp });
         }
         match r.catalog {
-            Some((tag, _)) => {
-                let why = format!("generation {}: {reason}", tag.generation);
-                actions.extend(self.catalog_not_restored(op, r.file, why));
-            }
+            Some(_) => actions.extend(self.catalog_not_restored(op, r.file, reason)),
             None => actions.push(Action::Report {
                 op,
                 event: OpEvent::Failed(format!("restore failed: {reason}")),
