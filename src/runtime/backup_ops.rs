@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use serde_json::json;
 
-use super::batch::{self, Batch, FileResult, Refusal, Task};
+use super::batch::{self, Batch, FileResult, Outcome, Refusal, Task, first_lines};
 use super::client_ops::{command_refusal, op_name};
 use super::effects::Peer;
 use crate::client::{ErrorKind, Reply};
@@ -240,16 +240,22 @@ fn unchanged(peer: &Peer, path: &Path, file: FileId, degree: u8) -> bool {
 
 /// The result of a tree's backup.
 fn tree_reply(root: &Path, found: Found, results: &[FileResult]) -> Reply {
-    let failed: Vec<&FileResult> = results.iter().filter(|r| r.failure().is_some()).collect();
-    let bytes: u64 = results
+    let mut outcome = Outcome::of(results);
+    let unreadable: Vec<String> = found
+        .unreadable
         .iter()
-        .filter(|r| r.failure().is_none())
-        .map(|r| r.bytes)
-        .sum();
-    let done = results.len() - failed.len();
+        .map(|(p, e)| format!("cannot read {}: {e}", p.display()))
+        .collect();
+    for ((p, _), message) in found.unreadable.iter().zip(&unreadable) {
+        outcome
+            .failed
+            .push((p, ErrorKind::SourceUnreadable, message));
+    }
     let mut message = format!(
-        "backed up {}: {done} file(s), {bytes} bytes",
-        root.display()
+        "backed up {}: {} file(s), {} bytes",
+        root.display(),
+        outcome.done,
+        outcome.bytes
     );
     let mut also = Vec::new();
     if found.unchanged > 0 {
@@ -268,61 +274,19 @@ fn tree_reply(root: &Path, found: Found, results: &[FileResult]) -> Reply {
     if !also.is_empty() {
         message.push_str(&format!("; {}", also.join(", ")));
     }
-    let problems = failed.len() + found.unreadable.len();
-    if problems > 0 {
-        let mut lines: Vec<String> = failed
-            .iter()
-            .map(|r| r.failure().map(|(_, m)| m.to_string()).unwrap_or_default())
-            .collect();
-        lines.extend(
-            found
-                .unreadable
-                .iter()
-                .map(|(p, e)| format!("cannot read {}: {e}", p.display())),
-        );
-        message.push_str(&format!("; {problems} FAILED: {}", first_lines(&lines)));
-    }
-    // Some files are not backed up: the tree's backup did not finish its job (each file's
-    // own kind is in `failed`).
-    let kind = (problems > 0).then_some(ErrorKind::Incomplete);
-    let failures: Vec<serde_json::Value> =
-        failed
-            .iter()
-            .map(|r| {
-                let (kind, message) = r.failure().expect("failed");
-                json!({"path": r.path, "kind": kind, "message": message})
-            })
-            .chain(found.unreadable.iter().map(
-                |(p, e)| json!({"path": p, "kind": ErrorKind::SourceUnreadable, "message": e}),
-            ))
-            .collect();
-    Reply::Done {
-        ok: problems == 0,
-        kind,
+    outcome.reply(
         message,
-        result: json!({
+        json!({
             "path": root,
-            "files": done,
-            "bytes": bytes,
             "unchanged": found.unchanged,
             "links": found.links,
             "skipped": found.special,
-            "failed": failures,
         }),
-    }
+    )
 }
 
 /// "a, b, c" of the first few paths, then how many more.
 pub(super) fn names<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> String {
     let all: Vec<String> = paths.map(|p| p.display().to_string()).collect();
     first_lines(&all)
-}
-
-/// The first 5 of `lines` joined, then how many more.
-pub(super) fn first_lines(lines: &[String]) -> String {
-    let mut s = lines.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
-    if lines.len() > 5 {
-        s.push_str(&format!("; … ({} more)", lines.len() - 5));
-    }
-    s
 }

@@ -3,7 +3,7 @@
 //! gets one stream of progress (files and bytes) and one result.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,4 +229,78 @@ fn run(
     let reply = finish(ended.results.into_iter().flatten().collect());
     log_end(&batch.name, started, &reply);
     let _ = client.send(reply);
+}
+
+/// What the files of a tree operation came to, for its reply.
+pub(super) struct Outcome<'a> {
+    /// Files done.
+    pub done: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The files that failed: path, kind, message.
+    pub failed: Vec<(&'a Path, ErrorKind, &'a str)>,
+}
+
+impl<'a> Outcome<'a> {
+    /// The outcome of `results`.
+    pub fn of(results: &'a [FileResult]) -> Self {
+        let mut o = Outcome {
+            done: 0,
+            bytes: 0,
+            failed: Vec::new(),
+        };
+        for r in results {
+            match r.failure() {
+                Some((kind, message)) => o.failed.push((&r.path, kind, message)),
+                None => {
+                    o.done += 1;
+                    o.bytes += r.bytes;
+                }
+            }
+        }
+        o
+    }
+
+    /// "; N FAILED: first messages", or "" when nothing failed.
+    pub fn failed_text(&self) -> String {
+        if self.failed.is_empty() {
+            return String::new();
+        }
+        let lines: Vec<String> = self.failed.iter().map(|(_, _, m)| m.to_string()).collect();
+        format!("; {} FAILED: {}", self.failed.len(), first_lines(&lines))
+    }
+
+    /// The failures as the reply's `failed` list.
+    pub fn failed_json(&self) -> Vec<serde_json::Value> {
+        self.failed
+            .iter()
+            .map(|(path, kind, message)| {
+                serde_json::json!({"path": path, "kind": kind, "message": message})
+            })
+            .collect()
+    }
+
+    /// The tree's reply: done when nothing failed, else `incomplete` (each file's own kind is
+    /// in `failed`).
+    pub fn reply(&self, message: String, mut result: serde_json::Value) -> Reply {
+        result["files"] = self.done.into();
+        result["bytes"] = self.bytes.into();
+        result["failed"] = self.failed_json().into();
+        let ok = self.failed.is_empty();
+        Reply::Done {
+            ok,
+            kind: (!ok).then_some(ErrorKind::Incomplete),
+            message: message + &self.failed_text(),
+            result,
+        }
+    }
+}
+
+/// The first 5 of `lines` joined, then how many more.
+pub(super) fn first_lines(lines: &[String]) -> String {
+    let mut s = lines.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    if lines.len() > 5 {
+        s.push_str(&format!("; … ({} more)", lines.len() - 5));
+    }
+    s
 }

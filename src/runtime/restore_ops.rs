@@ -11,8 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use serde_json::json;
 
-use super::backup_ops::first_lines;
-use super::batch::{self, Batch, FileResult, Refusal, Task};
+use super::batch::{self, Batch, FileResult, Outcome, Refusal, Task};
 use super::client_ops::{command_refusal, op_name, reply_now};
 use super::effects::Peer;
 use crate::client::{ErrorKind, Reply};
@@ -379,41 +378,13 @@ fn tmp_for(peer: &Peer, dest: &Path, op: u64) -> PathBuf {
 
 /// The result of a tree's restore into `base`.
 fn tree_reply(root: &Path, base: &Path, results: &[FileResult]) -> Reply {
-    let failed: Vec<(&FileResult, ErrorKind, &str)> = results
-        .iter()
-        .filter_map(|r| r.failure().map(|(k, m)| (r, k, m)))
-        .collect();
-    let done = results.len() - failed.len();
-    let bytes: u64 = results
-        .iter()
-        .filter(|r| r.failure().is_none())
-        .map(|r| r.bytes)
-        .sum();
-    let mut message = format!(
-        "restored {} to {}: {done} file(s), {bytes} bytes",
+    let outcome = Outcome::of(results);
+    let message = format!(
+        "restored {} to {}: {} file(s), {} bytes",
         root.display(),
-        base.display()
+        base.display(),
+        outcome.done,
+        outcome.bytes
     );
-    if !failed.is_empty() {
-        let lines: Vec<String> = failed.iter().map(|(_, _, m)| m.to_string()).collect();
-        message.push_str(&format!(
-            "; {} FAILED: {}",
-            failed.len(),
-            first_lines(&lines)
-        ));
-    }
-    // Some files are not where they should be: the tree's restore did not finish its job.
-    Reply::Done {
-        ok: failed.is_empty(),
-        kind: (!failed.is_empty()).then_some(ErrorKind::Incomplete),
-        message,
-        result: json!({
-            "path": root,
-            "restored_to": base,
-            "files": done,
-            "bytes": bytes,
-            "failed": failed.iter().map(|(r, k, m)| json!({"path": r.path, "kind": k, "message": m}))
-                .collect::<Vec<_>>(),
-        }),
-    }
+    outcome.reply(message, json!({"path": root, "restored_to": base}))
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use crossbeam_channel::Receiver;
 use serde_json::json;
 
-use super::backup_ops::first_lines;
-use super::batch::{self, Batch, FileResult, Refusal, Task};
+use super::batch::{self, Batch, FileResult, Refusal, Task, first_lines};
 use super::client_ops::command_refusal;
 use super::effects::Peer;
 use crate::client::{ErrorKind, Reply};
