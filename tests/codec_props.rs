@@ -96,7 +96,44 @@ fn kind() -> impl Strategy<Value = MessageKind> {
                 proof,
             }
         }),
+        Just(MessageKind::Alive),
+        (
+            file_id(),
+            0u32..=999_999,
+            prop::collection::btree_set(0u32..dbs::protocol::message::HOLDS_SPAN, 1..40)
+        )
+            .prop_map(|(file, base, offsets)| {
+                let mut chunks: Vec<u32> = offsets
+                    .into_iter()
+                    .map(|o| base + o)
+                    .filter(|&no| no <= 999_999)
+                    .collect();
+                if chunks.is_empty() {
+                    chunks.push(base);
+                }
+                MessageKind::Holds { file, chunks }
+            }),
+        (chunk_key(), 1..=9u8, any::<u32>()).prop_map(|(chunk, degree, by)| MessageKind::Repair {
+            chunk,
+            degree,
+            by
+        }),
     ]
+}
+
+/// A HOLDS bitmap as the protocol describes it: one bit per chunk from the first, most
+/// significant bit of each hex digit first, up to the digit of the last chunk.
+fn bitmap(chunks: &[u32]) -> String {
+    let first = chunks[0];
+    let digits = (chunks[chunks.len() - 1] - first) / 4 + 1;
+    (0..digits)
+        .map(|d| {
+            let v = (0..4)
+                .filter(|b| chunks.contains(&(first + d * 4 + b)))
+                .fold(0, |v, b| v | (8 >> b));
+            char::from_digit(v, 16).unwrap()
+        })
+        .collect()
 }
 
 /// Extra header lines: non-empty printable ASCII, no CR/LF.
@@ -152,7 +189,19 @@ fn header_fields(m: &Message) -> Vec<String> {
             f.push(dbs::protocol::ids::hex_lower(nonce));
             f.push(dbs::protocol::ids::hex_lower(proof));
         }
-        MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
+        MessageKind::Holds { chunks, .. } => {
+            f.push(chunks[0].to_string());
+            f.push(bitmap(chunks));
+        }
+        MessageKind::Repair { chunk, degree, by } => {
+            f.push(chunk.no.to_string());
+            f.push(degree.to_string());
+            f.push(by.to_string());
+        }
+        MessageKind::Delete { .. }
+        | MessageKind::Up
+        | MessageKind::Alive
+        | MessageKind::Deleted { .. } => {}
     }
     f
 }
@@ -187,8 +236,20 @@ fn check_parsed(m: &Message) -> Result<(), TestCaseError> {
         | MessageKind::Removed { chunk }
         | MessageKind::Check { chunk, .. }
         | MessageKind::Checked { chunk, .. } => prop_assert!(chunk.no <= 999_999),
+        MessageKind::Repair { chunk, degree, .. } => {
+            prop_assert!(chunk.no <= 999_999);
+            prop_assert!((1..=9).contains(degree));
+        }
+        MessageKind::Holds { chunks, .. } => {
+            prop_assert!(chunks.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(chunks.iter().all(|&no| no <= 999_999));
+            if let (Some(a), Some(b)) = (chunks.first(), chunks.last()) {
+                prop_assert!(b - a < dbs::protocol::message::HOLDS_SPAN);
+            }
+        }
         MessageKind::Delete { .. }
         | MessageKind::Up
+        | MessageKind::Alive
         | MessageKind::Deleted { .. }
         | MessageKind::FindCatalog { .. }
         | MessageKind::CatalogHeld { .. } => {}

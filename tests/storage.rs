@@ -61,6 +61,7 @@ fn stored(size: u32, desired: u8, holders: &[PeerId]) -> StoredChunk {
         desired,
         holders: holders.iter().copied().collect(),
         hash: None,
+        home: None,
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -88,6 +89,22 @@ struct Args {
     /// disk is lost (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     catalog_interval: f64,
+    /// Enhanced peers: ALIVE is sent on MC this often (a fifth earlier or later at random), and
+    /// the membership view and the repair scan run at the same pace (0: none of them).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    announce_interval: Duration,
+    /// Enhanced peers: a 2.0 peer not heard this long is suspected: its copies no longer count
+    /// toward a chunk's degree (backups send such chunks again, repairs replace them).
+    #[arg(long, value_name = "SECS", default_value = "8", value_parser = parse_secs)]
+    suspect_after: Duration,
+    /// Enhanced peers: a chunk with fewer live holders than its desired degree for this long
+    /// is re-replicated from a live copy (by its home, else by its lowest live holder).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    repair_after: Duration,
+    /// Enhanced peers: chunks this peer repairs at once, at most (the fewest live copies
+    /// first).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    repair_concurrency: u32,
 }
 
 const AFTER_HELP: &str = "\
@@ -98,6 +115,14 @@ The peer stops on SIGINT or SIGTERM after saving its metadata. Exit codes: 0 sto
 1 could not start (tree, sockets, access point), 2 bad arguments, 70 one of its threads
 panicked (logged with the thread's name and the message; the peer stops at once rather than
 run on without that thread, as after a SIGKILL its tree is consistent at the next start).";
+
+/// A number of seconds, 0 or more (fractions allowed).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds (0 or more)"))
+}
 
 fn parse_version(s: &str) -> Result<Version, String> {
     let v: Version = s.parse()?;
@@ -230,6 +255,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     core.restore_window = args.restore_window as usize;
     core.catalog_interval = std::time::Duration::try_from_secs_f64(args.catalog_interval)
         .context("--catalog-interval must be a number of seconds, 0 or more")?;
+    core.announce_interval = args.announce_interval;
+    core.suspect_after = args.suspect_after;
+    core.repair_after = args.repair_after;
+    core.repair_concurrency = args.repair_concurrency as usize;
     let cfg = NodeConfig {
         core,
         channels: ChannelAddrs {

@@ -79,6 +79,10 @@ pub struct BackupOp {
     keep: u8,
     /// A chunk of a catalog generation: its PUTCHUNKs say so.
     catalog: Option<CatalogTag>,
+    /// A re-backup of a chunk whose home is known: its PUTCHUNKs 2.0 name it (`HOME`).
+    home: Option<crate::protocol::PeerId>,
+    /// Chunks finished earlier to send again first (a holder that stored them went down).
+    relaunch: Vec<ChunkNo>,
 }
 
 /// A backup that no peer answers gives up after this many chunks each ran out of sends
@@ -108,6 +112,8 @@ impl BackupOp {
             fresh: false,
             keep: 0,
             catalog: None,
+            home: None,
+            relaunch: Vec::new(),
         }
     }
 
@@ -305,10 +311,59 @@ impl Core {
         let source = Source::Stored { no: chunk.no };
         self.backups.insert(op, {
             let mut b = BackupOp::new(chunk.file, source, degree, version, 1);
-            b.catalog = self.meta.lock().catalog_tag(&chunk.file);
+            let meta = self.meta.lock();
+            b.catalog = meta.catalog_tag(&chunk.file);
+            b.home = meta.stored_chunk(&chunk).and_then(|c| c.home);
             b
         });
         self.fill_window(op, &[])
+    }
+
+    /// Peers went down: the chunks of running backups of files that have fewer live holders
+    /// than their degree, finished before, are sent again (first, before the chunks not yet
+    /// sent), so that a backup reports success only with its degree among live peers.
+    pub(super) fn relaunch_below_degree(&self) -> Vec<Action> {
+        let ops: Vec<OpId> = self
+            .backups
+            .iter()
+            .filter(|b| matches!(b.source, Source::File { .. }) && !b.checking)
+            .map(|b| *b.key())
+            .collect();
+        let mut actions = Vec::new();
+        for op in ops {
+            {
+                let Some(mut b) = self.backups.get_mut(&op) else {
+                    continue;
+                };
+                let meta = self.meta.lock();
+                let again: Vec<ChunkNo> = (0..b.next)
+                    .map(|i| b.chunk(i))
+                    .filter(|c| {
+                        !self.pending.contains_key(c)
+                            && !b.short.contains(&c.no)
+                            && !b.relaunch.contains(&c.no)
+                            && self.live_perceived(&meta, c).unwrap_or(0) < usize::from(b.degree)
+                    })
+                    .map(|c| c.no)
+                    .collect();
+                drop(meta);
+                if again.is_empty() {
+                    continue;
+                }
+                tracing::info!(
+                    "backup of {}: {} chunk(s) lost a holder that went down; sending them again",
+                    b.file,
+                    again.len()
+                );
+                self.counters
+                    .chunks_relaunched
+                    .fetch_add(again.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                b.finished -= again.len() as u64;
+                b.relaunch.extend(again.into_iter().rev());
+            }
+            actions.extend(self.fill_window(op, &[]));
+        }
+        actions
     }
 
     /// Launches chunks of backup `op` while the congestion window allows; chunks in `skip`
@@ -487,9 +542,14 @@ impl Core {
 
     fn launch(&self, op: OpId, b: &mut BackupOp, skip: &[ChunkNo]) -> Vec<Action> {
         let mut actions = Vec::new();
-        while b.next < b.chunks {
-            let chunk = b.chunk(b.next);
-            if skip.binary_search(&chunk.no).is_ok() {
+        loop {
+            let again = b.relaunch.last().map(|&no| ChunkKey { file: b.file, no });
+            let chunk = match again {
+                Some(chunk) => chunk,
+                None if b.next < b.chunks => b.chunk(b.next),
+                None => break,
+            };
+            if again.is_none() && skip.binary_search(&chunk.no).is_ok() {
                 b.next += 1;
                 b.finished += 1;
                 continue;
@@ -501,7 +561,11 @@ impl Core {
             let launch = flow.launch();
             drop(flow);
             Counters::bump(&self.counters.putchunk_launches);
-            b.next += 1;
+            if again.is_some() {
+                b.relaunch.pop();
+            } else {
+                b.next += 1;
+            }
             let previous = self.pending.insert(
                 chunk,
                 PendingPut {
@@ -557,7 +621,8 @@ impl Core {
     /// A chunk is done: it reached its degree, or ran out of sends.
     fn finish_chunk(&self, chunk: ChunkKey, p: PendingPut, reached: bool) -> Vec<Action> {
         self.flow.lock().finish(reached && p.sends == 1);
-        let stored_somewhere = reached || self.meta.lock().perceived(&chunk).unwrap_or(0) > 0;
+        let stored_somewhere =
+            reached || self.live_perceived(&self.meta.lock(), &chunk).unwrap_or(0) > 0;
         let give_up = match self.backups.get_mut(&p.op) {
             Some(mut b) => {
                 b.finished += 1;
@@ -610,7 +675,7 @@ impl Core {
     /// is queueing, and the window shrinks a little (once per window of launches) before its
     /// queue overflows.
     pub(super) fn putchunk_late(&self, chunk: ChunkKey, op: OpId, launch: u64) {
-        let storers = self.meta.lock().perceived(&chunk).unwrap_or(0);
+        let storers = self.live_perceived(&self.meta.lock(), &chunk).unwrap_or(0);
         let late = match self.backups.get_mut(&op) {
             Some(mut b) => b.late_check(storers),
             None => return, // the backup is over
@@ -635,7 +700,7 @@ impl Core {
         let Some((op, launch)) = self.putchunk_waiting(chunk, send) else {
             return Vec::new(); // finished, or a stale timer
         };
-        let perceived = self.meta.lock().perceived(&chunk).unwrap_or(0);
+        let perceived = self.live_perceived(&self.meta.lock(), &chunk).unwrap_or(0);
         let degree = self.backups.get(&op).map(|b| b.degree);
         let reached = degree.is_some_and(|d| perceived >= usize::from(d));
         if !reached {
@@ -740,8 +805,13 @@ fn putchunk_action(
             cfg.late_after,
             TimerEvent::PutchunkLate { chunk, op, launch },
         )),
-        extra_lines: match (&b.catalog, b.version) {
-            (Some(tag), Version::V2_0) => vec![crate::protocol::message::catalog_line(tag)],
+        extra_lines: match b.version {
+            Version::V2_0 => b
+                .catalog
+                .iter()
+                .map(crate::protocol::message::catalog_line)
+                .chain(b.home.map(super::repair::home_line))
+                .collect(),
             _ => Vec::new(),
         },
     }

@@ -139,8 +139,10 @@ impl Core {
         Vec::new()
     }
 
-    /// Enhanced: `peer` (re)started; send it the deletions it missed.
-    pub(super) fn on_up(&self, peer: PeerId) -> Vec<Action> {
+    /// Enhanced: `peer` (re)started; forget what it held (its HOLDS follow) and send it the
+    /// deletions it missed.
+    pub(super) fn on_up(&self, peer: PeerId, instance: Option<u64>) -> Vec<Action> {
+        self.new_instance(peer, instance);
         let files: Vec<FileId> = self
             .meta
             .lock()

@@ -30,6 +30,11 @@ pub struct StoredChunk {
     /// SHA-256 of the body as written; checked before the chunk is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<ChunkHash>,
+    /// Enhanced: the file's home, when known (the sender of the PUTCHUNK that made this copy,
+    /// or the `HOME` line of a re-backup's PUTCHUNK 2.0): while it is alive, it repairs the
+    /// chunk, not its holders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<PeerId>,
 }
 
 /// What the home peer knows of one chunk of a file it backed up.
@@ -1060,6 +1065,7 @@ mod tests {
             desired: 2,
             holders: [1, 4].into(),
             hash: Some(ChunkHash::of(b"x")),
+            home: Some(1),
         }
     }
 

@@ -17,9 +17,11 @@ pub mod delete;
 pub mod enhanced;
 pub mod flow;
 pub mod maps;
+pub mod membership;
 pub mod metadata;
 pub mod reclaim;
 pub mod recover;
+pub mod repair;
 pub mod restore;
 pub mod state;
 pub mod storer;
@@ -138,6 +140,16 @@ pub struct Config {
     pub catalog_interval: Duration,
     /// Enhanced: where the home writes its catalog document to back it up.
     pub catalog_path: PathBuf,
+    /// Enhanced: ALIVE is sent this often (jittered by a fifth either way); the membership
+    /// view and the repair scan advance at the same pace (zero: neither runs).
+    pub announce_interval: Duration,
+    /// Enhanced: a 2.0 peer not heard this long is suspected (its copies no longer count).
+    pub suspect_after: Duration,
+    /// Enhanced: a chunk whose live holders stay fewer than its desired degree this long is
+    /// re-replicated by its repairer.
+    pub repair_after: Duration,
+    /// Enhanced: chunks this peer repairs at once, at most.
+    pub repair_concurrency: usize,
 }
 
 impl Config {
@@ -168,6 +180,10 @@ impl Config {
             delete_retry_interval: Duration::from_secs(10),
             catalog_interval: Duration::from_secs(10),
             catalog_path: PathBuf::from(format!("/dbs-catalog-{id}.json")),
+            announce_interval: Duration::from_secs(2),
+            suspect_after: Duration::from_secs(8),
+            repair_after: Duration::from_secs(60),
+            repair_concurrency: 16,
         }
     }
 
@@ -423,6 +439,12 @@ pub enum TimerEvent {
         /// Which chunk.
         chunk: ChunkKey,
     },
+    /// Enhanced: [`TimerEvent::TrimCheck`] after HOLDS, counting only the lower holders whose
+    /// HOLDS named the chunk since.
+    TrimConfirmed {
+        /// Which chunk.
+        chunk: ChunkKey,
+    },
     /// Enhanced: the grace time of a trimmed copy is over; its file goes.
     TrashExpired {
         /// Which chunk.
@@ -430,6 +452,8 @@ pub enum TimerEvent {
     },
     /// Enhanced: publish the catalog if it changed.
     PublishCatalog,
+    /// Enhanced: one announcement period is over (ALIVE, membership, repair scan).
+    Tick,
     /// Enhanced: the wait after FINDCATALOG send `send` of RECOVER `op` is over.
     FindWait {
         /// The RECOVER.
@@ -569,6 +593,23 @@ pub struct Counters {
     pub chunks_stored: AtomicU64,
     /// Enhanced: surplus copies this peer dropped after an enhanced backup.
     pub chunks_trimmed: AtomicU64,
+    /// Enhanced: repairs this peer started (as a chunk's home: a REPAIR sent; as its
+    /// repairing holder: a re-backup started).
+    pub repairs_started: AtomicU64,
+    /// Enhanced: chunks this peer repaired that are back at their degree among live peers.
+    pub repairs_done: AtomicU64,
+    /// Enhanced: repair attempts that did not bring the chunk back in time (tried again), or
+    /// found no live copy to repair from.
+    pub repairs_failed: AtomicU64,
+    /// Enhanced: times a peer became suspected.
+    pub peers_suspected: AtomicU64,
+    /// Enhanced: times a peer was declared gone.
+    pub peers_gone: AtomicU64,
+    /// Chunks of a backup sent again because a holder that had stored them died before it
+    /// ended.
+    pub chunks_relaunched: AtomicU64,
+    /// GETCHUNK sends beyond the fixed budget, while a live holder was known.
+    pub getchunk_persisted: AtomicU64,
 }
 
 impl Counters {
@@ -623,6 +664,14 @@ pub struct Core {
     catalog_heard: AtomicU64,
     /// This process's random instance (in its UP).
     instance: u64,
+    /// Enhanced: who is alive.
+    members: Mutex<membership::View>,
+    /// Enhanced: the process instance of each peer, from its UP or HOLDS.
+    peer_instances: Mutex<std::collections::BTreeMap<PeerId, u64>>,
+    /// Enhanced: lower peers whose HOLDS named a chunk held here, until its trim check.
+    holds_heard: Map<ChunkKey, std::collections::BTreeSet<PeerId>>,
+    /// Enhanced: chunks below their degree among live peers that this peer is to repair.
+    repairs: Mutex<std::collections::BTreeMap<ChunkKey, repair::Repair>>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -683,6 +732,10 @@ impl Core {
             id_conflict: AtomicBool::new(false),
             catalog_heard: AtomicU64::new(0),
             instance: fastrand::Rng::with_seed(cfg.seed ^ 0x1d5e_ed00).u64(..),
+            members: Mutex::new(repair::view_for(&cfg)),
+            repairs: Mutex::new(Default::default()),
+            holds_heard: Map::seeded(cfg.seed),
+            peer_instances: Mutex::new(Default::default()),
             cfg,
         }
     }
@@ -719,7 +772,7 @@ impl Core {
     }
 
     /// [`Core::instances`] by kind.
-    pub fn instances_by_kind(&self) -> [(&'static str, usize); 11] {
+    pub fn instances_by_kind(&self) -> [(&'static str, usize); 12] {
         [
             ("backups", self.backups.len()),
             ("awaiting_stored", self.pending.len()),
@@ -732,6 +785,7 @@ impl Core {
             ("trimmed", self.trash.len()),
             ("verifies", self.verifying.len()),
             ("recovers", self.recovering.len()),
+            ("repairs", self.repairs_pending()),
         ]
     }
 
@@ -832,6 +886,8 @@ impl Core {
                 delay: self.cfg.delete_retry_interval,
                 event: TimerEvent::RetryDeletes,
             });
+            actions.extend(self.announce_holdings());
+            actions.extend(self.next_tick());
         }
         actions
     }
@@ -849,16 +905,26 @@ impl Core {
         if enhanced {
             self.note_enhanced_peer(msg.sender);
         }
+        // Any message tells that its sender is alive.
+        let came_back = if self.cfg.enhanced() {
+            self.heard(msg.sender)
+        } else {
+            Vec::new()
+        };
+        let mut actions = self.dispatch(msg, enhanced);
+        actions.extend(came_back);
+        actions
+    }
+
+    fn dispatch(&self, msg: Message, enhanced: bool) -> Vec<Action> {
         match msg.kind {
             MessageKind::Putchunk {
                 chunk,
                 degree,
                 body,
             } => {
-                let catalog = enhanced
-                    .then(|| crate::protocol::message::catalog_in(&msg.extra_lines))
-                    .flatten();
-                self.on_putchunk(msg.sender, chunk, degree, body, enhanced, catalog)
+                let lines = enhanced.then_some(msg.extra_lines.as_slice());
+                self.on_putchunk(msg.sender, chunk, degree, body, lines)
             }
             MessageKind::Stored { chunk } => self.on_stored(msg.sender, chunk),
             MessageKind::Getchunk { chunk } => {
@@ -873,7 +939,9 @@ impl Core {
             }
             MessageKind::Delete { file } => self.on_delete(msg.sender, file, enhanced),
             MessageKind::Removed { chunk } => self.on_removed(msg.sender, chunk, enhanced),
-            MessageKind::Up if enhanced => self.on_up(msg.sender),
+            MessageKind::Up if enhanced => {
+                self.on_up(msg.sender, recover::instance_in(&msg.extra_lines))
+            }
             MessageKind::Deleted { file } if enhanced => self.on_deleted(msg.sender, file),
             MessageKind::Check { chunk, nonce } if enhanced => self.on_check(chunk, nonce),
             MessageKind::FindCatalog { home } if enhanced => self.on_find_catalog(home),
@@ -886,12 +954,26 @@ impl Core {
                 nonce,
                 proof,
             } if enhanced => self.on_checked(msg.sender, chunk, nonce, proof),
+            MessageKind::Alive => Vec::new(), // heard: that is all
+            MessageKind::Holds { file, chunks } if enhanced => {
+                let ask = msg.extra_lines.iter().any(|l| l.trim() == repair::ASK);
+                if ask && let Some(i) = recover::instance_in(&msg.extra_lines) {
+                    // Its UP may be handled after this (on another worker).
+                    self.new_instance(msg.sender, Some(i));
+                }
+                self.on_holds(msg.sender, file, &chunks, ask)
+            }
+            MessageKind::Repair { chunk, degree, by } if enhanced => {
+                self.on_repair(msg.sender, chunk, degree, by)
+            }
             MessageKind::Up
             | MessageKind::Deleted { .. }
             | MessageKind::FindCatalog { .. }
             | MessageKind::CatalogHeld { .. }
             | MessageKind::Check { .. }
-            | MessageKind::Checked { .. } => Vec::new(),
+            | MessageKind::Checked { .. }
+            | MessageKind::Holds { .. }
+            | MessageKind::Repair { .. } => Vec::new(),
         }
     }
 
@@ -909,10 +991,15 @@ impl Core {
             TimerEvent::CheckDegree { chunk } => self.check_degree(chunk),
             TimerEvent::StoreDecision { chunk } => self.store_decision(chunk),
             TimerEvent::RetryDeletes => self.retry_deletes(),
-            TimerEvent::TrimCheck { chunk } => self.trim_check(chunk),
+            TimerEvent::TrimCheck { chunk } => self.trim_check(chunk, None),
+            TimerEvent::TrimConfirmed { chunk } => {
+                let confirmed = self.holds_heard.remove(&chunk).map(|(_, c)| c);
+                self.trim_check(chunk, Some(confirmed.unwrap_or_default()))
+            }
             TimerEvent::TrashExpired { chunk } => self.trash_expired(chunk),
             TimerEvent::CheckWait { op, send } => self.check_wait_over(op, send),
             TimerEvent::PublishCatalog => self.publish_catalog(),
+            TimerEvent::Tick => self.tick(),
             TimerEvent::FindWait { op, send } => self.find_wait_over(op, send),
             TimerEvent::SendAgain {
                 messages,
@@ -939,7 +1026,7 @@ impl Core {
 
     /// This peer's STATE report.
     pub fn state(&self) -> StateReport {
-        StateReport::from_metadata(&self.cfg, &self.meta.lock())
+        StateReport::from_metadata(&self.cfg, &self.meta.lock(), &self.members.lock())
     }
 
     /// The LIST report of the paths equal to `under` or below it (all without it).

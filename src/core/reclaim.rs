@@ -131,7 +131,9 @@ impl Core {
     /// The desired degree of `chunk` if it is stored here and below it.
     fn below_degree(&self, meta: &super::Metadata, chunk: &ChunkKey) -> Option<u8> {
         meta.stored_chunk(chunk)
-            .filter(|c| meta.counted(chunk.file, &c.holders, true) < usize::from(c.desired))
+            .filter(|c| {
+                self.live_count(meta, chunk.file, &c.holders, true) < usize::from(c.desired)
+            })
             .map(|c| c.desired)
     }
 

@@ -38,7 +38,7 @@ const FIND_SENDS: u8 = 3;
 /// Wait after each FINDCATALOG.
 const FIND_WAIT: Duration = Duration::from_secs(1);
 /// The UP line naming the process.
-const INSTANCE: &str = "INSTANCE";
+pub(super) const INSTANCE: &str = "INSTANCE";
 
 /// The file id of the catalog generation `tag` describes: its home, its generation and its
 /// document's hash, so that two documents never share an id (a generation number used twice,
@@ -455,8 +455,13 @@ impl Core {
             Channel::Mc,
             Version::V2_0,
             MessageKind::Up,
-            vec![format!("{INSTANCE} {:016x}", self.instance)],
+            vec![self.instance_line()],
         )
+    }
+
+    /// The `INSTANCE <16 hex digits>` line of this process.
+    pub(super) fn instance_line(&self) -> String {
+        format!("{INSTANCE} {:016x}", self.instance)
     }
 
     /// At start: UP, and, with an empty catalog, whether the group holds one for this id (and
@@ -473,11 +478,7 @@ impl Core {
     /// An UP with this peer's own id: another process, if it names another instance. The
     /// first time, this one answers with its own UP so that the other learns it too.
     pub(super) fn own_id_up(&self, msg: &Message) -> Vec<Action> {
-        let theirs = msg.extra_lines.iter().find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == INSTANCE).then(|| u64::from_str_radix(v.trim(), 16).ok())?
-        });
-        match theirs {
+        match instance_in(&msg.extra_lines) {
             Some(i) if i != self.instance => {
                 let first = !self.id_conflict.swap(true, Ordering::Relaxed);
                 tracing::error!(
@@ -496,4 +497,12 @@ impl Core {
             _ => Vec::new(),
         }
     }
+}
+
+/// The process instance an `INSTANCE` line names, if any.
+pub(super) fn instance_in(lines: &[String]) -> Option<u64> {
+    lines.iter().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == INSTANCE).then(|| u64::from_str_radix(v.trim(), 16).ok())?
+    })
 }

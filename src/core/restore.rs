@@ -101,6 +101,19 @@ pub struct PendingGet {
     bad: u8,
     /// Its launch number in the restore's window.
     launch: u64,
+    /// Enhanced: GETCHUNKs sent after the last of the fixed budget, while a live holder was
+    /// known (see [`PERSIST_WAIT`]).
+    persisted: u32,
+}
+
+/// Enhanced: after its fixed number of GETCHUNKs, a chunk is asked for again every this long
+/// while the membership view knows a live holder of it, for at most [`persist_budget`].
+pub const PERSIST_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Enhanced: how long past its fixed number of GETCHUNKs a chunk of a restore of `chunks`
+/// chunks is asked for at most: 30 s, plus 0.2 s per chunk of the file.
+pub fn persist_budget(chunks: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(30) + std::time::Duration::from_millis(200) * chunks as u32
 }
 
 /// GETCHUNKs in flight when a restore starts, at most (its window grows from there). As large
@@ -216,6 +229,7 @@ impl Core {
                     sends: 1,
                     bad: 0,
                     launch,
+                    persisted: 0,
                 },
             );
             actions.push(match self.cfg.restore_tcp.filter(|_| r.enhanced) {
@@ -344,6 +358,9 @@ impl Core {
             r.flow.congestion(launch);
         }
         if send >= self.cfg.max_getchunk_sends {
+            if let Some(actions) = self.persist(op, chunk, send) {
+                return actions;
+            }
             if self.getting.remove(&chunk).is_none() {
                 return Vec::new();
             }
@@ -369,6 +386,46 @@ impl Core {
                 },
             },
         ]
+    }
+
+    /// Enhanced: a chunk that had all its GETCHUNKs is asked for again (after
+    /// [`PERSIST_WAIT`]) while a holder of it is alive and the restore's budget lasts.
+    fn persist(&self, op: OpId, chunk: ChunkKey, send: u8) -> Option<Vec<Action>> {
+        if !self.cfg.enhanced() {
+            return None;
+        }
+        let (chunks, written) = self.restores.get(&op).map(|r| (r.chunks, r.written))?;
+        let allowed = persist_budget(chunks).as_millis() / PERSIST_WAIT.as_millis();
+        let live_holder = {
+            let meta = self.meta.lock();
+            let view = self.members.lock();
+            meta.backed_up()
+                .get(&chunk.file)
+                .and_then(|f| f.chunks.get(chunk.no as usize))
+                .is_some_and(|c| c.holders.iter().any(|&p| view.is_alive(p)))
+        };
+        let mut p = self.getting.get_mut(&chunk)?;
+        if !live_holder || u128::from(p.persisted) >= allowed {
+            return None;
+        }
+        p.persisted += 1;
+        drop(p);
+        Counters::bump(&self.counters.getchunk_persisted);
+        tracing::debug!("no CHUNK for {chunk} yet, a holder is alive: asking again");
+        Some(vec![
+            self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
+            Action::Schedule {
+                delay: PERSIST_WAIT,
+                event: TimerEvent::GetchunkWait { chunk, send },
+            },
+            Action::Report {
+                op,
+                event: OpEvent::Progress {
+                    done: written,
+                    total: chunks,
+                },
+            },
+        ])
     }
 
     /// The runtime wrote a restored chunk into `tmp` (`ok`) or failed to. A write into

@@ -5,8 +5,9 @@ use std::fmt;
 use serde::Serialize;
 
 use super::Config;
+use super::membership::{PeerState, View};
 use super::metadata::Metadata;
-use crate::protocol::FileId;
+use crate::protocol::{FileId, PeerId};
 
 /// A peer's STATE, serialised as the `--json` document of `testapp STATE`.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -23,6 +24,23 @@ pub struct StateReport {
     pub backed_up: Vec<BackedUpReport>,
     /// Chunks stored here for other peers.
     pub stored: Vec<StoredReport>,
+    /// Enhanced: the peers this one knows of and what its membership view says of them.
+    #[serde(default)]
+    pub membership: Vec<MemberReport>,
+}
+
+/// One peer in the membership view.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct MemberReport {
+    /// Its id.
+    pub id: PeerId,
+    /// alive, suspected or gone.
+    pub state: String,
+    /// Whether it speaks 2.0 (a 1.0 peer does not announce itself and counts as alive).
+    pub enhanced: bool,
+    /// Seconds since it was last heard, about (absent: not since this peer started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_s: Option<u64>,
 }
 
 /// One file in a STATE report.
@@ -45,6 +63,9 @@ pub struct ChunkDegree {
     pub no: u32,
     /// Distinct peers known to hold it.
     pub perceived: usize,
+    /// Of those, the ones the membership view counts as alive.
+    #[serde(default)]
+    pub live: usize,
 }
 
 /// One stored chunk in a STATE report.
@@ -60,12 +81,52 @@ pub struct StoredReport {
     pub desired: u8,
     /// Distinct peers known to hold it, this one included.
     pub perceived: usize,
+    /// Of those, the ones the membership view counts as alive.
+    #[serde(default)]
+    pub live: usize,
 }
 
 impl StateReport {
-    /// Builds the report from the metadata.
-    pub fn from_metadata(cfg: &Config, meta: &Metadata) -> Self {
+    /// Builds the report from the metadata and the membership view.
+    pub fn from_metadata(cfg: &Config, meta: &Metadata, view: &View) -> Self {
+        let live = |holders: &std::collections::BTreeSet<PeerId>| {
+            holders.iter().filter(|&&p| view.is_alive(p)).count()
+        };
+        let mut known: std::collections::BTreeSet<PeerId> = meta.enhanced_peers().clone();
+        for f in meta.backed_up().values() {
+            for c in &f.chunks {
+                known.extend(&c.holders);
+            }
+        }
+        for chunks in meta.stored().values() {
+            for c in chunks.values() {
+                known.extend(&c.holders);
+            }
+        }
+        known.remove(&cfg.id);
+        let period = cfg.announce_interval.as_secs_f64();
+        let membership = if cfg.enhanced() {
+            known
+                .into_iter()
+                .map(|id| MemberReport {
+                    id,
+                    state: match view.state(id) {
+                        PeerState::Alive => "alive",
+                        PeerState::Suspected => "suspected",
+                        PeerState::Gone => "gone",
+                    }
+                    .to_string(),
+                    enhanced: meta.enhanced_peers().contains(&id),
+                    silent_s: view
+                        .silent_for(id)
+                        .map(|ticks| (ticks as f64 * period).round() as u64),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         StateReport {
+            membership,
             peer_id: cfg.id,
             protocol_version: cfg.version.to_string(),
             capacity_kb: meta.capacity() / 1000,
@@ -85,6 +146,7 @@ impl StateReport {
                         .map(|(no, c)| ChunkDegree {
                             no: no as u32,
                             perceived: c.holders.len(),
+                            live: live(&c.holders),
                         })
                         .collect(),
                 })
@@ -99,6 +161,7 @@ impl StateReport {
                         size_kb: f64::from(c.size) / 1000.0,
                         desired: c.desired,
                         perceived: c.holders.len(),
+                        live: live(&c.holders),
                     })
                 })
                 .collect(),
@@ -118,13 +181,23 @@ impl BackedUpReport {
             .iter()
             .filter(|c| c.perceived < usize::from(self.desired))
             .count();
+        let live_below = self
+            .chunks
+            .iter()
+            .filter(|c| c.live < usize::from(self.desired))
+            .count();
         let verdict = if below == 0 {
             "every chunk at its desired degree".to_string()
         } else {
             format!("{below} below the desired degree")
         };
+        let live = if live_below > below {
+            format!(", {live_below} below it among live peers")
+        } else {
+            String::new()
+        };
         format!(
-            "summary: {} chunk(s), lowest perceived degree {lowest}, {verdict}",
+            "summary: {} chunk(s), lowest perceived degree {lowest}, {verdict}{live}",
             self.chunks.len()
         )
     }
@@ -147,16 +220,34 @@ impl fmt::Display for StateReport {
             )?;
             writeln!(f, "    {}", file.summary())?;
             for c in &file.chunks {
-                writeln!(f, "    chunk {:>6}  perceived degree {}", c.no, c.perceived)?;
+                writeln!(
+                    f,
+                    "    chunk {:>6}  perceived degree {}  live {}",
+                    c.no, c.perceived, c.live
+                )?;
             }
         }
         writeln!(f, "Chunks stored here: {}", self.stored.len())?;
         for c in &self.stored {
             writeln!(
                 f,
-                "  {} #{:<6} {:>7.3} KB  perceived {} / desired {}",
-                c.file_id, c.no, c.size_kb, c.perceived, c.desired
+                "  {} #{:<6} {:>7.3} KB  perceived {} / desired {}  live {}",
+                c.file_id, c.no, c.size_kb, c.perceived, c.desired, c.live
             )?;
+        }
+        if !self.membership.is_empty() {
+            writeln!(
+                f,
+                "Peers known (1.0 peers do not announce themselves and count as alive):"
+            )?;
+            for m in &self.membership {
+                let silent = m.silent_s.map_or_else(
+                    || "not heard since this peer started".to_string(),
+                    |s| format!("last heard {s} s ago"),
+                );
+                let version = if m.enhanced { "2.0" } else { "1.0" };
+                writeln!(f, "  peer {:<6} {:<9} {version}  {silent}", m.id, m.state)?;
+            }
         }
         write!(
             f,
@@ -181,6 +272,7 @@ mod tests {
                 .map(|(no, &perceived)| ChunkDegree {
                     no: no as u32,
                     perceived,
+                    live: perceived,
                 })
                 .collect(),
         }

@@ -20,6 +20,8 @@ pub struct Writing {
     holders: BTreeSet<PeerId>,
     /// Enhanced store: the random delay was taken before deciding to store.
     enhanced: bool,
+    /// The file's home, as far as the PUTCHUNK tells.
+    home: PeerId,
     /// The STORED to send once the write is durable (its delay is over, or it is enhanced).
     stored_due: Option<Version>,
     /// DELETE arrived while it was written: the chunk is removed once the write ends. The
@@ -34,6 +36,7 @@ pub struct Writing {
 pub struct Deferred {
     body: Bytes,
     desired: u8,
+    home: PeerId,
     /// Distinct peers whose STORED for it was seen meanwhile.
     holders: BTreeSet<PeerId>,
 }
@@ -64,9 +67,22 @@ impl Core {
         chunk: ChunkKey,
         degree: u8,
         body: Bytes,
-        enhanced: bool,
-        catalog: Option<crate::protocol::CatalogTag>,
+        enhanced_lines: Option<&[String]>,
     ) -> Vec<Action> {
+        // An enhanced PUTCHUNK's extra lines may say it is a chunk of a catalog generation,
+        // and name the file's home (a re-backup's initiator is a holder).
+        let enhanced = enhanced_lines.is_some();
+        let lines = enhanced_lines.unwrap_or_default();
+        let catalog = crate::protocol::message::catalog_in(lines);
+        let named_home = super::repair::home_in(lines);
+        let home = named_home.unwrap_or(sender);
+        // A re-backup's initiator is a holder (it sends no STORED for its own PUTCHUNK): its
+        // copy counts when deciding whether to store.
+        let initiator_holds: BTreeSet<PeerId> = named_home
+            .filter(|&h| h != sender)
+            .map(|_| sender)
+            .into_iter()
+            .collect();
         if let Some(mut w) = self.watches.get_mut(&chunk) {
             w.putchunk_seen = true; // someone is backing it up
         }
@@ -78,10 +94,12 @@ impl Core {
             Some(_) => meta.remove_tombstone(&chunk.file),
             None => {}
         }
-        if meta.backed_up().contains_key(&chunk.file)
-            || meta.pending_deletes().contains_key(&chunk.file)
-        {
-            return Vec::new(); // never store chunks of our own files, deleted ones included
+        if meta.backed_up().contains_key(&chunk.file) {
+            self.repair_progress(chunk); // a holder re-backs it up
+            return Vec::new(); // never store chunks of our own files
+        }
+        if meta.pending_deletes().contains_key(&chunk.file) {
+            return Vec::new(); // nor of our deleted ones
         }
         // A chunk of another peer's catalog: remember whose (the tag must name this file).
         if let Some(tag) = catalog.filter(|t| super::recover::catalog_file_id(t) == chunk.file) {
@@ -105,7 +123,8 @@ impl Core {
                 Deferred {
                     body,
                     desired: degree,
-                    holders: BTreeSet::new(),
+                    home,
+                    holders: initiator_holds,
                 },
             );
             return vec![Action::Schedule {
@@ -114,7 +133,7 @@ impl Core {
             }];
         }
         // The STORED delay runs while the chunk is written (and made durable with others).
-        let mut actions = self.write(chunk, degree, body, BTreeSet::new(), false);
+        let mut actions = self.write(chunk, degree, body, BTreeSet::new(), false, home);
         actions.push(self.stored_timer(chunk, Version::V1_0));
         actions
     }
@@ -126,12 +145,14 @@ impl Core {
         body: Bytes,
         holders: BTreeSet<PeerId>,
         enhanced: bool,
+        home: PeerId,
     ) -> Vec<Action> {
         let size = body.len() as u32;
         let writing = Writing {
             size,
             holders,
             enhanced,
+            home,
             stored_due: enhanced.then_some(Version::V2_0),
             cancelled: false,
         };
@@ -166,7 +187,7 @@ impl Core {
         if !fits {
             return Vec::new();
         }
-        self.write(chunk, d.desired, d.body, d.holders, true)
+        self.write(chunk, d.desired, d.body, d.holders, true, d.home)
     }
 
     /// Whether a chunk of `size` bytes fits next to what is stored and being written (see
@@ -207,7 +228,7 @@ impl Core {
         };
         let mut holders = w.holders;
         holders.insert(self.cfg.id);
-        let below = meta.counted(chunk.file, &holders, true) < usize::from(desired);
+        let below = self.live_count(&meta, chunk.file, &holders, true) < usize::from(desired);
         meta.insert_stored(
             chunk,
             StoredChunk {
@@ -215,6 +236,7 @@ impl Core {
                 desired,
                 holders,
                 hash: Some(hash),
+                home: Some(w.home),
             },
         );
         let stale = meta.drop_stale_catalogs(&chunk.file);
@@ -287,7 +309,7 @@ impl Core {
                 }
                 _ => false,
             };
-            (meta.perceived(&chunk), stored_again)
+            (self.live_perceived(&meta, &chunk), stored_again)
         };
         if stored_again {
             return vec![self.delete_v2(chunk.file)];
@@ -392,7 +414,13 @@ impl Core {
     /// evicting its own copy at the same moment (RECLAIM), and if its REMOVED arrives meanwhile
     /// this peer takes its copy back. (Dropping it at once lost chunks whose lower holder
     /// reclaimed its copy at the same moment; found by the simulator.)
-    pub(super) fn trim_check(&self, chunk: ChunkKey) -> Vec<Action> {
+    /// With `confirmed`, only those lower holders count (a trim after HOLDS: the holders
+    /// recorded before may be stale, say a copy evicted while this peer was down).
+    pub(super) fn trim_check(
+        &self,
+        chunk: ChunkKey,
+        confirmed: Option<BTreeSet<PeerId>>,
+    ) -> Vec<Action> {
         let mut meta = self.meta.lock();
         let Some(c) = meta.stored_chunk(&chunk).cloned() else {
             return Vec::new();
@@ -400,14 +428,22 @@ impl Core {
         // The holders this copy is trimmed for: the `desired` lowest ids, which keep theirs
         // (holders between them and this peer trim too, and their REMOVEDs change nothing).
         // (Of a catalog generation, only the enhanced holders count.)
+        // Only live holders count: a copy is never trimmed for one on a peer that is down.
         let catalog = meta.is_catalog_file(&chunk.file);
-        let lower: BTreeSet<PeerId> = c
-            .holders
+        let view = self.members.lock();
+        let lower: BTreeSet<PeerId> = confirmed
+            .as_ref()
+            .unwrap_or(&c.holders)
             .iter()
             .copied()
-            .filter(|&p| p < self.cfg.id && (!catalog || meta.enhanced_peers().contains(&p)))
+            .filter(|&p| {
+                p < self.cfg.id
+                    && view.is_alive(p)
+                    && (!catalog || meta.enhanced_peers().contains(&p))
+            })
             .take(usize::from(c.desired))
             .collect();
+        drop(view);
         tracing::debug!(
             "trim check of {chunk}: holders {:?}, desired {}",
             c.holders,
@@ -470,6 +506,12 @@ impl Core {
         }
         tracing::debug!("took back trimmed copy of {chunk}: {sender} removed its own");
         vec![
+            // Other lower holders may keep theirs (the one that removed its copy trimmed it
+            // for them): look again.
+            Action::Schedule {
+                delay: self.cfg.trim_delay + self.reply_delay(),
+                event: TimerEvent::TrimCheck { chunk },
+            },
             Action::SyncMetadata,
             self.send_v(
                 Channel::Mc,

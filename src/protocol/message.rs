@@ -3,7 +3,8 @@
 //! We send exactly `TYPE <ver> <id> <fileid> [<chunkNo> [<deg>]] \r\n\r\n` with a lower-case
 //! file id and accept more: several spaces between fields, no trailing space, upper-case hex and
 //! extra header lines (kept, for enhanced versions). The enhanced (2.0) types UP, DELETED,
-//! FINDCATALOG, CATALOG, CHECK and CHECKED are parsed too; a 1.0 peer ignores them.
+//! FINDCATALOG, CATALOG, CHECK, CHECKED, ALIVE, HOLDS and REPAIR are parsed too; a 1.0 peer
+//! ignores them.
 
 use bytes::Bytes;
 
@@ -100,7 +101,31 @@ pub enum MessageKind {
         /// on the wire).
         proof: [u8; 32],
     },
+    /// Enhanced (2.0): a peer is alive (MC, every few seconds).
+    Alive,
+    /// Enhanced (2.0): the chunks of a file a peer holds (MC; on the wire the first chunk
+    /// number and a bitmap from it, at most [`HOLDS_SPAN`] chunks per message).
+    Holds {
+        /// Which file.
+        file: FileId,
+        /// Chunk numbers held, ascending, spanning at most [`HOLDS_SPAN`].
+        chunks: Vec<ChunkNo>,
+    },
+    /// Enhanced (2.0): a file's home asks holder `by` to re-back up a chunk whose live
+    /// holders are fewer than `degree` (MC).
+    Repair {
+        /// Which chunk.
+        chunk: ChunkKey,
+        /// Its desired degree.
+        degree: u8,
+        /// The holder asked to do it.
+        by: PeerId,
+    },
 }
+
+/// Chunks one HOLDS message covers at most: a bitmap of 1,000 hex digits, so that the
+/// datagram fits an Ethernet frame.
+pub const HOLDS_SPAN: u32 = 4000;
 
 /// What a catalog generation is: whose, which, how large, how many files, its SHA-256 (on the
 /// wire: `<home> <generation> <size> <files> <hash>`, in CATALOG messages and in the `CATALOG`
@@ -207,6 +232,9 @@ pub enum ParseError {
     /// A catalog's fields are not `<home> <generation> <size> <files> <64 hex digits>`.
     #[error("catalog fields are not <home> <generation> <size> <files> <hash>")]
     BadCatalog,
+    /// A HOLDS bitmap is not 1 to 1,000 hex digits within the chunk numbers.
+    #[error("HOLDS bitmap is not 1 to 1000 hex digits within chunk 999999")]
+    BadBitmap,
     /// A nonce or proof is not 64 hex digits.
     #[error("nonce or proof is not 64 hex digits")]
     BadDigest,
@@ -247,6 +275,9 @@ impl MessageKind {
             MessageKind::CatalogHeld { .. } => "CATALOG",
             MessageKind::Check { .. } => "CHECK",
             MessageKind::Checked { .. } => "CHECKED",
+            MessageKind::Alive => "ALIVE",
+            MessageKind::Holds { .. } => "HOLDS",
+            MessageKind::Repair { .. } => "REPAIR",
         }
     }
 
@@ -255,15 +286,17 @@ impl MessageKind {
         match self {
             MessageKind::Delete { file }
             | MessageKind::Deleted { file }
-            | MessageKind::CatalogHeld { file, .. } => Some(*file),
+            | MessageKind::CatalogHeld { file, .. }
+            | MessageKind::Holds { file, .. } => Some(*file),
             MessageKind::Putchunk { chunk, .. }
+            | MessageKind::Repair { chunk, .. }
             | MessageKind::Stored { chunk }
             | MessageKind::Getchunk { chunk }
             | MessageKind::Chunk { chunk, .. }
             | MessageKind::Removed { chunk }
             | MessageKind::Check { chunk, .. }
             | MessageKind::Checked { chunk, .. } => Some(chunk.file),
-            MessageKind::Up | MessageKind::FindCatalog { .. } => None,
+            MessageKind::Up | MessageKind::Alive | MessageKind::FindCatalog { .. } => None,
         }
     }
 }
@@ -331,7 +364,17 @@ impl Message {
                     hex_lower(proof)
                 );
             }
-            MessageKind::Delete { .. } | MessageKind::Up | MessageKind::Deleted { .. } => {}
+            MessageKind::Holds { chunks, .. } => {
+                let first = chunks.first().copied().unwrap_or(0);
+                let _ = write!(out, " {first} {}", holds_bitmap(first, chunks));
+            }
+            MessageKind::Repair { chunk, degree, by } => {
+                let _ = write!(out, " {} {degree} {by}", chunk.no);
+            }
+            MessageKind::Delete { .. }
+            | MessageKind::Up
+            | MessageKind::Alive
+            | MessageKind::Deleted { .. } => {}
         }
         out.extend_from_slice(b" \r\n");
         for line in &self.extra_lines {
@@ -399,6 +442,9 @@ impl Message {
             b"CATALOG" => ("CATALOG", 9, false),
             b"CHECK" => ("CHECK", 6, false),
             b"CHECKED" => ("CHECKED", 7, false),
+            b"ALIVE" => ("ALIVE", 3, false),
+            b"HOLDS" => ("HOLDS", 6, false),
+            b"REPAIR" => ("REPAIR", 7, false),
             other => {
                 return Err(ParseError::UnknownType(
                     String::from_utf8_lossy(&other[..other.len().min(32)]).into_owned(),
@@ -424,9 +470,10 @@ impl Message {
         } else if !body.is_empty() {
             return Err(ParseError::UnexpectedBody(name, body.len()));
         }
-        if name == "UP" || name == "FINDCATALOG" {
+        if name == "UP" || name == "ALIVE" || name == "FINDCATALOG" {
             let kind = match name {
                 "UP" => MessageKind::Up,
+                "ALIVE" => MessageKind::Alive,
                 _ => MessageKind::FindCatalog {
                     home: parse_sender(fields[3])?,
                 },
@@ -473,6 +520,15 @@ impl Message {
                 nonce: parse_hex(fields[5]).ok_or(ParseError::BadDigest)?,
                 proof: parse_hex(fields[6]).ok_or(ParseError::BadDigest)?,
             },
+            "HOLDS" => MessageKind::Holds {
+                file,
+                chunks: parse_holds(fields[4], fields[5])?,
+            },
+            "REPAIR" => MessageKind::Repair {
+                chunk: chunk()?,
+                degree: parse_degree(fields[5])?,
+                by: parse_sender(fields[6])?,
+            },
             _ => MessageKind::Removed { chunk: chunk()? },
         };
         Ok(Message {
@@ -492,6 +548,43 @@ pub fn peek_sender(datagram: &[u8]) -> Option<PeerId> {
     let end = head.windows(2).position(|w| w == b"\r\n")?;
     let mut fields = head[..end].split(|&b| b == b' ').filter(|f| !f.is_empty());
     fields.nth(2).and_then(|f| parse_sender(f).ok())
+}
+
+/// The HOLDS bitmap of `chunks` from `first`: one bit per chunk, most significant bit of each
+/// hex digit first, lower-case, trailing zero digits left out (at least one digit).
+fn holds_bitmap(first: ChunkNo, chunks: &[ChunkNo]) -> String {
+    let span = chunks.last().map_or(0, |&l| l - first + 1);
+    let mut digits = vec![0u8; span.div_ceil(4).max(1) as usize];
+    for &no in chunks {
+        let i = no - first;
+        digits[(i / 4) as usize] |= 8 >> (i % 4);
+    }
+    digits
+        .into_iter()
+        .map(|d| char::from_digit(u32::from(d), 16).expect("a hex digit"))
+        .collect()
+}
+
+/// The chunk numbers of a HOLDS's first chunk number and bitmap.
+fn parse_holds(first: &[u8], bitmap: &[u8]) -> Result<Vec<ChunkNo>, ParseError> {
+    let first = parse_chunk_no(first)?;
+    if bitmap.is_empty() || bitmap.len() > (HOLDS_SPAN / 4) as usize {
+        return Err(ParseError::BadBitmap);
+    }
+    let mut chunks = Vec::new();
+    for (i, &c) in bitmap.iter().enumerate() {
+        let d = char::from(c).to_digit(16).ok_or(ParseError::BadBitmap)?;
+        for bit in 0..4 {
+            if d & (8 >> bit) != 0 {
+                let no = first + (i as u32) * 4 + bit;
+                if no > crate::protocol::ids::MAX_CHUNK_NO {
+                    return Err(ParseError::BadBitmap);
+                }
+                chunks.push(no);
+            }
+        }
+    }
+    Ok(chunks)
 }
 
 /// Splits header bytes (without the final CRLF CRLF) at each CRLF.

@@ -83,6 +83,7 @@ pub fn reconcile<S: ChunkStore + ?Sized>(
                         desired: 1,
                         holders: [me].into(),
                         hash,
+                        home: None,
                     },
                 );
                 out.adopted.push(key);

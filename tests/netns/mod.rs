@@ -688,6 +688,25 @@ table netdev dbsdup {{
         }
     }
 
+    /// [`Net::testapp`] on a thread; join it for its [`Run`].
+    #[allow(dead_code)] // not every test file runs one in the background
+    pub fn testapp_in_background(&self, args: &[&str]) -> std::thread::JoinHandle<Run> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let runtime = self.runtime.clone();
+        std::thread::spawn(move || {
+            let out = Command::new(bin("testapp"))
+                .args(args)
+                .env("DBS_RUNTIME_DIR", runtime)
+                .output()
+                .expect("run testapp");
+            Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+    }
+
     /// `testapp --json <ap of id> ARGS`, which must succeed; its JSON document.
     pub fn run_ok(&self, id: u32, args: &[&str]) -> Value {
         let ap = self.ap(id);
