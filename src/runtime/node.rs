@@ -167,6 +167,7 @@ impl Node {
                 tcp_pool: ConnectionPool::new(TCP_CONNECTIONS),
                 replies: Replies::new(),
                 received: AtomicU64::new(0),
+                datagrams: Default::default(),
                 stop: AtomicBool::new(false),
                 commit_signal: crossbeam_channel::bounded(1),
             }
