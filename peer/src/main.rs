@@ -1,7 +1,7 @@
 //! The dbs peer: lends disk to other peers' chunks and backs up, restores and deletes its own
 //! files on its clients' request.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,10 +80,16 @@ struct Args {
     /// Worker threads handling messages and disk writes.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
-    /// Accept a TCP access point on a non-loopback address (refused without it): anyone who
-    /// can reach that address can run every operation on this peer.
+    /// Accept a TCP access point, or --metrics, on a non-loopback address (refused without
+    /// it): anyone who can reach the access point can run every operation on this peer, and
+    /// the metrics tell what it stores and does.
     #[arg(long)]
     allow_remote: bool,
+    /// Serve Prometheus metrics (the STATE report's figures and counters) over HTTP at
+    /// http://ADDR/metrics, ADDR being IP:PORT (e.g. 127.0.0.1:9464; port 0 picks a free one,
+    /// logged at start). Off by default; a non-loopback ADDR needs --allow-remote.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    metrics: Option<SocketAddr>,
     /// Enhanced peers: after the catalog (the files this peer backed up) changes, it is backed
     /// up into the group at most this often, so that RECOVER can get it back if this peer's
     /// disk is lost (0: never).
@@ -181,6 +187,12 @@ fn parse_group(s: &str) -> Result<Ipv4Addr, String> {
     Ok(ip)
 }
 
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9464, [::1]:9464; port 0 picks a free one)")
+    })
+}
+
 fn parse_access_point(s: &str) -> Result<AccessPoint, String> {
     AccessPoint::parse(s).map_err(|e| e.to_string())
 }
@@ -211,23 +223,34 @@ unsafe impl Sync for MallocConf {}
 static MALLOC_CONF: MallocConf =
     MallocConf(c"background_thread:true,narenas:2,dirty_decay_ms:100,muzzy_decay_ms:0".as_ptr());
 
+/// Exits with a usage error (code 2) saying `problem`.
+fn refuse(problem: String) -> ! {
+    use clap::CommandFactory;
+    Args::command()
+        .error(clap::error::ErrorKind::ValueValidation, problem)
+        .exit()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let AccessPoint::Tcp(addr) = &args.access_point
         && !addr.ip().is_loopback()
         && !args.allow_remote
     {
-        use clap::CommandFactory;
-        Args::command()
-            .error(
-                clap::error::ErrorKind::ValueValidation,
-                format!(
-                    "access point {addr} is not on loopback: anyone who can reach it could run \
-                     any operation on this peer (DELETE every backup, RECLAIM 0, read STATE); \
-                     give --allow-remote to accept that on a network you trust"
-                ),
-            )
-            .exit();
+        refuse(format!(
+            "access point {addr} is not on loopback: anyone who can reach it could run any \
+             operation on this peer (DELETE every backup, RECLAIM 0, read STATE); give \
+             --allow-remote to accept that on a network you trust"
+        ));
+    }
+    if let Some(addr) = args.metrics
+        && !addr.ip().is_loopback()
+        && !args.allow_remote
+    {
+        refuse(format!(
+            "--metrics {addr} is not on loopback: anyone who can reach it could read what this \
+             peer stores and does; give --allow-remote to accept that on a network you trust"
+        ));
     }
     // Checked by parse_log_filter.
     let filter = tracing_subscriber::EnvFilter::new(&args.log_level);
@@ -284,6 +307,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     .context("installing signal handlers")?;
     let dir = cfg.dir.clone();
     let node = Node::start(cfg).with_context(|| format!("starting peer {id}"))?;
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let server = node
+                .serve_metrics(addr)
+                .with_context(|| format!("opening the metrics endpoint {addr}"))?;
+            tracing::info!("metrics on {}", server.url());
+            Some(server)
+        }
+        None => None,
+    };
     let listener = args
         .access_point
         .bind()
@@ -328,6 +361,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = signals;
     if let Some(sig) = signals.forever().next() {
         tracing::info!("signal {sig}: stopping");
+    }
+    if let Some(server) = metrics {
+        server.stop();
     }
     node.shutdown().context("saving metadata at shutdown")?;
     for f in &token_files {

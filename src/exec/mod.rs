@@ -121,7 +121,8 @@ impl<E: Effects> Executor<E> {
     /// Handles one received datagram of `full` bytes, of which only the beginning may be in
     /// `datagram` (a CHUNK's header, read without its body by a peer that restores nothing),
     /// sent from `from` (if known). `backlog_filling` tells that the peer's queue of received
-    /// work is filling up.
+    /// work is filling up. Returns whether the datagram went to the core (false: dropped as
+    /// malformed, counted in [`ExecStats::malformed`]).
     pub fn on_datagram(
         &self,
         channel: Channel,
@@ -129,7 +130,7 @@ impl<E: Effects> Executor<E> {
         full: usize,
         backlog_filling: bool,
         from: Option<std::net::IpAddr>,
-    ) {
+    ) -> bool {
         if full > datagram.len() {
             // Only a CHUNK's header is of use without its body (whose size is still checked).
             let header = header_of(&datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
@@ -137,25 +138,32 @@ impl<E: Effects> Executor<E> {
                 Some(Ok(Message {
                     kind: MessageKind::Chunk { chunk, .. },
                     ..
-                })) => self.core.chunk_seen(chunk),
-                _ => self.malformed(format_args!("a {full}-byte datagram on {}", channel.name())),
+                })) => {
+                    self.core.chunk_seen(chunk);
+                    return true;
+                }
+                _ => {
+                    self.malformed(format_args!("a {full}-byte datagram on {}", channel.name()));
+                    return false;
+                }
             }
-            return;
         }
         let msg = match Message::parse_shared(&datagram) {
             Ok(msg) if channel_of(&msg.kind) == channel => msg,
             Ok(msg) => {
-                return self.malformed(format_args!(
+                self.malformed(format_args!(
                     "{} received on {}",
                     msg.kind.name(),
                     channel.name()
                 ));
+                return false;
             }
             Err(e) => {
-                return self.malformed(format_args!(
+                self.malformed(format_args!(
                     "malformed datagram on {}: {e}",
                     channel.name()
                 ));
+                return false;
             }
         };
         // A GETCHUNK 2.0 names where to send the body over TCP: only its sender's own address
@@ -176,6 +184,7 @@ impl<E: Effects> Executor<E> {
             self.core.restore_backlogged(*chunk);
         }
         self.run(self.core.on_message(msg));
+        true
     }
 
     /// Handles a message received over TCP (enhanced restores: only CHUNKs).

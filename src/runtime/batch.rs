@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::effects::Peer;
-use super::replies::{Sink, log_end};
+use super::replies::Sink;
 use crate::client::{ErrorKind, Reply};
 use crate::core::{Action, OpId};
 
@@ -227,7 +227,7 @@ fn run(
         }
     }
     let reply = finish(ended.results.into_iter().flatten().collect());
-    log_end(&batch.name, started, &reply);
+    peer.effects.replies.end(&batch.name, started, &reply);
     let _ = client.send(reply);
 }
 

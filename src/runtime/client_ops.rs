@@ -11,18 +11,20 @@ use serde_json::json;
 
 use super::batch::Refusal;
 use super::effects::Peer;
-use super::replies::log_end;
 use super::{backup_ops, restore_ops, verify_ops};
 use crate::client::server::Handler;
 use crate::client::{ErrorKind, Reply, Request};
-use crate::core::{Action, CommandError, OpId};
+use crate::core::{Action, Channel, CommandError, OpId};
 
 /// The access point's handler: runs client requests on this peer.
 pub(super) struct ClientHandler(pub(super) Arc<Peer>);
 
 impl ClientHandler {
-    /// STATE with the peer's counters (`counters`): what was received, dropped, resent.
-    fn state_json(&self) -> serde_json::Value {
+    /// STATE with the peer's counters (`counters`): what was received (in all, and by channel
+    /// and outcome in `datagrams`), dropped, resent; protocol instances in progress (in all, and
+    /// by kind in `instances_by_kind`); client operations ended, by kind and result
+    /// (`operations`). The metrics endpoint renders this document too (`super::metrics`).
+    pub(super) fn state_json(&self) -> serde_json::Value {
         let peer = &self.0;
         let world = &peer.effects;
         let mut state = serde_json::to_value(peer.core.state()).expect("state serialises");
@@ -39,6 +41,17 @@ impl ClientHandler {
             "disk_errors": peer.stats.disk_errors.load(Ordering::Relaxed),
             "metadata_saved": peer.metadata_saved(),
             "timers": world.timers.len(),
+            "datagrams": Channel::ALL
+                .iter()
+                .map(|c| (c.name().to_string(), json!(world.datagrams[c.index()])))
+                .collect::<serde_json::Map<_, _>>(),
+            "instances_by_kind": peer
+                .core
+                .instances_by_kind()
+                .iter()
+                .map(|&(kind, n)| (kind.to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
+            "operations": world.replies.ended(),
         });
         if let (Some(c), Some(e)) = (counters.as_object_mut(), extra.as_object()) {
             c.extend(e.clone());
@@ -257,14 +270,14 @@ impl Handler for ClientHandler {
                 ),
                 Request::Reclaim { max_kb, enhanced } => {
                     let reply = s.reclaim(*max_kb, *enhanced);
-                    log_end(&name, started, &reply);
+                    s.0.effects.replies.end(&name, started, &reply);
                     Ok(reply_now(reply))
                 }
             }
         };
         result.unwrap_or_else(|(kind, message)| {
             let reply = Reply::Error { kind, message };
-            log_end(&name, started, &reply);
+            s.0.effects.replies.end(&name, started, &reply);
             reply_now(reply)
         })
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
 
 use super::pool::BoundedPool;
 use super::replies::Replies;
@@ -33,10 +34,26 @@ pub(super) struct RealEffects {
     pub(super) replies: Replies,
     /// Datagrams received, all channels.
     pub(super) received: AtomicU64,
+    /// What became of the datagrams received, by channel (in [`Channel::ALL`] order).
+    pub(super) datagrams: [DatagramCounts; 3],
     /// Set when the peer stops.
     pub(super) stop: AtomicBool,
     /// Wakes the commit thread.
     pub(super) commit_signal: (Sender<()>, Receiver<()>),
+}
+
+/// What became of the datagrams received on one channel (STATE's `counters.datagrams`). Their
+/// sum is what the channel received, less the datagrams still queued for the workers.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct DatagramCounts {
+    /// Handed to the core.
+    pub(super) ok: AtomicU64,
+    /// This peer's own multicast, looped back to it (skipped).
+    pub(super) own: AtomicU64,
+    /// Dropped as malformed (or sent on the wrong channel).
+    pub(super) malformed: AtomicU64,
+    /// Dropped because the workers' backlog was full.
+    pub(super) dropped: AtomicU64,
 }
 
 impl Effects for RealEffects {

@@ -6,6 +6,7 @@ mod backup_ops;
 mod batch;
 mod client_ops;
 mod effects;
+pub mod metrics;
 pub mod node;
 pub mod pool;
 mod receive;
@@ -17,4 +18,5 @@ pub mod tcp;
 pub mod timer;
 mod verify_ops;
 
+pub use metrics::{MetricsError, MetricsServer};
 pub use node::{Node, NodeConfig, NodeError};

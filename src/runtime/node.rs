@@ -5,7 +5,7 @@
 //! paced sender threads, timers into the wheel, reports to the client's connection thread; see
 //! `crate::exec`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::client_ops::ClientHandler;
 use super::effects::{Peer, RealEffects};
+use super::metrics::{MetricsError, MetricsServer};
 use super::pool::BoundedPool;
 use super::receive::receive;
 use super::replies::Replies;
@@ -167,6 +168,7 @@ impl Node {
                 tcp_pool: ConnectionPool::new(TCP_CONNECTIONS),
                 replies: Replies::new(),
                 received: AtomicU64::new(0),
+                datagrams: Default::default(),
                 stop: AtomicBool::new(false),
                 commit_signal: crossbeam_channel::bounded(1),
             }
@@ -205,6 +207,13 @@ impl Node {
     /// The client-request handler of this peer.
     pub fn handler(&self) -> Arc<dyn Handler> {
         Arc::new(ClientHandler(self.peer.clone()))
+    }
+
+    /// Serves this peer's metrics (its STATE, see [`super::metrics`]) over HTTP on `addr`
+    /// until the server returned is stopped or dropped.
+    pub fn serve_metrics(&self, addr: SocketAddr) -> Result<MetricsServer, MetricsError> {
+        let peer = ClientHandler(self.peer.clone());
+        MetricsServer::start(addr, move || peer.state_json())
     }
 
     /// Stops receiving, lets queued work finish, saves the metadata.

@@ -44,16 +44,24 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
                 world.received.fetch_add(1, Ordering::Relaxed);
                 // Our own multicast is not worth a copy; but an UP with our id may be another
                 // process that has it (the core tells them apart).
+                let counts = &world.datagrams[channel.index()];
                 if peek_sender(&buf[..n]) == Some(me) && !buf[..n].starts_with(b"UP ") {
+                    counts.own.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let datagram = Bytes::copy_from_slice(&buf[..n]);
                 let p = peer.clone();
                 let queued = world.pool.try_execute(n, move || {
                     let filling = p.effects.pool.filling();
-                    p.on_datagram(channel, datagram, full, filling, from)
+                    let counts = &p.effects.datagrams[channel.index()];
+                    if p.on_datagram(channel, datagram, full, filling, from) {
+                        counts.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counts.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
                 });
                 if !queued {
+                    counts.dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("backlog full: dropped a datagram on {}", channel.name());
                 }
             }

@@ -1,12 +1,16 @@
 //! Client replies: where each operation's replies go, how the core's reports become replies
-//! on the client's connection, and the info-level log line of each operation's end.
+//! on the client's connection, and the info-level log line of each operation's end (and the
+//! count of the operations ended, by kind and result).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::client::{ErrorKind, Reply};
@@ -42,10 +46,21 @@ struct OpSink {
     failure: ErrorKind,
 }
 
+/// How many client operations of one kind ended, by result (STATE's `counters.operations`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(super) struct Ended {
+    /// Done with `ok` true.
+    pub(super) ok: u64,
+    /// Refused, failed or incomplete.
+    pub(super) failed: u64,
+}
+
 /// The reply channels of the operations in progress.
 pub(super) struct Replies {
     ops: DashMap<OpId, OpSink>,
     next_op: AtomicU64,
+    /// Client operations that ended, by name as the client typed it (BACKUP, DELETEENH, ...).
+    ended: Mutex<BTreeMap<String, Ended>>,
 }
 
 impl Replies {
@@ -53,7 +68,31 @@ impl Replies {
         Replies {
             ops: DashMap::new(),
             next_op: AtomicU64::new(1),
+            ended: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Logs the end of client operation `name`, which took since `started` (see [`log_end`]),
+    /// and counts it by its result.
+    pub(super) fn end(&self, name: &str, started: Instant, reply: &Reply) {
+        log_end(name, started, reply);
+        let ok = match reply {
+            Reply::Done { ok, .. } => *ok,
+            Reply::Error { .. } => false,
+            Reply::Progress { .. } => return,
+        };
+        let mut ended = self.ended.lock();
+        let counts = ended.entry(name.to_string()).or_default();
+        if ok {
+            counts.ok += 1;
+        } else {
+            counts.failed += 1;
+        }
+    }
+
+    /// Client operations that ended so far, by name and result.
+    pub(super) fn ended(&self) -> BTreeMap<String, Ended> {
+        self.ended.lock().clone()
     }
 
     /// A new operation `name` on `path`, and where its replies will arrive; `failure` is the
@@ -230,7 +269,7 @@ impl Replies {
         } else if let Some((_, sink)) = self.ops.remove(&op) {
             // The files of a tree are logged at its end, together.
             if let Sink::Client(_) = sink.sink {
-                log_end(&sink.name, sink.started, &reply);
+                self.end(&sink.name, sink.started, &reply);
             }
             sink.sink.send(reply);
         }
@@ -239,7 +278,7 @@ impl Replies {
 
 /// Logs the end of a client operation that took since `started`: one info line with its
 /// result (what the client is told) and duration.
-pub(super) fn log_end(name: &str, started: Instant, reply: &Reply) {
+fn log_end(name: &str, started: Instant, reply: &Reply) {
     let secs = started.elapsed().as_secs_f64();
     match reply {
         Reply::Done {
