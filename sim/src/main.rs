@@ -77,6 +77,14 @@ struct Args {
     /// Send rate of every peer, bytes/s.
     #[arg(long, default_value_t = 250_000_000)]
     rate: u64,
+    /// Peer (index from 0) that leaves for good at a time, as SECS:PEER (repeatable).
+    #[arg(long, value_name = "SECS:PEER", value_parser = leave)]
+    leave: Vec<(Duration, u32)>,
+    /// Check self-healing: settle until every acknowledged chunk is back at its degree among
+    /// the peers that did not leave (a violation if not), and report how long that took after
+    /// the latest departure and the PUTCHUNK bytes sent since the first.
+    #[arg(long)]
+    heal: bool,
     /// Print the summary as one JSON object (the last line).
     #[arg(long)]
     json: bool,
@@ -97,6 +105,16 @@ fn probability(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("must be between 0 and 1, got {p}"))
     }
+}
+
+fn leave(s: &str) -> Result<(Duration, u32), String> {
+    let (at, peer) = s.split_once(':').ok_or("expected SECS:PEER")?;
+    let at: f64 = at.parse().map_err(|_| format!("not a number: {at:?}"))?;
+    let peer: u32 = peer
+        .parse()
+        .map_err(|_| format!("not a peer index: {peer:?}"))?;
+    let at = Duration::try_from_secs_f64(at).map_err(|_| "SECS must be >= 0".to_string())?;
+    Ok((at, peer))
 }
 
 fn versions(s: &str) -> Result<Versions, String> {
@@ -144,6 +162,12 @@ fn real_main() -> anyhow::Result<bool> {
     if args.peers < 2 {
         bail!("--peers must be at least 2");
     }
+    if let Some((_, p)) = args.leave.iter().find(|(_, p)| *p >= args.peers) {
+        bail!(
+            "--leave names peer index {p}, but there are {} peers",
+            args.peers
+        );
+    }
     if args.crash_rate < 0.0 || args.spread < 0.0 {
         bail!("--crash-rate and --spread must not be negative");
     }
@@ -181,6 +205,8 @@ fn real_main() -> anyhow::Result<bool> {
         spread: Duration::from_secs_f64(args.spread),
         rate: args.rate,
         rx_queue_bytes: args.rx_queue,
+        crashes: args.leave.iter().map(|&(at, p)| (at, p, None)).collect(),
+        heal: args.heal,
         ..Scenario::default()
     };
     let summary = run_traced(sc, measure, trace);
@@ -211,6 +237,13 @@ fn print_summary(
         summary.datagrams,
         summary.events
     )?;
+    if let Some(h) = summary.healed_after {
+        writeln!(
+            out,
+            "healed {h:.1} s after the latest departure; {:.1} MB of PUTCHUNKs since the first",
+            summary.repair_mdb_bytes as f64 / 1e6
+        )?;
+    }
     for f in &summary.failures {
         writeln!(out, "  failed: {f}")?;
     }

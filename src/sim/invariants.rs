@@ -61,8 +61,37 @@ impl World {
                 }
             }
         }
+        if self.sc.heal
+            && self.left.is_some()
+            && self.healed_at.is_none()
+            && self.chunks_below_degree_among_living().is_empty()
+        {
+            self.healed_at = Some(self.now);
+        }
         self.measure();
         self.after(Duration::from_secs(1), Event::Tick);
+    }
+
+    /// Acknowledged chunks of files not deleted with fewer copies than their file's degree on
+    /// the disks of peers that did not leave (when enough such peers, its home apart, exist).
+    pub(super) fn chunks_below_degree_among_living(&self) -> Vec<String> {
+        let living = self.slots.iter().filter(|s| !s.gone).count();
+        self.ledger
+            .acked
+            .iter()
+            .filter(|(k, _)| !self.ledger.deleted.contains_key(&k.file))
+            .filter_map(|(k, &i)| {
+                let f = &self.ledger.files[i];
+                let eligible = living - usize::from(!self.slots[f.home as usize].gone);
+                let want = usize::from(f.degree).min(eligible);
+                let have = self
+                    .slots
+                    .iter()
+                    .filter(|s| !s.gone && s.disk.holds(k))
+                    .count();
+                (have < want).then(|| format!("chunk {k} of file {i}: {have} of {want} copies"))
+            })
+            .collect()
     }
 
     /// Acknowledged chunks with fewer copies than their file's degree.
@@ -180,6 +209,17 @@ impl World {
         }
         self.violations.extend(broken);
         self.ledger.unknown_stale_copies = unknown;
+        // Healing: every acknowledged chunk back at its degree among the peers that stayed.
+        if self.sc.heal {
+            let below = self.chunks_below_degree_among_living();
+            if !below.is_empty() {
+                self.violations.push(format!(
+                    "{t:.3}s: {} chunk(s) below their degree among the living peers at the end: {:?}",
+                    below.len(),
+                    &below[..below.len().min(5)]
+                ));
+            }
+        }
         // Every acknowledged chunk of a file not deleted still has a copy on a disk that did
         // not leave (unless every disk that held it left).
         for (chunk, i) in &self.ledger.acked {

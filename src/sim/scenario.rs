@@ -95,6 +95,11 @@ pub struct Scenario {
     /// Share of the files whose content changes once they are backed up whole: the new
     /// content is backed up as a new version (the previous one must stay until it is whole).
     pub new_versions: f64,
+    /// Self-healing is checked: after the workload the group settles until every
+    /// acknowledged chunk of a file not deleted is back at its degree among the peers that did
+    /// not leave (a violation if not), and the summary tells how long after the latest
+    /// departure that took and the MDB bytes sent since the first.
+    pub heal: bool,
 }
 
 impl Default for Scenario {
@@ -129,6 +134,7 @@ impl Default for Scenario {
             settle: Duration::from_secs(600),
             lose_disk: None,
             new_versions: 0.0,
+            heal: false,
         }
     }
 }
@@ -187,6 +193,12 @@ pub struct Summary {
     pub violations: Vec<String>,
     /// SHA-256 of the event trace: the same seed gives the same digest.
     pub trace_digest: String,
+    /// With [`Scenario::heal`]: seconds from the latest departure until every acknowledged
+    /// chunk was back at its degree among the living (`None`: never, or nobody left).
+    pub healed_after: Option<f64>,
+    /// With [`Scenario::heal`]: MDB bytes (PUTCHUNKs) sent from the first departure to the
+    /// end.
+    pub repair_mdb_bytes: u64,
 }
 
 impl Summary {
@@ -260,7 +272,12 @@ pub fn run_traced(
     w.ledger.over = true;
     w.restart_all();
     let deadline = w.now + settle;
-    let quiet = w.run_until(deadline, World::quiescent);
+    let quiet = w.run_until(deadline, |w| {
+        w.quiescent() && (!w.sc.heal || w.chunks_below_degree_among_living().is_empty())
+    });
+    if w.sc.heal && w.healed_at.is_none() && w.chunks_below_degree_among_living().is_empty() {
+        w.healed_at = Some(w.now);
+    }
     w.final_checks(quiet);
     for out in [&mut w.measure, &mut w.trace_out].into_iter().flatten() {
         let _ = out.flush();
@@ -284,5 +301,10 @@ pub fn run_traced(
         peer_state: w.peer_states(),
         violations: w.violations.clone(),
         trace_digest: w.trace_digest(),
+        healed_after: w
+            .healed_at
+            .zip(w.left)
+            .map(|(h, (l, _))| h.saturating_sub(l).as_secs_f64()),
+        repair_mdb_bytes: w.left.map_or(0, |(_, b)| w.counts.sent[1].bytes - b),
     }
 }

@@ -197,6 +197,11 @@ pub struct World {
     pub(super) measured: NetCounts,
     /// Where the trace's lines go, as text, if anywhere.
     pub(super) trace_out: Option<Box<dyn std::io::Write>>,
+    /// The latest peer that left for good, and when; MDB bytes sent by then (the first).
+    pub(super) left: Option<(Duration, u64)>,
+    /// When, after the latest departure, every acknowledged chunk was back at its degree among
+    /// the peers that did not leave.
+    pub(super) healed_at: Option<Duration>,
 }
 
 impl World {
@@ -242,6 +247,8 @@ impl World {
             events: 0,
             measure: None,
             measured: NetCounts::default(),
+            left: None,
+            healed_at: None,
             trace_out: None,
         };
         for i in 0..n {
@@ -353,6 +360,9 @@ impl World {
                     self.crash(peer);
                     self.slots[peer as usize].gone = true;
                     self.ledger_left(peer);
+                    let mdb = self.left.map_or(self.counts.sent[1].bytes, |(_, b)| b);
+                    self.left = Some((self.now, mdb));
+                    self.healed_at = None;
                 }
             }
             Event::LoseDisk { peer } => {
