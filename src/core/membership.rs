@@ -31,8 +31,11 @@ pub enum Heard {
     Known,
     /// The first time since this peer started.
     New,
-    /// It was down: it came back.
-    Back,
+    /// It was down: it came back (after being gone, or only suspected).
+    Back {
+        /// It had been gone (not merely suspected).
+        was_gone: bool,
+    },
 }
 
 /// The view.
@@ -80,9 +83,9 @@ impl View {
     /// Notes that `peer` was heard now.
     pub fn heard(&mut self, peer: PeerId) -> Heard {
         let new = self.heard.insert(peer, self.tick).is_none();
-        self.gone.remove(&peer);
+        let was_gone = self.gone.remove(&peer);
         if self.down.remove(&peer) {
-            Heard::Back
+            Heard::Back { was_gone }
         } else if new {
             Heard::New
         } else {
@@ -161,7 +164,7 @@ mod tests {
         let t = v.advance(&enhanced);
         assert_eq!(t.gone, vec![3]);
         assert_eq!(v.state(3), PeerState::Gone);
-        assert_eq!(v.heard(3), Heard::Back, "it came back");
+        assert_eq!(v.heard(3), Heard::Back { was_gone: true }, "it came back");
         assert_eq!(v.state(3), PeerState::Alive);
         assert_eq!(v.heard(3), Heard::Known);
     }

@@ -906,14 +906,10 @@ impl Core {
             self.note_enhanced_peer(msg.sender);
         }
         // Any message tells that its sender is alive.
-        let came_back = if self.cfg.enhanced() {
-            self.heard(msg.sender)
-        } else {
-            Vec::new()
-        };
-        let mut actions = self.dispatch(msg, enhanced);
-        actions.extend(came_back);
-        actions
+        if self.cfg.enhanced() {
+            self.heard(msg.sender);
+        }
+        self.dispatch(msg, enhanced)
     }
 
     fn dispatch(&self, msg: Message, enhanced: bool) -> Vec<Action> {

@@ -136,15 +136,21 @@ impl Core {
         self.members.lock().is_alive(peer)
     }
 
-    /// A message from `peer` arrived. If it is new, or was down, repairs of chunks it does
-    /// not hold that gave up may succeed now.
-    pub(super) fn heard(&self, peer: PeerId) -> Vec<Action> {
+    /// A message from `peer` arrived. If it is new, or back after being gone, repairs of
+    /// chunks it does not hold that gave up may succeed now.
+    pub(super) fn heard(&self, peer: PeerId) {
         let heard = self.members.lock().heard(peer);
-        if heard == Heard::Known {
-            return Vec::new();
-        }
-        if heard == Heard::Back {
-            tracing::info!("peer {peer} is back");
+        match heard {
+            Heard::Known => return,
+            Heard::Back { was_gone } => {
+                tracing::info!("peer {peer} is back");
+                // A peer only suspected for a while (lost ALIVEs) changes nothing: under heavy
+                // loss that happens all the time.
+                if !was_gone {
+                    return;
+                }
+            }
+            Heard::New => {}
         }
         let meta = self.meta.lock();
         // (One of its holders coming back does not help: a degree the group cannot give is not
@@ -162,7 +168,6 @@ impl Core {
                 r.gave_up = false;
             }
         }
-        Vec::new()
     }
 
     /// UP (or HOLDS with `ASK`) from `instance` of `peer`: if that is a new process of it (or
@@ -573,10 +578,15 @@ impl Core {
         }
     }
 
-    /// Chunks below their degree this peer is to repair, waiting or being repaired (not those
-    /// it gave up on until the membership changes).
+    /// Repairs this peer started that have not ended (chunks that are only waiting out
+    /// `repair_after`, and those given up on until the membership changes, are not counted: a
+    /// chunk whose holders flicker in and out of suspicion under heavy loss is no work yet).
     pub fn repairs_pending(&self) -> usize {
-        self.repairs.lock().values().filter(|r| !r.gave_up).count()
+        self.repairs
+            .lock()
+            .values()
+            .filter(|r| r.started.is_some() && !r.gave_up)
+            .count()
     }
 
     /// The current tick of the membership view.

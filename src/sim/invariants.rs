@@ -73,7 +73,8 @@ impl World {
     }
 
     /// Acknowledged chunks of files not deleted with fewer copies than their file's degree on
-    /// the disks of peers that did not leave (when enough such peers, its home apart, exist).
+    /// the disks of peers that did not leave (when enough such peers, its home apart, exist),
+    /// but at least one.
     pub(super) fn chunks_below_degree_among_living(&self) -> Vec<String> {
         let living = self.slots.iter().filter(|s| !s.gone).count();
         self.ledger
@@ -89,7 +90,9 @@ impl World {
                     .iter()
                     .filter(|s| !s.gone && s.disk.holds(k))
                     .count();
-                (have < want).then(|| format!("chunk {k} of file {i}: {have} of {want} copies"))
+                // (A chunk all of whose copies left cannot be repaired.)
+                (have > 0 && have < want)
+                    .then(|| format!("chunk {k} of file {i}: {have} of {want} copies"))
             })
             .collect()
     }

@@ -273,7 +273,13 @@ pub fn run_traced(
     w.restart_all();
     let deadline = w.now + settle;
     let quiet = w.run_until(deadline, |w| {
-        w.quiescent() && (!w.sc.heal || w.chunks_below_degree_among_living().is_empty())
+        // (With `heal`, not before every planned departure happened.)
+        let left = || {
+            w.sc.crashes
+                .iter()
+                .all(|&(at, _, down)| down.is_some() || at <= w.now)
+        };
+        w.quiescent() && (!w.sc.heal || (left() && w.chunks_below_degree_among_living().is_empty()))
     });
     if w.sc.heal && w.healed_at.is_none() && w.chunks_below_degree_among_living().is_empty() {
         w.healed_at = Some(w.now);
