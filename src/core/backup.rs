@@ -583,12 +583,15 @@ impl Core {
     /// A chunk left the window: the backups that wait for room get it, this one first.
     fn refill(&self, op: OpId) -> Vec<Action> {
         let mut actions = self.fill_window(op, &[]);
-        let others: Vec<OpId> = self
+        let mut others: Vec<OpId> = self
             .backups
             .iter()
             .map(|b| *b.key())
             .filter(|o| *o != op)
             .collect();
+        // Clients' backups before the core's own re-backups and repairs (their ids are above
+        // INTERNAL_OPS), in the map's order otherwise.
+        others.sort_by_key(|&o| o >= super::INTERNAL_OPS);
         for other in others {
             if !self.flow.lock().can_launch() {
                 break;

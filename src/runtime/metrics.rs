@@ -153,6 +153,55 @@ pub fn render(state: &Value) -> Result<String, MetricsError> {
             family,
         );
     }
+    // Enhanced: what the membership view says, and the chunks short among live peers.
+    if let Some(members) = state["membership"].as_array()
+        && state["protocol_version"] != "1.0"
+    {
+        let family = Family::<Vec<(String, String)>, Gauge>::default();
+        for s in ["alive", "suspected", "gone"] {
+            let n = members.iter().filter(|p| p["state"] == s).count();
+            family
+                .get_or_create(&vec![("state".into(), s.into())])
+                .set(saturating_i64(n as f64));
+        }
+        m.add(
+            "peers",
+            "Peers this peer knows of, by what its membership view says (1.0 peers count as \
+             alive)",
+            None,
+            family,
+        );
+        let live_below = |chunk: &Value, desired: &Value| {
+            chunk["live"].as_u64().unwrap_or(0) < desired.as_u64().unwrap_or(0)
+        };
+        let family = Family::<Vec<(String, String)>, Gauge>::default();
+        if let Some(stored) = state["stored"].as_array() {
+            let n = stored
+                .iter()
+                .filter(|c| live_below(c, &c["desired"]))
+                .count();
+            family
+                .get_or_create(&vec![("chunks".into(), "stored".into())])
+                .set(saturating_i64(n as f64));
+        }
+        if let Some(files) = state["backed_up"].as_array() {
+            let n = files
+                .iter()
+                .flat_map(|f| chunks_of(f).map(move |c| (f, c)))
+                .filter(|(f, c)| live_below(c, &f["desired"]))
+                .count();
+            family
+                .get_or_create(&vec![("chunks".into(), "backed_up".into())])
+                .set(saturating_i64(n as f64));
+        }
+        m.add(
+            "chunks_below_desired_degree_live",
+            "Chunks whose holders alive in the membership view are fewer than the desired \
+             degree (labels as for chunks_below_desired_degree)",
+            None,
+            family,
+        );
+    }
     if let Some(counters) = state["counters"].as_object() {
         m.counters(counters);
     }
@@ -633,6 +682,36 @@ mod tests {
             .collect();
         let distinct: HashSet<&str> = types.iter().map(|l| l.split(' ').nth(2).unwrap()).collect();
         assert_eq!(types.len(), distinct.len(), "{text}");
+    }
+
+    #[test]
+    fn an_enhanced_peer_renders_its_membership_and_live_degrees() {
+        let mut st = state();
+        st["protocol_version"] = json!("2.0");
+        st["membership"] = json!([
+            {"id": 1, "state": "alive", "enhanced": true},
+            {"id": 2, "state": "suspected", "enhanced": true},
+            {"id": 4, "state": "alive", "enhanced": false},
+        ]);
+        st["stored"][0]["live"] = json!(1);
+        st["stored"][1]["live"] = json!(3);
+        st["backed_up"][0]["chunks"][0]["live"] = json!(1);
+        st["backed_up"][0]["chunks"][1]["live"] = json!(1);
+        let text = render(&st).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for want in [
+            "dbs_peers{state=\"alive\"} 2",
+            "dbs_peers{state=\"suspected\"} 1",
+            "dbs_peers{state=\"gone\"} 0",
+            "dbs_chunks_below_desired_degree_live{chunks=\"stored\"} 0",
+            "dbs_chunks_below_desired_degree_live{chunks=\"backed_up\"} 2",
+        ] {
+            assert!(lines.contains(&want), "no line {want:?} in:\n{text}");
+        }
+        assert!(
+            !render(&state()).unwrap().contains("dbs_peers"),
+            "1.0: no view"
+        );
     }
 
     #[test]
