@@ -173,6 +173,11 @@ fn peer_rejects_bad_arguments_with_exit_2() {
         a.extend(["--log-level".to_string(), v.to_string()]);
         a
     };
+    let opt = |name: &str, v: &str| {
+        let mut a = good.clone();
+        a.extend([name.to_string(), v.to_string()]);
+        a
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (good[..8].to_vec(), "required"),
         (with(0, "3.0"), "not supported"),
@@ -192,6 +197,13 @@ fn peer_rejects_bad_arguments_with_exit_2() {
             log_level("info,dbs=chatty"),
             "\"chatty\" is not a log level",
         ),
+        (
+            opt("--suspect-after", "1"),
+            "at least three announce intervals",
+        ),
+        (opt("--announce-interval", "0"), "at least 0.05 s"),
+        (opt("--repair-after", "soon"), "not a number of seconds"),
+        (opt("--repair-concurrency", "0"), "repair-concurrency"),
     ];
     for (args, text) in cases {
         let out = Command::new(bin("peer"))

@@ -96,7 +96,7 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     catalog_interval: f64,
     /// Enhanced peers: ALIVE is sent on MC this often (a fifth earlier or later at random), and
-    /// the membership view and the repair scan run at the same pace (0: none of them).
+    /// the membership view and the repair scan run at the same pace (at least 0.05).
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
     announce_interval: Duration,
     /// Enhanced peers: a 2.0 peer not heard this long is suspected: its copies no longer count
@@ -241,6 +241,15 @@ fn main() -> ExitCode {
             "access point {addr} is not on loopback: anyone who can reach it could run any \
              operation on this peer (DELETE every backup, RECLAIM 0, read STATE); give \
              --allow-remote to accept that on a network you trust"
+        ));
+    }
+    if args.announce_interval < Duration::from_millis(50)
+        || args.suspect_after < 3 * args.announce_interval
+    {
+        refuse(format!(
+            "--announce-interval must be at least 0.05 s and --suspect-after at least three \
+             announce intervals (got {:?} and {:?}): peers would be suspected after a lost ALIVE",
+            args.announce_interval, args.suspect_after
         ));
     }
     if let Some(addr) = args.metrics

@@ -79,10 +79,13 @@ pub struct BackupOp {
     keep: u8,
     /// A chunk of a catalog generation: its PUTCHUNKs say so.
     catalog: Option<CatalogTag>,
-    /// A re-backup of a chunk whose home is known: its PUTCHUNKs 2.0 name it (`HOME`).
+    /// A re-backup: the chunk's home if known (its PUTCHUNKs 2.0 name it, `HOME`, with 0 for
+    /// unknown).
     home: Option<crate::protocol::PeerId>,
     /// Chunks finished earlier to send again first (a holder that stored them went down).
     relaunch: Vec<ChunkNo>,
+    /// Chunks that reached the degree (or were confirmed before it started): one bit each.
+    done: Vec<u64>,
 }
 
 /// A backup that no peer answers gives up after this many chunks each ran out of sends
@@ -114,7 +117,31 @@ impl BackupOp {
             catalog: None,
             home: None,
             relaunch: Vec::new(),
+            done: Vec::new(),
         }
+    }
+
+    /// Notes that chunk `no` reached the degree.
+    fn mark_done(&mut self, no: ChunkNo) {
+        let (word, bit) = (no as usize / 64, no % 64);
+        if self.done.len() <= word {
+            self.done.resize(word + 1, 0);
+        }
+        self.done[word] |= 1 << bit;
+    }
+
+    /// The chunks that reached the degree, ascending.
+    fn done_chunks(&self) -> impl Iterator<Item = ChunkNo> + '_ {
+        self.done.iter().enumerate().flat_map(|(word, &bits)| {
+            (0..64)
+                .filter(move |bit| bits & (1 << bit) != 0)
+                .map(move |bit| (word * 64 + bit) as ChunkNo)
+        })
+    }
+
+    /// Chunk `no` is to be sent again: no longer done.
+    fn undo(&mut self, no: ChunkNo) {
+        self.done[no as usize / 64] &= !(1 << (no % 64));
     }
 
     /// A chunk has `storers` STOREDs at its late check; returns whether that is fewer than
@@ -228,7 +255,8 @@ impl Core {
             // Resumable: chunks already confirmed by enough peers are not sent again.
             // (A confirmed chunk whose hash was not saved before a crash gets it from the file.)
             for (no, c) in entry.chunks.iter().enumerate() {
-                if c.holders.len() >= usize::from(req.degree) {
+                // (Among live holders: one that is down does not make a chunk done.)
+                if self.live_count(&meta, req.file, &c.holders, false) >= usize::from(req.degree) {
                     already_done.push(no as ChunkNo);
                     if c.hash.is_none() {
                         let chunk = ChunkKey {
@@ -332,23 +360,25 @@ impl Core {
         let mut actions = Vec::new();
         for op in ops {
             {
+                // (The metadata lock before the backup's entry: the documented order.)
+                let meta = self.meta.lock();
                 let Some(mut b) = self.backups.get_mut(&op) else {
                     continue;
                 };
-                let meta = self.meta.lock();
-                let again: Vec<ChunkNo> = (0..b.next)
-                    .map(|i| b.chunk(i))
-                    .filter(|c| {
-                        !self.pending.contains_key(c)
-                            && !b.short.contains(&c.no)
-                            && !b.relaunch.contains(&c.no)
-                            && self.live_perceived(&meta, c).unwrap_or(0) < usize::from(b.degree)
+                let file = b.file;
+                let again: Vec<ChunkNo> = b
+                    .done_chunks()
+                    .filter(|&no| {
+                        let c = ChunkKey { file, no };
+                        self.live_perceived(&meta, &c).unwrap_or(0) < usize::from(b.degree)
                     })
-                    .map(|c| c.no)
                     .collect();
                 drop(meta);
                 if again.is_empty() {
                     continue;
+                }
+                for &no in &again {
+                    b.undo(no);
                 }
                 tracing::info!(
                     "backup of {}: {} chunk(s) lost a holder that went down; sending them again",
@@ -552,6 +582,7 @@ impl Core {
             if again.is_none() && skip.binary_search(&chunk.no).is_ok() {
                 b.next += 1;
                 b.finished += 1;
+                b.mark_done(chunk.no);
                 continue;
             }
             let mut flow = self.flow.lock();
@@ -629,7 +660,9 @@ impl Core {
         let give_up = match self.backups.get_mut(&p.op) {
             Some(mut b) => {
                 b.finished += 1;
-                if !reached {
+                if reached {
+                    b.mark_done(chunk.no);
+                } else {
                     b.short.push(chunk.no);
                 }
                 b.answered |= stored_somewhere;
@@ -666,10 +699,12 @@ impl Core {
         drop(flow);
         if let Some(mut b) = self.backups.get_mut(&op) {
             let unsent: Vec<ChunkNo> = (b.next..b.chunks).map(|i| b.chunk(i).no).collect();
-            b.finished += (dropped.len() + unsent.len()) as u64;
+            let relaunched: Vec<ChunkNo> = b.relaunch.drain(..).collect();
+            b.finished += (dropped.len() + unsent.len() + relaunched.len()) as u64;
             b.next = b.chunks;
             b.short.extend(dropped);
             b.short.extend(unsent);
+            b.short.extend(relaunched);
         }
     }
 
@@ -813,7 +848,9 @@ fn putchunk_action(
                 .catalog
                 .iter()
                 .map(crate::protocol::message::catalog_line)
-                .chain(b.home.map(super::repair::home_line))
+                .chain(matches!(b.source, Source::Stored { .. }).then(|| {
+                    super::repair::home_line(b.home.unwrap_or(super::repair::UNKNOWN_HOME))
+                }))
                 .collect(),
             _ => Vec::new(),
         },

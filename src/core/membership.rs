@@ -58,6 +58,8 @@ pub struct View {
 /// What one tick changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Transitions {
+    /// The tick's number.
+    pub tick: u64,
     /// Peers suspected at this tick.
     pub suspected: Vec<PeerId>,
     /// Peers gone at this tick.
@@ -96,7 +98,10 @@ impl View {
     /// Advances one tick, judging the peers known to speak 2.0 (`enhanced`).
     pub fn advance(&mut self, enhanced: &BTreeSet<PeerId>) -> Transitions {
         self.tick += 1;
-        let mut t = Transitions::default();
+        let mut t = Transitions {
+            tick: self.tick,
+            ..Transitions::default()
+        };
         for &peer in enhanced {
             let last = *self.heard.entry(peer).or_insert(0);
             let silent = self.tick - last;
@@ -147,7 +152,8 @@ mod tests {
         let enhanced: BTreeSet<PeerId> = [2, 3].into();
         assert_eq!(v.heard(2), Heard::New);
         for _ in 0..2 {
-            assert_eq!(v.advance(&enhanced), Transitions::default());
+            let t = v.advance(&enhanced);
+            assert!(t.suspected.is_empty() && t.gone.is_empty(), "{t:?}");
             v.heard(2);
         }
         let t = v.advance(&enhanced);

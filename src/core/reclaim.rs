@@ -116,6 +116,10 @@ impl Core {
         enhanced: bool,
     ) -> Vec<Action> {
         let untrimmed = self.untrim(sender, chunk);
+        // A HOLDS it sent earlier no longer confirms its copy.
+        if let Some(mut heard) = self.holds_heard.get_mut(&chunk) {
+            heard.remove(&sender);
+        }
         let below = {
             let mut meta = self.meta.lock();
             meta.remove_holder(&chunk, sender);

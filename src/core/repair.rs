@@ -43,6 +43,9 @@ pub const QUICK_RETRY: Duration = Duration::from_secs(5);
 /// lowest live one it knows of (peer ids are positive).
 pub const ANY_HOLDER: PeerId = 0;
 
+/// The home a re-backup's `HOME` line names when its initiator does not know it.
+pub const UNKNOWN_HOME: PeerId = 0;
+
 /// The `HOME <id>` line of a re-backup's PUTCHUNK 2.0.
 pub fn home_line(home: PeerId) -> String {
     format!("HOME {home}")
@@ -131,11 +134,6 @@ impl Core {
             .map(|c| self.live_count(meta, key.file, &c.holders, true))
     }
 
-    /// Whether the membership view counts `peer` as alive.
-    pub fn is_alive(&self, peer: PeerId) -> bool {
-        self.members.lock().is_alive(peer)
-    }
-
     /// A message from `peer` arrived. If it is new, or back after being gone, repairs of
     /// chunks it does not hold that gave up may succeed now.
     pub(super) fn heard(&self, peer: PeerId) {
@@ -174,12 +172,13 @@ impl Core {
     /// unknown), it (re)started, perhaps on an empty disk: what it held is forgotten until its
     /// HOLDS say it again. (Its UP and its first HOLDS may be handled in either order.)
     pub(super) fn new_instance(&self, peer: PeerId, instance: Option<u64>) {
+        // Under the metadata lock: a HOLDS recorded meanwhile must not be forgotten.
+        let mut meta = self.meta.lock();
         if let Some(i) = instance
             && self.peer_instances.lock().insert(peer, i) == Some(i)
         {
             return;
         }
-        let mut meta = self.meta.lock();
         let keys: Vec<ChunkKey> = meta
             .stored()
             .iter()
@@ -244,7 +243,11 @@ impl Core {
         if !t.suspected.is_empty() {
             actions.extend(self.relaunch_below_degree());
         }
-        actions.extend(self.repair_scan());
+        // The scan reads every chunk record: about ten times per `repair_after` is enough.
+        let every = (ticks(&self.cfg, self.cfg.repair_after) / 10).max(1);
+        if t.tick.is_multiple_of(every) {
+            actions.extend(self.repair_scan());
+        }
         actions
     }
 
@@ -342,45 +345,47 @@ impl Core {
                 .filter(|&p| view.is_alive(p))
                 .collect()
         };
+        // Live holders that count (of a catalog generation, the enhanced ones; `me` counts).
+        let counted = |file: &FileId, holders: &BTreeSet<PeerId>| {
+            let catalog = meta.is_catalog_file(file);
+            holders
+                .iter()
+                .filter(|&&p| {
+                    view.is_alive(p) && (!catalog || p == me || meta.enhanced_peers().contains(&p))
+                })
+                .count()
+        };
         for (file, f) in meta.backed_up() {
             for (no, c) in f.chunks.iter().enumerate() {
-                let live = live_of(&c.holders);
-                let counted = if f.is_catalog() {
-                    live.iter()
-                        .filter(|p| meta.enhanced_peers().contains(p))
-                        .count()
-                } else {
-                    live.len()
-                };
+                let n = counted(file, &c.holders);
                 // A chunk nobody confirmed is the backup's business (it reported it short).
-                if counted < usize::from(f.desired) && !c.holders.is_empty() {
+                if n < usize::from(f.desired) && !c.holders.is_empty() {
                     let key = ChunkKey {
                         file: *file,
                         no: no as ChunkNo,
                     };
-                    below.insert(key, (counted, f.desired, Role::Home, live));
+                    below.insert(key, (n, f.desired, Role::Home, live_of(&c.holders)));
                 }
             }
         }
         for (file, chunks) in meta.stored() {
             for (no, c) in chunks {
                 // While an enhanced home is alive, it repairs.
+                // (A home holds no copy of its own chunks: a "home" among the holders is a
+                // holder that re-backed it up with a 1.0 PUTCHUNK before homes were named.)
                 if c.home.is_some_and(|h| {
-                    h != me && meta.enhanced_peers().contains(&h) && view.is_alive(h)
+                    h != me
+                        && !c.holders.contains(&h)
+                        && meta.enhanced_peers().contains(&h)
+                        && view.is_alive(h)
                 }) {
                     continue;
                 }
-                let live = live_of(&c.holders);
-                let counted = if meta.is_catalog_file(file) {
-                    live.iter()
-                        .filter(|&&p| p == me || meta.enhanced_peers().contains(&p))
-                        .count()
-                } else {
-                    live.len()
-                };
-                if counted >= usize::from(c.desired) {
+                let n = counted(file, &c.holders);
+                if n >= usize::from(c.desired) {
                     continue;
                 }
+                let live = live_of(&c.holders);
                 // The lowest live enhanced holder repairs (1.0 holders do not run this).
                 let lowest = live
                     .iter()
@@ -392,7 +397,7 @@ impl Core {
                         file: *file,
                         no: *no,
                     };
-                    below.insert(key, (counted, c.desired, Role::Holder, live));
+                    below.insert(key, (n, c.desired, Role::Holder, live));
                 }
             }
         }
@@ -538,7 +543,8 @@ impl Core {
         let mut rest = chunks;
         while let Some(&first) = rest.first() {
             let n = rest.partition_point(|&no| no - first < HOLDS_SPAN);
-            let extra = if ask {
+            // Only the file's first HOLDS asks (each answer covers the whole file).
+            let extra = if ask && actions.is_empty() {
                 vec![ASK.to_string(), self.instance_line()]
             } else {
                 Vec::new()
@@ -587,11 +593,6 @@ impl Core {
             .values()
             .filter(|r| r.started.is_some() && !r.gave_up)
             .count()
-    }
-
-    /// The current tick of the membership view.
-    pub fn membership_tick(&self) -> u64 {
-        self.members.lock().tick()
     }
 }
 

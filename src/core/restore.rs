@@ -111,9 +111,10 @@ pub struct PendingGet {
 pub const PERSIST_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Enhanced: how long past its fixed number of GETCHUNKs a chunk of a restore of `chunks`
-/// chunks is asked for at most: 30 s, plus 0.2 s per chunk of the file.
+/// chunks is asked for at most: 30 s, plus 0.2 s per chunk of the file, at most 10 minutes.
 pub fn persist_budget(chunks: u64) -> std::time::Duration {
-    std::time::Duration::from_secs(30) + std::time::Duration::from_millis(200) * chunks as u32
+    let grows = std::time::Duration::from_millis(200).saturating_mul(chunks.min(1 << 20) as u32);
+    (std::time::Duration::from_secs(30) + grows).min(std::time::Duration::from_secs(600))
 }
 
 /// GETCHUNKs in flight when a restore starts, at most (its window grows from there). As large
@@ -354,7 +355,9 @@ impl Core {
         let Some((op, launch)) = self.getchunk_waiting(chunk, send) else {
             return Vec::new();
         };
-        if let Some(mut r) = self.restores.get_mut(&op) {
+        // (A chunk asked for again past its fixed budget says nothing more of congestion.)
+        let persisting = self.getting.get(&chunk).is_some_and(|p| p.persisted > 0);
+        if !persisting && let Some(mut r) = self.restores.get_mut(&op) {
             r.flow.congestion(launch);
         }
         if send >= self.cfg.max_getchunk_sends {

@@ -21,7 +21,7 @@ pub struct Writing {
     /// Enhanced store: the random delay was taken before deciding to store.
     enhanced: bool,
     /// The file's home, as far as the PUTCHUNK tells.
-    home: PeerId,
+    home: Option<PeerId>,
     /// The STORED to send once the write is durable (its delay is over, or it is enhanced).
     stored_due: Option<Version>,
     /// DELETE arrived while it was written: the chunk is removed once the write ends. The
@@ -36,7 +36,7 @@ pub struct Writing {
 pub struct Deferred {
     body: Bytes,
     desired: u8,
-    home: PeerId,
+    home: Option<PeerId>,
     /// Distinct peers whose STORED for it was seen meanwhile.
     holders: BTreeSet<PeerId>,
 }
@@ -74,8 +74,14 @@ impl Core {
         let enhanced = enhanced_lines.is_some();
         let lines = enhanced_lines.unwrap_or_default();
         let catalog = crate::protocol::message::catalog_in(lines);
+        // The home: the one a re-backup names (`HOME 0`: unknown), else the sender of a 2.0
+        // PUTCHUNK; a 1.0 PUTCHUNK may be a re-backup from a holder: unknown.
         let named_home = super::repair::home_in(lines);
-        let home = named_home.unwrap_or(sender);
+        let home = match named_home {
+            Some(super::repair::UNKNOWN_HOME) => None,
+            Some(h) => Some(h),
+            None => enhanced.then_some(sender),
+        };
         // A re-backup's initiator is a holder (it sends no STORED for its own PUTCHUNK): its
         // copy counts when deciding whether to store.
         let initiator_holds: BTreeSet<PeerId> = named_home
@@ -145,7 +151,7 @@ impl Core {
         body: Bytes,
         holders: BTreeSet<PeerId>,
         enhanced: bool,
-        home: PeerId,
+        home: Option<PeerId>,
     ) -> Vec<Action> {
         let size = body.len() as u32;
         let writing = Writing {
@@ -236,7 +242,7 @@ impl Core {
                 desired,
                 holders,
                 hash: Some(hash),
-                home: Some(w.home),
+                home: w.home,
             },
         );
         let stale = meta.drop_stale_catalogs(&chunk.file);
@@ -439,6 +445,8 @@ impl Core {
             .filter(|&p| {
                 p < self.cfg.id
                     && view.is_alive(p)
+                    // (A confirmed holder whose REMOVED came since no longer counts.)
+                    && c.holders.contains(&p)
                     && (!catalog || meta.enhanced_peers().contains(&p))
             })
             .take(usize::from(c.desired))
@@ -506,12 +514,6 @@ impl Core {
         }
         tracing::debug!("took back trimmed copy of {chunk}: {sender} removed its own");
         vec![
-            // Other lower holders may keep theirs (the one that removed its copy trimmed it
-            // for them): look again.
-            Action::Schedule {
-                delay: self.cfg.trim_delay + self.reply_delay(),
-                event: TimerEvent::TrimCheck { chunk },
-            },
             Action::SyncMetadata,
             self.send_v(
                 Channel::Mc,

@@ -706,6 +706,53 @@ fn restore_gives_up_on_a_chunk_after_its_getchunks_and_names_it() {
     assert_eq!(c.instances(), 0);
 }
 
+/// Runs a restore's GETCHUNK waits to their end: (the waits, GETCHUNKs sent, the last actions).
+fn run_getchunk_waits(c: &Core, first: &[Action]) -> (Vec<u128>, usize, Vec<Action>) {
+    let mut waits = vec![];
+    let mut next = timers(first);
+    let mut last = vec![];
+    let mut sends = getchunks(first).len();
+    while let Some((delay, event)) = next.pop() {
+        waits.push(delay.as_millis());
+        last = c.on_timer(event);
+        sends += getchunks(&last).len();
+        next = timers(&last);
+    }
+    (waits, sends, last)
+}
+
+/// Enhanced: a chunk whose holder is alive is asked for past its five GETCHUNKs, every 3 s,
+/// within the budget (30 s + 0.2 s per chunk), then given up; once the membership view
+/// suspects its only holder, it is given up after the five.
+#[test]
+fn an_enhanced_restore_keeps_asking_while_a_holder_lives() {
+    let mut cfg = Config::new(1, Version::V2_0);
+    cfg.seed = 7;
+    let c = Core::new(cfg, Metadata::default());
+    c.start_backup(1, request(10, 1)).unwrap();
+    c.putchunk_read(1, key(0), &[0; 10]).unwrap();
+    c.on_message(Message::new(
+        Version::V2_0,
+        2,
+        MessageKind::Stored { chunk: key(0) },
+    ));
+    let (waits, sends, last) =
+        run_getchunk_waits(&c, &c.start_restore(7, restore_request()).unwrap());
+    assert_eq!(waits[..5], [600, 1200, 2400, 4800, 9600]);
+    assert!(waits[5..].iter().all(|&w| w == 3000), "{waits:?}");
+    assert_eq!(sends, 5 + 10, "{waits:?}");
+    assert_eq!(c.counters.getchunk_persisted.load(Ordering::Relaxed), 10);
+    assert!(last.iter().any(|a| matches!(a,
+        Action::Report { event: OpEvent::RestoreIncomplete { missing, .. }, .. } if missing == &vec![0])));
+    // Peer 2 not heard for four ticks (8 s): suspected; its chunk is given up after five.
+    for _ in 0..4 {
+        c.on_timer(TimerEvent::Tick);
+    }
+    assert_eq!(c.counters.peers_suspected.load(Ordering::Relaxed), 1);
+    let (_, sends, _) = run_getchunk_waits(&c, &c.start_restore(8, restore_request()).unwrap());
+    assert_eq!(sends, 5);
+}
+
 #[test]
 fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queue() {
     let w0 = super::restore::INITIAL_RESTORE_WINDOW as u32;
@@ -1944,4 +1991,120 @@ fn recover_falls_back_to_an_older_generation_when_the_newest_cannot_be_had() {
     assert_eq!(asked.first(), Some(&new));
     assert!(asked.contains(&old), "{asked:?}");
     assert!(!asked.contains(&key(0).file));
+}
+
+// ---- self-healing: what a review found, kept as regressions ----
+
+fn putchunk_deg(no: u32, degree: u8) -> MessageKind {
+    MessageKind::Putchunk {
+        chunk: key(no),
+        degree,
+        body: Bytes::copy_from_slice(b"abc"),
+    }
+}
+
+/// `c` stores chunk 0 (degree `desired`) alone, from a 2.0 PUTCHUNK of `sender` with `lines`.
+fn stored_alone(c: &Core, sender: PeerId, desired: u8, lines: Vec<String>) {
+    let mut m = msg2(sender, putchunk_deg(0, desired));
+    m.extra_lines = lines;
+    let [(_, decide)] = timers(&c.on_message(m)).try_into().unwrap();
+    let w = c.on_timer(decide);
+    assert!(matches!(&w[..], [Action::WriteChunk { .. }]), "{w:?}");
+    c.chunk_written(key(0), desired, 3, Some(ChunkHash::of(b"abc")));
+    assert_eq!(c.state().stored.len(), 1);
+}
+
+fn core_fast(id: PeerId) -> Core {
+    let mut cfg = Config::new(id, V2);
+    cfg.seed = 11;
+    cfg.announce_interval = Duration::from_secs(1);
+    cfg.suspect_after = Duration::from_secs(3);
+    cfg.repair_after = Duration::from_secs(2);
+    Core::new(cfg, Metadata::default())
+}
+
+fn ticks_with_alive(c: &Core, alive: &[PeerId], n: usize) -> Vec<Action> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        for &p in alive {
+            c.on_message(msg2(p, MessageKind::Alive));
+        }
+        all.extend(c.on_timer(TimerEvent::Tick));
+    }
+    all
+}
+
+/// A HOLDS confirms a lower holder for a trim 1-1.4 s later; its REMOVED meanwhile withdraws
+/// it, and the last copy stays.
+#[test]
+fn a_trim_after_holds_does_not_rely_on_a_holder_that_removed_its_copy_since() {
+    let c = core2(5);
+    stored_alone(&c, 9, 1, vec![]);
+    let mut holds = msg2(
+        2,
+        MessageKind::Holds {
+            file: key(0).file,
+            chunks: vec![0],
+        },
+    );
+    holds.extra_lines = vec!["ASK".into(), "INSTANCE 00000000000000aa".into()];
+    let (_, check) = timers(&c.on_message(holds))
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrimConfirmed { .. }))
+        .expect("a trim check");
+    c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
+    c.on_timer(check);
+    assert_eq!(c.state().stored.len(), 1, "the last copy stays");
+}
+
+/// A copy taken back because a lower holder evicted its own is not trimmed again on the
+/// strength of holders recorded when it was first trimmed.
+#[test]
+fn a_copy_taken_back_is_not_trimmed_again_for_a_holder_that_trimmed_too() {
+    let (c, _trimmed) = trim_after(5, 1, &[1, 3]);
+    c.on_message(msg2(3, MessageKind::Removed { chunk: key(0) }));
+    let back = c.on_message(msg2(1, MessageKind::Removed { chunk: key(0) }));
+    assert_eq!(c.state().stored.len(), 1, "taken back");
+    assert!(
+        !timers(&back)
+            .iter()
+            .any(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. })),
+        "{back:?}"
+    );
+}
+
+/// A 2.0 re-backup names the chunk's home (0: unknown): its receivers never take the holder
+/// that re-sent it for the home, and repair the chunk once the real home is not alive.
+#[test]
+fn a_rebackup_of_unknown_home_is_repaired_by_its_lowest_live_holder() {
+    let c = core_fast(4);
+    stored_alone(&c, 6, 3, vec!["HOME 0".into()]);
+    c.on_message(msg2(6, MessageKind::Stored { chunk: key(0) }));
+    assert!(!sent_putchunks(&ticks_with_alive(&c, &[6], 10)).is_empty());
+    // A 1.0 PUTCHUNK names no home either.
+    let c = core_fast(4);
+    c.on_message(msg(6, putchunk_deg(0, 3)));
+    c.chunk_written(key(0), 3, 3, Some(ChunkHash::of(b"abc")));
+    assert_eq!(
+        c.with_metadata(|m| m.stored_chunk(&key(0)).unwrap().home),
+        None
+    );
+}
+
+/// Resuming a backup does not take a chunk whose holders are all down for done.
+#[test]
+fn a_resumed_backup_sends_again_the_chunks_whose_holders_are_down() {
+    let c = core_fast(1);
+    let mut req = request(64_000, 1); // 2 chunks
+    req.enhanced = true;
+    c.start_backup(1, req.clone()).unwrap();
+    for no in 0..2 {
+        c.putchunk_read(1, key(no), &[no as u8]).unwrap();
+    }
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    c.backup_source_failed(1, "the client went away".into());
+    ticks_with_alive(&c, &[3], 5);
+    assert_eq!(c.state().backed_up[0].chunks[0].live, 0);
+    let again = c.start_backup(2, req).unwrap();
+    assert_eq!(sent_putchunks(&again), vec![0, 1]);
 }

@@ -676,20 +676,12 @@ table netdev dbsdup {{
     /// Runs testapp (in the test's own namespace: the access point is a Unix socket, which
     /// every namespace sees).
     pub fn testapp(&self, args: &[&str]) -> Run {
-        let out = Command::new(bin("testapp"))
-            .args(args)
-            .env("DBS_RUNTIME_DIR", &self.runtime)
-            .output()
-            .expect("run testapp");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.testapp_in_background(args)
+            .join()
+            .expect("testapp thread")
     }
 
     /// [`Net::testapp`] on a thread; join it for its [`Run`].
-    #[allow(dead_code)] // not every test file runs one in the background
     pub fn testapp_in_background(&self, args: &[&str]) -> std::thread::JoinHandle<Run> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let runtime = self.runtime.clone();
