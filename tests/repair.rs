@@ -278,14 +278,14 @@ fn the_home_killed_for_good_its_holders_still_repair() {
     assert!(counter(&net, &live, "repairs_started") > 0);
 }
 
-/// At 25 % loss: a holder killed 1 s into a 10 MB BACKUPENH. The backup succeeds, and within
+/// At 25 % loss: a holder killed 1 s into a 20 MB BACKUPENH. The backup succeeds, and within
 /// `--repair-after` + 30 s of the kill every chunk has two live holders; one killed after a
 /// backup heals the same way.
 #[test]
 fn twenty_five_percent_loss_a_holder_killed_during_and_after_a_backup() {
     let ids = [1, 2, 3, 4, 5, 6];
     let mut net = group("heal25", &ids, 25);
-    let len = 10_000_000;
+    let len = 20_000_000;
     let chunks = chunks_of(len);
     let path = net.make_file("doc", len);
     let ap = net.ap(1);

@@ -109,7 +109,7 @@ struct Args {
     repair_after: Duration,
     /// Enhanced peers: chunks this peer repairs at once, at most (the fewest live copies
     /// first).
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     repair_concurrency: u32,
 }
 

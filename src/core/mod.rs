@@ -183,7 +183,7 @@ impl Config {
             announce_interval: Duration::from_secs(2),
             suspect_after: Duration::from_secs(8),
             repair_after: Duration::from_secs(60),
-            repair_concurrency: 16,
+            repair_concurrency: 64,
         }
     }
 

@@ -116,6 +116,9 @@ impl Core {
         enhanced: bool,
     ) -> Vec<Action> {
         let untrimmed = self.untrim(sender, chunk);
+        if let Some(mut t) = self.trash.get_mut(&chunk) {
+            t.chunk.holders.remove(&sender); // in case it is taken back later
+        }
         // A HOLDS it sent earlier no longer confirms its copy.
         if let Some(mut heard) = self.holds_heard.get_mut(&chunk) {
             heard.remove(&sender);

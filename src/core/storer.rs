@@ -44,8 +44,8 @@ pub struct Deferred {
 /// Enhanced: a copy trimmed as surplus, kept on disk for a grace time.
 #[derive(Debug)]
 pub struct Trimmed {
-    /// Its record when it was trimmed.
-    chunk: StoredChunk,
+    /// Its record when it was trimmed (its holders kept current by STORED and REMOVED).
+    pub(super) chunk: StoredChunk,
     /// The `desired` lowest holders it was trimmed for: a REMOVED from one of them takes it
     /// back.
     relied_on: BTreeSet<PeerId>,
@@ -296,6 +296,9 @@ impl Core {
         if let Some(mut d) = self.deferred.get_mut(&chunk) {
             d.holders.insert(sender);
         }
+        if let Some(mut t) = self.trash.get_mut(&chunk) {
+            t.chunk.holders.insert(sender); // in case it is taken back
+        }
         if let Some(mut w) = self.writing.get_mut(&chunk) {
             w.holders.insert(sender);
         }
@@ -514,6 +517,12 @@ impl Core {
         }
         tracing::debug!("took back trimmed copy of {chunk}: {sender} removed its own");
         vec![
+            // The other lower holders may keep theirs: look again (the record kept with the
+            // trimmed copy followed STOREDs and REMOVEDs meanwhile).
+            Action::Schedule {
+                delay: self.cfg.trim_delay + self.reply_delay(),
+                event: TimerEvent::TrimCheck { chunk },
+            },
             Action::SyncMetadata,
             self.send_v(
                 Channel::Mc,
