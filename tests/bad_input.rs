@@ -203,6 +203,10 @@ fn peer_rejects_bad_arguments_with_exit_2() {
         ),
         (opt("--announce-interval", "0"), "at least 0.05 s"),
         (opt("--repair-after", "soon"), "not a number of seconds"),
+        (
+            opt("--repair-after", "1e30"),
+            "not a number of seconds from 0 to 86400",
+        ),
         (opt("--repair-concurrency", "0"), "repair-concurrency"),
     ];
     for (args, text) in cases {

@@ -122,12 +122,13 @@ The peer stops on SIGINT or SIGTERM after saving its metadata. Exit codes: 0 sto
 panicked (logged with the thread's name and the message; the peer stops at once rather than
 run on without that thread, as after a SIGKILL its tree is consistent at the next start).";
 
-/// A number of seconds, 0 or more (fractions allowed).
+/// A number of seconds from 0 to a day (fractions allowed).
 fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
+        .filter(|v| (0.0..=86_400.0).contains(v))
         .and_then(|v| Duration::try_from_secs_f64(v).ok())
-        .ok_or_else(|| format!("{s:?} is not a number of seconds (0 or more)"))
+        .ok_or_else(|| format!("{s:?} is not a number of seconds from 0 to 86400"))
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {

@@ -365,6 +365,10 @@ impl Core {
                 let Some(mut b) = self.backups.get_mut(&op) else {
                     continue;
                 };
+                // (It may have ended its chunks meanwhile: its source check decides then.)
+                if b.checking || b.finished == b.chunks {
+                    continue;
+                }
                 let file = b.file;
                 let again: Vec<ChunkNo> = b
                     .done_chunks()
@@ -660,9 +664,9 @@ impl Core {
         let give_up = match self.backups.get_mut(&p.op) {
             Some(mut b) => {
                 b.finished += 1;
-                if reached {
+                if reached && matches!(b.source, Source::File { .. }) {
                     b.mark_done(chunk.no);
-                } else {
+                } else if !reached {
                     b.short.push(chunk.no);
                 }
                 b.answered |= stored_somewhere;

@@ -449,6 +449,8 @@ pub enum TimerEvent {
     TrashExpired {
         /// Which chunk.
         chunk: ChunkKey,
+        /// Which trimming of it (a copy taken back and trimmed again has a grace of its own).
+        generation: u64,
     },
     /// Enhanced: publish the catalog if it changed.
     PublishCatalog,
@@ -668,6 +670,8 @@ pub struct Core {
     members: Mutex<membership::View>,
     /// Enhanced: the process instance of each peer, from its UP or HOLDS.
     peer_instances: Mutex<std::collections::BTreeMap<PeerId, u64>>,
+    /// Enhanced: trimmings so far (each trimmed copy's grace is told apart).
+    trims: AtomicU64,
     /// Enhanced: lower peers whose HOLDS named a chunk held here, until its trim check.
     holds_heard: Map<ChunkKey, std::collections::BTreeSet<PeerId>>,
     /// Enhanced: chunks below their degree among live peers that this peer is to repair.
@@ -735,6 +739,7 @@ impl Core {
             members: Mutex::new(repair::view_for(&cfg)),
             repairs: Mutex::new(Default::default()),
             holds_heard: Map::seeded(cfg.seed),
+            trims: AtomicU64::new(0),
             peer_instances: Mutex::new(Default::default()),
             cfg,
         }
@@ -953,7 +958,7 @@ impl Core {
             MessageKind::Alive => Vec::new(), // heard: that is all
             MessageKind::Holds { file, chunks } if enhanced => {
                 let ask = msg.extra_lines.iter().any(|l| l.trim() == repair::ASK);
-                if ask && let Some(i) = recover::instance_in(&msg.extra_lines) {
+                if let Some(i) = recover::instance_in(&msg.extra_lines) {
                     // Its UP may be handled after this (on another worker).
                     self.new_instance(msg.sender, Some(i));
                 }
@@ -992,7 +997,7 @@ impl Core {
                 let confirmed = self.holds_heard.remove(&chunk).map(|(_, c)| c);
                 self.trim_check(chunk, Some(confirmed.unwrap_or_default()))
             }
-            TimerEvent::TrashExpired { chunk } => self.trash_expired(chunk),
+            TimerEvent::TrashExpired { chunk, generation } => self.trash_expired(chunk, generation),
             TimerEvent::CheckWait { op, send } => self.check_wait_over(op, send),
             TimerEvent::PublishCatalog => self.publish_catalog(),
             TimerEvent::Tick => self.tick(),

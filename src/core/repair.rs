@@ -205,6 +205,13 @@ impl Core {
         for key in keys {
             meta.remove_holder(&key, peer);
         }
+        // Nor do trimmed copies kept for their grace time, or earlier HOLDS, count on it.
+        for mut t in self.trash.iter_mut() {
+            t.chunk.holders.remove(&peer);
+        }
+        for mut heard in self.holds_heard.iter_mut() {
+            heard.remove(&peer);
+        }
     }
 
     /// The next tick, a fifth of a period early or late at random (so that peers started
@@ -543,11 +550,12 @@ impl Core {
         let mut rest = chunks;
         while let Some(&first) = rest.first() {
             let n = rest.partition_point(|&no| no - first < HOLDS_SPAN);
-            // Only the file's first HOLDS asks (each answer covers the whole file).
-            let extra = if ask && actions.is_empty() {
-                vec![ASK.to_string(), self.instance_line()]
-            } else {
-                Vec::new()
+            // Only the file's first HOLDS asks (each answer covers the whole file); each names
+            // the process (it may be handled before the UP).
+            let extra = match (ask, actions.is_empty()) {
+                (true, true) => vec![ASK.to_string(), self.instance_line()],
+                (true, false) => vec![self.instance_line()],
+                (false, _) => Vec::new(),
             };
             actions.push(self.send_v(
                 Channel::Mc,

@@ -49,6 +49,8 @@ pub struct Trimmed {
     /// The `desired` lowest holders it was trimmed for: a REMOVED from one of them takes it
     /// back.
     relied_on: BTreeSet<PeerId>,
+    /// Which trimming this is (its expiry names it).
+    generation: u64,
 }
 
 /// 2.0 for an answer to an enhanced message, else 1.0.
@@ -296,15 +298,15 @@ impl Core {
         if let Some(mut d) = self.deferred.get_mut(&chunk) {
             d.holders.insert(sender);
         }
-        if let Some(mut t) = self.trash.get_mut(&chunk) {
-            t.chunk.holders.insert(sender); // in case it is taken back
-        }
         if let Some(mut w) = self.writing.get_mut(&chunk) {
             w.holders.insert(sender);
         }
         let (perceived, stored_again) = {
             let mut meta = self.meta.lock();
             meta.add_holder(&chunk, sender);
+            if let Some(mut t) = self.trash.get_mut(&chunk) {
+                t.chunk.holders.insert(sender); // in case it is taken back
+            }
             // A peer storing a chunk of a file whose enhanced deletion is pending (a stale
             // re-backup reached it) must delete it again and confirm.
             let stored_again = match meta.pending_deletes().get(&chunk.file) {
@@ -464,11 +466,15 @@ impl Core {
             return Vec::new();
         }
         meta.remove_stored(&chunk);
+        let generation = self
+            .trims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.trash.insert(
             chunk,
             Trimmed {
                 chunk: c,
                 relied_on: lower,
+                generation,
             },
         );
         drop(meta);
@@ -477,7 +483,7 @@ impl Core {
             Action::SyncMetadata,
             Action::Schedule {
                 delay: self.cfg.trim_grace,
-                event: TimerEvent::TrashExpired { chunk },
+                event: TimerEvent::TrashExpired { chunk, generation },
             },
         ];
         actions.extend(self.removed_sends(chunk, Version::V2_0));
@@ -485,10 +491,15 @@ impl Core {
     }
 
     /// The grace time of a trimmed copy is over: its file goes.
-    pub(super) fn trash_expired(&self, chunk: ChunkKey) -> Vec<Action> {
+    /// (The expiry of an earlier trimming of a copy taken back and trimmed again does nothing:
+    /// the new trimming has its own grace time.)
+    pub(super) fn trash_expired(&self, chunk: ChunkKey, generation: u64) -> Vec<Action> {
         let meta = self.meta.lock();
         let in_use = meta.stored_chunk(&chunk).is_some() || self.writing.contains_key(&chunk);
-        match self.trash.remove(&chunk) {
+        match self
+            .trash
+            .remove_if(&chunk, |_, t| t.generation == generation)
+        {
             Some(_) if !in_use => vec![Action::RemoveChunk { chunk }],
             _ => Vec::new(),
         }
@@ -511,7 +522,12 @@ impl Core {
                 return Vec::new(); // stored here again meanwhile: that copy is the one
             }
             if !self.fits(&meta, c.size) {
-                return vec![Action::RemoveChunk { chunk }];
+                // No room for it: gone, and said so again (its REMOVEDs may have been heard
+                // before some holder recorded it again).
+                drop(meta);
+                let mut actions = vec![Action::RemoveChunk { chunk }];
+                actions.extend(self.removed_sends(chunk, Version::V2_0));
+                return actions;
             }
             meta.insert_stored(chunk, c);
         }

@@ -1241,11 +1241,9 @@ fn enhanced_holders_above_the_lowest_ids_drop_surplus_copies() {
         assert_eq!(c.state().stored.len(), usize::from(keeps), "peer {id}");
         if !keeps {
             // The file goes at the end of the grace time (see the take-back test).
-            assert!(
-                timers(&actions)
-                    .iter()
-                    .any(|(_, e)| *e == TimerEvent::TrashExpired { chunk: key(0) })
-            );
+            assert!(timers(&actions).iter().any(
+                |(_, e)| matches!(e, TimerEvent::TrashExpired { chunk, .. } if *chunk == key(0))
+            ));
             assert!(
                 sends(&actions)
                     .iter()
@@ -2107,4 +2105,28 @@ fn a_resumed_backup_sends_again_the_chunks_whose_holders_are_down() {
     assert_eq!(c.state().backed_up[0].chunks[0].live, 0);
     let again = c.start_backup(2, req).unwrap();
     assert_eq!(sent_putchunks(&again), vec![0, 1]);
+}
+
+/// A copy taken back and trimmed again has a grace time of its own: the expiry of the first
+/// trimming removes nothing.
+#[test]
+fn an_earlier_expiry_of_a_copy_trimmed_again_removes_nothing() {
+    let (c, trimmed) = trim_after(5, 1, &[1, 3]);
+    let first = expiry(&trimmed);
+    let back = c.on_message(msg2(1, MessageKind::Removed { chunk: key(0) }));
+    assert_eq!(c.state().stored.len(), 1, "taken back");
+    let (_, recheck) = timers(&back)
+        .into_iter()
+        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
+        .expect("a second look");
+    let again = c.on_timer(recheck);
+    assert!(c.state().stored.is_empty(), "trimmed again, for peer 3");
+    assert!(
+        c.on_timer(first).is_empty(),
+        "the first grace is over, not this one"
+    );
+    assert_eq!(
+        c.on_timer(expiry(&again)),
+        vec![Action::RemoveChunk { chunk: key(0) }]
+    );
 }

@@ -74,7 +74,7 @@ impl World {
 
     /// Acknowledged chunks of files not deleted with fewer copies than their file's degree on
     /// the disks of peers that did not leave (when enough such peers, its home apart, exist),
-    /// but at least one.
+    /// unless every copy left with the departing peers.
     pub(super) fn chunks_below_degree_among_living(&self) -> Vec<String> {
         let living = self.slots.iter().filter(|s| !s.gone).count();
         self.ledger
@@ -90,8 +90,9 @@ impl World {
                     .iter()
                     .filter(|s| !s.gone && s.disk.holds(k))
                     .count();
-                // (A chunk all of whose copies left cannot be repaired.)
-                (have > 0 && have < want)
+                // (A chunk all of whose copies left with departing peers cannot be repaired.)
+                let gone_with_them = have == 0 && self.unrepairable.contains(k);
+                (have < want && !gone_with_them)
                     .then(|| format!("chunk {k} of file {i}: {have} of {want} copies"))
             })
             .collect()

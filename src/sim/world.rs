@@ -202,6 +202,9 @@ pub struct World {
     /// When, after the latest departure, every acknowledged chunk was back at its degree among
     /// the peers that did not leave.
     pub(super) healed_at: Option<Duration>,
+    /// Acknowledged chunks none of whose copies was on a peer that stayed when one left (they
+    /// cannot be repaired).
+    pub(super) unrepairable: std::collections::BTreeSet<crate::protocol::ChunkKey>,
 }
 
 impl World {
@@ -249,6 +252,7 @@ impl World {
             measured: NetCounts::default(),
             left: None,
             healed_at: None,
+            unrepairable: Default::default(),
             trace_out: None,
         };
         for i in 0..n {
@@ -363,6 +367,14 @@ impl World {
                     let mdb = self.left.map_or(self.counts.sent[1].bytes, |(_, b)| b);
                     self.left = Some((self.now, mdb));
                     self.healed_at = None;
+                    let lost: Vec<_> = self
+                        .ledger
+                        .acked
+                        .keys()
+                        .filter(|k| !self.slots.iter().any(|s| !s.gone && s.disk.holds(k)))
+                        .copied()
+                        .collect();
+                    self.unrepairable.extend(lost);
                 }
             }
             Event::LoseDisk { peer } => {
