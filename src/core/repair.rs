@@ -510,7 +510,11 @@ impl Core {
         let (checks, mine) = {
             let mut meta = self.meta.lock();
             for &no in chunks {
-                meta.add_holder(&ChunkKey { file, no }, peer);
+                let key = ChunkKey { file, no };
+                meta.add_holder(&key, peer);
+                if let Some(mut t) = self.trash.get_mut(&key) {
+                    t.chunk.holders.insert(peer); // in case it is taken back
+                }
             }
             let empty = BTreeMap::new();
             let held = meta.stored().get(&file).unwrap_or(&empty);
@@ -534,7 +538,8 @@ impl Core {
         let mut actions: Vec<Action> = checks
             .into_iter()
             .map(|chunk| Action::Schedule {
-                delay: self.cfg.trim_delay + self.reply_delay(),
+                // (Time for the other holders' answers to arrive.)
+                delay: self.cfg.trim_delay * 2 + self.reply_delay(),
                 event: TimerEvent::TrimConfirmed { chunk },
             })
             .collect();

@@ -2032,7 +2032,7 @@ fn ticks_with_alive(c: &Core, alive: &[PeerId], n: usize) -> Vec<Action> {
     all
 }
 
-/// A HOLDS confirms a lower holder for a trim 1-1.4 s later; its REMOVED meanwhile withdraws
+/// A HOLDS confirms a lower holder for a trim 2-2.4 s later; its REMOVED meanwhile withdraws
 /// it, and the last copy stays.
 #[test]
 fn a_trim_after_holds_does_not_rely_on_a_holder_that_removed_its_copy_since() {
