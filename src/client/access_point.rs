@@ -249,6 +249,49 @@ impl Stream {
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
         })
     }
+
+    /// A Unix client whose process runs as another user than this peer (and not as root) is
+    /// refused: the reason. (The socket is 0600 in a 0700 directory; this holds even if those
+    /// modes were loosened. A TCP client proves itself with the token instead.)
+    pub fn refusal(&self) -> Option<String> {
+        let Stream::Unix(s) = self else {
+            return None;
+        };
+        let ours = current_uid().ok()?;
+        match peer_uid(s) {
+            Ok(uid) if uid == ours || uid == 0 => None,
+            Ok(uid) => Some(format!(
+                "this access point serves user {ours} (and root) only; the client runs as user {uid}"
+            )),
+            Err(e) => Some(format!("cannot tell the client's user (SO_PEERCRED): {e}")),
+        }
+    }
+}
+
+/// The user id of the process at the other end of a Unix socket (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a plain struct of that size,
+    // and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
 }
 
 impl io::Read for Stream {
@@ -278,6 +321,13 @@ impl io::Write for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unix_client_of_this_user_is_served() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert_eq!(peer_uid(&a).unwrap(), current_uid().unwrap());
+        assert_eq!(Stream::Unix(b).refusal(), None);
+    }
 
     #[test]
     fn parses_names_and_ports() {

@@ -65,6 +65,19 @@ fn serve_client(stream: Stream, handler: &dyn Handler, token: Option<&str>) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
+    if let Some(why) = stream.refusal() {
+        static REFUSED: crate::log_limit::LogLimit =
+            crate::log_limit::LogLimit::new(std::time::Duration::from_secs(10));
+        crate::log_limited!(REFUSED, warn, "access point: refused a client: {why}");
+        let reply = Reply::Error {
+            kind: ErrorKind::BadRequest,
+            message: why,
+        };
+        let mut text = serde_json::to_vec(&reply).expect("reply serialises");
+        text.push(b'\n');
+        let _ = out.write_all(&text);
+        return;
+    }
     let mut line = String::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64));
     if let Some(token) = token {
