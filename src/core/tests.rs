@@ -2055,18 +2055,25 @@ fn a_trim_after_holds_does_not_rely_on_a_holder_that_removed_its_copy_since() {
     assert_eq!(c.state().stored.len(), 1, "the last copy stays");
 }
 
+/// Peer `lower` evicts its copy of chunk 0: the copy trimmed here for it is taken back; the
+/// second look scheduled then.
+fn taken_back_by(c: &Core, lower: PeerId) -> TimerEvent {
+    let back = c.on_message(msg2(lower, MessageKind::Removed { chunk: key(0) }));
+    assert_eq!(c.state().stored.len(), 1, "taken back");
+    timers(&back)
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| matches!(e, TimerEvent::TrimCheck { .. }))
+        .expect("a second look")
+}
+
 /// A copy taken back because a lower holder evicted its own is looked at again, but not
 /// trimmed for a holder whose REMOVED came while it was in the trash.
 #[test]
 fn a_copy_taken_back_is_not_trimmed_again_for_a_holder_that_trimmed_too() {
     let (c, _trimmed) = trim_after(5, 1, &[1, 3]);
     c.on_message(msg2(3, MessageKind::Removed { chunk: key(0) }));
-    let back = c.on_message(msg2(1, MessageKind::Removed { chunk: key(0) }));
-    assert_eq!(c.state().stored.len(), 1, "taken back");
-    let (_, recheck) = timers(&back)
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
-        .expect("a second look");
+    let recheck = taken_back_by(&c, 1);
     c.on_timer(recheck);
     assert_eq!(c.state().stored.len(), 1, "kept: no lower holder left");
 }
@@ -2113,12 +2120,7 @@ fn a_resumed_backup_sends_again_the_chunks_whose_holders_are_down() {
 fn an_earlier_expiry_of_a_copy_trimmed_again_removes_nothing() {
     let (c, trimmed) = trim_after(5, 1, &[1, 3]);
     let first = expiry(&trimmed);
-    let back = c.on_message(msg2(1, MessageKind::Removed { chunk: key(0) }));
-    assert_eq!(c.state().stored.len(), 1, "taken back");
-    let (_, recheck) = timers(&back)
-        .into_iter()
-        .find(|(_, e)| matches!(e, TimerEvent::TrimCheck { .. }))
-        .expect("a second look");
+    let recheck = taken_back_by(&c, 1);
     let again = c.on_timer(recheck);
     assert!(c.state().stored.is_empty(), "trimmed again, for peer 3");
     assert!(
