@@ -99,7 +99,14 @@ enum Role {
     Home,
     /// This peer holds a copy and is its lowest live holder, its home being down or unknown.
     Holder,
+    /// The same, with the home alive, for the chunk's last live copy: this peer repairs only
+    /// if the home has not (see [`HOME_PATIENCE`]).
+    HolderAfterHome,
 }
+
+/// A holder repairs a chunk its live home has left below its degree for this many times
+/// `repair_after` (the home may not know of a holder whose STOREDs it missed).
+const HOME_PATIENCE: u64 = 3;
 
 impl Core {
     /// How many of `holders` of a chunk of `file` count toward its degree (see
@@ -264,10 +271,37 @@ impl Core {
         let repair_ticks = ticks(&self.cfg, self.cfg.repair_after);
         let retry_ticks = ticks(&self.cfg, RETRY_AFTER);
         let quick_ticks = ticks(&self.cfg, QUICK_RETRY);
+        // A chunk given up on stays given up while it is out of this peer's list for another
+        // reason than being back at its degree (another holder became its repairer for a
+        // while, its lower holder's suspicion came and went): repeated episodes must not
+        // restart the attempts.
+        let given_up: Vec<ChunkKey> = self
+            .repairs
+            .lock()
+            .iter()
+            .filter(|(key, r)| r.gave_up && !below.contains_key(key))
+            .map(|(key, _)| *key)
+            .collect();
+        let healed: BTreeSet<ChunkKey> = {
+            let meta = self.meta.lock();
+            given_up
+                .into_iter()
+                .filter(|key| {
+                    let desired = meta
+                        .backed_up()
+                        .get(&key.file)
+                        .map(|f| f.desired)
+                        .or_else(|| meta.stored_chunk(key).map(|c| c.desired));
+                    desired.is_none_or(|d| {
+                        self.live_perceived(&meta, key).unwrap_or(0) >= usize::from(d)
+                    })
+                })
+                .collect()
+        };
         let mut repairs = self.repairs.lock();
         // Chunks back at their degree: repaired (if this peer tried), or no longer short.
         repairs.retain(|key, r| {
-            let still = below.contains_key(key);
+            let still = below.contains_key(key) || (r.gave_up && !healed.contains(key));
             if !still && r.started.is_some() {
                 Counters::bump(&self.counters.repairs_done);
             }
@@ -303,10 +337,17 @@ impl Core {
         let room = self.cfg.repair_concurrency.saturating_sub(in_flight);
         let mut due: Vec<(usize, ChunkKey)> = repairs
             .iter()
-            .filter(|(_, r)| {
+            .filter(|(key, r)| {
+                let Some(&(_, _, role, _)) = below.get(*key).as_ref() else {
+                    return false; // given up, not in the list now
+                };
                 let again =
                     |s: u64| now - s >= retry_ticks || (!r.progress && now - s >= quick_ticks);
-                now - r.below_since >= repair_ticks
+                let patience = match role {
+                    Role::HolderAfterHome => HOME_PATIENCE,
+                    Role::Home | Role::Holder => 1,
+                };
+                now - r.below_since >= repair_ticks * patience
                     && r.started.is_none_or(again)
                     && r.attempts < MAX_ATTEMPTS
             })
@@ -324,7 +365,7 @@ impl Core {
             r.started = Some(now);
             r.attempts += 1;
             // A holder's own re-backup is under way at once; a home waits to see a PUTCHUNK.
-            r.progress = matches!(below[&key].2, Role::Holder);
+            r.progress = matches!(below[&key].2, Role::Holder | Role::HolderAfterHome);
             starts.push((key, r.attempts));
         }
         drop(repairs);
@@ -362,11 +403,13 @@ impl Core {
                 })
                 .count()
         };
+        let running: BTreeSet<FileId> = self.backups.iter().map(|b| b.file).collect();
         for (file, f) in meta.backed_up() {
             for (no, c) in f.chunks.iter().enumerate() {
                 let n = counted(file, &c.holders);
-                // A chunk nobody confirmed is the backup's business (it reported it short).
-                if n < usize::from(f.desired) && !c.holders.is_empty() {
+                // A chunk of a running backup is that backup's business. (One whose holders'
+                // STOREDs were all lost is known to no holder: REPAIR asks any holder.)
+                if n < usize::from(f.desired) && !running.contains(file) {
                     let key = ChunkKey {
                         file: *file,
                         no: no as ChunkNo,
@@ -380,14 +423,12 @@ impl Core {
                 // While an enhanced home is alive, it repairs.
                 // (A home holds no copy of its own chunks: a "home" among the holders is a
                 // holder that re-backed it up with a 1.0 PUTCHUNK before homes were named.)
-                if c.home.is_some_and(|h| {
+                let home_alive = c.home.is_some_and(|h| {
                     h != me
                         && !c.holders.contains(&h)
                         && meta.enhanced_peers().contains(&h)
                         && view.is_alive(h)
-                }) {
-                    continue;
-                }
+                });
                 let n = counted(file, &c.holders);
                 if n >= usize::from(c.desired) {
                     continue;
@@ -404,7 +445,15 @@ impl Core {
                         file: *file,
                         no: *no,
                     };
-                    below.insert(key, (n, c.desired, Role::Holder, live));
+                    // While the home is alive, it repairs; if it has left this, the last live
+                    // copy, below for three times `repair_after` (it may not know of it: its
+                    // STOREDs lost), this holder does.
+                    let role = match (home_alive, n) {
+                        (false, _) => Role::Holder,
+                        (true, 1) => Role::HolderAfterHome,
+                        (true, _) => continue,
+                    };
+                    below.insert(key, (n, c.desired, role, live));
                 }
             }
         }
@@ -422,7 +471,7 @@ impl Core {
     ) -> Vec<Action> {
         Counters::bump(&self.counters.repairs_started);
         match role {
-            Role::Holder => {
+            Role::Holder | Role::HolderAfterHome => {
                 tracing::info!("repairing {chunk}: live holders {live:?}, desired {degree}");
                 self.start_rebackup(chunk, degree, Version::V2_0)
             }

@@ -2132,3 +2132,28 @@ fn an_earlier_expiry_of_a_copy_trimmed_again_removes_nothing() {
         vec![Action::RemoveChunk { chunk: key(0) }]
     );
 }
+
+/// A home that knows no live holder of a chunk (their STOREDs lost) asks any holder (REPAIR
+/// naming 0) once `repair_after` passed, at most five times.
+#[test]
+fn a_home_that_knows_no_holder_asks_any_holder() {
+    let c = core_fast(1);
+    let mut req = request(10, 2);
+    req.enhanced = true;
+    c.start_backup(1, req).unwrap();
+    c.putchunk_read(1, key(0), &[0; 10]).unwrap();
+    c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
+    c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
+    c.backup_source_failed(1, "over".into());
+    let repairs: Vec<PeerId> = ticks_with_alive(&c, &[2], 200)
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { message, .. } => match message.kind {
+                MessageKind::Repair { by, .. } => Some(by),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(repairs, vec![0; 5]);
+}
