@@ -62,17 +62,6 @@ fn assert_chunk_bytes(net: &Net, ids: &[u32], file_id: &str, source: &[u8]) {
     }
 }
 
-fn restore_identical(net: &Net, home: u32, op: &str, path: &Path) {
-    let doc = net.run_ok(home, &[op, path.to_str().unwrap()]);
-    let dest = doc["restored_to"].as_str().expect("restored_to");
-    assert!(
-        std::fs::read(dest).unwrap() == std::fs::read(path).unwrap(),
-        "{op}: {dest} differs from {}",
-        path.display()
-    );
-    std::fs::remove_file(dest).unwrap();
-}
-
 /// Backs up `path` from `home` at degree 2 and checks that every chunk reached it, per the
 /// STATE of `others` and on their disks, with the source's bytes. A chunk whose STOREDs were
 /// all lost within its 5 PUTCHUNK sends is reported short (docs/protocol.md): as documented,
@@ -239,7 +228,7 @@ fn ten_percent_loss_backup_restore_delete_in_a_mixed_group() {
     let id = backup(&net, 1, "BACKUP", &path, &OTHERS);
     let home = perceived_at_home(&net, 1, &id);
     assert!(home.iter().all(|&p| p >= 2), "home's view {home:?}");
-    restore_identical(&net, 1, "RESTORE", &path);
+    net.restore_identical(1, "RESTORE", &path);
     delete_everywhere(&net, 1, "DELETE", &path, &OTHERS, Duration::from_secs(10));
     assert_faults_happened(&net, &ALL, "loss");
     eprintln!("10 % loss: done in {}", Net::since(start));
@@ -254,7 +243,7 @@ fn twenty_five_percent_loss_enhanced_backup_restore_delete() {
     let start = Instant::now();
     let path = net.make_file("doc", FILE_LEN);
     backup(&net, 1, "BACKUPENH", &path, &OTHERS);
-    restore_identical(&net, 1, "RESTOREENH", &path);
+    net.restore_identical(1, "RESTOREENH", &path);
     delete_everywhere(
         &net,
         1,
@@ -274,7 +263,7 @@ fn twenty_five_percent_loss_plain_backup_restore_in_a_mixed_group() {
     let start = Instant::now();
     let path = net.make_file("doc", FILE_LEN);
     backup(&net, 1, "BACKUP", &path, &OTHERS);
-    restore_identical(&net, 1, "RESTORE", &path);
+    net.restore_identical(1, "RESTORE", &path);
     assert_faults_happened(&net, &ALL, "loss");
     eprintln!("25 % loss, plain: done in {}", Net::since(start));
 }
@@ -291,7 +280,7 @@ fn ten_percent_loss_reclaim_restores_the_degree_in_a_mixed_group() {
         net.run_ok(id, &["RECLAIM", "100000"]);
     }
     reclaim_and_heal(&net, 2, "RECLAIM", &id, &[3, 4, 5], Duration::from_secs(40));
-    restore_identical(&net, 1, "RESTORE", &path);
+    net.restore_identical(1, "RESTORE", &path);
     assert_faults_happened(&net, &ALL, "loss");
 }
 
@@ -315,7 +304,7 @@ fn twenty_five_percent_loss_reclaimenh_restores_the_degree() {
         &rest,
         Duration::from_secs(40),
     );
-    restore_identical(&net, 1, "RESTOREENH", &path);
+    net.restore_identical(1, "RESTOREENH", &path);
     assert_faults_happened(&net, &ALL, "loss");
 }
 
@@ -401,8 +390,8 @@ fn duplicated_datagrams_are_counted_once() {
     let enh_id = backup(&net, 3, "BACKUPENH", &enh, &[1, 2, 4, 5]);
     assert_home_degrees_exact(&net, 1, &plain_id, "BACKUP");
     assert_home_degrees_exact(&net, 3, &enh_id, "BACKUPENH");
-    restore_identical(&net, 1, "RESTORE", &plain);
-    restore_identical(&net, 3, "RESTOREENH", &enh);
+    net.restore_identical(1, "RESTORE", &plain);
+    net.restore_identical(3, "RESTOREENH", &enh);
     // Peer 2 holds chunks of both files; its REMOVEDs arrive twice half the time.
     net.run_ok(2, &["RECLAIM", "0"]);
     assert!(
@@ -418,8 +407,8 @@ fn duplicated_datagrams_are_counted_once() {
     );
     assert_home_degrees_exact(&net, 1, &plain_id, "RECLAIM");
     assert_home_degrees_exact(&net, 3, &enh_id, "RECLAIM");
-    restore_identical(&net, 1, "RESTORE", &plain);
-    restore_identical(&net, 3, "RESTOREENH", &enh);
+    net.restore_identical(1, "RESTORE", &plain);
+    net.restore_identical(3, "RESTOREENH", &enh);
     delete_everywhere(&net, 1, "DELETE", &plain, &OTHERS, Duration::from_secs(10));
     delete_everywhere(
         &net,
@@ -547,7 +536,7 @@ fn the_harness_isolates_the_peers_and_cleans_up() {
     // file from it.
     assert_eq!(net.stop(2), Some(0), "SIGTERM ends the peer with exit 0");
     net.spawn(2, None, &[]);
-    restore_identical(&net, 1, "RESTORE", &path);
+    net.restore_identical(1, "RESTORE", &path);
     let pids = net.pids();
     assert_eq!(pids.len(), 2 + 3, "2 peers, 2 hosts and the bridge");
     drop(net);
@@ -571,10 +560,10 @@ fn a_mixed_group_on_mtu_1500_backs_up_and_restores() {
     let before = reassembled(&mut net);
     let plain = net.make_file("plain", FILE_LEN);
     backup(&net, 1, "BACKUP", &plain, &OTHERS);
-    restore_identical(&net, 1, "RESTORE", &plain);
+    net.restore_identical(1, "RESTORE", &plain);
     let enhanced = net.make_file("enhanced", FILE_LEN);
     backup(&net, 4, "BACKUPENH", &enhanced, &[1, 2, 3, 5]);
-    restore_identical(&net, 4, "RESTOREENH", &enhanced);
+    net.restore_identical(4, "RESTOREENH", &enhanced);
     // Each PUTCHUNK was reassembled by every other host: the fragments were real.
     let got = reassembled(&mut net) - before;
     assert!(
@@ -596,7 +585,7 @@ fn plain_backup_and_restore_complete_on_mtu_1500_with_frame_loss() {
     net.set_frame_loss(2);
     let path = net.make_file("doc", FILE_LEN);
     backup(&net, 1, "BACKUP", &path, &OTHERS);
-    restore_identical(&net, 1, "RESTORE", &path);
+    net.restore_identical(1, "RESTORE", &path);
     let dropped = net.frames_dropped();
     assert!(dropped > 0, "the bridge dropped no frame");
     eprintln!("MTU 1,500, 0.2 % frame loss: {dropped} frames dropped");

@@ -127,17 +127,6 @@ fn busiest(net: &Net, ids: &[u32], file_id: &str) -> u32 {
     count.into_iter().max_by_key(|&(_, n)| n).unwrap().0
 }
 
-fn restore_identical(net: &Net, home: u32, path: &Path) {
-    let doc = net.run_ok(home, &["RESTOREENH", path.to_str().unwrap()]);
-    let dest = doc["restored_to"].as_str().expect("restored_to");
-    assert!(
-        std::fs::read(dest).unwrap() == std::fs::read(path).unwrap(),
-        "{dest} differs from {}",
-        path.display()
-    );
-    std::fs::remove_file(dest).unwrap();
-}
-
 fn without(ids: &[u32], gone: &[u32]) -> Vec<u32> {
     ids.iter().copied().filter(|i| !gone.contains(i)).collect()
 }
@@ -227,7 +216,7 @@ fn a_holder_killed_for_good_is_replaced_and_its_return_is_trimmed() {
         copies as f64 <= 2.1 * f64::from(chunks),
         "{copies} copies of {chunks} chunks: {surplus:?}"
     );
-    restore_identical(&net, 1, &path);
+    net.restore_identical(1, "RESTOREENH", &path);
 }
 
 /// Two of three holders killed at once (degree 3): every chunk is back at three live holders.
@@ -251,7 +240,7 @@ fn two_holders_killed_at_degree_three_are_replaced() {
         "peers {first} and {second} killed: degree 3 among the living after {:.1} s",
         took.as_secs_f64()
     );
-    restore_identical(&net, 1, &path);
+    net.restore_identical(1, "RESTOREENH", &path);
 }
 
 /// The home and one holder are killed for good: the holders repair the home's file alone.
@@ -334,7 +323,7 @@ fn twenty_five_percent_loss_a_holder_killed_during_and_after_a_backup() {
         "25 % loss, peer {victim} killed after the backup: healed after {:.1} s",
         took.as_secs_f64()
     );
-    restore_identical(&net, 1, &path);
+    net.restore_identical(1, "RESTOREENH", &path);
 }
 
 /// A peer killed and restarted every few seconds for a minute: the repair traffic stays
@@ -377,7 +366,7 @@ fn a_flapping_peer_costs_bounded_repair_traffic_and_loses_nothing() {
     // Nothing lost, and the degree holds among the live peers once it settles.
     let settled = Instant::now();
     wait_healed(&net, &others, &file, chunks, 2, settled, Duration::ZERO);
-    restore_identical(&net, 1, &path);
+    net.restore_identical(1, "RESTOREENH", &path);
 }
 
 /// At 25 % loss, five peers: a plain RESTORE of a 10 MB file (degree 2) completes. (With a
@@ -390,9 +379,7 @@ fn twenty_five_percent_loss_a_10_mb_restore_keeps_asking_while_a_holder_lives() 
     let len = 10_000_000;
     let path = net.make_file("doc", len);
     backup(&net, 1, &path, 2);
-    let doc = net.run_ok(1, &["RESTORE", path.to_str().unwrap()]);
-    let dest = doc["restored_to"].as_str().expect("restored_to");
-    assert!(std::fs::read(dest).unwrap() == std::fs::read(&path).unwrap());
+    net.restore_identical(1, "RESTORE", &path);
     eprintln!(
         "25 % loss, 10 MB RESTORE: {} GETCHUNK resends, {} past the fixed budget",
         counter(&net, &[1], "getchunk_resends"),

@@ -715,12 +715,17 @@ impl Metadata {
     /// holders of our stored copy. A chunk of a catalog generation counts only enhanced
     /// holders: only they can tell a RECOVER they have it.
     pub fn perceived(&self, key: &ChunkKey) -> Option<usize> {
-        if let Some(f) = self.backed_up.get(&key.file) {
-            let holders = &f.chunks.get(key.no as usize)?.holders;
-            return Some(self.counted(key.file, holders, false));
+        self.holders_of(key)
+            .map(|(holders, stored)| self.counted(key.file, holders, stored))
+    }
+
+    /// The holders recorded for `key`: of a chunk of our own file, else of the copy stored
+    /// here (then with `true`).
+    pub fn holders_of(&self, key: &ChunkKey) -> Option<(&BTreeSet<PeerId>, bool)> {
+        if self.backed_up.contains_key(&key.file) {
+            return self.own_chunk(key).map(|c| (&c.holders, false));
         }
-        self.stored_chunk(key)
-            .map(|c| self.counted(key.file, &c.holders, true))
+        self.stored_chunk(key).map(|c| (&c.holders, true))
     }
 
     /// Whether `file` is a catalog generation (ours, or one stored here).

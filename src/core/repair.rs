@@ -133,12 +133,8 @@ impl Core {
 
     /// [`Metadata::perceived`] among live peers.
     pub(super) fn live_perceived(&self, meta: &Metadata, key: &ChunkKey) -> Option<usize> {
-        if let Some(f) = meta.backed_up().get(&key.file) {
-            let holders = &f.chunks.get(key.no as usize)?.holders;
-            return Some(self.live_count(meta, key.file, holders, false));
-        }
-        meta.stored_chunk(key)
-            .map(|c| self.live_count(meta, key.file, &c.holders, true))
+        meta.holders_of(key)
+            .map(|(holders, stored)| self.live_count(meta, key.file, holders, stored))
     }
 
     /// A message from `peer` arrived. If it is new, or back after being gone, repairs of
@@ -161,13 +157,7 @@ impl Core {
         // (One of its holders coming back does not help: a degree the group cannot give is not
         // tried again each time a holder flaps.)
         for (key, r) in self.repairs.lock().iter_mut() {
-            let holder = meta
-                .backed_up()
-                .get(&key.file)
-                .and_then(|f| f.chunks.get(key.no as usize))
-                .map(|c| &c.holders)
-                .or_else(|| meta.stored_chunk(key).map(|c| &c.holders))
-                .is_some_and(|h| h.contains(&peer));
+            let holder = meta.holders_of(key).is_some_and(|(h, _)| h.contains(&peer));
             if !holder {
                 r.attempts = r.attempts.min(MAX_ATTEMPTS - 1);
                 r.gave_up = false;

@@ -402,9 +402,7 @@ impl Core {
         let live_holder = {
             let meta = self.meta.lock();
             let view = self.members.lock();
-            meta.backed_up()
-                .get(&chunk.file)
-                .and_then(|f| f.chunks.get(chunk.no as usize))
+            meta.own_chunk(&chunk)
                 .is_some_and(|c| c.holders.iter().any(|&p| view.is_alive(p)))
         };
         let mut p = self.getting.get_mut(&chunk)?;

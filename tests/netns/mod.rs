@@ -707,6 +707,19 @@ table netdev dbsdup {{
         self.testapp(&all).ok().json()
     }
 
+    /// Runs restore operation `op` of `path` on peer `home`, checks that the restored file
+    /// equals `path`, and removes it.
+    pub fn restore_identical(&self, home: u32, op: &str, path: &Path) {
+        let doc = self.run_ok(home, &[op, path.to_str().unwrap()]);
+        let dest = doc["restored_to"].as_str().expect("restored_to");
+        assert!(
+            std::fs::read(dest).unwrap() == std::fs::read(path).unwrap(),
+            "{op}: {dest} differs from {}",
+            path.display()
+        );
+        std::fs::remove_file(dest).unwrap();
+    }
+
     /// Peer `id`'s STATE document (counters included).
     pub fn state(&self, id: u32) -> Value {
         self.run_ok(id, &["STATE"])
