@@ -19,5 +19,6 @@ pub mod log_limit;
 pub mod net;
 pub mod protocol;
 pub mod runtime;
+pub mod secure;
 pub mod sim;
 pub mod storage;

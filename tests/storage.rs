@@ -205,7 +205,13 @@ fn sample_metadata() -> Metadata {
     m.insert_stored(key(1, 0), stored(10, 2, &[ME, 3]));
     m.insert_stored(key(1, 4), stored(64_000, 9, &[ME]));
     m.insert_stored(key(2, 999_999), stored(0, 1, &[]));
-    m.register_file(fid(9), "/home/u/some file ✓.txt".into(), 64_000, 3);
+    m.register_file(
+        fid(9),
+        "/home/u/some file ✓.txt".into(),
+        64_000,
+        3,
+        dbs::protocol::MAX_CHUNK_SIZE,
+    );
     let first = ChunkKey {
         file: fid(9),
         no: 0,
@@ -367,12 +373,12 @@ fn a_file_forgotten_and_backed_up_again_starts_with_no_confirmations() {
         file: fid(9),
         no: 0,
     };
-    meta.register_file(fid(9), "/f".into(), 10, 2);
+    meta.register_file(fid(9), "/f".into(), 10, 2, dbs::protocol::MAX_CHUNK_SIZE);
     meta.add_holder(&first, 4);
     save(&mf, &mut meta, false);
     // Deleted and backed up again between two saves.
     meta.forget_file(&fid(9));
-    meta.register_file(fid(9), "/f".into(), 10, 2);
+    meta.register_file(fid(9), "/f".into(), 10, 2, dbs::protocol::MAX_CHUNK_SIZE);
     save(&mf, &mut meta, false);
     let back = MetaFile::new(dir.path(), files.tmp_dir()).load().unwrap();
     assert!(back.own_chunk(&first).unwrap().holders.is_empty());
@@ -586,7 +592,13 @@ fn chunk_files_of_our_own_files_are_removed() {
     let (dir, files) = tree();
     let own = fid(9);
     let mut meta = Metadata::default();
-    meta.register_file(own, "/home/u/file.bin".into(), 10, 2);
+    meta.register_file(
+        own,
+        "/home/u/file.bin".into(),
+        10,
+        2,
+        dbs::protocol::MAX_CHUNK_SIZE,
+    );
     let (a, b, foreign) = (
         ChunkKey { file: own, no: 0 },
         ChunkKey { file: own, no: 2 },

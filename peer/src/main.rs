@@ -14,6 +14,7 @@ use dbs::core::Config;
 use dbs::net::ChannelAddrs;
 use dbs::protocol::Version;
 use dbs::runtime::{Node, NodeConfig};
+use dbs::secure::{DataKey, GroupKey};
 
 /// A dbs peer: stores chunks for the other peers on the LAN and runs backups of its own files.
 ///
@@ -111,6 +112,25 @@ struct Args {
     /// first).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     repair_concurrency: u32,
+    /// Secure group: FILE holds the group's shared secret (at least 32 bytes of any content,
+    /// e.g. `head -c 32 /dev/urandom > FILE`; readable by its owner only). Every member uses
+    /// the same file. The peer then seals every message it sends and drops every datagram
+    /// not sealed for its group, replayed or too old (counted in STATE), and obeys a DELETE
+    /// only with its home's proof. Needs --data-key or --data-passphrase. Plain and secure
+    /// peers do not work together: a secure group is made of secure dbs peers only.
+    #[arg(long, value_name = "FILE")]
+    group_key: Option<PathBuf>,
+    /// FILE holds this peer's data key (at least 32 bytes, readable by its owner only): the
+    /// files it backs up from now on are encrypted (XChaCha20-Poly1305; holders keep only
+    /// ciphertext) and named so that only it can delete them. Keep a copy away from this
+    /// machine: with the peer id, it is what RECOVER and RESTORE need after the disk is lost.
+    #[arg(long, value_name = "FILE", conflicts_with = "data_passphrase")]
+    data_key: Option<PathBuf>,
+    /// Like --data-key, from the passphrase on FILE's first line (at least 12 characters;
+    /// readable by its owner only), stretched with Argon2id (64 MiB, 3 passes: about a second
+    /// at start) and salted with the peer id.
+    #[arg(long, value_name = "FILE")]
+    data_passphrase: Option<PathBuf>,
 }
 
 const AFTER_HELP: &str = "\
@@ -292,6 +312,32 @@ fn run(args: Args) -> anyhow::Result<()> {
     core.suspect_after = args.suspect_after;
     core.repair_after = args.repair_after;
     core.repair_concurrency = args.repair_concurrency as usize;
+    core.group_key = args
+        .group_key
+        .as_deref()
+        .map(|f| GroupKey::load(f).map(Arc::new))
+        .transpose()
+        .unwrap_or_else(|e| refuse(e.to_string()));
+    core.data_key = match (&args.data_key, &args.data_passphrase) {
+        (Some(f), _) => Some(DataKey::load(f, id)),
+        (None, Some(f)) => Some(DataKey::from_passphrase_file(f, id)),
+        (None, None) => None,
+    }
+    .transpose()
+    .unwrap_or_else(|e| refuse(e.to_string()))
+    .map(Arc::new);
+    if core.group_key.is_some() && core.data_key.is_none() {
+        refuse(
+            "--group-key needs --data-key or --data-passphrase: in a secure group only a \
+             file's home may delete it, which it proves with a secret made from its data key"
+                .into(),
+        );
+    }
+    if core.secure() {
+        tracing::info!("secure group: every message sealed; chunks of new backups encrypted");
+    } else if core.data_key.is_some() {
+        tracing::info!("chunks of new backups encrypted with the data key");
+    }
     let cfg = NodeConfig {
         core,
         channels: ChannelAddrs {

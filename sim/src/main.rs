@@ -85,6 +85,18 @@ struct Args {
     /// the latest departure and the PUTCHUNK bytes sent since the first.
     #[arg(long)]
     heal: bool,
+    /// Every peer is a member of one secure group with a data key of its own: messages
+    /// sealed, chunks encrypted, deletions proved.
+    #[arg(long)]
+    secure: bool,
+    /// Share of the files whose content changes once backed up whole (backed up again as a
+    /// new version, the old one deleted once the new one is whole) (0-1).
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    new_versions: f64,
+    /// Attackers: forged DELETEs of every file backed up whole, unsealed and (with --secure)
+    /// sealed by a rogue member without the home's proof.
+    #[arg(long)]
+    forge_deletes: bool,
     /// Print the summary as one JSON object (the last line).
     #[arg(long)]
     json: bool,
@@ -207,6 +219,9 @@ fn real_main() -> anyhow::Result<bool> {
         rx_queue_bytes: args.rx_queue,
         crashes: args.leave.iter().map(|&(at, p)| (at, p, None)).collect(),
         heal: args.heal,
+        secure: args.secure,
+        forge_deletes: args.forge_deletes,
+        new_versions: args.new_versions,
         ..Scenario::default()
     };
     let summary = run_traced(sc, measure, trace);

@@ -6,13 +6,13 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::metadata::{FileAttrs, chunk_count};
+use super::metadata::{FileAttrs, chunk_count, payload};
 use super::verify::recorded_proofs;
 use super::{
     Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
 };
 use crate::protocol::ids::MAX_CHUNK_NO;
-use crate::protocol::{CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, Version};
+use crate::protocol::{CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, Version};
 
 /// A client's request to back up one file (the runtime has read the file's identity).
 #[derive(Clone, Debug)]
@@ -38,11 +38,13 @@ pub struct BackupRequest {
 /// What a backup sends.
 #[derive(Debug)]
 enum Source {
-    /// Every chunk of a file of the home, which had this size and mtime when it was opened.
+    /// Every chunk of a file of the home, which had this size and mtime when it was opened,
+    /// `payload` bytes of it a chunk.
     File {
         path: PathBuf,
         size: u64,
         mtime_ns: i64,
+        payload: usize,
     },
     /// One chunk this peer stores (re-backup).
     Stored { no: ChunkNo },
@@ -213,7 +215,9 @@ impl Core {
         if !(1..=9).contains(&req.degree) {
             return Err(CommandError::BadDegree(req.degree));
         }
-        let chunks = chunk_count(req.size);
+        let req = self.owned_request(req);
+        let payload = req.attrs.payload();
+        let chunks = chunk_count(req.size, payload);
         if chunks - 1 > u64::from(MAX_CHUNK_NO) {
             return Err(CommandError::TooLarge(req.size));
         }
@@ -240,7 +244,7 @@ impl Core {
             // The same file again keeps its VERIFY key: its recorded proofs were made with it.
             let known = meta.backed_up().get(&req.file).map(|f| f.attrs.clone());
             let fresh = known.is_none();
-            meta.register_file(req.file, req.path.clone(), req.size, req.degree);
+            meta.register_file(req.file, req.path.clone(), req.size, req.degree, payload);
             let mut attrs = FileAttrs {
                 version: number,
                 link: None,
@@ -263,7 +267,7 @@ impl Core {
                             file: req.file,
                             no: no as ChunkNo,
                         };
-                        let source = file_source(&req.path, req.size, chunk.no);
+                        let source = file_source(&req.path, req.size, chunk.no, payload);
                         actions.push(Action::RecordHash { op, chunk, source });
                     }
                 }
@@ -272,6 +276,7 @@ impl Core {
                 path: req.path,
                 size: req.size,
                 mtime_ns: req.attrs.mtime_ns,
+                payload,
             };
             let mut backup = BackupOp::new(req.file, source, req.degree, version, chunks);
             backup.keep = req.keep.max(1);
@@ -297,7 +302,7 @@ impl Core {
         {
             let mut meta = self.meta.lock();
             let number = meta.version_number(&path, file);
-            meta.register_file(file, path.clone(), 0, 0);
+            meta.register_file(file, path.clone(), 0, 0, payload(false));
             meta.set_file_attrs(
                 file,
                 FileAttrs {
@@ -417,6 +422,7 @@ impl Core {
                 path,
                 size,
                 mtime_ns,
+                ..
             } = &b.source
                 && *mtime_ns != 0
             {
@@ -454,11 +460,12 @@ impl Core {
         let mut actions = Vec::new();
         if b.fresh {
             let enhanced = b.version == Version::V2_0;
-            let version = {
+            let (version, proof) = {
                 let mut meta = self.meta.lock();
-                self.forget_file(&mut meta, b.file, enhanced)
+                let proof = self.proof_lines(&meta, &b.file);
+                (self.forget_file(&mut meta, b.file, enhanced), proof)
             };
-            actions.extend(self.delete_sends(b.file, version, None));
+            actions.extend(self.delete_sends(b.file, version, proof, None));
             actions.extend(self.catalog_changed());
         }
         actions.push(Action::Report {
@@ -524,7 +531,7 @@ impl Core {
         keep: u8,
         version: Version,
     ) -> Vec<Action> {
-        let old: Vec<(FileId, Version)> = {
+        let old: Vec<(FileId, Version, Vec<String>)> = {
             let mut meta = self.meta.lock();
             // Oldest first; the `keep - 1` newest of those a restore can use stay.
             let older: Vec<(FileId, bool, bool, bool)> = meta
@@ -555,22 +562,24 @@ impl Core {
                     // Nothing of a link is stored anywhere: no tombstone, no DELETE.
                     meta.forget_file(&id);
                 } else if catalog {
+                    let proof = self.proof_lines(&meta, &id);
                     // An old catalog generation goes with unconfirmed DELETEs and leaves no
                     // tombstone: a confirmed deletion would stay pending for every peer that
                     // left for good, one per generation, and tombstones would push users'
                     // files out of the bounded set. A holder that misses all three DELETEs
                     // drops it when it stores a generation two newer.
                     meta.forget_file(&id);
-                    sends.push((id, Version::V1_0));
+                    sends.push((id, Version::V1_0, proof));
                 } else {
                     let confirmed = version == Version::V2_0;
-                    sends.push((id, self.forget_file(&mut meta, id, confirmed)));
+                    let proof = self.proof_lines(&meta, &id);
+                    sends.push((id, self.forget_file(&mut meta, id, confirmed), proof));
                 }
             }
             sends
         };
         old.into_iter()
-            .flat_map(|(id, v)| self.delete_sends(id, v, None))
+            .flat_map(|(id, v, proof)| self.delete_sends(id, v, proof, None))
             .collect()
     }
 
@@ -772,17 +781,59 @@ impl Core {
     /// a later read with another hash means the file changed under the backup, which then
     /// fails (`Err` holds the actions that end it; the body must not be sent).
     /// The first read also records VERIFY's proofs (computed outside the metadata lock).
-    pub fn putchunk_read(&self, op: OpId, chunk: ChunkKey, body: &[u8]) -> Result<(), Vec<Action>> {
-        let hash = ChunkHash::of(body);
+    /// Returns the body to send (encrypted, for a sealed file); hashes and proofs are of it.
+    pub fn putchunk_read(
+        &self,
+        op: OpId,
+        chunk: ChunkKey,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Vec<Action>> {
+        let body = self.wire_body(chunk, body);
+        let hash = ChunkHash::of(&body);
         let key = self.meta.lock().key_to_record(&chunk);
-        let proofs = key.map_or_else(String::new, |k| recorded_proofs(&k, chunk, body));
+        let proofs = key.map_or_else(String::new, |k| recorded_proofs(&k, chunk, &body));
         let recorded = self.meta.lock().record_own_hash(&chunk, hash, proofs);
         let changed = recorded.is_some_and(|h| h != hash);
         if changed {
             Err(self
                 .backup_source_failed(op, format!("chunk {} changed during the backup", chunk.no)))
         } else {
-            Ok(())
+            Ok(body)
+        }
+    }
+
+    /// Chunk `chunk` of a file of this home as it goes on the wire: encrypted if the file is
+    /// sealed (see [`crate::secure::chunks`]).
+    fn wire_body(&self, chunk: ChunkKey, body: Vec<u8>) -> Vec<u8> {
+        let sealed = self
+            .meta
+            .lock()
+            .backed_up()
+            .get(&chunk.file)
+            .is_some_and(|f| f.attrs.sealed);
+        match (&self.cfg.data_key, sealed) {
+            (Some(key), true) => crate::secure::chunks::encrypt(key, &chunk, &body),
+            _ => body,
+        }
+    }
+
+    /// A backup request as this home carries it out: with a data key, the file is sealed and
+    /// named by its delete secret's commitment (see [`crate::secure::ownership`]).
+    fn owned_request(&self, mut req: BackupRequest) -> BackupRequest {
+        if let Some(key) = &self.cfg.data_key {
+            req.attrs.base = Some(req.file);
+            req.attrs.sealed = true;
+            req.file = crate::secure::ownership::owned_file_id(key, &req.file);
+        }
+        req
+    }
+
+    /// The file id this home gives a file whose plain id is `base` (itself, without a data
+    /// key).
+    pub fn owned(&self, base: FileId) -> FileId {
+        match &self.cfg.data_key {
+            Some(key) => crate::secure::ownership::owned_file_id(key, &base),
+            None => base,
         }
     }
 
@@ -812,13 +863,13 @@ impl Core {
     }
 }
 
-/// Where chunk `no` of the file at `path` (`size` bytes) is.
-fn file_source(path: &std::path::Path, size: u64, no: ChunkNo) -> ChunkSource {
-    let offset = u64::from(no) * MAX_CHUNK_SIZE as u64;
+/// Where chunk `no` of the file at `path` (`size` bytes, `payload` bytes a chunk) is.
+fn file_source(path: &std::path::Path, size: u64, no: ChunkNo, payload: usize) -> ChunkSource {
+    let offset = u64::from(no) * payload as u64;
     ChunkSource::File {
         path: path.to_path_buf(),
         offset,
-        len: (size - offset).min(MAX_CHUNK_SIZE as u64) as usize,
+        len: (size - offset).min(payload as u64) as usize,
     }
 }
 
@@ -832,7 +883,12 @@ fn putchunk_action(
     cfg: &Config,
 ) -> Action {
     let source = match &b.source {
-        Source::File { path, size, .. } => file_source(path, *size, chunk.no),
+        Source::File {
+            path,
+            size,
+            payload,
+            ..
+        } => file_source(path, *size, chunk.no, *payload),
         Source::Stored { .. } => ChunkSource::Stored,
     };
     Action::SendPutchunk {

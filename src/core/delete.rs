@@ -34,7 +34,7 @@ impl Core {
         paths: &[PathBuf],
         enhanced: bool,
     ) -> Result<Vec<Action>, CommandError> {
-        let mut deleted: Vec<(FileId, Version, bool)> = Vec::new();
+        let mut deleted: Vec<(FileId, Version, bool, Vec<String>)> = Vec::new();
         {
             let mut meta = self.meta.lock();
             let mut files = Vec::new();
@@ -57,20 +57,25 @@ impl Core {
                 if link {
                     // Nothing of a link is stored anywhere: no tombstone, no DELETE.
                     meta.forget_file(&file);
-                    deleted.push((file, Version::V1_0, true));
+                    deleted.push((file, Version::V1_0, true, Vec::new()));
                 } else {
-                    deleted.push((file, self.forget_file(&mut meta, file, enhanced), false));
+                    let proof = self.proof_lines(&meta, &file);
+                    let version = self.forget_file(&mut meta, file, enhanced);
+                    deleted.push((file, version, false, proof));
                 }
             }
         }
         let messages: Vec<Message> = deleted
             .iter()
-            .filter(|(_, _, link)| !link)
-            .map(|(file, version, _)| {
-                Message::new(*version, self.cfg.id, MessageKind::Delete { file: *file })
+            .filter(|(_, _, link, _)| !link)
+            .map(|(file, version, _, proof)| {
+                let mut m =
+                    Message::new(*version, self.cfg.id, MessageKind::Delete { file: *file });
+                m.extra_lines = proof.clone();
+                m
             })
             .collect();
-        let files = deleted.into_iter().map(|(file, _, _)| file).collect();
+        let files = deleted.into_iter().map(|(file, ..)| file).collect();
         let mut actions = self.send_repeated(
             messages,
             self.cfg.delete_sends - 1,
@@ -85,7 +90,8 @@ impl Core {
     /// holder whose STORED was lost on the way here would otherwise keep its copy for good if
     /// it missed the DELETEs). Returns the version the DELETEs go out with.
     pub(super) fn forget_file(&self, meta: &mut Metadata, file: FileId, enhanced: bool) -> Version {
-        meta.add_tombstone(file, self.cfg.id);
+        let base = meta.backed_up().get(&file).and_then(|f| f.attrs.base);
+        meta.add_tombstone(file, self.cfg.id, base);
         if meta.forget_file(&file).is_some() && enhanced {
             let peers: BTreeSet<PeerId> = meta.enhanced_peers().clone();
             meta.set_pending_delete(file, peers);
@@ -97,14 +103,29 @@ impl Core {
         }
     }
 
-    /// Sends DELETE for `file` now and `delete_sends - 1` times more; then reports to `op`.
+    /// The `PROOF` line a DELETE of `file` carries (none without a data key, or for a file
+    /// named without one), from its record or, once it is forgotten, its tombstone.
+    pub(super) fn proof_lines(&self, meta: &Metadata, file: &FileId) -> Vec<String> {
+        let Some(key) = &self.cfg.data_key else {
+            return Vec::new();
+        };
+        let base = meta.backed_up().get(file).and_then(|f| f.attrs.base);
+        base.or_else(|| meta.tombstone_base(file))
+            .map(|base| vec![crate::secure::ownership::proof_line(key, &base)])
+            .unwrap_or_default()
+    }
+
+    /// Sends DELETE for `file` (with its `proof` lines) now and `delete_sends - 1` times more;
+    /// then reports to `op`.
     pub(super) fn delete_sends(
         &self,
         file: FileId,
         version: Version,
+        proof: Vec<String>,
         op: Option<OpId>,
     ) -> Vec<Action> {
-        let message = Message::new(version, self.cfg.id, MessageKind::Delete { file });
+        let mut message = Message::new(version, self.cfg.id, MessageKind::Delete { file });
+        message.extra_lines = proof;
         let then = op.map(|op| (op, OpEvent::DeleteDone { files: vec![file] }));
         self.send_repeated(vec![message], self.cfg.delete_sends - 1, then)
     }
@@ -155,11 +176,12 @@ impl Core {
     }
 
     pub(super) fn delete_v2(&self, file: FileId) -> Action {
+        let proof = self.proof_lines(&self.meta.lock(), &file);
         self.send_v(
             Channel::Mc,
             Version::V2_0,
             MessageKind::Delete { file },
-            Vec::new(),
+            proof,
         )
     }
 

@@ -81,6 +81,21 @@ pub struct FileAttrs {
     /// A generation of this peer's own catalog (backed up into the group, not a user's file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<CatalogTag>,
+    /// Encrypted with this home's data key: each chunk carries
+    /// [`crate::secure::chunks::SEALED_PAYLOAD`] bytes of the file, not 64,000.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
+    /// Named by a home with a data key: the plain id its delete secret is made from
+    /// (`crate::secure::ownership`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<FileId>,
+}
+
+impl FileAttrs {
+    /// Bytes of the file each chunk carries.
+    pub fn payload(&self) -> usize {
+        payload(self.sealed)
+    }
 }
 
 /// A file this peer backed up (it is the file's home).
@@ -207,6 +222,10 @@ pub struct Tombstone {
     pub home: PeerId,
     /// Order of the deletions, to forget the oldest first.
     pub seq: u64,
+    /// At the home, for a file named with a data key: the plain id its delete secret is made
+    /// from, to prove the deletion again (pending deletions are re-sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<FileId>,
 }
 
 /// One item of the metadata, as tracked for saving. The order matters: when changes are
@@ -338,9 +357,19 @@ pub fn footprint(size: u32) -> u64 {
     u64::from(size.max(1))
 }
 
-/// Number of chunks of a file of `size` bytes: every chunk full but a strictly shorter last one.
-pub fn chunk_count(size: u64) -> u64 {
-    size / crate::protocol::MAX_CHUNK_SIZE as u64 + 1
+/// Bytes of a file a chunk carries: 64,000, or fewer when it is encrypted (`sealed`).
+pub fn payload(sealed: bool) -> usize {
+    if sealed {
+        crate::secure::chunks::SEALED_PAYLOAD
+    } else {
+        crate::protocol::MAX_CHUNK_SIZE
+    }
+}
+
+/// Number of chunks of a file of `size` bytes, `payload` bytes a chunk: every chunk full but a
+/// strictly shorter last one.
+pub fn chunk_count(size: u64, payload: usize) -> u64 {
+    size / payload as u64 + 1
 }
 
 impl Metadata {
@@ -533,7 +562,7 @@ impl Metadata {
             for no in self.remove_stored_file(&f) {
                 gone.push(ChunkKey { file: f, no });
             }
-            self.add_tombstone(f, tag.home);
+            self.add_tombstone(f, tag.home, None);
         }
         gone
     }
@@ -586,14 +615,16 @@ impl Metadata {
             .and_then(|f| f.chunks.get(key.no as usize))
     }
 
-    /// Records a file this peer backs up: a new one with no confirmed chunks, or a known one
-    /// (same id: unchanged) keeping its chunk records with the new desired degree.
+    /// Records a file this peer backs up (`payload` bytes a chunk): a new one with no
+    /// confirmed chunks, or a known one (same id: unchanged) keeping its chunk records with the
+    /// new desired degree.
     pub fn register_file(
         &mut self,
         file: FileId,
         path: PathBuf,
         size: u64,
         desired: u8,
+        payload: usize,
     ) -> &BackedUpFile {
         self.mark(Item::OwnFile(file));
         if !self.backed_up.contains_key(&file) {
@@ -604,7 +635,7 @@ impl Metadata {
                 path,
                 size,
                 desired,
-                chunks: vec![ChunkRecord::default(); chunk_count(size) as usize],
+                chunks: vec![ChunkRecord::default(); chunk_count(size, payload) as usize],
                 attrs: FileAttrs::default(),
             };
             self.put_own(file, f);
@@ -823,8 +854,12 @@ impl Metadata {
 
     /// Notes that `file` was deleted on `home`'s word (see [`Tombstone`]); the oldest of more
     /// than [`TOMBSTONES_KEPT`] is forgotten.
-    pub fn add_tombstone(&mut self, file: FileId, home: PeerId) {
-        if self.tombstones.get(&file).is_some_and(|t| t.home == home) {
+    pub fn add_tombstone(&mut self, file: FileId, home: PeerId, base: Option<FileId>) {
+        if self
+            .tombstones
+            .get(&file)
+            .is_some_and(|t| t.home == home && t.base == base)
+        {
             return;
         }
         let seq = self
@@ -833,7 +868,7 @@ impl Metadata {
             .map(|t| t.seq + 1)
             .max()
             .unwrap_or(0);
-        self.tombstones.insert(file, Tombstone { home, seq });
+        self.tombstones.insert(file, Tombstone { home, seq, base });
         self.mark(Item::Tombstone(file));
         if self.tombstones.len() > TOMBSTONES_KEPT
             && let Some(oldest) = self
@@ -850,6 +885,11 @@ impl Metadata {
     /// Deletions remembered (at most [`TOMBSTONES_KEPT`]).
     pub fn tombstone_count(&self) -> usize {
         self.tombstones.len()
+    }
+
+    /// The plain id of a file this home named with its data key and deleted recently.
+    pub fn tombstone_base(&self, file: &FileId) -> Option<FileId> {
+        self.tombstones.get(file).and_then(|t| t.base)
     }
 
     /// The peer on whose word `file` was deleted recently, if it was.
@@ -980,7 +1020,10 @@ impl Metadata {
                     // New, or (never, in practice) under another path: the index follows.
                     let chunks = match self.take_own(&file) {
                         Some(f) => f.chunks,
-                        None => vec![ChunkRecord::default(); chunk_count(h.size) as usize],
+                        None => vec![
+                            ChunkRecord::default();
+                            chunk_count(h.size, h.attrs.payload()) as usize
+                        ],
                     };
                     let f = BackedUpFile {
                         path: h.path.clone(),
@@ -1048,13 +1091,15 @@ impl Metadata {
 mod tests {
     use super::*;
 
+    const PLAIN: usize = crate::protocol::MAX_CHUNK_SIZE;
+
     #[test]
     fn chunk_counts_follow_the_spec() {
-        assert_eq!(chunk_count(0), 1);
-        assert_eq!(chunk_count(1), 1);
-        assert_eq!(chunk_count(63_999), 1);
-        assert_eq!(chunk_count(64_000), 2);
-        assert_eq!(chunk_count(128_000), 3);
+        assert_eq!(chunk_count(0, PLAIN), 1);
+        assert_eq!(chunk_count(1, PLAIN), 1);
+        assert_eq!(chunk_count(63_999, PLAIN), 1);
+        assert_eq!(chunk_count(64_000, PLAIN), 2);
+        assert_eq!(chunk_count(128_000, PLAIN), 3);
     }
 
     fn key(file: u8, no: ChunkNo) -> ChunkKey {
@@ -1121,7 +1166,7 @@ mod tests {
             FileId(id)
         };
         for n in 0..=TOMBSTONES_KEPT as u32 {
-            m.add_tombstone(file(n), 1);
+            m.add_tombstone(file(n), 1, None);
         }
         assert_eq!(m.tombstones.len(), TOMBSTONES_KEPT);
         assert_eq!(m.tombstone(&file(0)), None, "the oldest went");
@@ -1132,7 +1177,7 @@ mod tests {
     fn snapshot_round_trip_keeps_everything() {
         let mut m = Metadata::default();
         m.insert_stored(key(7, 3), stored(10));
-        m.register_file(FileId([9; 32]), "/x".into(), 5, 1);
+        m.register_file(FileId([9; 32]), "/x".into(), 5, 1, PLAIN);
         m.add_holder(&key(9, 0), 2);
         let Changes::Snapshot { bytes, .. } = m.drain_changes(true) else {
             panic!()
@@ -1155,16 +1200,16 @@ mod tests {
         m.remove_stored_file(&FileId([1; 32]));
         m.insert_stored(key(1, 4), stored(7)); // after the file's removal
         m.remove_holder(&key(1, 4), 4);
-        m.register_file(FileId([2; 32]), "/a".into(), 64_001, 3);
+        m.register_file(FileId([2; 32]), "/a".into(), 64_001, 3, PLAIN);
         m.record_own_hash(&key(2, 1), ChunkHash::of(b"h"), "ab".into());
         m.add_holder(&key(2, 1), 5);
-        m.register_file(FileId([3; 32]), "/b".into(), 1, 1);
+        m.register_file(FileId([3; 32]), "/b".into(), 1, 1, PLAIN);
         m.forget_file(&FileId([3; 32]));
         m.set_pending_delete(FileId([3; 32]), [5, 6].into());
         m.set_pending_delete(FileId([3; 32]), [6].into());
         m.add_enhanced_peer(5);
-        m.add_tombstone(FileId([3; 32]), 9);
-        m.add_tombstone(FileId([4; 32]), 9);
+        m.add_tombstone(FileId([3; 32]), 9, None);
+        m.add_tombstone(FileId([4; 32]), 9, None);
         m.remove_tombstone(&FileId([4; 32]));
         let Changes::Records(records) = m.drain_changes(false) else {
             panic!()
@@ -1187,10 +1232,10 @@ mod tests {
     fn a_known_file_keeps_its_chunk_records_when_registered_again() {
         let mut m = Metadata::default();
         let file = FileId([2; 32]);
-        m.register_file(file, "/a".into(), 10, 1);
+        m.register_file(file, "/a".into(), 10, 1, PLAIN);
         m.add_holder(&key(2, 0), 7);
         assert_eq!(
-            m.register_file(file, "/a".into(), 10, 3).chunks[0].holders,
+            m.register_file(file, "/a".into(), 10, 3, PLAIN).chunks[0].holders,
             [7].into()
         );
         assert_eq!(m.backed_up[&file].desired, 3);

@@ -30,8 +30,11 @@ pub mod verify;
 use bytes::Bytes;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::secure::{DataKey, GroupKey};
 
 use parking_lot::Mutex;
 
@@ -150,6 +153,12 @@ pub struct Config {
     pub repair_after: Duration,
     /// Enhanced: chunks this peer repairs at once, at most.
     pub repair_concurrency: usize,
+    /// Secure groups: the group key (every message sealed and checked; a DELETE obeyed only
+    /// with its proof). `None`: a plain peer.
+    pub group_key: Option<Arc<GroupKey>>,
+    /// This home's data key: its new backups are encrypted and named so that only it can
+    /// delete them (`crate::secure::ownership`). `None`: chunks in clear.
+    pub data_key: Option<Arc<DataKey>>,
 }
 
 impl Config {
@@ -184,7 +193,14 @@ impl Config {
             suspect_after: Duration::from_secs(8),
             repair_after: Duration::from_secs(60),
             repair_concurrency: 64,
+            group_key: None,
+            data_key: None,
         }
+    }
+
+    /// Whether this peer is a member of a secure group.
+    pub fn secure(&self) -> bool {
+        self.group_key.is_some()
     }
 
     /// Whether this peer runs the enhanced protocol (any version but 1.0).
@@ -557,6 +573,11 @@ pub enum CommandError {
     /// A restore of the same file is running.
     #[error("a restore of {0} is already running")]
     RestoreRunning(PathBuf),
+    /// The file was backed up encrypted, and this peer was started without its data key.
+    #[error(
+        "{0} was backed up encrypted: start the peer with its --data-key (or --data-passphrase) to restore it"
+    )]
+    NoDataKey(PathBuf),
     /// A VERIFY of the same file is running.
     #[error("a verify of {0} is already running")]
     VerifyRunning(PathBuf),
@@ -612,6 +633,8 @@ pub struct Counters {
     pub chunks_relaunched: AtomicU64,
     /// GETCHUNK sends beyond the fixed budget, while a live holder was known.
     pub getchunk_persisted: AtomicU64,
+    /// Secure groups: DELETEs ignored for want of their home's proof.
+    pub deletes_unproven: AtomicU64,
 }
 
 impl Counters {
@@ -905,6 +928,19 @@ impl Core {
                 MessageKind::Up if self.cfg.enhanced() => self.own_id_up(&msg),
                 _ => Vec::new(),
             };
+        }
+        // A secure peer obeys a DELETE only from the file's home, who alone can prove it; an
+        // unproven one is ignored before it tells anything of its (claimed) sender.
+        if let MessageKind::Delete { file } = &msg.kind
+            && self.cfg.secure()
+            && !crate::secure::ownership::proves(file, &msg.extra_lines)
+        {
+            Counters::bump(&self.counters.deletes_unproven);
+            tracing::debug!(
+                "ignored a DELETE of {file} from {} without its proof",
+                msg.sender
+            );
+            return Vec::new();
         }
         let enhanced = self.cfg.enhanced() && msg.version != Version::V1_0;
         if enhanced {

@@ -173,7 +173,7 @@ impl Core {
         };
         tracing::debug!(
             "publishing catalog generation {generation} as file {}: {files} file(s), {} bytes",
-            catalog_file_id(&tag),
+            self.owned(catalog_file_id(&tag)),
             bytes.len()
         );
         vec![Action::WriteCatalog {
@@ -236,7 +236,7 @@ impl Core {
 
     /// A holder says it holds a generation of a catalog.
     pub(super) fn on_catalog_held(&self, from: PeerId, file: FileId, tag: CatalogTag) {
-        if tag.home != self.cfg.id || file != catalog_file_id(&tag) {
+        if tag.home != self.cfg.id || file != self.owned(catalog_file_id(&tag)) {
             return;
         }
         // Numbering goes on above every generation the group holds.
@@ -374,12 +374,16 @@ impl Core {
             // A catalog entry left by a RECOVER that failed is replaced.
             let mut meta = self.meta.lock();
             meta.forget_file(&file);
-            meta.register_file(file, self.cfg.catalog_path.clone(), tag.size, 1);
+            let sealed = self.cfg.data_key.is_some();
+            let payload = super::metadata::payload(sealed);
+            meta.register_file(file, self.cfg.catalog_path.clone(), tag.size, 1, payload);
             meta.set_file_attrs(
                 file,
                 FileAttrs {
                     catalog: Some(tag),
                     version: tag.generation as u32,
+                    sealed,
+                    base: sealed.then(|| catalog_file_id(&tag)),
                     ..FileAttrs::default()
                 },
             );
@@ -419,7 +423,7 @@ impl Core {
         holders: Vec<PeerId>,
         bytes: Result<Vec<u8>, String>,
     ) -> Vec<Action> {
-        let file = catalog_file_id(&tag);
+        let file = self.owned(catalog_file_id(&tag));
         let doc = bytes.and_then(|bytes| {
             if ChunkHash::of(&bytes) != tag.hash {
                 return Err("not the hash its holders announced".to_string());

@@ -18,7 +18,7 @@ use super::{
     Action, Channel, CommandError, Core, Counters, OpEvent, OpId, TimerEvent, enhanced, progress,
 };
 use crate::protocol::{
-    CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, MAX_CHUNK_SIZE, MessageKind, PeerId, Version,
+    CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, MessageKind, PeerId, Version,
 };
 
 /// A client's request to restore a file this peer backed up.
@@ -63,6 +63,9 @@ pub struct RestoreOp {
     pub file: FileId,
     size: u64,
     chunks: u64,
+    /// Encrypted with this home's data key (each chunk `payload` bytes of the file).
+    sealed: bool,
+    payload: usize,
     /// Expected hash of each chunk (absent for metadata written before hashes were kept).
     hashes: Vec<Option<ChunkHash>>,
     tmp: PathBuf,
@@ -85,9 +88,20 @@ pub struct RestoreOp {
 }
 
 impl RestoreOp {
+    /// Bytes of the file chunk `no` carries.
     fn len_of(&self, no: ChunkNo) -> usize {
-        let offset = u64::from(no) * MAX_CHUNK_SIZE as u64;
-        (self.size - offset).min(MAX_CHUNK_SIZE as u64) as usize
+        let offset = u64::from(no) * self.payload as u64;
+        (self.size - offset).min(self.payload as u64) as usize
+    }
+
+    /// Bytes of chunk `no`'s body on the wire.
+    fn wire_len_of(&self, no: ChunkNo) -> usize {
+        self.len_of(no)
+            + if self.sealed {
+                crate::secure::chunks::OVERHEAD
+            } else {
+                0
+            }
     }
 }
 
@@ -163,6 +177,10 @@ impl Core {
         }
         let f = &meta.backed_up()[&file];
         let size = f.size;
+        let (sealed, payload) = (f.attrs.sealed, f.attrs.payload());
+        if sealed && self.cfg.data_key.is_none() {
+            return Err(CommandError::NoDataKey(req.path));
+        }
         let hashes = f.chunks.iter().map(|c| c.hash).collect::<Vec<_>>();
         let placement = Placement {
             mode: f.attrs.mode,
@@ -174,7 +192,9 @@ impl Core {
             RestoreOp {
                 file,
                 size,
-                chunks: chunk_count(size),
+                chunks: chunk_count(size, payload),
+                sealed,
+                payload,
                 hashes,
                 tmp: req.tmp.clone(),
                 dest: req.dest,
@@ -280,7 +300,7 @@ impl Core {
         let Some(r) = self.restores.get(&op) else {
             return Vec::new();
         };
-        let valid = body.len() == r.len_of(chunk.no)
+        let valid = body.len() == r.wire_len_of(chunk.no)
             && r.hashes
                 .get(chunk.no as usize)
                 .copied()
@@ -290,9 +310,17 @@ impl Core {
             drop(r);
             return self.bad_body(chunk);
         }
-        let (tmp, offset) = (r.tmp.clone(), u64::from(chunk.no) * MAX_CHUNK_SIZE as u64);
-        let read_only = r.read_only;
+        let (tmp, offset) = (r.tmp.clone(), u64::from(chunk.no) * r.payload as u64);
+        let (read_only, sealed) = (r.read_only, r.sealed);
         drop(r);
+        // A sealed chunk is decrypted (and so authenticated) before it is written.
+        let body = match (&self.cfg.data_key, sealed) {
+            (Some(key), true) => match crate::secure::chunks::decrypt(key, &chunk, &body) {
+                Some(plain) => Bytes::from(plain),
+                None => return self.bad_body(chunk),
+            },
+            _ => body,
+        };
         let Some((_, p)) = self.getting.remove(&chunk) else {
             return Vec::new(); // a duplicate CHUNK: the first one won
         };

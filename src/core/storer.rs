@@ -110,7 +110,14 @@ impl Core {
             return Vec::new(); // nor of our deleted ones
         }
         // A chunk of another peer's catalog: remember whose (the tag must name this file).
-        if let Some(tag) = catalog.filter(|t| super::recover::catalog_file_id(t) == chunk.file) {
+        // A home with a data key names a generation by its delete secret, which a holder
+        // cannot check: then the tag is believed from the home itself, or from any member of
+        // a secure group (a holder's re-backup).
+        if let Some(tag) = catalog.filter(|t| {
+            super::recover::catalog_file_id(t) == chunk.file
+                || t.home == sender
+                || self.cfg.secure()
+        }) {
             meta.set_catalog_tag(chunk.file, tag);
         }
         if meta.stored_chunk(&chunk).is_some() {
@@ -337,7 +344,7 @@ impl Core {
             // A catalog generation needs no tombstone (an old one coming back is dropped when
             // a newer one is stored), and would push users' files out of the bounded set.
             if meta.catalog_tag(&file).is_none() {
-                meta.add_tombstone(file, sender);
+                meta.add_tombstone(file, sender, None);
             }
             meta.remove_stored_file(&file)
         };

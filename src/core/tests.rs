@@ -540,7 +540,7 @@ fn rebackup_of_an_unchanged_file_skips_chunks_at_their_degree() {
     let c = core(1);
     c.start_backup(1, request(64_000, 1)).unwrap();
     for no in 0..2 {
-        c.putchunk_read(1, key(no), &[no as u8]).unwrap();
+        c.putchunk_read(1, key(no), vec![no as u8]).unwrap();
     }
     c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
     let finished = c.on_message(msg(2, MessageKind::Stored { chunk: key(1) }));
@@ -565,7 +565,7 @@ fn a_resumed_backup_recovers_a_lost_hash_without_resending() {
             .iter()
             .any(|a| matches!(a, Action::RecordHash { chunk, .. } if *chunk == key(0)))
     );
-    c.putchunk_read(2, key(0), b"zero").unwrap();
+    c.putchunk_read(2, key(0), b"zero".to_vec()).unwrap();
     assert_eq!(
         c.with_metadata(|m| m.own_chunk(&key(0)).unwrap().hash),
         Some(ChunkHash::of(b"zero"))
@@ -589,7 +589,7 @@ fn home_with_file(size: u64, body: impl Fn(u32) -> Vec<u8>) -> Core {
     c.start_backup(1, request(size, 1)).unwrap();
     let chunks = size / 64_000 + 1;
     for no in 0..chunks as u32 {
-        c.putchunk_read(1, key(no), &body(no)).unwrap();
+        c.putchunk_read(1, key(no), body(no)).unwrap();
         c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
     }
     assert_eq!(c.instances(), 0);
@@ -730,7 +730,7 @@ fn an_enhanced_restore_keeps_asking_while_a_holder_lives() {
     cfg.seed = 7;
     let c = Core::new(cfg, Metadata::default());
     c.start_backup(1, request(10, 1)).unwrap();
-    c.putchunk_read(1, key(0), &[0; 10]).unwrap();
+    c.putchunk_read(1, key(0), vec![0; 10]).unwrap();
     c.on_message(Message::new(
         Version::V2_0,
         2,
@@ -765,7 +765,7 @@ fn restore_window_grows_with_chunks_and_halves_on_a_late_reply_or_a_filling_queu
     let size = u64::from(chunks - 1) * 64_000 + 1;
     c.start_backup(1, request(size, 1)).unwrap();
     for no in 0..chunks {
-        c.putchunk_read(1, key(no), &body(no)).unwrap();
+        c.putchunk_read(1, key(no), body(no)).unwrap();
         c.on_message(msg(2, MessageKind::Stored { chunk: key(no) }));
     }
     let window = || c.restores.get(&7).unwrap().flow.window() as u32;
@@ -1082,7 +1082,7 @@ fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders
 fn enhanced_restore_asks_for_tcp_first_then_falls_back_to_plain_getchunk() {
     let c = core2(1);
     c.start_backup(1, request(5, 1)).unwrap();
-    c.putchunk_read(1, key(0), b"hello").unwrap();
+    c.putchunk_read(1, key(0), b"hello".to_vec()).unwrap();
     c.on_message(msg(2, MessageKind::Stored { chunk: key(0) }));
     let mut req = restore_request();
     req.enhanced = true;
@@ -1523,7 +1523,7 @@ fn verifiable_home(holders: &[PeerId]) -> Core {
     req.enhanced = true;
     req.attrs.verify_key = Some(verify::VerifyKey([7; 32]));
     c.start_backup(1, req).unwrap();
-    c.putchunk_read(1, key(0), b"hello").unwrap();
+    c.putchunk_read(1, key(0), b"hello".to_vec()).unwrap();
     for &h in holders {
         let stored = MessageKind::Stored { chunk: key(0) };
         c.on_message(if h == 4 {
@@ -2104,7 +2104,7 @@ fn a_resumed_backup_sends_again_the_chunks_whose_holders_are_down() {
     req.enhanced = true;
     c.start_backup(1, req.clone()).unwrap();
     for no in 0..2 {
-        c.putchunk_read(1, key(no), &[no as u8]).unwrap();
+        c.putchunk_read(1, key(no), vec![no as u8]).unwrap();
     }
     c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
     c.backup_source_failed(1, "the client went away".into());
@@ -2141,7 +2141,7 @@ fn a_home_that_knows_no_holder_asks_any_holder() {
     let mut req = request(10, 2);
     req.enhanced = true;
     c.start_backup(1, req).unwrap();
-    c.putchunk_read(1, key(0), &[0; 10]).unwrap();
+    c.putchunk_read(1, key(0), vec![0; 10]).unwrap();
     c.on_message(msg2(2, MessageKind::Stored { chunk: key(0) }));
     c.on_message(msg2(2, MessageKind::Removed { chunk: key(0) }));
     c.backup_source_failed(1, "over".into());

@@ -7,7 +7,6 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::core::{Channel, OpEvent, OpId, TimerEvent};
-use crate::protocol::Message;
 use crate::storage::Disk;
 
 /// A datagram to send: ready, or built when the sender gets to it.
@@ -42,8 +41,11 @@ pub trait Effects: Send + Sync + 'static {
     fn schedule(&self, delay: Duration, event: TimerEvent);
     /// Tells the client running `op`.
     fn report(&self, op: OpId, event: OpEvent);
-    /// Enhanced: sends a whole message (a CHUNK) over TCP to an initiator.
-    fn send_tcp(&self, addr: SocketAddrV4, msg: &Message) -> io::Result<()>;
+    /// Enhanced: sends a whole message (a CHUNK, encoded and sealed if the group is secure)
+    /// over TCP to an initiator.
+    fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()>;
+    /// The wall clock, milliseconds since the epoch (secure groups seal messages with it).
+    fn unix_ms(&self) -> u64;
     /// Asks for a group commit ([`crate::exec::Executor::commit`]) soon.
     fn wake_commit(&self);
 }

@@ -23,6 +23,7 @@ use crate::core::enhanced::header_only_chunk;
 use crate::core::{Action, Channel, ChunkSource, Config, Core, Metadata, OpId, TimerEvent};
 use crate::log_limit::LogLimit;
 use crate::protocol::{ChunkHash, ChunkKey, MAX_CHUNK_SIZE, Message, MessageKind, Version};
+use crate::secure::{Opener, Rejected, Sealer};
 use crate::storage::reconcile::{Reconciled, reconcile};
 use crate::storage::{ChunkStore, Disk, StorageError};
 pub use effects::{Effects, Outgoing};
@@ -30,6 +31,9 @@ pub use effects::{Effects, Outgoing};
 /// Counters of what the executor saw go wrong.
 #[derive(Default, Debug)]
 pub struct ExecStats {
+    /// Secure groups: datagrams and TCP frames dropped, by [`Rejected`] reason (unsealed,
+    /// bad MAC, stale, replayed).
+    pub rejected: [AtomicU64; 4],
     /// GETCHUNK 2.0s naming a TCP address other than their sender's (answered on MDR).
     pub foreign_tcp: AtomicU64,
     /// Datagrams dropped as malformed (or on the wrong channel).
@@ -57,9 +61,16 @@ struct Commits<S> {
     after: Vec<Vec<Action>>,
 }
 
+/// A secure peer's sealing of what it sends and checking of what it receives.
+struct Guard {
+    sealer: Sealer,
+    opener: Opener,
+}
+
 /// Carries out one peer's core actions on a world `E`.
 pub struct Executor<E: Effects> {
     this: Weak<Executor<E>>,
+    guard: Option<Guard>,
     /// The peer's protocol core.
     pub core: Core,
     /// The world it acts on.
@@ -100,15 +111,24 @@ impl<E: Effects> Executor<E> {
     /// An executor for a core built from `cfg` and `meta`, on the world `make` builds (it gets
     /// a handle to the executor, for callbacks such as timers).
     pub fn new(cfg: Config, meta: Metadata, make: impl FnOnce(&Weak<Self>) -> E) -> Arc<Self> {
-        Arc::new_cyclic(|weak| Executor {
-            this: weak.clone(),
-            core: Core::new(cfg, meta),
-            effects: make(weak),
-            stats: ExecStats::default(),
-            commits: Mutex::new(Commits {
-                staged: Vec::new(),
-                after: Vec::new(),
-            }),
+        Arc::new_cyclic(|weak| {
+            let effects = make(weak);
+            let started = effects.unix_ms();
+            let guard = cfg.group_key.clone().map(|key| Guard {
+                sealer: Sealer::new(key.clone(), started * 1000),
+                opener: Opener::new(key, started),
+            });
+            Executor {
+                this: weak.clone(),
+                guard,
+                core: Core::new(cfg, meta),
+                effects,
+                stats: ExecStats::default(),
+                commits: Mutex::new(Commits {
+                    staged: Vec::new(),
+                    after: Vec::new(),
+                }),
+            }
         })
     }
 
@@ -131,6 +151,17 @@ impl<E: Effects> Executor<E> {
         backlog_filling: bool,
         from: Option<std::net::IpAddr>,
     ) -> bool {
+        let (datagram, full) = match self.open(&datagram) {
+            // (The seal is not part of the message.)
+            Ok(message) => {
+                let seal = datagram.len() - message.len();
+                (message, full - seal)
+            }
+            Err(e) => {
+                tracing::debug!("dropped a datagram on {}: {e}", channel.name());
+                return false;
+            }
+        };
         if full > datagram.len() {
             // Only a CHUNK's header is of use without its body (whose size is still checked).
             let header = header_of(&datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
@@ -188,10 +219,55 @@ impl<E: Effects> Executor<E> {
     }
 
     /// Handles a message received over TCP (enhanced restores: only CHUNKs).
-    pub fn on_tcp_message(&self, msg: Message) {
-        if matches!(msg.kind, MessageKind::Chunk { .. }) {
-            self.run(self.core.on_message(msg));
+    pub fn on_tcp_message(&self, frame: Bytes) {
+        let frame = match self.open(&frame) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::debug!("dropped a TCP frame: {e}");
+                return;
+            }
+        };
+        match Message::parse_shared(&frame) {
+            Ok(msg) if matches!(msg.kind, MessageKind::Chunk { .. }) => {
+                self.run(self.core.on_message(msg));
+            }
+            Ok(_) => tracing::debug!("dropped a TCP frame that is not a CHUNK"),
+            Err(e) => tracing::debug!("dropped a malformed TCP frame: {e}"),
         }
+    }
+
+    /// The message in a received datagram or frame: itself in a plain group; in a secure one,
+    /// what its seal holds if it is authentic, fresh and new (else it is counted and dropped).
+    fn open(&self, received: &Bytes) -> Result<Bytes, Rejected> {
+        let Some(guard) = &self.guard else {
+            return Ok(received.clone());
+        };
+        match guard.opener.open(received, self.effects.unix_ms()) {
+            Ok(message) => Ok(received.slice_ref(message)),
+            Err(e) => {
+                self.stats.rejected[e as usize].fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// `message` as it goes out: sealed in a secure group.
+    fn seal(&self, message: Vec<u8>) -> Vec<u8> {
+        match &self.guard {
+            Some(guard) => guard.sealer.seal(&message, self.effects.unix_ms()),
+            None => message,
+        }
+    }
+
+    /// Queues `out` on `channel`, sealed (when it is built) in a secure group.
+    fn send(&self, channel: Channel, out: Outgoing) {
+        if self.guard.is_none() {
+            return self.effects.send(channel, out);
+        }
+        let s = self.this();
+        let sealed = move || out.into_datagram().map(|d| s.seal(d));
+        self.effects
+            .send(channel, Outgoing::Build(Box::new(sealed)));
     }
 
     /// Whether a due timer has nothing left to do (cheap; see [`Core::timer_is_stale`]).
@@ -248,9 +324,9 @@ impl<E: Effects> Executor<E> {
         let mut actions = actions.into_iter();
         while let Some(action) = actions.next() {
             match action {
-                Action::Send { channel, message } => self
-                    .effects
-                    .send(channel, Outgoing::Ready(message.encode())),
+                Action::Send { channel, message } => {
+                    self.send(channel, Outgoing::Ready(message.encode()))
+                }
                 Action::SendPutchunk {
                     version,
                     chunk,
@@ -274,8 +350,7 @@ impl<E: Effects> Executor<E> {
                         }
                         Some(datagram)
                     };
-                    self.effects
-                        .send(Channel::Mdb, Outgoing::Build(Box::new(build)));
+                    self.send(Channel::Mdb, Outgoing::Build(Box::new(build)));
                 }
                 Action::WriteCatalog { path, bytes, tag } => {
                     let written = disk.write_catalog(&path, &bytes);
@@ -313,7 +388,7 @@ impl<E: Effects> Executor<E> {
                         continue;
                     };
                     let recorded = match disk.read_source(&path, offset, len) {
-                        Ok(body) => self.core.putchunk_read(op, chunk, &body),
+                        Ok(body) => self.core.putchunk_read(op, chunk, body).map(drop),
                         Err(e) => Err(self.core.backup_source_failed(op, e.to_string())),
                     };
                     if let Err(actions) = recorded {
@@ -332,8 +407,7 @@ impl<E: Effects> Executor<E> {
                         };
                         Some(s.message(Version::V2_0, checked).encode())
                     };
-                    self.effects
-                        .send(Channel::Mc, Outgoing::Build(Box::new(build)));
+                    self.send(Channel::Mc, Outgoing::Build(Box::new(build)));
                 }
                 Action::SendChunk { chunk, hash, tcp } => {
                     let s = self.this();
@@ -344,8 +418,7 @@ impl<E: Effects> Executor<E> {
                             .then(|| s.chunk_datagram(chunk, hash, tcp))
                             .flatten()
                     };
-                    self.effects
-                        .send(Channel::Mdr, Outgoing::Build(Box::new(build)));
+                    self.send(Channel::Mdr, Outgoing::Build(Box::new(build)));
                 }
                 Action::WriteChunk {
                     chunk,
@@ -504,7 +577,7 @@ impl<E: Effects> Executor<E> {
             None => body,
             Some(addr) => {
                 let whole = self.message(Version::V2_0, MessageKind::Chunk { chunk, body });
-                match self.effects.send_tcp(addr, &whole) {
+                match self.effects.send_tcp(addr, self.seal(whole.encode())) {
                     Ok(()) => {
                         let id = self.core.config().id;
                         return Some(header_only_chunk(id, chunk).encode());
@@ -544,13 +617,13 @@ impl<E: Effects> Executor<E> {
         let disk = self.effects.disk();
         let body = match source {
             ChunkSource::File { path, offset, len } => match disk.read_source(&path, offset, len) {
-                Ok(body) => {
-                    if let Err(actions) = self.core.putchunk_read(op, chunk, &body) {
+                Ok(body) => match self.core.putchunk_read(op, chunk, body) {
+                    Ok(body) => body,
+                    Err(actions) => {
                         self.run(actions);
                         return None;
                     }
-                    body
-                }
+                },
                 Err(e) => {
                     self.run(self.core.backup_source_failed(op, e.to_string()));
                     return None;

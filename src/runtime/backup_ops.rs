@@ -91,7 +91,7 @@ fn attrs_of(meta: &std::fs::Metadata) -> FileAttrs {
         link: None,
         verify_key,
         verifies: 0,
-        catalog: None,
+        ..FileAttrs::default()
     }
 }
 

@@ -34,6 +34,10 @@ impl ClientHandler {
             "received": world.received.load(Ordering::Relaxed),
             "malformed": peer.stats.malformed.load(Ordering::Relaxed),
             "foreign_tcp": peer.stats.foreign_tcp.load(Ordering::Relaxed),
+            "unsealed": peer.stats.rejected[0].load(Ordering::Relaxed),
+            "bad_mac": peer.stats.rejected[1].load(Ordering::Relaxed),
+            "stale": peer.stats.rejected[2].load(Ordering::Relaxed),
+            "replayed": peer.stats.rejected[3].load(Ordering::Relaxed),
             "backlog_dropped": world.pool.dropped(),
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),
@@ -184,7 +188,7 @@ pub(super) fn command_refusal(e: &CommandError) -> Refusal {
         | CommandError::RestoreRunning(_)
         | CommandError::VerifyRunning(_) => ErrorKind::Busy,
         CommandError::NotBackedUp(_) | CommandError::NoSuchVersion(..) => ErrorKind::NotBackedUp,
-        CommandError::CatalogNotEmpty(_) => ErrorKind::BadRequest,
+        CommandError::CatalogNotEmpty(_) | CommandError::NoDataKey(_) => ErrorKind::BadRequest,
         CommandError::RecoverRunning => ErrorKind::Busy,
     };
     (kind, e.to_string())

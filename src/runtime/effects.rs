@@ -17,7 +17,6 @@ use super::tcp::{self, ConnectionPool};
 use super::timer::TimerService;
 use crate::core::{Channel, OpEvent, OpId, TimerEvent};
 use crate::exec::{Effects, Executor, Outgoing};
-use crate::protocol::Message;
 use crate::storage::PeerDisk;
 
 /// A running peer: its core and the executor over the real world.
@@ -75,8 +74,14 @@ impl Effects for RealEffects {
         self.replies.report(op, event);
     }
 
-    fn send_tcp(&self, addr: SocketAddrV4, msg: &Message) -> io::Result<()> {
-        self.tcp_pool.send(addr, &tcp::frame(msg))
+    fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()> {
+        self.tcp_pool.send(addr, &tcp::frame(&message))
+    }
+
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 
     fn wake_commit(&self) {

@@ -371,6 +371,15 @@ fn help(key: &str) -> String {
         "received" => "Datagrams received, all channels",
         "malformed" => "Datagrams dropped as malformed (or received on the wrong channel)",
         "foreign_tcp" => "GETCHUNK 2.0s naming a TCP address other than their sender's",
+        "deletes_unproven" => "Secure groups: DELETEs ignored for want of their home's proof",
+        "unsealed" => "Secure groups: datagrams and TCP frames dropped as not sealed",
+        "bad_mac" => {
+            "Secure groups: datagrams and TCP frames dropped for a wrong MAC (another group, altered)"
+        }
+        "stale" => {
+            "Secure groups: datagrams and TCP frames dropped as too old (or sealed before this peer started)"
+        }
+        "replayed" => "Secure groups: datagrams and TCP frames dropped as replays",
         "backlog_dropped" => "Datagrams dropped because the workers' backlog was full",
         "sent" => "Datagrams sent",
         "send_errors" => "Datagram sends that failed",

@@ -13,6 +13,7 @@ use crate::core::Channel;
 use crate::log_limit::LogLimit;
 use crate::net::recv_head;
 use crate::protocol::peek_sender;
+use crate::secure::envelope::unchecked_message;
 
 /// Bytes of a CHUNK received by a peer that restores nothing: room for any header it sends.
 const CHUNK_HEAD: usize = 1024;
@@ -21,12 +22,14 @@ const CHUNK_HEAD: usize = 1024;
 pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
     let mut buf = vec![0u8; 65_536];
     let me = peer.core.config().id;
+    let secure = peer.core.config().secure();
     let world = &peer.effects;
     while !world.stop.load(Ordering::Relaxed) {
         // A peer that restores nothing needs only the header of a CHUNK (to silence its own
         // reply for the same chunk), not the body. It waits for the next datagram without
         // taking it, then decides: a restore may have started meanwhile.
-        let received = if channel == Channel::Mdr && !peer.core.restoring() {
+        // (A secure peer takes every datagram whole: a seal is checked over all of it.)
+        let received = if channel == Channel::Mdr && !peer.core.restoring() && !secure {
             match recv_head(&socket, &mut buf[..CHUNK_HEAD], true) {
                 Ok(_) if peer.core.restoring() => socket.recv(&mut buf).map(|n| (n, n, None)),
                 Ok(_) => {
@@ -45,7 +48,8 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
                 // Our own multicast is not worth a copy; but an UP with our id may be another
                 // process that has it (the core tells them apart).
                 let counts = &world.datagrams[channel.index()];
-                if peek_sender(&buf[..n]) == Some(me) && !buf[..n].starts_with(b"UP ") {
+                let message = unchecked_message(&buf[..n]);
+                if peek_sender(message) == Some(me) && !message.starts_with(b"UP ") {
                     counts.own.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

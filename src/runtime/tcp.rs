@@ -1,7 +1,8 @@
 //! Enhanced restore over TCP: the initiator's listener for chunk bodies, and the holder's
 //! bounded pool of connections to initiators (least recently used closed first).
 //!
-//! A frame is a 4-byte big-endian length followed by one encoded CHUNK message.
+//! A frame is a 4-byte big-endian length followed by one encoded CHUNK message (sealed, in a
+//! secure group: the executor seals and opens it).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -14,10 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use crate::log_limit::LogLimit;
-use crate::protocol::{MAX_CHUNK_SIZE, Message};
+use bytes::Bytes;
 
-/// Largest frame accepted: a full chunk plus a generous header.
-pub const MAX_FRAME: usize = MAX_CHUNK_SIZE + 4096;
+use crate::protocol::MAX_CHUNK_SIZE;
+
+/// Largest frame accepted: a full chunk plus a generous header (and a seal).
+pub const MAX_FRAME: usize = MAX_CHUNK_SIZE + 4096 + crate::secure::envelope::OVERHEAD;
 
 /// How long a connection may stay idle before the initiator closes it.
 const IDLE: Duration = Duration::from_secs(60);
@@ -41,7 +44,7 @@ pub const MAX_BODY_CONNECTIONS: usize = 64;
 /// TCP, not dropped). Returns the count of connections open.
 pub fn serve(
     listener: TcpListener,
-    deliver: impl Fn(Message) + Send + Sync + Clone + 'static,
+    deliver: impl Fn(Bytes) + Send + Sync + Clone + 'static,
 ) -> Arc<AtomicUsize> {
     let open = Arc::new(AtomicUsize::new(0));
     let count = open.clone();
@@ -78,7 +81,7 @@ pub fn serve(
     open
 }
 
-fn read_frames(mut stream: TcpStream, deliver: impl Fn(Message)) {
+fn read_frames(mut stream: TcpStream, deliver: impl Fn(Bytes)) {
     if stream.set_read_timeout(Some(IDLE)).is_err() {
         return;
     }
@@ -92,19 +95,15 @@ fn read_frames(mut stream: TcpStream, deliver: impl Fn(Message)) {
         if len > MAX_FRAME || stream.read_exact(&mut buf[..len]).is_err() {
             return; // a frame we cannot take: drop the connection
         }
-        match Message::parse(&buf[..len]) {
-            Ok(msg) => deliver(msg),
-            Err(e) => tracing::debug!("dropped a malformed TCP frame: {e}"),
-        }
+        deliver(Bytes::copy_from_slice(&buf[..len]));
     }
 }
 
-/// Encodes `msg` as one frame.
-pub fn frame(msg: &Message) -> Vec<u8> {
-    let bytes = msg.encode();
+/// `bytes` (an encoded message) as one frame.
+pub fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 4);
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&bytes);
+    out.extend_from_slice(bytes);
     out
 }
 
@@ -162,7 +161,7 @@ impl ConnectionPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ChunkKey, FileId, MessageKind, Version};
+    use crate::protocol::{ChunkKey, FileId, Message, MessageKind, Version};
 
     #[test]
     fn frames_arrive_in_order_over_reused_connections_and_the_pool_is_bounded() {
@@ -171,7 +170,7 @@ mod tests {
         for _ in 0..3 {
             let (listener, addr) = bind(Ipv4Addr::LOCALHOST).unwrap();
             let tx = tx.clone();
-            serve(listener, move |m: Message| {
+            serve(listener, move |m: Bytes| {
                 let _ = tx.send(m);
             });
             addrs.push(addr);
@@ -191,20 +190,23 @@ mod tests {
             )
         };
         for no in 0..6 {
-            pool.send(addrs[no as usize % 3], &frame(&chunk(no)))
+            pool.send(addrs[no as usize % 3], &frame(&chunk(no).encode()))
                 .unwrap();
             assert!(pool.len() <= 2);
         }
         let mut got: Vec<u32> = (0..6)
-            .map(
-                |_| match rx.recv_timeout(Duration::from_secs(5)).unwrap().kind {
+            .map(|_| {
+                match Message::parse(&rx.recv_timeout(Duration::from_secs(5)).unwrap())
+                    .unwrap()
+                    .kind
+                {
                     MessageKind::Chunk { chunk, body } => {
                         assert_eq!(body, vec![chunk.no as u8; 64_000]);
                         chunk.no
                     }
                     other => panic!("{other:?}"),
-                },
-            )
+                }
+            })
             .collect();
         got.sort();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);

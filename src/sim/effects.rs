@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::disk::SimDisk;
 use crate::core::{Channel, OpEvent, OpId, TimerEvent};
 use crate::exec::{Effects, Outgoing};
-use crate::protocol::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a peer asked of the world during one step.
 #[derive(Default)]
@@ -24,7 +24,7 @@ pub struct Outbox {
     /// Reports to clients.
     pub reports: Vec<(OpId, OpEvent)>,
     /// Whole messages over TCP, to the peer at an address.
-    pub tcp: Vec<(SocketAddrV4, Message)>,
+    pub tcp: Vec<(SocketAddrV4, Vec<u8>)>,
     /// A group commit was asked for.
     pub commit: bool,
 }
@@ -45,6 +45,8 @@ pub struct SimEffects {
     pub outbox: Mutex<Outbox>,
     /// Who accepts TCP connections.
     pub net: Arc<dyn Reachable>,
+    /// The virtual clock, milliseconds since the epoch.
+    pub clock: Arc<AtomicU64>,
 }
 
 impl Effects for SimEffects {
@@ -66,12 +68,16 @@ impl Effects for SimEffects {
         self.outbox.lock().reports.push((op, event));
     }
 
-    fn send_tcp(&self, addr: SocketAddrV4, msg: &Message) -> io::Result<()> {
+    fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()> {
         if !self.net.accepts(self.index, addr) {
             return Err(io::ErrorKind::ConnectionRefused.into());
         }
-        self.outbox.lock().tcp.push((addr, msg.clone()));
+        self.outbox.lock().tcp.push((addr, message));
         Ok(())
+    }
+
+    fn unix_ms(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
     }
 
     fn wake_commit(&self) {

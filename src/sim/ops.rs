@@ -29,7 +29,10 @@ pub(super) struct FileJob {
     pub(super) home: u32,
     path: PathBuf,
     pub(super) data: Arc<Vec<u8>>,
+    /// Its id on the wire (see `World::wire_id`).
     pub(super) file: FileId,
+    /// Its plain id (what a backup request names).
+    base: FileId,
     pub(super) degree: u8,
     enhanced: bool,
     /// Its VERIFY key (the runtime draws one from the system; here from the seed).
@@ -46,7 +49,7 @@ pub(super) struct FileJob {
     /// Its home lost its disk after that: RECOVER must bring it back.
     to_recover: bool,
     /// Its content changes once backed up whole: the new data and file id, backed up next.
-    next_version: Option<(Arc<Vec<u8>>, FileId)>,
+    next_version: Option<(Arc<Vec<u8>>, FileId, FileId)>,
     /// While the new content is backed up: the previous version's file id, which must keep
     /// every acknowledged chunk until the new one is whole.
     previous: Option<FileId>,
@@ -123,7 +126,8 @@ impl World {
             let path = PathBuf::from(format!("/home/peer{id}/file{i}"));
             self.slots[home as usize].disk.put_file(&path, data.clone());
             let enhanced = self.slots[home as usize].version != Version::V1_0;
-            let file = file_id(&path, size, i as i128, id);
+            let base = file_id(&path, size, i as i128, id);
+            let file = self.wire_id(id, base);
             let delete = self.rng.f64() < self.sc.delete_share;
             let mut verify_key = [0u8; 32];
             self.rng.fill(&mut verify_key);
@@ -131,14 +135,15 @@ impl World {
                 (self.sc.new_versions > 0.0 && self.rng.f64() < self.sc.new_versions).then(|| {
                     let mut changed = data.clone();
                     self.rng.fill(&mut changed[..]);
-                    let file = file_id(&path, size, 1_000_000 + i as i128, id);
-                    (Arc::new(changed), file)
+                    let base = file_id(&path, size, 1_000_000 + i as i128, id);
+                    (Arc::new(changed), base, self.wire_id(id, base))
                 });
             self.ledger.files.push(FileJob {
                 home,
                 path,
                 data: Arc::new(data),
                 file,
+                base,
                 degree: self.sc.degree,
                 enhanced,
                 verify_key,
@@ -237,7 +242,7 @@ impl World {
                 op,
                 BackupRequest {
                     path: f.path.clone(),
-                    file: f.file,
+                    file: f.base,
                     size: f.data.len() as u64,
                     degree: f.degree,
                     enhanced: f.enhanced,
@@ -342,9 +347,10 @@ impl World {
                     // The file changes: its new content is backed up, the old version kept
                     // (its chunks stay acknowledged) until the new one is whole.
                     let f = &mut self.ledger.files[i];
-                    let (data, file) = f.next_version.take().expect("checked");
+                    let (data, base, file) = f.next_version.take().expect("checked");
                     f.previous = Some(f.file);
                     f.file = file;
+                    f.base = base;
                     f.data = data.clone();
                     let (home, path) = (f.home, f.path.clone());
                     self.slots[home as usize]
@@ -352,6 +358,10 @@ impl World {
                         .put_file(&path, data.to_vec());
                     self.next_step(i, Step::Backup);
                 } else if short.is_empty() {
+                    if self.sc.forge_deletes {
+                        let home = self.slots[self.ledger.files[i].home as usize].id;
+                        self.forge_deletes(home, file);
+                    }
                     let f = &mut self.ledger.files[i];
                     f.whole = true;
                     // The version it replaces went with this backup's end (--keep 1).

@@ -10,7 +10,9 @@ impl World {
             .files
             .iter()
             .map(|f| {
-                let chunks = crate::core::metadata::chunk_count(f.data.len() as u64) as ChunkNo;
+                let payload = crate::core::metadata::payload(self.sc.secure);
+                let chunks =
+                    crate::core::metadata::chunk_count(f.data.len() as u64, payload) as ChunkNo;
                 let keys: Vec<ChunkKey> = (0..chunks)
                     .map(|no| ChunkKey { file: f.file, no })
                     .collect();

@@ -100,6 +100,15 @@ pub struct Scenario {
     /// not leave (a violation if not), and the summary tells how long after the latest
     /// departure that took and the MDB bytes sent since the first.
     pub heal: bool,
+    /// Every peer is a member of one secure group and has a data key of its own: messages are
+    /// sealed, chunks encrypted, deletions proved (`crate::secure`).
+    pub secure: bool,
+    /// Attackers: whenever a backup is reported whole, every peer receives forged DELETEs of
+    /// its file in its home's name, one not sealed (anyone on the LAN) and, in a secure group,
+    /// one sealed with the group key but without the home's proof (a rogue member). In a
+    /// plain group the first is obeyed and acknowledged chunks are lost (violations); a
+    /// secure group must lose nothing.
+    pub forge_deletes: bool,
 }
 
 impl Default for Scenario {
@@ -135,6 +144,8 @@ impl Default for Scenario {
             lose_disk: None,
             new_versions: 0.0,
             heal: false,
+            secure: false,
+            forge_deletes: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +23,8 @@ use super::scenario::Scenario;
 use crate::core::{Channel, Config, TimerEvent};
 use crate::exec::pacer::Pacer;
 use crate::exec::{Executor, Outgoing, boot};
-use crate::protocol::{Message, PeerId, Version};
+use crate::protocol::{FileId, PeerId, Version};
+use crate::secure::{DataKey, GroupKey};
 use crate::storage::ChunkStore;
 
 /// A simulated peer's executor.
@@ -31,6 +32,17 @@ pub type SimPeer = Executor<SimEffects>;
 
 /// First TCP port of the peers' (simulated) body listeners: peer `i` listens on this plus `i`.
 const TCP_PORT_BASE: u16 = 20_000;
+
+/// The wall clock's reading at virtual time zero (2026-01-01).
+const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// The shared secret of a secure simulated group.
+const SIM_GROUP_SECRET: &[u8] = b"the simulated group's secret, 32+ bytes";
+
+/// The data key of simulated peer `id` (what its user keeps: it comes back on a new disk).
+fn sim_data_key(id: PeerId) -> DataKey {
+    DataKey::from_secret(format!("simulated data key of peer {id}").as_bytes(), id)
+}
 
 /// Events on the virtual clock.
 pub(super) enum Event {
@@ -57,7 +69,7 @@ pub(super) enum Event {
     /// A peer's group commit.
     Commit { peer: u32, life: u64 },
     /// A message over TCP reaches a peer.
-    Tcp { to: u32, life: u64, msg: Message },
+    Tcp { to: u32, life: u64, msg: Bytes },
     /// A peer crashes (and restarts after `down`).
     Crash { peer: u32, down: Duration },
     /// A crashed peer starts again from its disk.
@@ -179,6 +191,8 @@ pub(super) struct Slot {
 pub struct World {
     pub(super) sc: Scenario,
     pub(super) now: Duration,
+    /// `now` as the peers' wall clock (milliseconds since the epoch).
+    clock: Arc<AtomicU64>,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     pub(super) rng: fastrand::Rng,
@@ -238,6 +252,7 @@ impl World {
             rng: fastrand::Rng::with_seed(sc.seed),
             sc,
             now: Duration::ZERO,
+            clock: Arc::new(AtomicU64::new(SIM_EPOCH_MS)),
             seq: 0,
             queue: BinaryHeap::new(),
             slots,
@@ -309,11 +324,19 @@ impl World {
             }
             let Reverse(s) = self.queue.pop().expect("peeked");
             self.now = s.at;
+            self.clock.store(
+                SIM_EPOCH_MS + self.now.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             self.events += 1;
             self.handle(s.event);
         }
         if until != Duration::MAX {
             self.now = self.now.max(until);
+            self.clock.store(
+                SIM_EPOCH_MS + self.now.as_millis() as u64,
+                Ordering::Relaxed,
+            );
         }
         done(self)
     }
@@ -403,12 +426,25 @@ impl World {
         self.check_lost_copies();
     }
 
+    /// The id peer `home` gives a file whose plain id is `base` (see [`Scenario::secure`]).
+    pub(super) fn wire_id(&self, home: PeerId, base: FileId) -> FileId {
+        if self.sc.secure {
+            crate::secure::ownership::owned_file_id(&sim_data_key(home), &base)
+        } else {
+            base
+        }
+    }
+
     /// Starts (or restarts) peer `i` from its disk.
     fn start_peer(&mut self, i: u32) {
         let slot = &mut self.slots[i as usize];
         slot.life += 1;
         let mut cfg = Config::new(slot.id, slot.version);
         cfg.seed = self.rng.u64(..);
+        if self.sc.secure {
+            cfg.group_key = Some(Arc::new(GroupKey::from_secret(SIM_GROUP_SECRET)));
+            cfg.data_key = Some(Arc::new(sim_data_key(slot.id)));
+        }
         if cfg.enhanced() {
             cfg.restore_tcp = Some(SocketAddrV4::new(
                 Ipv4Addr::LOCALHOST,
@@ -430,6 +466,7 @@ impl World {
             disk,
             outbox: Mutex::new(Outbox::default()),
             net,
+            clock: self.clock.clone(),
         });
         slot.exec = Some(exec.clone());
         self.net.up[i as usize].store(true, Ordering::Relaxed);
@@ -512,6 +549,7 @@ impl World {
                 }
             }
             for (addr, msg) in out.tcp {
+                let msg = Bytes::from(msg);
                 let to = u32::from(addr.port() - TCP_PORT_BASE);
                 let life = self.slots[to as usize].life;
                 self.after(self.sc.tcp_delay, Event::Tcp { to, life, msg });
@@ -602,6 +640,32 @@ impl World {
                         data: data.clone(),
                     },
                 );
+            }
+        }
+    }
+
+    /// Every peer receives forged DELETEs of `file` in `home`'s name (see
+    /// [`Scenario::forge_deletes`]).
+    pub(super) fn forge_deletes(&mut self, home: PeerId, file: FileId) {
+        let forged = crate::protocol::Message::new(
+            Version::V2_0,
+            home,
+            crate::protocol::MessageKind::Delete { file },
+        )
+        .encode();
+        let mut datagrams = vec![Bytes::from(forged.clone())];
+        if self.sc.secure {
+            let member = crate::secure::Sealer::new(
+                Arc::new(GroupKey::from_secret(SIM_GROUP_SECRET)),
+                self.clock.load(Ordering::Relaxed) * 1000 + 1,
+            );
+            let sealed = member.seal(&forged, self.clock.load(Ordering::Relaxed));
+            datagrams.push(Bytes::from(sealed));
+        }
+        self.trace(format_args!("forged DELETE of {file} as {home}"));
+        for to in 0..self.slots.len() as u32 {
+            for d in &datagrams {
+                self.deliver(to, Channel::Mc, d.clone());
             }
         }
     }
