@@ -173,6 +173,65 @@ fn a_home_whose_disk_died_recovers_its_catalog_and_restores_its_tree() {
     assert_eq!(verify["unconfirmed"], 0, "{verify}");
 }
 
+/// Secure peers (`--group-key`, `--data-key`): the catalog travels and is stored encrypted
+/// (no path in it can be read on a holder's disk), and after the home's disk dies the same id
+/// with the same keys gets it back with RECOVER and restores the tree.
+#[test]
+fn a_secure_home_recovers_its_encrypted_catalog_with_its_keys() {
+    let mut c = Cluster::empty();
+    let key = |name: &str, secret: &[u8]| {
+        let path = c.dir.path().join(name);
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let group = key("group.key", b"a secure group's secret of 32+ bytes");
+    let data: Vec<String> = (1..=4)
+        .map(|id| key(&format!("data{id}.key"), &[id as u8; 32]))
+        .collect();
+    let args = |id: u32| {
+        let mut a: Vec<&str> = FAST.to_vec();
+        a.extend(["--group-key", &group, "--data-key", &data[id as usize - 1]]);
+        a
+    };
+    for id in 1..=4 {
+        c.spawn_version(id, "2.0", &args(id));
+    }
+    let src = c.dir.path().join("home/secret-thesis");
+    make_tree(&src, 20);
+    let before = snapshot(&src);
+    let s = src.display().to_string();
+    c.testapp(&[&c.ap(1), "BACKUP", &s, "2"]).ok();
+    let users = user_file_ids(&c, 1);
+    assert_eq!(users.len(), 20);
+    assert!(wait_until(Duration::from_secs(20), || (2..=4)
+        .all(|id| catalog_files_at(&c, id, &users).len() == 1)));
+    for id in 2..=4 {
+        for f in catalog_files_at(&c, id, &users) {
+            for chunk in c.chunk_files(id, &f) {
+                let body = std::fs::read(&chunk).unwrap();
+                assert!(
+                    !body.windows(13).any(|w| w == b"secret-thesis"),
+                    "a path in clear in {chunk:?}"
+                );
+            }
+        }
+    }
+    c.kill(1);
+    std::fs::remove_dir_all(c.peer_dir(1)).unwrap();
+    std::fs::remove_dir_all(c.dir.path().join("home")).unwrap();
+    c.spawn_version(1, "2.0", &args(1));
+    let run = c.testapp(&["--json", &c.ap(1), "RECOVER"]).ok();
+    assert_eq!(run.json()["paths"], 20, "{}", run.stdout);
+    let out = c.dir.path().join("back");
+    let o = out.display().to_string();
+    c.testapp(&[&c.ap(1), "RESTORE", &s, "--to", &o]).ok();
+    assert!(
+        snapshot(&out.join("secret-thesis")) == before,
+        "restored tree differs"
+    );
+}
+
 #[test]
 fn recover_fails_clearly_without_a_catalog_and_is_refused_where_it_makes_no_sense() {
     let mut c = enhanced_cluster(2);
