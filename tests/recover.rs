@@ -221,8 +221,40 @@ fn a_secure_home_recovers_its_encrypted_catalog_with_its_keys() {
     std::fs::remove_dir_all(c.peer_dir(1)).unwrap();
     std::fs::remove_dir_all(c.dir.path().join("home")).unwrap();
     c.spawn_version(1, "2.0", &args(1));
+    // A rogue member (it has the group key) announces a newer generation of peer 1's catalog
+    // while RECOVER asks: its file id cannot be peer 1's (that takes peer 1's data key), so it
+    // is not even tried.
+    let forged = format!(
+        "CATALOG 2.0 3 {} 1 99 1000 5 {} \r\n\r\n",
+        "ab".repeat(32),
+        "cd".repeat(32)
+    );
+    let flood = std::thread::spawn({
+        let (channel, key) = (c.channels[0], c.dir.path().join("group.key"));
+        move || {
+            let sender = common::sender();
+            let key = std::sync::Arc::new(dbs::secure::GroupKey::load(&key).unwrap());
+            for i in 0..100u64 {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                let seal = dbs::secure::Sealer::new(key.clone(), now.as_micros() as u64 + i);
+                let _ = sender.send_to(
+                    &seal.seal(forged.as_bytes(), now.as_millis() as u64),
+                    channel,
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
     let run = c.testapp(&["--json", &c.ap(1), "RECOVER"]).ok();
+    flood.join().unwrap();
     assert_eq!(run.json()["paths"], 20, "{}", run.stdout);
+    assert!(
+        run.json()["generation"].as_u64().unwrap() < 99,
+        "{}",
+        run.stdout
+    );
     let out = c.dir.path().join("back");
     let o = out.display().to_string();
     c.testapp(&[&c.ap(1), "RESTORE", &s, "--to", &o]).ok();
