@@ -111,6 +111,15 @@ struct Args {
     /// first).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     repair_concurrency: u32,
+    /// Share of --capacity the chunks of one home (a PUTCHUNK's sender, or the home a
+    /// re-backup names) may fill, above 0 and at most 1 (1: no limit): a PUTCHUNK past it is
+    /// not stored, and RECLAIM evicts the chunks of homes over it first.
+    #[arg(long, value_name = "F", default_value = "0.5", value_parser = parse_share)]
+    max_share: f64,
+    /// CHUNK replies one requester (a GETCHUNK's sender id) gets from this peer, in MB/s
+    /// (0 = no limit); a GETCHUNK past it is not answered.
+    #[arg(long, value_name = "MBPS", default_value_t = 256)]
+    reply_budget: u64,
 }
 
 const AFTER_HELP: &str = "\
@@ -129,6 +138,14 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .filter(|v| (0.0..=86_400.0).contains(v))
         .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .ok_or_else(|| format!("{s:?} is not a number of seconds from 0 to 86400"))
+}
+
+/// A fraction above 0 and at most 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0 && *v <= 1.0)
+        .ok_or_else(|| format!("{s:?} is not a fraction above 0 and at most 1 (e.g. 0.5)"))
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {
@@ -292,6 +309,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     core.suspect_after = args.suspect_after;
     core.repair_after = args.repair_after;
     core.repair_concurrency = args.repair_concurrency as usize;
+    core.max_share = args.max_share;
+    core.reply_budget = args.reply_budget.saturating_mul(1_000_000);
     let cfg = NodeConfig {
         core,
         channels: ChannelAddrs {
