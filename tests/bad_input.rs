@@ -227,6 +227,111 @@ fn peer_rejects_bad_arguments_with_exit_2() {
     );
 }
 
+/// `--max-share` takes a fraction above 0 and at most 1, `--reply-budget` a number of MB/s:
+/// anything else is a usage error (exit 2) naming the flag, and no tree is created.
+#[test]
+fn peer_refuses_budget_flags_out_of_range() {
+    let c = Cluster::empty();
+    let cases = [
+        ("--max-share", "0", "not a fraction above 0 and at most 1"),
+        ("--max-share", "1.5", "not a fraction above 0 and at most 1"),
+        ("--max-share", "-0.5", "--max-share"),
+        ("--max-share", "NaN", "not a fraction above 0 and at most 1"),
+        (
+            "--max-share",
+            "half",
+            "not a fraction above 0 and at most 1",
+        ),
+        ("--max-share", "", "not a fraction above 0 and at most 1"),
+        ("--reply-budget", "fast", "--reply-budget"),
+        ("--reply-budget", "-1", "--reply-budget"),
+    ];
+    for (flag, value, text) in cases {
+        let out = Command::new(bin("peer"))
+            .args(c.peer_args(1))
+            .arg("--dir")
+            .arg(c.dir.path().join("never"))
+            .arg(format!("{flag}={value}"))
+            .env("DBS_RUNTIME_DIR", &c.runtime)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(text),
+            "{flag} {value:?}: {stderr:?} lacks {flag} or {text:?}"
+        );
+    }
+    assert!(
+        !c.dir.path().join("never").exists(),
+        "a refused peer created its tree"
+    );
+}
+
+/// A PUTCHUNK flood under one forged id fills at most that id's share of a peer (half its
+/// capacity by default): a home's backup afterwards still finds room, and a RECLAIM evicts
+/// the flood's chunks, not the home's.
+#[test]
+fn a_putchunk_flood_under_one_id_takes_at_most_its_share() {
+    use dbs::protocol::{ChunkKey, Message, MessageKind, Version};
+    let mut c = Cluster::empty();
+    c.spawn(1, &[]);
+    c.spawn(2, &["--capacity", "1000"]); // 1000 KB: 500 KB for each home
+    let file = HEX.parse().unwrap();
+    let socket = common::sender();
+    // 20 chunks of 64 KB (1.28 MB) from "peer 99", sent twice (a datagram lost is sent again).
+    for _ in 0..2 {
+        for no in 0..20 {
+            let d = Message::new(
+                Version::V1_0,
+                99,
+                MessageKind::Putchunk {
+                    chunk: ChunkKey { file, no },
+                    degree: 1,
+                    body: vec![no as u8; 64_000].into(),
+                },
+            )
+            .encode();
+            socket.send_to(&d, c.channels[1]).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let stored = |c: &Cluster, file_id: &str| {
+        c.state(2)["stored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["file_id"] == file_id)
+            .count()
+    };
+    let over = |c: &Cluster| c.counters(2)["putchunks_over_quota"].as_u64().unwrap();
+    // Seven chunks (448 KB) fit in the share; the thirteen others are refused (twice, but for
+    // any datagram lost).
+    assert!(
+        wait_until(Duration::from_secs(10), || stored(&c, HEX) == 7
+            && over(&c) >= 13
+            && c.counters(2)["instances"] == 0),
+        "stored {} chunks, refused {} PUTCHUNKs: {}",
+        stored(&c, HEX),
+        over(&c),
+        c.state(2)
+    );
+    assert_eq!(c.state(2)["used_kb"], 448.0);
+    // Peer 1's backup (5 chunks, 256 KB) finds room on peer 2, its only other peer.
+    let path = c.make_file("mine", 4 * 64_000 + 1);
+    let run = c
+        .testapp(&["--json", &c.ap(1), "BACKUP", path.to_str().unwrap(), "1"])
+        .ok();
+    assert_eq!(run.json()["short"], serde_json::json!([]));
+    let mine = run.json()["file_id"].as_str().unwrap().to_string();
+    assert_eq!(stored(&c, &mine), 5);
+    // RECLAIM to 600 KB (a share of 300 KB): the flood's chunks go first, the home's stay.
+    let run = c.testapp(&["--json", &c.ap(2), "RECLAIM", "600"]).ok();
+    assert_eq!(run.json()["evicted"], 2, "{}", run.stdout);
+    assert_eq!(stored(&c, &mine), 5);
+    assert_eq!(stored(&c, HEX), 5);
+}
+
 #[test]
 fn second_peer_on_a_live_access_point_is_refused() {
     let mut c = Cluster::start(1);

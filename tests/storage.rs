@@ -62,6 +62,7 @@ fn stored(size: u32, desired: u8, holders: &[PeerId]) -> StoredChunk {
         holders: holders.iter().copied().collect(),
         hash: None,
         home: None,
+        sender: None,
     }
 }
 

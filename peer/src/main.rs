@@ -131,6 +131,15 @@ struct Args {
     /// at start) and salted with the peer id.
     #[arg(long, value_name = "FILE")]
     data_passphrase: Option<PathBuf>,
+    /// Share of --capacity the chunks of one home (a PUTCHUNK's sender, or the home a
+    /// re-backup names) may fill, above 0 and at most 1 (1: no limit): a PUTCHUNK past it is
+    /// not stored, and RECLAIM evicts the chunks of homes over it first.
+    #[arg(long, value_name = "F", default_value = "0.5", value_parser = parse_share)]
+    max_share: f64,
+    /// CHUNK replies one requester (a GETCHUNK's sender id) gets from this peer, in MB/s
+    /// (0 = no limit); a GETCHUNK past it is not answered.
+    #[arg(long, value_name = "MBPS", default_value_t = 256)]
+    reply_budget: u64,
 }
 
 const AFTER_HELP: &str = "\
@@ -149,6 +158,14 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .filter(|v| (0.0..=86_400.0).contains(v))
         .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .ok_or_else(|| format!("{s:?} is not a number of seconds from 0 to 86400"))
+}
+
+/// A fraction above 0 and at most 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0 && *v <= 1.0)
+        .ok_or_else(|| format!("{s:?} is not a fraction above 0 and at most 1 (e.g. 0.5)"))
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {
@@ -338,6 +355,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else if core.data_key.is_some() {
         tracing::info!("chunks of new backups encrypted with the data key");
     }
+    core.max_share = args.max_share;
+    core.reply_budget = args.reply_budget.saturating_mul(1_000_000);
     let cfg = NodeConfig {
         core,
         channels: ChannelAddrs {

@@ -35,6 +35,19 @@ pub struct StoredChunk {
     /// chunk, not its holders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<PeerId>,
+    /// The peer whose PUTCHUNK made this copy (unknown for copies adopted at start-up, or
+    /// recorded before senders were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<PeerId>,
+}
+
+impl StoredChunk {
+    /// The peer whose share of this peer's capacity the copy counts against
+    /// ([`crate::core::Config::max_share`]): its home if known, else the sender of the
+    /// PUTCHUNK that made it (a 1.0 PUTCHUNK names no home).
+    pub fn owner(&self) -> Option<PeerId> {
+        self.home.or(self.sender)
+    }
 }
 
 /// What the home peer knows of one chunk of a file it backed up.
@@ -205,6 +218,10 @@ pub struct Metadata {
     /// Sum of the stored chunks' footprints (kept by `put_stored`).
     #[serde(skip)]
     footprint_bytes: u64,
+    /// Sum of the stored chunks' footprints by owner ([`StoredChunk::owner`]; kept by
+    /// `put_stored`).
+    #[serde(skip)]
+    owner_bytes: BTreeMap<PeerId, u64>,
 }
 
 /// Deletions remembered at most (the oldest is forgotten first).
@@ -348,6 +365,7 @@ impl Default for Metadata {
             generation: 0,
             used_bytes: 0,
             footprint_bytes: 0,
+            owner_bytes: BTreeMap::new(),
         }
     }
 }
@@ -434,19 +452,52 @@ impl Metadata {
         for (id, f) in &m.backed_up {
             m.by_path.entry(f.path.clone()).or_default().insert(*id);
         }
-        for c in m.stored.values().flat_map(|chunks| chunks.values()) {
-            m.used_bytes += u64::from(c.size);
-            m.footprint_bytes += footprint(c.size);
+        let stored = std::mem::take(&mut m.stored);
+        for c in stored.values().flat_map(|chunks| chunks.values()) {
+            m.count(c, true);
         }
+        m.stored = stored;
         Ok(m)
+    }
+
+    /// Adds (`add`) or takes away a stored chunk's bytes from the space counts.
+    fn count(&mut self, c: &StoredChunk, add: bool) {
+        let (size, print) = (u64::from(c.size), footprint(c.size));
+        if add {
+            self.used_bytes += size;
+            self.footprint_bytes += print;
+        } else {
+            self.used_bytes -= size;
+            self.footprint_bytes -= print;
+        }
+        if let Some(owner) = c.owner() {
+            let bytes = self.owner_bytes.entry(owner).or_default();
+            if add {
+                *bytes += print;
+            } else {
+                *bytes -= print;
+                if *bytes == 0 {
+                    self.owner_bytes.remove(&owner);
+                }
+            }
+        }
+    }
+
+    /// Space the chunks stored here for `owner` take (footprints; see [`StoredChunk::owner`]).
+    pub fn owner_footprint(&self, owner: PeerId) -> u64 {
+        self.owner_bytes.get(&owner).copied().unwrap_or(0)
+    }
+
+    /// [`Metadata::owner_footprint`] of every owner with chunks stored here.
+    pub fn owner_footprints(&self) -> &BTreeMap<PeerId, u64> {
+        &self.owner_bytes
     }
 
     /// Sets (`Some`) or removes (`None`) the record of a stored chunk, keeping the space
     /// counts; returns the record it replaces. Every change of `stored` goes through here.
     fn put_stored(&mut self, key: ChunkKey, chunk: Option<StoredChunk>) -> Option<StoredChunk> {
         if let Some(c) = &chunk {
-            self.used_bytes += u64::from(c.size);
-            self.footprint_bytes += footprint(c.size);
+            self.count(c, true);
         }
         let old = match chunk {
             Some(c) => self.stored.entry(key.file).or_default().insert(key.no, c),
@@ -460,8 +511,7 @@ impl Metadata {
             }
         };
         if let Some(c) = &old {
-            self.used_bytes -= u64::from(c.size);
-            self.footprint_bytes -= footprint(c.size);
+            self.count(c, false);
         }
         old
     }
@@ -1116,6 +1166,7 @@ mod tests {
             holders: [1, 4].into(),
             hash: Some(ChunkHash::of(b"x")),
             home: Some(1),
+            sender: Some(1),
         }
     }
 
@@ -1138,9 +1189,30 @@ mod tests {
         )
     }
 
+    /// The footprints by owner recomputed from the records.
+    fn recount_owners(m: &Metadata) -> BTreeMap<PeerId, u64> {
+        let mut owners = BTreeMap::new();
+        for c in m.stored.values().flat_map(|c| c.values()) {
+            if let Some(o) = c.owner() {
+                *owners.entry(o).or_default() += footprint(c.size);
+            }
+        }
+        owners
+    }
+
     fn same(a: &Metadata, b: &Metadata) {
         assert_eq!((a.used(), a.footprint()), recount(a), "kept counts");
         assert_eq!((b.used(), b.footprint()), recount(b), "kept counts");
+        assert_eq!(
+            a.owner_footprints(),
+            &recount_owners(a),
+            "kept owner counts"
+        );
+        assert_eq!(
+            b.owner_footprints(),
+            &recount_owners(b),
+            "kept owner counts"
+        );
         assert_eq!(a.capacity, b.capacity);
         assert_eq!(a.stored, b.stored);
         assert_eq!(a.backed_up, b.backed_up);
@@ -1199,6 +1271,16 @@ mod tests {
         m.set_capacity(123);
         m.remove_stored_file(&FileId([1; 32]));
         m.insert_stored(key(1, 4), stored(7)); // after the file's removal
+        // A 1.0 PUTCHUNK's copy counts against its sender.
+        m.insert_stored(
+            key(5, 0),
+            StoredChunk {
+                home: None,
+                sender: Some(3),
+                ..stored(8)
+            },
+        );
+        assert_eq!((m.owner_footprint(3), m.owner_footprint(1)), (8, 7));
         m.remove_holder(&key(1, 4), 4);
         m.register_file(FileId([2; 32]), "/a".into(), 64_001, 3, PLAIN);
         m.record_own_hash(&key(2, 1), ChunkHash::of(b"h"), "ab".into());
@@ -1220,6 +1302,7 @@ mod tests {
         let base = back;
         m.set_pending_delete(FileId([3; 32]), BTreeSet::new());
         m.remove_stored(&key(1, 4));
+        m.remove_stored(&key(5, 0));
         m.forget_file(&FileId([2; 32]));
         let Changes::Records(records) = m.drain_changes(false) else {
             panic!()

@@ -12,6 +12,7 @@
 //! concurrent maps and is removed when the instance ends.
 
 pub mod backup;
+pub mod budget;
 pub mod catalog;
 pub mod delete;
 pub mod enhanced;
@@ -159,6 +160,12 @@ pub struct Config {
     /// This home's data key: its new backups are encrypted and named so that only it can
     /// delete them (`crate::secure::ownership`). `None`: chunks in clear.
     pub data_key: Option<Arc<DataKey>>,
+    /// Share of the capacity the chunks of one home may fill here, above 0 and at most 1 (1:
+    /// no limit); a PUTCHUNK past it is not stored. See [`budget::quota`].
+    pub max_share: f64,
+    /// CHUNK replies one requester gets from this peer, bytes per second (0: no limit). See
+    /// [`budget`].
+    pub reply_budget: u64,
 }
 
 impl Config {
@@ -195,6 +202,8 @@ impl Config {
             repair_concurrency: 64,
             group_key: None,
             data_key: None,
+            max_share: budget::DEFAULT_MAX_SHARE,
+            reply_budget: budget::DEFAULT_REPLY_BUDGET,
         }
     }
 
@@ -470,6 +479,8 @@ pub enum TimerEvent {
     },
     /// Enhanced: publish the catalog if it changed.
     PublishCatalog,
+    /// A period of the per-sender budgets is over ([`budget::PERIOD`]): they refill.
+    BudgetPeriod,
     /// Enhanced: one announcement period is over (ALIVE, membership, repair scan).
     Tick,
     /// Enhanced: the wait after FINDCATALOG send `send` of RECOVER `op` is over.
@@ -635,6 +646,18 @@ pub struct Counters {
     pub getchunk_persisted: AtomicU64,
     /// Secure groups: DELETEs ignored for want of their home's proof.
     pub deletes_unproven: AtomicU64,
+    /// PUTCHUNKs not stored because their home's chunks would fill more than its share of the
+    /// capacity ([`Config::max_share`]).
+    pub putchunks_over_quota: AtomicU64,
+    /// GETCHUNKs not answered because their requester's reply budget was spent
+    /// ([`Config::reply_budget`]).
+    pub getchunks_over_budget: AtomicU64,
+    /// GETCHUNKs not answered because this peer answered the same requester the same chunk
+    /// just before ([`budget::REPEAT_PERIODS`]).
+    pub getchunks_repeated: AtomicU64,
+    /// Re-backups after REMOVED held back because the REMOVED's sender's budget was spent
+    /// ([`budget::REBACKUPS_PER_SECOND`]; each waits its turn).
+    pub rebackups_over_budget: AtomicU64,
 }
 
 impl Counters {
@@ -662,8 +685,9 @@ pub struct Core {
     /// Enhanced: chunk bodies held while deciding whether to store them.
     deferred: Map<ChunkKey, storer::Deferred>,
     /// Chunks held here with a CHUNK reply scheduled (removed when another CHUNK is seen),
-    /// with the TCP address of an enhanced initiator.
-    replying: Map<ChunkKey, Option<SocketAddrV4>>,
+    /// with the TCP address of an enhanced initiator and what it drew from its requester's
+    /// budget.
+    replying: Map<ChunkKey, storer::Reply>,
     /// Restores in progress, by operation.
     restores: Map<OpId, RestoreOp>,
     /// Chunks awaiting CHUNK, initiator side.
@@ -699,6 +723,8 @@ pub struct Core {
     holds_heard: Map<ChunkKey, std::collections::BTreeSet<PeerId>>,
     /// Enhanced: chunks below their degree among live peers that this peer is to repair.
     repairs: Mutex<std::collections::BTreeMap<ChunkKey, repair::Repair>>,
+    /// The per-sender budgets.
+    budgets: Mutex<budget::Budgets>,
 }
 
 /// Default bound of both windows, in chunks (48 MiB of bodies). A peer that stalls (descheduled
@@ -764,6 +790,7 @@ impl Core {
             holds_heard: Map::seeded(cfg.seed),
             trims: AtomicU64::new(0),
             peer_instances: Mutex::new(Default::default()),
+            budgets: Mutex::new(budget::Budgets::new(cfg.reply_budget)),
             cfg,
         }
     }
@@ -968,7 +995,7 @@ impl Core {
                 let tcp = enhanced
                     .then(|| enhanced::tcp_reply_address(&msg.extra_lines))
                     .flatten();
-                self.on_getchunk(chunk, tcp)
+                self.on_getchunk(msg.sender, chunk, tcp)
             }
             MessageKind::Chunk { chunk, body } => {
                 let header_only = body.is_empty() && enhanced::body_by_tcp(&msg.extra_lines);
@@ -1037,6 +1064,7 @@ impl Core {
             TimerEvent::CheckWait { op, send } => self.check_wait_over(op, send),
             TimerEvent::PublishCatalog => self.publish_catalog(),
             TimerEvent::Tick => self.tick(),
+            TimerEvent::BudgetPeriod => self.budget_period(),
             TimerEvent::FindWait { op, send } => self.find_wait_over(op, send),
             TimerEvent::SendAgain {
                 messages,

@@ -4,10 +4,13 @@
 //! first. An enhanced peer also watches such chunks until they are back at their degree and
 //! re-backs them up itself, a bounded number of times, if whoever was doing it died.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
+use super::budget::quota;
 use super::metadata::footprint;
-use super::{Action, Core, TimerEvent};
+use super::{Action, Core, Counters, TimerEvent};
 use crate::protocol::{ChunkKey, Message, MessageKind, PeerId, Version};
 
 /// What a RECLAIM did.
@@ -21,6 +24,78 @@ pub struct Reclaimed {
     pub capacity: u64,
 }
 
+/// A stored chunk RECLAIM may evict.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    /// Copies beyond the desired degree (0 at most for a copy others rely on).
+    surplus: i64,
+    /// Its size.
+    size: u32,
+    /// Which chunk.
+    key: ChunkKey,
+    /// The home whose share it counts against.
+    owner: Option<PeerId>,
+}
+
+/// The chunks to evict to free `free` bytes of footprint, in order, with their sizes:
+/// `candidates` sorted best last; `over` the homes over their share, with their excess
+/// bytes. While some home is over its share, the best candidate of the home most over goes;
+/// then the best candidate of all.
+fn eviction_order(
+    candidates: Vec<Candidate>,
+    mut over: BTreeMap<PeerId, u64>,
+    mut free: u64,
+) -> Vec<(ChunkKey, u32)> {
+    let mut theirs: BTreeMap<PeerId, Vec<usize>> = BTreeMap::new();
+    for (i, c) in candidates.iter().enumerate() {
+        if let Some(o) = c.owner.filter(|o| over.contains_key(o)) {
+            theirs.entry(o).or_default().push(i);
+        }
+    }
+    // The homes over their share, most over first (lower ids first among equals).
+    let mut heap: BinaryHeap<(u64, Reverse<PeerId>)> = over
+        .iter()
+        .map(|(&o, &excess)| (excess, Reverse(o)))
+        .collect();
+    let mut gone = vec![false; candidates.len()];
+    let mut next = candidates.len();
+    let mut order = Vec::new();
+    while free > 0 {
+        let pick = match heap.pop() {
+            Some((_, Reverse(owner))) => theirs.get_mut(&owner).and_then(Vec::pop),
+            None => loop {
+                if next == 0 {
+                    break None;
+                }
+                next -= 1;
+                if !gone[next] {
+                    break Some(next);
+                }
+            },
+        };
+        let Some(i) = pick else {
+            if heap.is_empty() && next == 0 {
+                break;
+            }
+            continue; // that home has no candidate left
+        };
+        let c = candidates[i];
+        gone[i] = true;
+        let print = footprint(c.size);
+        free = free.saturating_sub(print);
+        if let Some(o) = c.owner
+            && let Some(excess) = over.get_mut(&o)
+        {
+            *excess = excess.saturating_sub(print);
+            if *excess > 0 {
+                heap.push((*excess, Reverse(o)));
+            }
+        }
+        order.push((c.key, c.size));
+    }
+    order
+}
+
 /// A chunk held here below its degree.
 #[derive(Debug)]
 pub struct Watch {
@@ -30,20 +105,27 @@ pub struct Watch {
     enhanced: bool,
     /// Re-backups this peer started for it.
     rebackups: u8,
+    /// The sender of the REMOVED that started the watch: its re-backups are drawn from that
+    /// sender's budget ([`super::budget::REBACKUPS_PER_SECOND`]).
+    charged: Option<PeerId>,
 }
 
 impl Core {
     /// Sets the capacity for stored chunks to `bytes` and evicts chunks until the use fits:
-    /// first those with more copies than desired (largest surplus first), then the others
-    /// (larger chunks first). A copy this peer holds as one of the `desired` lowest ids does not
+    /// first those of homes over their share of the new capacity ([`Config::max_share`]),
+    /// until they are within it (the home most over first), then those with more copies than
+    /// desired (largest surplus first), then the others (larger chunks first); among a home's
+    /// chunks the same order. A copy this peer holds as one of the `desired` lowest ids does not
     /// count as surplus: the enhanced trim rule has the higher holders drop theirs relying on
     /// it, so evicting it too could leave none. `enhanced` announces the evictions with REMOVED 2.0, which asks
     /// enhanced holders to see the degree restored even if the re-backup's initiator dies.
+    ///
+    /// [`Config::max_share`]: super::Config::max_share
     pub fn reclaim(&self, bytes: u64, enhanced: bool) -> (Reclaimed, Vec<Action>) {
         let mut meta = self.meta.lock();
         meta.set_capacity(bytes);
         let mut used = meta.used();
-        let mut candidates: Vec<(i64, u32, ChunkKey)> = meta
+        let mut candidates: Vec<Candidate> = meta
             .stored()
             .iter()
             .flat_map(|(file, m)| {
@@ -55,28 +137,32 @@ impl Core {
                     } else {
                         c.holders.len() as i64 - i64::from(c.desired)
                     };
-                    (
+                    Candidate {
                         surplus,
-                        c.size,
-                        ChunkKey {
+                        size: c.size,
+                        key: ChunkKey {
                             file: *file,
                             no: *no,
                         },
-                    )
+                        owner: c.owner(),
+                    }
                 })
             })
             .collect();
         // Best eviction candidates last, for pop().
-        candidates.sort_by_key(|&(surplus, size, key)| (surplus, size, std::cmp::Reverse(key)));
-        let mut evicted = Vec::new();
+        candidates.sort_by_key(|c| (c.surplus, c.size, std::cmp::Reverse(c.key)));
+        let over = quota(bytes, self.cfg.max_share).map_or_else(BTreeMap::new, |q| {
+            meta.owner_footprints()
+                .iter()
+                .filter(|&(_, &b)| b > q)
+                .map(|(&owner, &b)| (owner, b - q))
+                .collect()
+        });
         // Evict by footprint (an empty chunk counts as one byte), so RECLAIM 0 frees all.
-        let mut taken = meta.footprint();
-        while taken > bytes {
-            let Some((_, size, key)) = candidates.pop() else {
-                break;
-            };
+        let order = eviction_order(candidates, over, meta.footprint().saturating_sub(bytes));
+        let mut evicted = Vec::new();
+        for (key, size) in order {
             meta.remove_stored(&key);
-            taken -= footprint(size);
             used -= u64::from(size);
             evicted.push(key);
         }
@@ -130,7 +216,7 @@ impl Core {
         };
         let mut actions = untrimmed;
         if below {
-            actions.extend(self.watch(chunk, enhanced, self.reply_delay()));
+            actions.extend(self.watch(chunk, enhanced, self.reply_delay(), Some(sender)));
         }
         actions
     }
@@ -145,17 +231,20 @@ impl Core {
     }
 
     /// Starts watching a chunk held here below its degree (unless already watched): a check
-    /// after `first_check`, then (enhanced) more checks until it is back at its degree.
+    /// after `first_check`, then (enhanced) more checks until it is back at its degree. A
+    /// watch a REMOVED started is `charged` to its sender.
     pub(super) fn watch(
         &self,
         chunk: ChunkKey,
         enhanced: bool,
         first_check: Duration,
+        charged: Option<PeerId>,
     ) -> Vec<Action> {
         let first = Watch {
             putchunk_seen: false,
             enhanced,
             rebackups: 0,
+            charged,
         };
         if let Some(mut w) = self.watches.get_mut(&chunk) {
             w.enhanced |= enhanced;
@@ -169,10 +258,13 @@ impl Core {
     }
 
     /// A watched chunk's delay is over: re-back it up unless it is back at its degree or
-    /// someone else is at it; an enhanced watch then looks again later.
+    /// someone else is at it; an enhanced watch then looks again later. A re-backup charged
+    /// to a REMOVED's sender whose budget is spent waits its turn (the watch stays; the
+    /// budgets' period checks it again).
     pub(super) fn check_degree(&self, chunk: ChunkKey) -> Vec<Action> {
         let desired = self.below_degree(&self.meta.lock(), &chunk);
         let Some(mut w) = self.watches.get_mut(&chunk) else {
+            self.budgets.lock().rebackup_not_needed(chunk);
             return Vec::new();
         };
         let mut actions = Vec::new();
@@ -193,6 +285,14 @@ impl Core {
                 );
                 false
             }
+            Some(_)
+                if w.charged
+                    .is_some_and(|sender| !self.budgets.lock().draw_rebackup(sender, chunk)) =>
+            {
+                Counters::bump(&self.counters.rebackups_over_budget);
+                drop(w);
+                return self.budget_timer().into_iter().collect();
+            }
             Some(degree) => {
                 w.rebackups += 1;
                 let version = if w.enhanced {
@@ -204,6 +304,8 @@ impl Core {
                 w.enhanced
             }
         };
+        // Released from waiting for its sender's budget, but no re-backup was due after all.
+        self.budgets.lock().rebackup_not_needed(chunk);
         if keep_watching {
             w.putchunk_seen = false;
             actions.push(Action::Schedule {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 
+use super::budget::{Drawn, quota};
 use super::metadata::{StoredChunk, footprint};
 use super::{Action, Channel, Core, Counters, TimerEvent};
 use crate::protocol::{ChunkHash, ChunkKey, FileId, MessageKind, PeerId, Version};
@@ -20,8 +21,8 @@ pub struct Writing {
     holders: BTreeSet<PeerId>,
     /// Enhanced store: the random delay was taken before deciding to store.
     enhanced: bool,
-    /// The file's home, as far as the PUTCHUNK tells.
-    home: Option<PeerId>,
+    /// Who sent it, and whose it is as far as the PUTCHUNK tells.
+    origin: Origin,
     /// The STORED to send once the write is durable (its delay is over, or it is enhanced).
     stored_due: Option<Version>,
     /// DELETE arrived while it was written: the chunk is removed once the write ends. The
@@ -36,9 +37,34 @@ pub struct Writing {
 pub struct Deferred {
     body: Bytes,
     desired: u8,
-    home: Option<PeerId>,
+    origin: Origin,
     /// Distinct peers whose STORED for it was seen meanwhile.
     holders: BTreeSet<PeerId>,
+}
+
+/// Where a PUTCHUNK came from.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    /// The file's home, as far as the PUTCHUNK tells.
+    home: Option<PeerId>,
+    /// Its sender.
+    sender: PeerId,
+}
+
+impl Origin {
+    /// Whose share of the capacity the copy counts against (see [`StoredChunk::owner`]).
+    fn owner(self) -> PeerId {
+        self.home.unwrap_or(self.sender)
+    }
+}
+
+/// A CHUNK reply scheduled here.
+#[derive(Debug)]
+pub struct Reply {
+    /// Enhanced: the TCP address of the initiator.
+    tcp: Option<SocketAddrV4>,
+    /// What it drew from its requester's budget.
+    drawn: Drawn,
 }
 
 /// Enhanced: a copy trimmed as surplus, kept on disk for a grace time.
@@ -84,6 +110,7 @@ impl Core {
             Some(h) => Some(h),
             None => enhanced.then_some(sender),
         };
+        let origin = Origin { home, sender };
         // A re-backup's initiator is a holder (it sends no STORED for its own PUTCHUNK): its
         // copy counts when deciding whether to store.
         let initiator_holds: BTreeSet<PeerId> = named_home
@@ -130,6 +157,9 @@ impl Core {
         if !self.fits(&meta, body.len() as u32) {
             return Vec::new();
         }
+        if !self.within_quota(&meta, origin.owner(), body.len() as u32) {
+            return Vec::new();
+        }
         drop(meta);
         if enhanced && self.deferred.len() < self.cfg.max_deferred {
             // Store only if, after our random delay, fewer than `degree` peers have.
@@ -138,7 +168,7 @@ impl Core {
                 Deferred {
                     body,
                     desired: degree,
-                    home,
+                    origin,
                     holders: initiator_holds,
                 },
             );
@@ -148,7 +178,7 @@ impl Core {
             }];
         }
         // The STORED delay runs while the chunk is written (and made durable with others).
-        let mut actions = self.write(chunk, degree, body, BTreeSet::new(), false, home);
+        let mut actions = self.write(chunk, degree, body, BTreeSet::new(), false, origin);
         actions.push(self.stored_timer(chunk, Version::V1_0));
         actions
     }
@@ -160,14 +190,14 @@ impl Core {
         body: Bytes,
         holders: BTreeSet<PeerId>,
         enhanced: bool,
-        home: Option<PeerId>,
+        origin: Origin,
     ) -> Vec<Action> {
         let size = body.len() as u32;
         let writing = Writing {
             size,
             holders,
             enhanced,
-            home,
+            origin,
             stored_due: enhanced.then_some(Version::V2_0),
             cancelled: false,
         };
@@ -198,11 +228,15 @@ impl Core {
         if seen >= usize::from(d.desired) {
             return Vec::new(); // enough peers stored it: keep our disk free
         }
-        let fits = self.fits(&self.meta.lock(), d.body.len() as u32);
+        let fits = {
+            let meta = self.meta.lock();
+            let size = d.body.len() as u32;
+            self.fits(&meta, size) && self.within_quota(&meta, d.origin.owner(), size)
+        };
         if !fits {
             return Vec::new();
         }
-        self.write(chunk, d.desired, d.body, d.holders, true, d.home)
+        self.write(chunk, d.desired, d.body, d.holders, true, d.origin)
     }
 
     /// Whether a chunk of `size` bytes fits next to what is stored and being written (see
@@ -210,6 +244,27 @@ impl Core {
     fn fits(&self, meta: &super::Metadata, size: u32) -> bool {
         let reserved: u64 = self.writing.iter().map(|e| footprint(e.size)).sum();
         meta.footprint() + reserved + footprint(size) <= meta.capacity()
+    }
+
+    /// Whether `owner` may have a chunk of `size` bytes more stored here: its chunks stored
+    /// and being written, and this one, within its share of the capacity
+    /// ([`super::Config::max_share`]). Counts a refusal.
+    fn within_quota(&self, meta: &super::Metadata, owner: PeerId, size: u32) -> bool {
+        let Some(quota) = quota(meta.capacity(), self.cfg.max_share) else {
+            return true;
+        };
+        let reserved: u64 = self
+            .writing
+            .iter()
+            .filter(|w| w.origin.owner() == owner)
+            .map(|w| footprint(w.size))
+            .sum();
+        let within = meta.owner_footprint(owner) + reserved + footprint(size) <= quota;
+        if !within {
+            Counters::bump(&self.counters.putchunks_over_quota);
+            tracing::debug!("PUTCHUNK refused: the chunks of {owner} would fill over its share");
+        }
+        within
     }
 
     fn stored_timer(&self, chunk: ChunkKey, version: Version) -> Action {
@@ -235,10 +290,14 @@ impl Core {
         let Some(hash) = written else {
             return Vec::new();
         };
-        // DELETE arrived, or RECLAIM lowered the capacity, while the chunk was written.
-        let Some(w) = reservation
-            .filter(|w| !w.cancelled && meta.footprint() + footprint(size) <= meta.capacity())
-        else {
+        // DELETE arrived, or RECLAIM lowered the capacity (and with it the home's share), while
+        // the chunk was written.
+        let Some(w) = reservation.filter(|w| {
+            let share = quota(meta.capacity(), self.cfg.max_share).unwrap_or(u64::MAX);
+            !w.cancelled
+                && meta.footprint() + footprint(size) <= meta.capacity()
+                && meta.owner_footprint(w.origin.owner()) + footprint(size) <= share
+        }) else {
             return vec![Action::RemoveChunk { chunk }];
         };
         let mut holders = w.holders;
@@ -251,7 +310,8 @@ impl Core {
                 desired,
                 holders,
                 hash: Some(hash),
-                home: w.home,
+                home: w.origin.home,
+                sender: Some(w.origin.sender),
             },
         );
         let stale = meta.drop_stale_catalogs(&chunk.file);
@@ -274,7 +334,7 @@ impl Core {
             });
             if below {
                 // Give the other storers' STOREDs time to arrive before checking.
-                actions.extend(self.watch(chunk, true, self.audit_delay()));
+                actions.extend(self.watch(chunk, true, self.audit_delay(), None));
             }
         }
         actions
@@ -368,23 +428,52 @@ impl Core {
         actions
     }
 
-    pub(super) fn on_getchunk(&self, chunk: ChunkKey, tcp: Option<SocketAddrV4>) -> Vec<Action> {
-        if self.meta.lock().stored_chunk(&chunk).is_none() {
+    /// GETCHUNK from `requester`: a reply is scheduled if the chunk is held here, none is
+    /// scheduled already, this peer did not answer the same requester the same chunk just
+    /// before, and the requester's reply budget has room for it (see [`super::budget`]).
+    pub(super) fn on_getchunk(
+        &self,
+        requester: PeerId,
+        chunk: ChunkKey,
+        tcp: Option<SocketAddrV4>,
+    ) -> Vec<Action> {
+        let Some(size) = self.meta.lock().stored_chunk(&chunk).map(|c| c.size) else {
             return Vec::new();
+        };
+        match self.replying.entry(chunk) {
+            dashmap::Entry::Occupied(_) => return Vec::new(), // a reply is already scheduled
+            dashmap::Entry::Vacant(slot) => {
+                let mut budgets = self.budgets.lock();
+                if budgets.repeated(requester, chunk) {
+                    Counters::bump(&self.counters.getchunks_repeated);
+                    return Vec::new();
+                }
+                let Some(drawn) = budgets.draw_reply(requester, footprint(size)) else {
+                    Counters::bump(&self.counters.getchunks_over_budget);
+                    return Vec::new();
+                };
+                slot.insert(Reply { tcp, drawn });
+            }
         }
-        if self.replying.insert(chunk, tcp).is_some() {
-            return Vec::new(); // a reply is already scheduled
-        }
-        vec![Action::Schedule {
+        let mut actions = vec![Action::Schedule {
             delay: self.reply_delay(),
             event: TimerEvent::SendChunk { chunk },
-        }]
+        }];
+        actions.extend(self.budget_timer());
+        actions
+    }
+
+    /// A scheduled reply is not sent after all: what it drew goes back to its requester.
+    fn reply_dropped(&self, chunk: &ChunkKey) {
+        if let Some((_, reply)) = self.replying.remove(chunk) {
+            self.budgets.lock().reply_dropped(reply.drawn);
+        }
     }
 
     pub(super) fn send_chunk(&self, chunk: ChunkKey) -> Vec<Action> {
         // The reply stays pending until it is actually sent (see `chunk_reply_due`), so that a
         // CHUNK seen while it waits for the sender still silences it.
-        let Some(tcp) = self.replying.get(&chunk).map(|r| *r) else {
+        let Some(tcp) = self.replying.get(&chunk).map(|r| r.tcp) else {
             return Vec::new(); // another holder's CHUNK was seen during the delay
         };
         match self.meta.lock().stored_chunk(&chunk) {
@@ -394,7 +483,7 @@ impl Core {
                 tcp,
             }],
             None => {
-                self.replying.remove(&chunk);
+                self.reply_dropped(&chunk);
                 Vec::new()
             }
         }
@@ -403,13 +492,17 @@ impl Core {
     /// Right before a CHUNK reply goes out: whether it is still wanted (no other holder's
     /// CHUNK for it was seen since its delay began). Ends the pending reply either way.
     pub fn chunk_reply_due(&self, chunk: ChunkKey) -> bool {
-        self.replying.remove(&chunk).is_some()
+        let Some((_, reply)) = self.replying.remove(&chunk) else {
+            return false;
+        };
+        self.budgets.lock().reply_sent(reply.drawn, chunk);
+        true
     }
 
     /// A CHUNK for `chunk` was seen but its body not read (this peer restores nothing): a
     /// reply of ours for the same chunk is no longer needed.
     pub fn chunk_seen(&self, chunk: ChunkKey) {
-        self.replying.remove(&chunk);
+        self.reply_dropped(&chunk);
     }
 
     /// A CHUNK was seen (on MDR, or over TCP): a reply of ours for the same chunk is no longer

@@ -57,11 +57,16 @@ fn sent_putchunks(actions: &[Action]) -> Vec<u32> {
         .collect()
 }
 
-/// The timers `actions` start (a PUTCHUNK starts its wait when it is sent).
+/// The timers `actions` start (a PUTCHUNK starts its wait when it is sent), but the budgets'
+/// period (the tests of budgets fire it themselves).
 fn timers(actions: &[Action]) -> Vec<(Duration, TimerEvent)> {
     actions
         .iter()
         .filter_map(|a| match a {
+            Action::Schedule {
+                event: TimerEvent::BudgetPeriod,
+                ..
+            } => None,
             Action::Schedule { delay, event } => Some((*delay, event.clone())),
             Action::SendPutchunk {
                 chunk, send, wait, ..
@@ -153,9 +158,17 @@ fn own_messages_and_own_files_are_ignored() {
     assert!(c.on_message(msg(5, putchunk(0, b"x"))).is_empty());
 }
 
+/// A peer of id `id` on which one home may fill all the capacity.
+fn unshared(id: PeerId) -> Core {
+    let mut cfg = Config::new(id, Version::V1_0);
+    cfg.seed = 7;
+    cfg.max_share = 1.0;
+    Core::new(cfg, Metadata::default())
+}
+
 #[test]
 fn capacity_is_never_exceeded() {
-    let c = core(2);
+    let c = unshared(2);
     c.reclaim(5, false);
     assert!(c.on_message(msg(1, putchunk(0, b"123456"))).is_empty());
     assert_eq!(c.on_message(msg(1, putchunk(1, b"12345"))).len(), 2);
@@ -1044,6 +1057,14 @@ fn a_base_peer_treats_enhanced_messages_as_1_0_and_ignores_new_types() {
     assert!(c.startup(vec![]).is_empty());
 }
 
+/// Fires the budgets' period until a requester's repeat of a GETCHUNK answered now is answered
+/// again.
+fn pass_repeat_window(c: &Core) {
+    for _ in 0..=budget::REPEAT_PERIODS {
+        c.on_timer(TimerEvent::BudgetPeriod);
+    }
+}
+
 #[test]
 fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders() {
     let c = core2(2);
@@ -1061,6 +1082,7 @@ fn enhanced_getchunk_is_answered_over_tcp_and_header_only_chunks_silence_holders
         }]
     );
     assert!(c.chunk_reply_due(key(0))); // it goes out
+    pass_repeat_window(&c); // (a repeat at once would be ignored)
     // Another holder's header-only CHUNK suppresses our reply like a full one.
     let [(_, event)] = timers(&c.on_message(get)).try_into().unwrap();
     assert!(
@@ -2156,4 +2178,279 @@ fn a_home_that_knows_no_holder_asks_any_holder() {
         })
         .collect();
     assert_eq!(repairs, vec![0; 5]);
+}
+
+// ---- Per-sender budgets ----
+
+/// Chunk `no` of a file of its own for each `f`.
+fn key_in(f: u8, no: u32) -> ChunkKey {
+    ChunkKey {
+        file: FileId([f; 32]),
+        no,
+    }
+}
+
+/// `from` backs up `chunk` (10 bytes, degree 2) at `c`; true if `c` takes it (a write or a
+/// store decision).
+fn offer(c: &Core, from: PeerId, chunk: ChunkKey) -> bool {
+    let put = MessageKind::Putchunk {
+        chunk,
+        degree: 2,
+        body: Bytes::from_static(&[0; 10]),
+    };
+    !c.on_message(msg(from, put)).is_empty()
+}
+
+fn written(c: &Core, chunk: ChunkKey) {
+    c.chunk_written(chunk, 2, 10, Some(ChunkHash::of(&[0; 10])));
+}
+
+#[test]
+fn a_home_fills_at_most_its_share_of_a_peers_capacity() {
+    let c = core(2);
+    c.reclaim(100, false); // 50 bytes for each home (the default share, a half)
+    let over = || c.counters.putchunks_over_quota.load(Ordering::Relaxed);
+    // Home 1: five chunks of 10 bytes (those still being written count too), not a sixth.
+    for no in 0..5 {
+        assert!(offer(&c, 1, key_in(1, no)));
+    }
+    for no in 0..3 {
+        written(&c, key_in(1, no));
+    }
+    assert!(!offer(&c, 1, key_in(1, 5)));
+    assert_eq!(over(), 1);
+    // A chunk it holds already is answered again (nothing more is stored).
+    assert!(offer(&c, 1, key_in(1, 0)), "STORED again");
+    assert_eq!(over(), 1);
+    // Another home has its share.
+    assert!(offer(&c, 3, key_in(3, 0)));
+    // More capacity, a larger share.
+    c.reclaim(200, false);
+    assert!(offer(&c, 1, key_in(1, 5)));
+    // A share of 1: one home may fill it all.
+    let c = unshared(2);
+    c.reclaim(100, false);
+    for no in 0..10 {
+        assert!(offer(&c, 1, key_in(1, no)));
+    }
+    assert!(!offer(&c, 1, key_in(1, 10)), "full");
+    assert_eq!(c.counters.putchunks_over_quota.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_re_backup_naming_a_home_counts_against_that_home() {
+    let c = core2(2);
+    c.reclaim(20, false); // 10 bytes for each home
+    let rebackup = |from: PeerId, chunk: ChunkKey, home: Option<PeerId>| {
+        let mut m = msg2(
+            from,
+            MessageKind::Putchunk {
+                chunk,
+                degree: 2,
+                body: Bytes::from_static(&[0; 10]),
+            },
+        );
+        m.extra_lines = home.map(repair::home_line).into_iter().collect();
+        let actions = c.on_message(m);
+        // An enhanced storer decides after a delay.
+        let decisions: Vec<Action> = timers(&actions)
+            .into_iter()
+            .flat_map(|(_, event)| c.on_timer(event))
+            .collect();
+        decisions
+            .iter()
+            .any(|a| matches!(a, Action::WriteChunk { .. }))
+    };
+    assert!(rebackup(4, key_in(1, 0), Some(1)));
+    written(&c, key_in(1, 0));
+    assert_eq!(c.with_metadata(|m| m.owner_footprint(1)), 10);
+    // Home 1's share is used: neither another re-backup naming it nor home 1 itself stores.
+    assert!(!rebackup(4, key_in(1, 1), Some(1)));
+    assert!(!rebackup(1, key_in(1, 2), None));
+    // The sender's own chunks (no HOME line: it is their home) have a share of their own.
+    assert!(rebackup(4, key_in(4, 0), None));
+    assert_eq!(c.counters.putchunks_over_quota.load(Ordering::Relaxed), 2);
+}
+
+/// A peer (9) holding 10-byte chunks of homes 1 (four, each also held by peer 5) and 3 (one
+/// also held by peers 4 and 5, a surplus copy, and one also held by peer 4), 60 bytes.
+fn two_homes(c: &Core) {
+    for no in 0..4 {
+        offer(c, 1, key_in(1, no));
+        written(c, key_in(1, no));
+        c.on_message(msg(
+            5,
+            MessageKind::Stored {
+                chunk: key_in(1, no),
+            },
+        ));
+    }
+    for (no, others) in [(0, &[4, 5][..]), (1, &[4][..])] {
+        offer(c, 3, key_in(3, no));
+        written(c, key_in(3, no));
+        for &o in others {
+            c.on_message(msg(
+                o,
+                MessageKind::Stored {
+                    chunk: key_in(3, no),
+                },
+            ));
+        }
+    }
+}
+
+#[test]
+fn reclaim_evicts_the_chunks_of_a_home_over_its_share_before_surplus_copies() {
+    let c = core(9);
+    two_homes(&c);
+    assert_eq!(c.with_metadata(|m| m.owner_footprint(1)), 40);
+    let home = |evicted: &[ChunkKey]| -> Vec<u8> { evicted.iter().map(|k| k.file.0[0]).collect() };
+    // 50 bytes: home 1's share is 25, it has 40: one of its chunks goes, not home 3's
+    // surplus copy.
+    let (done, _) = c.reclaim(50, false);
+    assert_eq!(home(&done.evicted), vec![1]);
+    // 30: home 1's share is 15, it has 30: two of its chunks go.
+    let (done, _) = c.reclaim(30, false);
+    assert_eq!(home(&done.evicted), vec![1, 1]);
+    // 20: home 3 has 20, its share is 10: its surplus copy goes first.
+    let (done, _) = c.reclaim(20, false);
+    assert_eq!(done.evicted, vec![key_in(3, 0)]);
+    // Without shares the order is as before: the surplus copy first, whoever's.
+    let c = unshared(9);
+    two_homes(&c);
+    assert_eq!(c.reclaim(50, false).0.evicted, vec![key_in(3, 0)]);
+}
+
+/// A holder (id 2) of `n` chunks of `key(..)` (10 bytes each) that answers one requester at
+/// most `budget` bytes of CHUNK a second.
+fn budgeted_holder(n: u32, budget: u64) -> Core {
+    let mut cfg = Config::new(2, Version::V1_0);
+    cfg.seed = 7;
+    cfg.reply_budget = budget;
+    let c = Core::new(cfg, Metadata::default());
+    for no in 0..n {
+        offer(&c, 1, key(no));
+        written(&c, key(no));
+    }
+    c
+}
+
+#[test]
+fn a_requester_gets_chunk_replies_within_its_budget_and_a_repeat_is_answered_once() {
+    let c = budgeted_holder(12, 100); // ten replies a second, one more each period
+    let get = |from: PeerId, no: u32| {
+        timers(&c.on_message(msg(from, MessageKind::Getchunk { chunk: key(no) })))
+    };
+    let over = || c.counters.getchunks_over_budget.load(Ordering::Relaxed);
+    // Requester 1: ten replies, not an eleventh.
+    let due: Vec<TimerEvent> = (0..10)
+        .map(|no| {
+            let [(_, event)] = get(1, no).try_into().unwrap();
+            event
+        })
+        .collect();
+    assert!(get(1, 10).is_empty());
+    assert_eq!(over(), 1);
+    // Another requester has a budget of its own (and the period timer runs already).
+    assert!(
+        c.on_message(msg(3, MessageKind::Getchunk { chunk: key(10) }))
+            .iter()
+            .all(|a| !matches!(
+                a,
+                Action::Schedule {
+                    event: TimerEvent::BudgetPeriod,
+                    ..
+                }
+            )),
+        "scheduled once"
+    );
+    assert!(c.replying.contains_key(&key(10)), "answered");
+    // A reply another holder's CHUNK made needless gives its bytes back.
+    c.on_message(chunk_msg(4, 0, vec![0; 10]));
+    assert!(c.on_timer(due[0].clone()).is_empty());
+    assert_eq!(get(1, 11).len(), 1);
+    assert!(get(1, 0).is_empty());
+    assert_eq!(over(), 2);
+    // A period later a tenth of the budget is back.
+    c.on_timer(TimerEvent::BudgetPeriod);
+    assert_eq!(get(1, 0).len(), 1);
+    // Chunk 1's reply goes out; a while later (its budget refilled meanwhile) requester 1
+    // asks for it again and is answered again.
+    assert_eq!(c.on_timer(due[1].clone()).len(), 1);
+    assert!(c.chunk_reply_due(key(1)));
+    pass_repeat_window(&c);
+    let [(_, again)] = get(1, 1).try_into().unwrap();
+    assert_eq!(c.on_timer(again).len(), 1);
+    assert!(c.chunk_reply_due(key(1)));
+    // Asking for it again at once, it is not answered; another requester is.
+    assert!(get(1, 1).is_empty(), "a repeat at once");
+    assert_eq!(c.counters.getchunks_repeated.load(Ordering::Relaxed), 1);
+    assert_eq!(get(3, 1).len(), 1, "another requester");
+    assert!(c.chunk_reply_due(key(1)));
+    // Four periods on it is still a repeat; five, and it is answered.
+    for _ in 0..budget::REPEAT_PERIODS {
+        c.on_timer(TimerEvent::BudgetPeriod);
+    }
+    assert!(get(1, 1).is_empty());
+    c.on_timer(TimerEvent::BudgetPeriod);
+    assert_eq!(get(1, 1).len(), 1);
+    assert_eq!(over(), 2);
+}
+
+#[test]
+fn rebackups_after_removeds_from_one_sender_wait_for_its_budget() {
+    let n = budget::REBACKUPS_PER_SECOND as u32;
+    let c = holder(n + 2, &[3]);
+    // Chunk 1000 is held by peer 4 too, not by peer 3.
+    offer(&c, 1, key(1000));
+    written(&c, key(1000));
+    c.on_message(msg(4, MessageKind::Stored { chunk: key(1000) }));
+    // Peer 3 says REMOVED for each of its chunks: each falls below its degree.
+    let checks: Vec<TimerEvent> = (0..n + 2)
+        .flat_map(|no| timers(&c.on_message(msg(3, MessageKind::Removed { chunk: key(no) }))))
+        .map(|(_, event)| event)
+        .collect();
+    assert_eq!(checks.len(), n as usize + 2);
+    let over = || c.counters.rebackups_over_budget.load(Ordering::Relaxed);
+    let mut periods = 0;
+    for event in checks {
+        periods += c
+            .on_timer(event)
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Schedule {
+                        event: TimerEvent::BudgetPeriod,
+                        ..
+                    }
+                )
+            })
+            .count();
+    }
+    assert_eq!(periods, 1, "the period timer is started once");
+    assert_eq!(
+        c.backups.len(),
+        n as usize,
+        "a second's budget of re-backups"
+    );
+    assert_eq!(over(), 2);
+    assert_eq!(c.watches.len(), 2, "the two others wait");
+    // A REMOVED from another peer draws from its own budget.
+    let [(_, check)] = timers(&c.on_message(msg(4, MessageKind::Removed { chunk: key(1000) })))
+        .try_into()
+        .unwrap();
+    c.on_timer(check);
+    assert_eq!(c.backups.len(), n as usize + 1);
+    // One waiting chunk is back at its degree meanwhile; the other is re-backed up once the
+    // budget refills.
+    c.on_message(msg(5, MessageKind::Stored { chunk: key(n) }));
+    let released = timers(&c.on_timer(TimerEvent::BudgetPeriod));
+    assert_eq!(released.len(), 2);
+    for (delay, event) in released {
+        assert_eq!(delay, Duration::ZERO);
+        c.on_timer(event);
+    }
+    assert_eq!(c.backups.len(), n as usize + 2);
+    assert_eq!(over(), 2);
 }

@@ -368,6 +368,18 @@ fn help(key: &str) -> String {
         "bad_bodies" => "CHUNK bodies refused by a restore (wrong size or hash)",
         "chunks_stored" => "Chunks stored here since start",
         "chunks_trimmed" => "Surplus copies dropped after an enhanced backup",
+        "putchunks_over_quota" => {
+            "PUTCHUNKs not stored: their home's share of the capacity was full"
+        }
+        "getchunks_over_budget" => {
+            "GETCHUNKs not answered: their requester's reply budget was spent"
+        }
+        "getchunks_repeated" => {
+            "GETCHUNKs not answered: the same requester was just answered the chunk"
+        }
+        "rebackups_over_budget" => {
+            "Re-backups after REMOVED held back: the REMOVED's sender's budget was spent"
+        }
         "received" => "Datagrams received, all channels",
         "malformed" => "Datagrams dropped as malformed (or received on the wrong channel)",
         "foreign_tcp" => "GETCHUNK 2.0s naming a TCP address other than their sender's",

@@ -84,6 +84,7 @@ pub fn reconcile<S: ChunkStore + ?Sized>(
                         holders: [me].into(),
                         hash,
                         home: None,
+                        sender: None,
                     },
                 );
                 out.adopted.push(key);
