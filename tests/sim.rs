@@ -627,3 +627,36 @@ fn a_secure_home_that_lost_its_disk_recovers_with_its_data_key() {
         "{recovered} recovered"
     );
 }
+
+/// Enhanced peers on a path of MTU 1,500 send every chunk message as pieces (each datagram
+/// lost on its own, as frames are): under loss, crashes, deletes and new versions every rule
+/// holds, NACKs repair what is lost, and it costs little more than the loss; in a mixed group
+/// (1.0 peers heard: whole datagrams) and in a secure group too.
+#[test]
+fn chunk_messages_as_pieces_on_a_small_mtu_under_loss_and_crashes() {
+    for (versions, secure) in [
+        (Versions::V2, false),
+        (Versions::Mixed, false),
+        (Versions::V2, true),
+    ] {
+        let runs = check(
+            "chunk_messages_as_pieces_on_a_small_mtu_under_loss_and_crashes",
+            9_300,
+            15,
+            |seed| Scenario {
+                mtu: Some(1500),
+                secure,
+                crash_rate: 0.3,
+                delete_share: 0.3,
+                new_versions: 0.2,
+                ..lossy(seed, versions, 0.05)
+            },
+        );
+        let failed: u64 = runs.iter().map(|s| s.ops_failed).sum();
+        let ops: u64 = runs.iter().map(|s| s.ops).sum();
+        assert!(
+            failed * 20 <= ops,
+            "{versions:?} secure {secure}: {failed} of {ops} failed"
+        );
+    }
+}

@@ -112,6 +112,12 @@ struct Args {
     /// first).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     repair_concurrency: u32,
+    /// Enhanced peers: the path MTU in bytes (576-65535). A PUTCHUNK 2.0 or CHUNK 2.0 larger
+    /// than one frame then travels as pieces that need no IP fragmentation (repaired piece by
+    /// piece with NACKs), when every peer heard of speaks 2.0. Default: the MTU of the
+    /// interface given by --iface.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    mtu: Option<u32>,
     /// Secure group: FILE holds the group's shared secret (at least 32 bytes of any content,
     /// e.g. `head -c 32 /dev/urandom > FILE`; readable by its owner only). Every member uses
     /// the same file. The peer then seals every message it sends and drops every datagram
@@ -355,6 +361,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else if core.data_key.is_some() {
         tracing::info!("chunks of new backups encrypted with the data key");
     }
+    core.mtu = args
+        .mtu
+        .or_else(|| dbs::net::lan::interface_mtu(args.iface).map(|(_, mtu)| mtu))
+        .map(|mtu| mtu as usize);
     core.max_share = args.max_share;
     core.reply_budget = args.reply_budget.saturating_mul(1_000_000);
     let cfg = NodeConfig {

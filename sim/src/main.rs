@@ -97,6 +97,10 @@ struct Args {
     /// sealed by a rogue member without the home's proof.
     #[arg(long)]
     forge_deletes: bool,
+    /// Path MTU in bytes: enhanced peers send chunk messages larger than a frame as pieces
+    /// (each lost, or not, on its own; NACKs repair them). Default: every message whole.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
+    mtu: Option<u32>,
     /// Print the summary as one JSON object (the last line).
     #[arg(long)]
     json: bool,
@@ -222,6 +226,7 @@ fn real_main() -> anyhow::Result<bool> {
         secure: args.secure,
         forge_deletes: args.forge_deletes,
         new_versions: args.new_versions,
+        mtu: args.mtu.map(|m| m as usize),
         ..Scenario::default()
     };
     let summary = run_traced(sc, measure, trace);

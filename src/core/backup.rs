@@ -12,7 +12,7 @@ use super::{
     Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
 };
 use crate::protocol::ids::MAX_CHUNK_NO;
-use crate::protocol::{CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, Version};
+use crate::protocol::{CatalogTag, ChunkHash, ChunkKey, ChunkNo, FileId, PeerId, Version};
 
 /// A client's request to back up one file (the runtime has read the file's identity).
 #[derive(Clone, Debug)]
@@ -735,6 +735,29 @@ impl Core {
             Counters::bump(&self.counters.putchunk_late);
             self.flow.lock().late(launch);
         }
+    }
+
+    /// Enhanced: a receiver asked for pieces of `chunk`'s PUTCHUNK again: a congestion signal
+    /// for the window (once per window of launches, as a timeout).
+    pub fn pieces_nacked(&self, chunk: ChunkKey) {
+        if let Some(launch) = self.pending.get(&chunk).map(|p| p.launch) {
+            self.flow.lock().congestion(launch);
+            Counters::bump(&self.counters.putchunk_late);
+        }
+    }
+
+    /// Whether `chunk`'s PUTCHUNK still waits for STOREDs here.
+    pub fn putchunk_pending(&self, chunk: ChunkKey) -> bool {
+        self.pending.contains_key(&chunk)
+    }
+
+    /// Whether every peer heard of speaks 2.0 (then chunk messages may travel as pieces,
+    /// which a 1.0 peer would not understand).
+    pub fn pieces_ok(&self) -> bool {
+        // (One lock at a time.)
+        let heard: Vec<PeerId> = self.members.lock().heard_peers().collect();
+        let meta = self.meta.lock();
+        heard.iter().all(|p| meta.enhanced_peers().contains(p))
     }
 
     /// The backup and launch number of `chunk` if it still waits for STOREDs after its PUTCHUNK

@@ -82,6 +82,11 @@ impl View {
         self.tick
     }
 
+    /// Every peer heard of since this peer started.
+    pub fn heard_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.heard.keys().copied()
+    }
+
     /// Notes that `peer` was heard now.
     pub fn heard(&mut self, peer: PeerId) -> Heard {
         let new = self.heard.insert(peer, self.tick).is_none();

@@ -166,6 +166,10 @@ pub struct Config {
     /// CHUNK replies one requester gets from this peer, bytes per second (0: no limit). See
     /// [`budget`].
     pub reply_budget: u64,
+    /// Enhanced: the path MTU in bytes. A PUTCHUNK 2.0 or CHUNK 2.0 datagram larger than one
+    /// frame travels as pieces (`crate::exec::pieces`) when every peer heard of speaks 2.0.
+    /// `None`: always whole.
+    pub mtu: Option<usize>,
 }
 
 impl Config {
@@ -204,6 +208,7 @@ impl Config {
             data_key: None,
             max_share: budget::DEFAULT_MAX_SHARE,
             reply_budget: budget::DEFAULT_REPLY_BUDGET,
+            mtu: None,
         }
     }
 
@@ -410,6 +415,18 @@ pub enum Action {
 /// Timer events the core schedules for itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TimerEvent {
+    /// Enhanced: look at an incomplete message sent as pieces (handled by the executor, see
+    /// `crate::exec::pieces`).
+    PieceCheck {
+        /// Its sender.
+        origin: PeerId,
+        /// The sender's number of the message.
+        seq: u64,
+        /// Its chunk.
+        chunk: ChunkKey,
+        /// Its channel.
+        channel: Channel,
+    },
     /// The wait after PUTCHUNK send number `send` of `chunk` is over.
     PutchunkWait {
         /// Which chunk.
@@ -1064,6 +1081,7 @@ impl Core {
             TimerEvent::CheckWait { op, send } => self.check_wait_over(op, send),
             TimerEvent::PublishCatalog => self.publish_catalog(),
             TimerEvent::Tick => self.tick(),
+            TimerEvent::PieceCheck { .. } => Vec::new(), // the executor's
             TimerEvent::BudgetPeriod => self.budget_period(),
             TimerEvent::FindWait { op, send } => self.find_wait_over(op, send),
             TimerEvent::SendAgain {

@@ -16,14 +16,23 @@ pub enum Outgoing {
     /// Builds the datagram (or nothing, if it is no longer wanted or cannot be) just before it
     /// is sent, so that a chunk body is read at send time and a reply is checked again then.
     Build(Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
+    /// Builds the datagrams, sent back to back, just before they are sent (a message sealed,
+    /// or cut into pieces).
+    Many(Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>),
 }
 
 impl Outgoing {
-    /// The datagram to send now, if any.
+    /// The datagram to send now, if any (`Many`: the first of them, for tests).
     pub fn into_datagram(self) -> Option<Vec<u8>> {
+        self.into_datagrams().into_iter().next()
+    }
+
+    /// The datagrams to send now, in order.
+    pub fn into_datagrams(self) -> Vec<Vec<u8>> {
         match self {
-            Outgoing::Ready(d) => Some(d),
-            Outgoing::Build(build) => build(),
+            Outgoing::Ready(d) => vec![d],
+            Outgoing::Build(build) => build().into_iter().collect(),
+            Outgoing::Many(build) => build(),
         }
     }
 }

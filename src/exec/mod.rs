@@ -9,6 +9,7 @@
 
 pub mod effects;
 pub mod pacer;
+pub mod pieces;
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use crate::secure::{Opener, Rejected, Sealer};
 use crate::storage::reconcile::{Reconciled, reconcile};
 use crate::storage::{ChunkStore, Disk, StorageError};
 pub use effects::{Effects, Outgoing};
+use pieces::Pieces;
 
 /// Counters of what the executor saw go wrong.
 #[derive(Default, Debug)]
@@ -71,6 +73,8 @@ struct Guard {
 pub struct Executor<E: Effects> {
     this: Weak<Executor<E>>,
     guard: Option<Guard>,
+    /// Enhanced, with a path MTU: chunk messages as pieces (see [`pieces`]).
+    pieces: Option<Mutex<Pieces>>,
     /// The peer's protocol core.
     pub core: Core,
     /// The world it acts on.
@@ -118,9 +122,12 @@ impl<E: Effects> Executor<E> {
                 sealer: Sealer::new(key.clone(), started * 1000),
                 opener: Opener::new(key, started),
             });
+            let pieces = (cfg.mtu.is_some() && cfg.enhanced())
+                .then(|| Mutex::new(Pieces::new(cfg.id, cfg.seed ^ 0x9e37_79b9_7f4a_7c15)));
             Executor {
                 this: weak.clone(),
                 guard,
+                pieces,
                 core: Core::new(cfg, meta),
                 effects,
                 stats: ExecStats::default(),
@@ -162,6 +169,22 @@ impl<E: Effects> Executor<E> {
                 return false;
             }
         };
+        if pieces::is_piece_or_nack(&datagram) {
+            return full > datagram.len() || self.on_piece_or_nack(channel, &datagram, from);
+        }
+        self.on_message_datagram(channel, datagram, full, backlog_filling, from)
+    }
+
+    /// Handles one message (opened, whole or put together from pieces); see
+    /// [`Executor::on_datagram`].
+    fn on_message_datagram(
+        &self,
+        channel: Channel,
+        datagram: Bytes,
+        full: usize,
+        backlog_filling: bool,
+        from: Option<std::net::IpAddr>,
+    ) -> bool {
         if full > datagram.len() {
             // Only a CHUNK's header is of use without its body (whose size is still checked).
             let header = header_of(&datagram).filter(|h| full - h.len() <= MAX_CHUNK_SIZE);
@@ -259,15 +282,54 @@ impl<E: Effects> Executor<E> {
         }
     }
 
-    /// Queues `out` on `channel`, sealed (when it is built) in a secure group.
+    /// Queues `out` on `channel`: when it is built, cut into pieces if it is a chunk message
+    /// larger than a frame (see [`pieces`]), and sealed in a secure group.
     fn send(&self, channel: Channel, out: Outgoing) {
-        if self.guard.is_none() {
+        if self.guard.is_none() && self.pieces.is_none() {
             return self.effects.send(channel, out);
         }
         let s = self.this();
-        let sealed = move || out.into_datagram().map(|d| s.seal(d));
-        self.effects
-            .send(channel, Outgoing::Build(Box::new(sealed)));
+        let build = move || {
+            out.into_datagrams()
+                .into_iter()
+                .flat_map(|d| s.as_pieces(channel, d))
+                .map(|d| s.seal(d))
+                .collect()
+        };
+        self.effects.send(channel, Outgoing::Many(Box::new(build)));
+    }
+
+    /// `datagram` as it goes out on `channel`: whole, or its pieces (a PUTCHUNK 2.0 or CHUNK
+    /// 2.0 larger than a frame, when every peer heard of speaks 2.0), kept for repairs.
+    fn as_pieces(&self, channel: Channel, datagram: Vec<u8>) -> Vec<Vec<u8>> {
+        let (Some(state), Some(mtu)) = (&self.pieces, self.core.config().mtu) else {
+            return vec![datagram];
+        };
+        let seal = if self.guard.is_some() {
+            crate::secure::envelope::OVERHEAD
+        } else {
+            0
+        };
+        let chunk_message =
+            datagram.starts_with(b"PUTCHUNK 2.0 ") || datagram.starts_with(b"CHUNK 2.0 ");
+        if channel == Channel::Mc || !chunk_message || datagram.len() + seal + 28 <= mtu {
+            return vec![datagram];
+        }
+        let chunk = match header_of(&datagram).map(Message::parse) {
+            Some(Ok(Message {
+                kind: MessageKind::Putchunk { chunk, .. } | MessageKind::Chunk { chunk, .. },
+                ..
+            })) => chunk,
+            _ => return vec![datagram],
+        };
+        if !self.core.pieces_ok() {
+            return vec![datagram];
+        }
+        let mut state = state.lock();
+        let key = state.next_key(chunk, channel);
+        let parts = pieces::split(key, &datagram, pieces::piece_payload(mtu, seal));
+        state.sent(key, datagram, parts.len(), self.effects.unix_ms());
+        parts
     }
 
     /// Whether a due timer has nothing left to do (cheap; see [`Core::timer_is_stale`]).
@@ -277,7 +339,112 @@ impl<E: Effects> Executor<E> {
 
     /// Handles a due timer.
     pub fn on_timer(&self, event: TimerEvent) {
+        if let TimerEvent::PieceCheck {
+            origin,
+            seq,
+            chunk,
+            channel,
+        } = event
+        {
+            return self.check_pieces(pieces::Key {
+                origin,
+                seq,
+                chunk,
+                channel,
+            });
+        }
         self.run(self.core.on_timer(event));
+    }
+
+    /// A piece or a NACK arrived (on `channel`, from `from`). Returns whether it was one.
+    fn on_piece_or_nack(
+        &self,
+        channel: Channel,
+        datagram: &[u8],
+        from: Option<std::net::IpAddr>,
+    ) -> bool {
+        let Some(state) = &self.pieces else {
+            return false; // a plain (or 1.0) peer ignores them
+        };
+        let now = self.effects.unix_ms();
+        if let Some(piece) = pieces::parse_piece(datagram).filter(|p| p.key.channel == channel) {
+            let took = state.lock().take(&piece, now);
+            match took {
+                pieces::Took::Whole(message) => {
+                    let len = message.len();
+                    return self.on_message_datagram(
+                        channel,
+                        Bytes::from(message),
+                        len,
+                        false,
+                        from,
+                    );
+                }
+                pieces::Took::Check(delay) => self.schedule_check(piece.key, delay),
+                pieces::Took::Kept => {}
+            }
+            return true;
+        }
+        let Some(nack) = pieces::parse_nack(datagram).filter(|_| channel == Channel::Mc) else {
+            self.malformed(format_args!(
+                "a malformed PIECE or NACK on {}",
+                channel.name()
+            ));
+            return false;
+        };
+        // A PUTCHUNK whose chunk no longer waits for STOREDs (its backup is over, or it was
+        // deleted) is not repaired: only NACKs of others are noted.
+        let wanted = nack.key.channel == Channel::Mdr || self.core.putchunk_pending(nack.key.chunk);
+        let repairs = state.lock().nacked(&nack, now, wanted);
+        if nack.key.origin == self.core.config().id && !repairs.is_empty() {
+            // Pieces were lost on the way: the backup's window takes it as congestion.
+            if nack.key.channel == Channel::Mdb {
+                self.core.pieces_nacked(nack.key.chunk);
+            }
+            for piece in repairs {
+                self.send_sealed(nack.key.channel, piece);
+            }
+        }
+        true
+    }
+
+    fn schedule_check(&self, key: pieces::Key, delay: Duration) {
+        let event = TimerEvent::PieceCheck {
+            origin: key.origin,
+            seq: key.seq,
+            chunk: key.chunk,
+            channel: key.channel,
+        };
+        self.effects.schedule(delay, event);
+    }
+
+    /// Looks at an incomplete message sent as pieces: NACK what is missing, or wait more.
+    fn check_pieces(&self, key: pieces::Key) {
+        let Some(state) = &self.pieces else { return };
+        let checked = state.lock().check(key, self.effects.unix_ms());
+        match checked {
+            pieces::Checked::Nack(nack, delay) => {
+                self.send_sealed(Channel::Mc, nack);
+                self.schedule_check(key, delay);
+            }
+            pieces::Checked::Again(delay) => self.schedule_check(key, delay),
+            pieces::Checked::Done => {}
+        }
+    }
+
+    /// Counters of the pieces' traffic (zero on a peer that sends none).
+    pub fn piece_stats(&self) -> pieces::PieceStats {
+        self.pieces
+            .as_ref()
+            .map(|p| p.lock().stats)
+            .unwrap_or_default()
+    }
+
+    /// Queues one datagram, sealed at its turn (in a secure group).
+    fn send_sealed(&self, channel: Channel, datagram: Vec<u8>) {
+        let s = self.this();
+        let sealed = move || vec![s.seal(datagram)];
+        self.effects.send(channel, Outgoing::Many(Box::new(sealed)));
     }
 
     fn malformed(&self, what: std::fmt::Arguments<'_>) {
@@ -589,10 +756,9 @@ impl<E: Effects> Executor<E> {
                             warn,
                             "sending chunk {chunk} over TCP to {addr}: {e}; sending it on MDR"
                         );
-                        let MessageKind::Chunk { body, .. } = whole.kind else {
-                            return None;
-                        };
-                        body
+                        // The initiator speaks 2.0: the CHUNK says so (and may travel as
+                        // pieces).
+                        return Some(whole.encode());
                     }
                 }
             }

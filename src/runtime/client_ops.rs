@@ -30,6 +30,7 @@ impl ClientHandler {
         let mut state = serde_json::to_value(peer.core.state()).expect("state serialises");
         let sent = &world.senders.stats;
         let mut counters = serde_json::to_value(&peer.core.counters).expect("counters serialise");
+        let pieces = peer.piece_stats();
         let extra = json!({
             "received": world.received.load(Ordering::Relaxed),
             "malformed": peer.stats.malformed.load(Ordering::Relaxed),
@@ -38,6 +39,12 @@ impl ClientHandler {
             "bad_mac": peer.stats.rejected[1].load(Ordering::Relaxed),
             "stale": peer.stats.rejected[2].load(Ordering::Relaxed),
             "replayed": peer.stats.rejected[3].load(Ordering::Relaxed),
+            "pieces_assembled": pieces.assembled,
+            "nacks_sent": pieces.nacks_sent,
+            "nacks_suppressed": pieces.nacks_suppressed,
+            "pieces_repaired": pieces.repaired,
+            "pieces_evicted": pieces.evicted,
+            "pieces_expired": pieces.expired,
             "backlog_dropped": world.pool.dropped(),
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),

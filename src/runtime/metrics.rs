@@ -392,6 +392,12 @@ fn help(key: &str) -> String {
             "Secure groups: datagrams and TCP frames dropped as too old (or sealed before this peer started)"
         }
         "replayed" => "Secure groups: datagrams and TCP frames dropped as replays",
+        "pieces_assembled" => "Chunk messages put together from pieces",
+        "nacks_sent" => "NACKs sent for missing pieces",
+        "nacks_suppressed" => "NACKs not sent because another receiver had asked for as much",
+        "pieces_repaired" => "Pieces resent on a NACK",
+        "pieces_evicted" => "Incomplete chunk messages evicted for room",
+        "pieces_expired" => "Incomplete chunk messages dropped without progress",
         "backlog_dropped" => "Datagrams dropped because the workers' backlog was full",
         "sent" => "Datagrams sent",
         "send_errors" => "Datagram sends that failed",

@@ -51,10 +51,7 @@ impl Senders {
             std::thread::Builder::new()
                 .name(format!("send-{}", channel.name()))
                 .spawn(move || {
-                    for out in rx {
-                        let Some(datagram) = out.into_datagram() else {
-                            continue;
-                        };
+                    for datagram in rx.iter().flat_map(Outgoing::into_datagrams) {
                         let wait = pacer.reserve(datagram.len(), epoch.elapsed());
                         if !wait.is_zero() {
                             std::thread::sleep(wait);

@@ -109,6 +109,9 @@ pub struct Scenario {
     /// plain group the first is obeyed and acknowledged chunks are lost (violations); a
     /// secure group must lose nothing.
     pub forge_deletes: bool,
+    /// The path MTU: enhanced peers send chunk messages larger than a frame as pieces, each a
+    /// datagram lost (or not) on its own. `None`: every message whole.
+    pub mtu: Option<usize>,
 }
 
 impl Default for Scenario {
@@ -146,6 +149,7 @@ impl Default for Scenario {
             heal: false,
             secure: false,
             forge_deletes: false,
+            mtu: None,
         }
     }
 }

@@ -441,6 +441,7 @@ impl World {
         slot.life += 1;
         let mut cfg = Config::new(slot.id, slot.version);
         cfg.seed = self.rng.u64(..);
+        cfg.mtu = self.sc.mtu;
         if self.sc.secure {
             cfg.group_key = Some(Arc::new(GroupKey::from_secret(SIM_GROUP_SECRET)));
             cfg.data_key = Some(Arc::new(sim_data_key(slot.id)));
@@ -570,14 +571,16 @@ impl World {
             self.slots[i as usize].sending[channel.index()] = false;
             return;
         };
-        let datagram = out.into_datagram();
+        let datagrams = out.into_datagrams();
         self.drain(i);
         let mut next = self.now;
-        if let Some(d) = datagram
-            && self.slots[i as usize].life == life
-        {
-            let wait = self.slots[i as usize].pacer.reserve(d.len(), self.now);
-            next = self.now + wait;
+        for d in datagrams {
+            if self.slots[i as usize].life != life {
+                break;
+            }
+            // Back to back, each when the pacer lets it go.
+            let wait = self.slots[i as usize].pacer.reserve(d.len(), next);
+            next += wait;
             self.transmit(i, channel, d, next);
         }
         if self.slots[i as usize].life == life {
