@@ -21,6 +21,11 @@
 #     seconds of every process (peers, testapp), CPU by thread, PUTCHUNK/GETCHUNK resends and
 #     backlog drops (STATE counters), UDP RcvbufErrors (/proc/net/snmp of the namespace).
 #     With the first N: the median of BENCH_SMALL_RUNS (21) one-chunk backups at degree 1.
+#     BENCH_SECURE=1: each N also runs in a secure group (every peer with `--group-key` and its
+#     own `--data-key`, 32 random bytes each, mode 0600, in the temp dir): messages sealed with
+#     HMAC-SHA256, chunks encrypted with XChaCha20-Poly1305 (63,960 bytes of the file per
+#     chunk), right after the plain run of the same N; the report sets secure MB/s and peer CPU
+#     beside plain and their ratio (target: secure >= 0.8 of plain).
 #  3. BENCH_BIG=1: the same with a BENCH_BIG_MB (1000) MB file and 4 peers (peak RSS vs 256 MB).
 #  4. BENCH_SCALE=1: 16 peers, 20 files of 5-10 MB backed up at once at degree 2 from peers
 #     1..16 round robin; every backup must succeed and every chunk be stored by >= 2 other
@@ -28,7 +33,8 @@
 # Prints human tables, then one JSON line (the last line of stdout). Progress goes to stderr.
 #
 # Usage: scripts/bench.sh                    BENCH_BIG=1 BENCH_SCALE=1 scripts/bench.sh
-#   BENCH_MB, BENCH_PEERS ("4 8"), BENCH_DEGREE, BENCH_SMALL_RUNS, BENCH_BIG_MB,
+#        BENCH_SECURE=1 BENCH_PEERS=4 BENCH_MB=64 scripts/bench.sh
+#   BENCH_MB, BENCH_PEERS ("4 8"), BENCH_SECURE (0), BENCH_DEGREE, BENCH_SMALL_RUNS, BENCH_BIG_MB,
 #   BENCH_SCALE_PEERS (16), BENCH_SCALE_FILES (20), BENCH_MC_COUNT (2000, datagrams per
 #   multicast trial at least), BENCH_DISK_COUNT (4000 files per disk round),
 #   BENCH_OP_TIMEOUT (s, one testapp call; default 300 + 3 s per MB), BENCH_PEER_OPTS (extra
@@ -52,12 +58,13 @@ SMALL_BYTES=10000
 BIG="${BENCH_BIG:-0}"
 BIG_MB="${BENCH_BIG_MB:-1000}"
 SCALE="${BENCH_SCALE:-0}"
+SECURE="${BENCH_SECURE:-0}"
 SCALE_PEERS="${BENCH_SCALE_PEERS:-16}"
 SCALE_FILES="${BENCH_SCALE_FILES:-20}"
 SCALE_DEGREE=2
 MC_COUNT="${BENCH_MC_COUNT:-2000}"
 DISK_COUNT="${BENCH_DISK_COUNT:-4000}"
-for v in MB DEGREE SMALL_RUNS BIG BIG_MB SCALE SCALE_PEERS SCALE_FILES MC_COUNT DISK_COUNT; do
+for v in MB DEGREE SMALL_RUNS BIG BIG_MB SCALE SECURE SCALE_PEERS SCALE_FILES MC_COUNT DISK_COUNT; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number (got '${!v}')" >&2; exit 2; }
 done
 for n in $PEER_COUNTS; do
@@ -65,6 +72,7 @@ for n in $PEER_COUNTS; do
 done
 [ "$DEGREE" -ge 1 ] && [ "$DEGREE" -le 9 ] || { echo "bench: BENCH_DEGREE must be 1-9" >&2; exit 2; }
 [ "$MB" -ge 1 ] && [ "$BIG_MB" -ge 1 ] || { echo "bench: file sizes must be at least 1 MB" >&2; exit 2; }
+[ "$SECURE" -le 1 ] || { echo "bench: BENCH_SECURE must be 0 or 1" >&2; exit 2; }
 [ "$SCALE_PEERS" -ge 3 ] || { echo "bench: BENCH_SCALE_PEERS must be at least 3" >&2; exit 2; }
 max_mb="$MB"
 [ "$BIG" -eq 0 ] || [ "$BIG_MB" -le "$max_mb" ] || max_mb="$BIG_MB"
@@ -230,17 +238,29 @@ timed() {
 }
 
 # ---- peers ------------------------------------------------------------------------------------
-# start_peers TAG N: starts peers 1..N (trees and logs in $tmp/TAG, access points TAG-pID) and
-# waits until each answers STATE.
+# key_file PATH: 32 random bytes, readable by their owner only (what a peer's key file needs).
+key_file() {
+    [ -f "$1" ] || (umask 077 && head -c 32 /dev/urandom >"$1")
+    chmod 600 "$1"
+}
+# start_peers TAG N [SECURE]: starts peers 1..N (trees and logs in $tmp/TAG, access points
+# TAG-pID) and waits until each answers STATE. SECURE=1: in a secure group (one group key,
+# a data key per peer, all in $tmp/keys).
 start_peers() {
-    local tag="$1" n="$2" id deadline
-    local -a opts
+    local tag="$1" n="$2" secure="${3:-0}" id deadline
+    local -a opts keys
     read -r -a opts <<<"${BENCH_PEER_OPTS:-}"
     mkdir -p "$tmp/$tag"
+    [ "$secure" -eq 0 ] || { mkdir -p "$tmp/keys" && key_file "$tmp/keys/group.key"; }
     pids=()
     for ((id = 1; id <= n; id++)); do
+        keys=()
+        if [ "$secure" -eq 1 ]; then
+            key_file "$tmp/keys/data$id.key"
+            keys=(--group-key "$tmp/keys/group.key" --data-key "$tmp/keys/data$id.key")
+        fi
         "$peer_bin" 1.0 "$id" "$tag-p$id" 239.77.0.1 "${CHANNEL_PORT[MC]}" 239.77.0.2 "${CHANNEL_PORT[MDB]}" 239.77.0.3 "${CHANNEL_PORT[MDR]}" \
-            --dir "$tmp/$tag/peer$id" "${opts[@]}" >"$tmp/$tag/peer$id.log" 2>&1 &
+            --dir "$tmp/$tag/peer$id" "${keys[@]}" "${opts[@]}" >"$tmp/$tag/peer$id.log" 2>&1 &
         pids+=("$!")
     done
     deadline=$((SECONDS + 60))
@@ -458,18 +478,19 @@ disk_bracket() {
 }
 fmean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a + b) / 2 }'; }
 
-# scenario TAG N FILE_MB WITH_SMALL: backup + restore of a FILE_MB file at DEGREE with N peers.
-declare -A S_MBPS S_LIMIT S_RATIO S_OK S_S S_APP_HWM S_APP_CPU
+# scenario TAG N FILE_MB WITH_SMALL [SECURE]: backup + restore of a FILE_MB file at DEGREE with
+# N peers (SECURE=1: in a secure group, whose chunks carry 63,960 bytes of the file each).
+declare -A S_MBPS S_LIMIT S_RATIO S_OK S_S S_APP_HWM S_APP_CPU S_PEER_CPU S_SMALL
 scenario() {
-    local tag="$1" n="$2" mb="$3" with_small="$4" file bytes chunks copies mc disk_b lim_b lim_r id p
+    local tag="$1" n="$2" mb="$3" with_small="$4" secure="${5:-0}" file bytes chunks copies mc disk_b lim_b lim_r id p
     file="$(make_file "$mb")"
     bytes="$(stat -c %s "$file")"
-    chunks=$((bytes / 64000 + 1))
+    if [ "$secure" -eq 1 ]; then chunks=$((bytes / 63960 + 1)); else chunks=$((bytes / 64000 + 1)); fi
     copies=$((n - 1))
     mc="${MC[$copies]}"
     log "$tag: disk rates just before"
     disk_bracket "$tag" before "$copies"
-    start_peers "$tag" "$n"
+    start_peers "$tag" "$n" "$secure"
     sync
     local load0
     load0="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -518,8 +539,12 @@ scenario() {
         small_latency "$tag"
         phase_end "$tag" "$n" small
         phases+=(small)
-        small_tag="$tag"
+        S_SMALL[$tag]="$small_median"
+        [ "$secure" -eq 1 ] || { small_tag="$tag" plain_small_median="$small_median"; }
     fi
+    for p in backup restore; do
+        S_PEER_CPU[$tag,$p]="$(for ((id = 1; id <= n; id++)); do echo "${P_CPU[$tag,$p,$id]}"; done | awk '{ s += $1 } END { printf "%.2f", s }')"
+    done
     local load1
     load1="$(cut -d' ' -f1-3 /proc/loadavg)"
     for ((id = 1; id <= n; id++)); do kill -0 "${pids[id - 1]}" 2>/dev/null || { failed=1; log "$tag: peer $id is no longer running"; }; done
@@ -547,7 +572,7 @@ scenario() {
 
     # Human report.
     out ""
-    out "== $tag: $n peers (protocol 1.0${BENCH_PEER_OPTS:+, options: $BENCH_PEER_OPTS}), file $mb MB ($chunks chunks), degree $DEGREE"
+    out "== $tag: $n peers (protocol 1.0$([ "$secure" -eq 0 ] || echo ", secure group: --group-key, --data-key per peer")${BENCH_PEER_OPTS:+, options: $BENCH_PEER_OPTS}), file $mb MB ($chunks chunks), degree $DEGREE"
     out "   copies written per chunk: $copies (protocol 1.0: every peer but the initiator stores every chunk, whatever the degree)"
     out "   disk just before / after (MB/s): $copies trees at once ${DB[$tag,before,c]} / ${DB[$tag,after,c]}," \
         "1 tree ${DB[$tag,before,1]} / ${DB[$tag,after,1]}, one file ${DB[$tag,before,f]} / ${DB[$tag,after,f]}; limits use the means"
@@ -557,6 +582,7 @@ scenario() {
         "ratio $(fdiv "${S_MBPS[$tag,restore]}" "$lim_rf"))"
     out "   (with the disk rate of 1 tree, $disk_1 MB/s, for both: backup limit $lim1_b, ratio $(fdiv "${S_MBPS[$tag,backup]}" "$lim1_b");" \
         "restore limit $lim1_r, ratio $(fdiv "${S_MBPS[$tag,restore]}" "$lim1_r"))"
+    out "   CPU s of all peers: backup ${S_PEER_CPU[$tag,backup]}, restore ${S_PEER_CPU[$tag,restore]}"
     out "   load average before/after: $load0 / $load1; WARN/ERROR log lines: $warn_lines; clean SIGTERM stop: $([ "$stopped_ok" -eq 1 ] && echo yes || echo NO)"
     out "$(printf '   %-8s %9s %8s %9s %6s %8s %8s %8s %8s %8s %8s %8s  %s' phase "wall s" "MB/s" "limit" ratio "put res" "get res" late slowdn dropped rcvbuf InErrors status)"
     for p in backup restore; do
@@ -595,23 +621,53 @@ scenario() {
     done
     local phj=""
     for p in backup restore; do
-        phj+="${phj:+,}\"$p\":{\"ok\":$([ "${S_OK[$tag,$p]}" = ok ] && echo true || echo false),\"wall_s\":${S_S[$tag,$p]},\"mbps\":${S_MBPS[$tag,$p]},\"limit_mbps\":${S_LIMIT[$tag,$p]},\"ratio\":${S_RATIO[$tag,$p]},\"limit_1_tree_mbps\":$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r"),\"ratio_1_tree\":$(fdiv "${S_MBPS[$tag,$p]}" "$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r")"),$([ "$p" = restore ] && echo "\"limit_one_file_mbps\":$lim_rf,\"ratio_one_file\":$(fdiv "${S_MBPS[$tag,$p]}" "$lim_rf"),")\"putchunk_resends\":$(sum_over "$tag" "$n" "$p" P_PUT),\"getchunk_resends\":$(sum_over "$tag" "$n" "$p" P_GET),\"restore_slowdowns\":$(sum_over "$tag" "$n" "$p" P_SLOW),\"putchunk_late\":$(sum_over "$tag" "$n" "$p" P_LATE),\"backlog_dropped\":$(sum_over "$tag" "$n" "$p" P_DROP),\"rcvbuf_errors\":${PH_RCV[$tag,$p]},\"socket_drops\":{\"MC\":${PH_CH[$tag,$p,MC]},\"MDB\":${PH_CH[$tag,$p,MDB]},\"MDR\":${PH_CH[$tag,$p,MDR]}},\"udp_in_errors\":${PH_RCVIN[$tag,$p]},\"udp_out_datagrams\":${PH_OUT[$tag,$p]},\"udp_in_datagrams\":${PH_IN[$tag,$p]},\"max_peer_vmhwm_kb\":$(max_hwm "$tag" "$n" "$p"),\"testapp_vmhwm_kb\":${S_APP_HWM[$tag,$p]},\"testapp_cpu_s\":${S_APP_CPU[$tag,$p]}}"
+        phj+="${phj:+,}\"$p\":{\"ok\":$([ "${S_OK[$tag,$p]}" = ok ] && echo true || echo false),\"wall_s\":${S_S[$tag,$p]},\"mbps\":${S_MBPS[$tag,$p]},\"limit_mbps\":${S_LIMIT[$tag,$p]},\"ratio\":${S_RATIO[$tag,$p]},\"limit_1_tree_mbps\":$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r"),\"ratio_1_tree\":$(fdiv "${S_MBPS[$tag,$p]}" "$([ "$p" = backup ] && echo "$lim1_b" || echo "$lim1_r")"),$([ "$p" = restore ] && echo "\"limit_one_file_mbps\":$lim_rf,\"ratio_one_file\":$(fdiv "${S_MBPS[$tag,$p]}" "$lim_rf"),")\"putchunk_resends\":$(sum_over "$tag" "$n" "$p" P_PUT),\"getchunk_resends\":$(sum_over "$tag" "$n" "$p" P_GET),\"restore_slowdowns\":$(sum_over "$tag" "$n" "$p" P_SLOW),\"putchunk_late\":$(sum_over "$tag" "$n" "$p" P_LATE),\"backlog_dropped\":$(sum_over "$tag" "$n" "$p" P_DROP),\"rcvbuf_errors\":${PH_RCV[$tag,$p]},\"socket_drops\":{\"MC\":${PH_CH[$tag,$p,MC]},\"MDB\":${PH_CH[$tag,$p,MDB]},\"MDR\":${PH_CH[$tag,$p,MDR]}},\"udp_in_errors\":${PH_RCVIN[$tag,$p]},\"udp_out_datagrams\":${PH_OUT[$tag,$p]},\"udp_in_datagrams\":${PH_IN[$tag,$p]},\"max_peer_vmhwm_kb\":$(max_hwm "$tag" "$n" "$p"),\"peers_cpu_s\":${S_PEER_CPU[$tag,$p]},\"testapp_vmhwm_kb\":${S_APP_HWM[$tag,$p]},\"testapp_cpu_s\":${S_APP_CPU[$tag,$p]}}"
     done
     local sj=""
     if [ "$with_small" -eq 1 ]; then
         sj=",\"small_backup\":{\"runs\":$SMALL_RUNS,\"bytes\":$SMALL_BYTES,\"degree\":1,\"median_s\":$small_median,\"min_s\":$small_min,\"p90_s\":$small_p90,\"max_s\":$small_max,\"failures\":$small_fail,\"rcvbuf_errors\":$small_rcv}"
     fi
-    S_JSON[$tag]="{\"tag\":\"$tag\",\"n_peers\":$n,\"file_mb\":$mb,\"chunks\":$chunks,\"degree\":$DEGREE,\"copies_written\":$copies,\"multicast_limit_mbps\":$mc,\"disk_mbps\":{\"chunk_files_${copies}_trees\":$disk_b,\"chunk_files_1_tree\":$disk_1,\"one_file\":$disk_f,\"before\":$(cat "$tmp/$tag/disk-before.json"),\"after\":$(cat "$tmp/$tag/disk-after.json")},$phj,\"peers\":[$pj]$sj,\"warn_error_lines\":$warn_lines,\"clean_stop\":$([ "$stopped_ok" -eq 1 ] && echo true || echo false),\"load_before\":\"$load0\",\"load_after\":\"$load1\"}"
+    S_JSON[$tag]="{\"tag\":\"$tag\",\"secure\":$([ "$secure" -eq 1 ] && echo true || echo false),\"n_peers\":$n,\"file_mb\":$mb,\"chunks\":$chunks,\"degree\":$DEGREE,\"copies_written\":$copies,\"multicast_limit_mbps\":$mc,\"disk_mbps\":{\"chunk_files_${copies}_trees\":$disk_b,\"chunk_files_1_tree\":$disk_1,\"one_file\":$disk_f,\"before\":$(cat "$tmp/$tag/disk-before.json"),\"after\":$(cat "$tmp/$tag/disk-after.json")},$phj,\"peers\":[$pj]$sj,\"warn_error_lines\":$warn_lines,\"clean_stop\":$([ "$stopped_ok" -eq 1 ] && echo true || echo false),\"load_before\":\"$load0\",\"load_after\":\"$load1\"}"
 }
 declare -A S_JSON
 small_tag=""
+plain_small_median=null
 first=1
 scen_tags=()
 for n in $PEER_COUNTS; do
     scenario "p$n-${MB}MB" "$n" "$MB" "$first"
     scen_tags+=("p$n-${MB}MB")
+    if [ "$SECURE" -eq 1 ]; then
+        scenario "p$n-${MB}MB-secure" "$n" "$MB" "$first" 1
+        scen_tags+=("p$n-${MB}MB-secure")
+    fi
     first=0
 done
+# Secure against plain, for each N: MB/s and the peers' CPU seconds, side by side.
+secure_json=null
+if [ "$SECURE" -eq 1 ]; then
+    out ""
+    out "Secure group against plain ($MB MB, degree $DEGREE; ratio = secure / plain; CPU = all peers' user + system s in the phase):"
+    out "$(printf '  %-6s %-8s %10s %10s %6s %10s %10s %6s  %s' peers phase "plain MB/s" "secure" ratio "plain CPU" "secure" ratio status)"
+    sv=""
+    for n in $PEER_COUNTS; do
+        pt="p$n-${MB}MB" st="p$n-${MB}MB-secure"
+        ph=""
+        for p in backup restore; do
+            r="$(fdiv "${S_MBPS[$st,$p]}" "${S_MBPS[$pt,$p]}")" rc_="$(fdiv "${S_PEER_CPU[$st,$p]}" "${S_PEER_CPU[$pt,$p]}")"
+            out "$(printf '  %-6s %-8s %10s %10s %6s %10s %10s %6s  %s' "$n" "$p" "${S_MBPS[$pt,$p]}" "${S_MBPS[$st,$p]}" "$r" \
+                "${S_PEER_CPU[$pt,$p]}" "${S_PEER_CPU[$st,$p]}" "$rc_" "plain ${S_OK[$pt,$p]}, secure ${S_OK[$st,$p]}")"
+            ph+="${ph:+,}\"$p\":{\"plain_mbps\":${S_MBPS[$pt,$p]},\"secure_mbps\":${S_MBPS[$st,$p]},\"ratio\":$r,\"plain_peers_cpu_s\":${S_PEER_CPU[$pt,$p]},\"secure_peers_cpu_s\":${S_PEER_CPU[$st,$p]},\"cpu_ratio\":$rc_}"
+        done
+        if [ -n "${S_SMALL[$st]:-}" ]; then
+            out "$(printf '  %-6s %-8s %10s %10s %6s' "$n" 1-chunk "${S_SMALL[$pt]}" "${S_SMALL[$st]}" "$(fdiv "${S_SMALL[$st]}" "${S_SMALL[$pt]}")")  (median s, not MB/s)"
+            ph+=",\"small_median_s\":{\"plain\":${S_SMALL[$pt]},\"secure\":${S_SMALL[$st]}}"
+        fi
+        sv+="${sv:+,}{\"n_peers\":$n,$ph}"
+    done
+    secure_json="[$sv]"
+fi
+json_parts+=("\"secure_vs_plain\":$secure_json")
 if [ "$BIG" -ne 0 ]; then
     scenario "p4-${BIG_MB}MB" 4 "$BIG_MB" 0
     scen_tags+=("p4-${BIG_MB}MB")
@@ -707,6 +763,13 @@ if [ -n "${S_JSON[$t4]:-}" ]; then
     out "  restore >= 50 % of its limit: ${S_RATIO[$t4,restore]} -> $v_r"
     t_json+="\"backup_ratio_ge_0_5\":\"$v_b\",\"restore_ratio_ge_0_5\":\"$v_r\","
 fi
+if [ "$SECURE" -eq 1 ] && [ -n "${S_JSON[$t4-secure]:-}" ]; then
+    sr_b="$(fdiv "${S_MBPS[$t4-secure,backup]}" "${S_MBPS[$t4,backup]}")" sr_r="$(fdiv "${S_MBPS[$t4-secure,restore]}" "${S_MBPS[$t4,restore]}")"
+    v_sb="$(verdict "$sr_b" 0.8 '>=')" v_sr="$(verdict "$sr_r" 0.8 '>=')"
+    out "  secure backup >= 0.8 of plain: $sr_b -> $v_sb"
+    out "  secure restore >= 0.8 of plain: $sr_r -> $v_sr"
+    t_json+="\"secure_backup_ge_0_8_plain\":\"$v_sb\",\"secure_restore_ge_0_8_plain\":\"$v_sr\","
+fi
 all_hwm=0
 for t in "${scen_tags[@]}"; do
     for p in backup restore small; do
@@ -738,10 +801,10 @@ v_rcv="$(verdict "$rcv_total" 0 '<=')"
 out "  no receive-buffer drops during backups and restores: RcvbufErrors $rcv_total -> $v_rcv"
 t_json+="\"no_rcvbuf_drops\":\"$v_rcv\",\"rcvbuf_errors_total\":$rcv_total,"
 if [ -n "$small_tag" ]; then
-    v_s="$(verdict "$small_median" 0.5 '<=')"
-    out "  1-chunk backup median <= 0.5 s: $small_median s -> $v_s"
+    v_s="$(verdict "$plain_small_median" 0.5 '<=')"
+    out "  1-chunk backup median <= 0.5 s: $plain_small_median s -> $v_s"
     t_json+="\"small_median_le_0_5s\":\"$v_s\","
-    json_parts+=("\"small_backup_median_s\":$small_median")
+    json_parts+=("\"small_backup_median_s\":$plain_small_median")
 fi
 if [ "$SCALE" -ne 0 ]; then
     v_sc="$( [ "$ok_ops" -eq "$SCALE_FILES" ] && grep -q '"ok":true' "$tmp/scale$SCALE_PEERS/replication.json" && echo met || echo "NOT met")"

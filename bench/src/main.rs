@@ -1,8 +1,10 @@
 //! dbs-bench: measures the raw limits of this machine for dbs (loss-free multicast rate of
-//! 64,000-byte datagrams, rate of durable 64,000-byte chunk files) and checks replication from
-//! the peers' STATE; `scripts/bench.sh` runs it and the peers. Each subcommand prints one JSON
-//! line on stdout; progress goes to stderr.
+//! 64,000-byte datagrams, rate of durable 64,000-byte chunk files), the CPU cost of a secure
+//! group's cryptography, and checks replication from the peers' STATE; `scripts/bench.sh`
+//! runs it and the peers. Each subcommand prints one JSON line on stdout; progress goes to
+//! stderr.
 
+mod crypto;
 mod disk;
 mod multicast;
 mod replication;
@@ -38,6 +40,10 @@ enum Command {
     /// Rate at which this disk takes 64,000-byte chunk files made durable (stage + group
     /// commit, as a peer does).
     Disk(disk::Options),
+    /// CPU cost of a secure group's cryptography alone (one thread): sealing and opening
+    /// 64,000-byte messages, encrypting and decrypting 63,960-byte chunks, SHA-256 for
+    /// reference.
+    Crypto(crypto::Options),
     /// Checks that every chunk of every backed-up file is held by enough other peers, from the
     /// `testapp --json STATE` outputs of all peers.
     Replication {
@@ -55,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Multicast(opts) => multicast::run(&opts),
         Command::McReceive { group } => multicast::receive(group),
         Command::Disk(opts) => disk::run(&opts),
+        Command::Crypto(opts) => crypto::run(&opts),
         Command::Replication { min, states } => replication::run(min, &states),
     }
 }
