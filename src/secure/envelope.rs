@@ -186,7 +186,10 @@ impl Opener {
         }
         let field = |i: usize| u64::from_be_bytes(body[i..i + 8].try_into().expect("8 bytes"));
         let (boot, seq, sent) = (field(4), field(12), field(20));
-        if sent + MAX_AGE_MS < now_ms || sent > now_ms + MAX_AGE_MS || sent < self.started_ms {
+        if sent.saturating_add(MAX_AGE_MS) < now_ms
+            || sent > now_ms.saturating_add(MAX_AGE_MS)
+            || sent < self.started_ms
+        {
             return Err(Rejected::Stale);
         }
         let message = &body[HEADER..];
@@ -273,6 +276,9 @@ mod tests {
         assert_eq!(o.open(&old, NOW + MAX_AGE_MS + 1), Err(Rejected::Stale));
         let future = s.seal(&msg(3), NOW + MAX_AGE_MS + 1);
         assert_eq!(o.open(&future, NOW), Err(Rejected::Stale));
+        // A member's clock at the end of time (found by fuzzing: no overflow).
+        let end = s.seal(&msg(3), u64::MAX - 5);
+        assert_eq!(o.open(&end, NOW), Err(Rejected::Stale));
         // Sealed before the receiver started: seen (or not) in an earlier life.
         let before = s.seal(&msg(3), NOW - 2000);
         assert_eq!(o.open(&before, NOW), Err(Rejected::Stale));
