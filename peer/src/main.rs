@@ -118,6 +118,11 @@ struct Args {
     /// interface given by --iface.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(576..=65_535))]
     mtu: Option<u32>,
+    /// Send every piece with a system call of its own, instead of a message's pieces in one
+    /// (UDP GSO, used where the kernel allows): for measurements, or a driver that mishandles
+    /// GSO.
+    #[arg(long)]
+    no_gso: bool,
     /// Secure group: FILE holds the group's shared secret (at least 32 bytes of any content,
     /// e.g. `head -c 32 /dev/urandom > FILE`; readable by its owner only). Every member uses
     /// the same file. The peer then seals every message it sends and drops every datagram
@@ -382,6 +387,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("resolving the peer's directory")?,
         capacity_kb: args.capacity,
         send_rate: args.rate.saturating_mul(1_000_000),
+        gso: !args.no_gso,
         workers: args.workers as usize,
         backlog_bytes: 32 << 20,
     };

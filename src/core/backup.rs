@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::metadata::{FileAttrs, chunk_count, payload};
+use super::metadata::{FileAttrs, Ownership, chunk_count, payload};
 use super::verify::recorded_proofs;
 use super::{
     Action, ChunkSource, CommandError, Config, Core, Counters, OpEvent, OpId, TimerEvent, progress,
@@ -811,7 +811,10 @@ impl Core {
         chunk: ChunkKey,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, Vec<Action>> {
-        let body = self.wire_body(chunk, body);
+        let body = match self.wire_body(chunk, body) {
+            Ok(body) => body,
+            Err(e) => return Err(self.backup_source_failed(op, e)),
+        };
         let hash = ChunkHash::of(&body);
         let key = self.meta.lock().key_to_record(&chunk);
         let proofs = key.map_or_else(String::new, |k| recorded_proofs(&k, chunk, &body));
@@ -826,8 +829,8 @@ impl Core {
     }
 
     /// Chunk `chunk` of a file of this home as it goes on the wire: encrypted if the file is
-    /// sealed (see [`crate::secure::chunks`]).
-    fn wire_body(&self, chunk: ChunkKey, body: Vec<u8>) -> Vec<u8> {
+    /// sealed (see [`crate::secure::chunks`]). `Err` for a sealed file without the data key.
+    fn wire_body(&self, chunk: ChunkKey, body: Vec<u8>) -> Result<Vec<u8>, String> {
         let sealed = self
             .meta
             .lock()
@@ -835,27 +838,61 @@ impl Core {
             .get(&chunk.file)
             .is_some_and(|f| f.attrs.sealed);
         match (&self.cfg.data_key, sealed) {
-            (Some(key), true) => crate::secure::chunks::encrypt(key, &chunk, &body),
-            _ => body,
+            (Some(key), true) => Ok(crate::secure::chunks::encrypt(key, &chunk, &body)),
+            (None, true) => Err("the file is sealed and this peer has no data key".into()),
+            (_, false) => Ok(body),
         }
+    }
+
+    /// The hash chunk `no` of `file` has on the wire if the file's bytes there are `plain`
+    /// (for a sealed file, of their ciphertext).
+    pub fn wire_hash(&self, file: FileId, no: ChunkNo, plain: Vec<u8>) -> Option<ChunkHash> {
+        let body = self.wire_body(ChunkKey { file, no }, plain).ok()?;
+        Some(ChunkHash::of(&body))
     }
 
     /// A backup request as this home carries it out: with a data key, the file is sealed and
-    /// named by its delete secret's commitment (see [`crate::secure::ownership`]).
+    /// named by its delete secret's commitment (see [`crate::secure::ownership`]); an
+    /// unchanged file keeps the registration it has (a resumed backup), a new one gets a salt
+    /// of its own.
     fn owned_request(&self, mut req: BackupRequest) -> BackupRequest {
-        if let Some(key) = &self.cfg.data_key {
-            req.attrs.base = Some(req.file);
-            req.attrs.sealed = true;
-            req.file = crate::secure::ownership::owned_file_id(key, &req.file);
-        }
+        let Some(key) = &self.cfg.data_key else {
+            return req;
+        };
+        let base = req.file;
+        let owner = if req.attrs.catalog.is_some() {
+            Ownership { base, salt: None }
+        } else if let Some((_, owner)) = self.meta.lock().own_by_base(&req.path, &base) {
+            owner
+        } else {
+            let mut salt = [0u8; 32];
+            self.rng.lock().fill(&mut salt);
+            Ownership {
+                base,
+                salt: Some(FileId(salt)),
+            }
+        };
+        req.file = crate::secure::ownership::owned_file_id(key, &base, owner.salt.as_ref());
+        req.attrs.owner = Some(owner);
+        req.attrs.sealed = true;
         req
     }
 
-    /// The file id this home gives a file whose plain id is `base` (itself, without a data
-    /// key).
-    pub fn owned(&self, base: FileId) -> FileId {
+    /// The id of the file backed up here from `path` whose plain id is `base`: `base` itself
+    /// without a data key; with one, the id of its registration, if it has one.
+    pub fn file_of_base(&self, path: &std::path::Path, base: FileId) -> Option<FileId> {
         match &self.cfg.data_key {
-            Some(key) => crate::secure::ownership::owned_file_id(key, &base),
+            Some(_) => self.meta.lock().own_by_base(path, &base).map(|(id, _)| id),
+            None => Some(base),
+        }
+    }
+
+    /// The file id of catalog generation `tag` of this home (named by its delete secret with a
+    /// data key).
+    pub fn catalog_id(&self, tag: &CatalogTag) -> FileId {
+        let base = super::recover::catalog_file_id(tag);
+        match &self.cfg.data_key {
+            Some(key) => crate::secure::ownership::owned_file_id(key, &base, None),
             None => base,
         }
     }

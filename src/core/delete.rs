@@ -90,8 +90,8 @@ impl Core {
     /// holder whose STORED was lost on the way here would otherwise keep its copy for good if
     /// it missed the DELETEs). Returns the version the DELETEs go out with.
     pub(super) fn forget_file(&self, meta: &mut Metadata, file: FileId, enhanced: bool) -> Version {
-        let base = meta.backed_up().get(&file).and_then(|f| f.attrs.base);
-        meta.add_tombstone(file, self.cfg.id, base);
+        let owner = meta.backed_up().get(&file).and_then(|f| f.attrs.owner);
+        meta.add_tombstone(file, self.cfg.id, owner);
         if meta.forget_file(&file).is_some() && enhanced {
             let peers: BTreeSet<PeerId> = meta.enhanced_peers().clone();
             meta.set_pending_delete(file, peers);
@@ -109,9 +109,16 @@ impl Core {
         let Some(key) = &self.cfg.data_key else {
             return Vec::new();
         };
-        let base = meta.backed_up().get(file).and_then(|f| f.attrs.base);
-        base.or_else(|| meta.tombstone_base(file))
-            .map(|base| vec![crate::secure::ownership::proof_line(key, &base)])
+        let owner = meta.backed_up().get(file).and_then(|f| f.attrs.owner);
+        owner
+            .or_else(|| meta.tombstone_owner(file))
+            .map(|o| {
+                vec![crate::secure::ownership::proof_line(
+                    key,
+                    &o.base,
+                    o.salt.as_ref(),
+                )]
+            })
             .unwrap_or_default()
     }
 

@@ -98,10 +98,21 @@ pub struct FileAttrs {
     /// [`crate::secure::chunks::SEALED_PAYLOAD`] bytes of the file, not 64,000.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sealed: bool,
-    /// Named by a home with a data key: the plain id its delete secret is made from
+    /// Named by a home with a data key: what its delete secret is made from
     /// (`crate::secure::ownership`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<FileId>,
+    pub owner: Option<Ownership>,
+}
+
+/// What a home with a data key makes a file's delete secret (and its id) from: the file's
+/// plain id and the salt of this registration (none for a catalog generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The plain file id (protocol.md §2).
+    pub base: FileId,
+    /// Drawn when the file was registered (a file deleted and backed up again gets another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<FileId>,
 }
 
 impl FileAttrs {
@@ -239,10 +250,10 @@ pub struct Tombstone {
     pub home: PeerId,
     /// Order of the deletions, to forget the oldest first.
     pub seq: u64,
-    /// At the home, for a file named with a data key: the plain id its delete secret is made
-    /// from, to prove the deletion again (pending deletions are re-sent).
+    /// At the home, for a file named with a data key: what its delete secret is made from,
+    /// to prove the deletion again (pending deletions are re-sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<FileId>,
+    pub owner: Option<Ownership>,
 }
 
 /// One item of the metadata, as tracked for saving. The order matters: when changes are
@@ -904,11 +915,11 @@ impl Metadata {
 
     /// Notes that `file` was deleted on `home`'s word (see [`Tombstone`]); the oldest of more
     /// than [`TOMBSTONES_KEPT`] is forgotten.
-    pub fn add_tombstone(&mut self, file: FileId, home: PeerId, base: Option<FileId>) {
+    pub fn add_tombstone(&mut self, file: FileId, home: PeerId, owner: Option<Ownership>) {
         if self
             .tombstones
             .get(&file)
-            .is_some_and(|t| t.home == home && t.base == base)
+            .is_some_and(|t| t.home == home && t.owner == owner)
         {
             return;
         }
@@ -918,12 +929,14 @@ impl Metadata {
             .map(|t| t.seq + 1)
             .max()
             .unwrap_or(0);
-        self.tombstones.insert(file, Tombstone { home, seq, base });
+        self.tombstones.insert(file, Tombstone { home, seq, owner });
         self.mark(Item::Tombstone(file));
+        // (A deletion still pending keeps its tombstone: it holds what proves it.)
         if self.tombstones.len() > TOMBSTONES_KEPT
             && let Some(oldest) = self
                 .tombstones
                 .iter()
+                .filter(|(f, _)| !self.pending_deletes.contains_key(f))
                 .min_by_key(|(_, t)| t.seq)
                 .map(|(f, _)| *f)
         {
@@ -937,9 +950,27 @@ impl Metadata {
         self.tombstones.len()
     }
 
-    /// The plain id of a file this home named with its data key and deleted recently.
-    pub fn tombstone_base(&self, file: &FileId) -> Option<FileId> {
-        self.tombstones.get(file).and_then(|t| t.base)
+    /// What proves the deletion of a file this home named with its data key and deleted.
+    pub fn tombstone_owner(&self, file: &FileId) -> Option<Ownership> {
+        self.tombstones.get(file).and_then(|t| t.owner)
+    }
+
+    /// The file backed up here from `path` whose plain id is `base` (named with a data key),
+    /// and what its name is made from.
+    pub fn own_by_base(
+        &self,
+        path: &std::path::Path,
+        base: &FileId,
+    ) -> Option<(FileId, Ownership)> {
+        self.by_path.get(path)?.iter().find_map(|id| {
+            let owner = self.backed_up.get(id)?.attrs.owner?;
+            (owner.base == *base).then_some((*id, owner))
+        })
+    }
+
+    /// Whether a catalog tag is recorded for `file`.
+    pub fn has_catalog_tag(&self, file: &FileId) -> bool {
+        self.catalog_tags.contains_key(file)
     }
 
     /// The peer on whose word `file` was deleted recently, if it was.

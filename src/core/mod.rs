@@ -44,8 +44,8 @@ use crate::protocol::{
 };
 pub use backup::{BackupOp, BackupRequest, PendingPut};
 use maps::{Map, Seeded};
-pub use metadata::FileAttrs;
 pub use metadata::Metadata;
+pub use metadata::{FileAttrs, Ownership};
 pub use restore::{PendingGet, Placement, RestoreOp, RestoreRequest};
 pub use state::StateReport;
 

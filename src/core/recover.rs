@@ -173,7 +173,7 @@ impl Core {
         };
         tracing::debug!(
             "publishing catalog generation {generation} as file {}: {files} file(s), {} bytes",
-            self.owned(catalog_file_id(&tag)),
+            self.catalog_id(&tag),
             bytes.len()
         );
         vec![Action::WriteCatalog {
@@ -236,7 +236,7 @@ impl Core {
 
     /// A holder says it holds a generation of a catalog.
     pub(super) fn on_catalog_held(&self, from: PeerId, file: FileId, tag: CatalogTag) {
-        if tag.home != self.cfg.id || file != self.owned(catalog_file_id(&tag)) {
+        if tag.home != self.cfg.id || file != self.catalog_id(&tag) {
             return;
         }
         // Numbering goes on above every generation the group holds.
@@ -383,7 +383,10 @@ impl Core {
                     catalog: Some(tag),
                     version: tag.generation as u32,
                     sealed,
-                    base: sealed.then(|| catalog_file_id(&tag)),
+                    owner: sealed.then(|| super::Ownership {
+                        base: catalog_file_id(&tag),
+                        salt: None,
+                    }),
                     ..FileAttrs::default()
                 },
             );
@@ -423,7 +426,7 @@ impl Core {
         holders: Vec<PeerId>,
         bytes: Result<Vec<u8>, String>,
     ) -> Vec<Action> {
-        let file = self.owned(catalog_file_id(&tag));
+        let file = self.catalog_id(&tag);
         let doc = bytes.and_then(|bytes| {
             if ChunkHash::of(&bytes) != tag.hash {
                 return Err("not the hash its holders announced".to_string());

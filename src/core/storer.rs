@@ -139,11 +139,12 @@ impl Core {
         // A chunk of another peer's catalog: remember whose (the tag must name this file).
         // A home with a data key names a generation by its delete secret, which a holder
         // cannot check: then the tag is believed from the home itself, or from any member of
-        // a secure group (a holder's re-backup).
+        // a secure group (a holder's re-backup) if the file has none yet: a member cannot
+        // relabel a generation already stored.
         if let Some(tag) = catalog.filter(|t| {
             super::recover::catalog_file_id(t) == chunk.file
-                || t.home == sender
-                || self.cfg.secure()
+                || (t.home == sender && !self.cfg.secure())
+                || (self.cfg.secure() && !meta.has_catalog_tag(&chunk.file))
         }) {
             meta.set_catalog_tag(chunk.file, tag);
         }
@@ -157,7 +158,13 @@ impl Core {
         if !self.fits(&meta, body.len() as u32) {
             return Vec::new();
         }
-        if !self.within_quota(&meta, origin.owner(), body.len() as u32) {
+        // In a secure group the sender is charged too: a member naming another home in its
+        // PUTCHUNKs cannot spend that home's share alone.
+        if !self.within_quota(&meta, origin.owner(), body.len() as u32)
+            || (self.cfg.secure()
+                && origin.owner() != sender
+                && !self.within_quota(&meta, sender, body.len() as u32))
+        {
             return Vec::new();
         }
         drop(meta);
@@ -314,7 +321,13 @@ impl Core {
                 sender: Some(w.origin.sender),
             },
         );
-        let stale = meta.drop_stale_catalogs(&chunk.file);
+        // (A secure peer cannot check a tag, so it drops nothing on one: the home's proven
+        // DELETEs remove old generations.)
+        let stale = if self.cfg.secure() {
+            Vec::new()
+        } else {
+            meta.drop_stale_catalogs(&chunk.file)
+        };
         drop(meta);
         Counters::bump(&self.counters.chunks_stored);
         let mut actions: Vec<Action> = stale

@@ -2454,3 +2454,179 @@ fn rebackups_after_removeds_from_one_sender_wait_for_its_budget() {
     assert_eq!(c.backups.len(), n as usize + 2);
     assert_eq!(over(), 2);
 }
+
+// ---- Review reproductions ----
+
+fn secure_core2(id: PeerId) -> Core {
+    let mut cfg = Config::new(id, V2);
+    cfg.seed = 11;
+    cfg.window = 2;
+    cfg.restore_window = 2;
+    cfg.restore_tcp = Some("127.0.0.1:4000".parse().unwrap());
+    cfg.group_key = Some(std::sync::Arc::new(crate::secure::GroupKey::from_secret(
+        &[1; 32],
+    )));
+    cfg.data_key = Some(std::sync::Arc::new(crate::secure::DataKey::from_secret(
+        &[id as u8; 32],
+        id,
+    )));
+    Core::new(cfg, Metadata::default())
+}
+
+/// Stores a catalog chunk at `holder` as sent by `sender` with `tag`, under `file`.
+fn store_catalog_chunk(
+    holder: &Core,
+    sender: PeerId,
+    file: FileId,
+    tag: crate::protocol::CatalogTag,
+) {
+    let mut put = msg2(
+        sender,
+        MessageKind::Putchunk {
+            chunk: ChunkKey { file, no: 0 },
+            degree: 1,
+            body: Bytes::from_static(b"0123456789"),
+        },
+    );
+    put.extra_lines = vec![crate::protocol::message::catalog_line(&tag)];
+    let deferred = holder.on_message(put);
+    for (_, ev) in timers(&deferred) {
+        holder.on_timer(ev);
+    }
+    holder.chunk_written(
+        ChunkKey { file, no: 0 },
+        1,
+        10,
+        Some(ChunkHash::of(b"0123456789")),
+    );
+}
+
+#[test]
+fn a_member_forging_a_newer_catalog_tag_drops_the_homes_generations() {
+    let tag = |home, generation| crate::protocol::CatalogTag {
+        home,
+        generation,
+        size: 10,
+        files: 1,
+        hash: ChunkHash::of(b"doc"),
+    };
+    let holder = secure_core2(5);
+    // Home 1's real generation 3 (named by its delete secret; opaque to the holder).
+    let real = FileId([0x11; 32]);
+    store_catalog_chunk(&holder, 1, real, tag(1, 3));
+    assert_eq!(
+        holder.with_metadata(|m| m.stored_chunk(&ChunkKey { file: real, no: 0 }).is_some()),
+        true
+    );
+    // A rogue member (sender 7) sends one PUTCHUNK of junk under a fresh id, tagged as home
+    // 1's generation 1000. No DELETE, no proof.
+    let junk = FileId([0x77; 32]);
+    store_catalog_chunk(&holder, 7, junk, tag(1, 1000));
+    assert!(
+        holder.with_metadata(|m| m.stored_chunk(&ChunkKey { file: real, no: 0 }).is_some()),
+        "home 1's real catalog generation was dropped without its proof"
+    );
+}
+
+#[test]
+fn a_member_relabels_a_real_catalog_generation() {
+    let tag = |home, generation| crate::protocol::CatalogTag {
+        home,
+        generation,
+        size: 10,
+        files: 1,
+        hash: ChunkHash::of(b"doc"),
+    };
+    let holder = secure_core2(5);
+    let real = FileId([0x11; 32]);
+    store_catalog_chunk(&holder, 1, real, tag(1, 3));
+    // A member re-sends a PUTCHUNK of the same file id with another tag.
+    store_catalog_chunk(&holder, 7, real, tag(9, 0));
+    assert_eq!(
+        holder.with_metadata(|m| m.catalog_tag(&real)),
+        Some(tag(1, 3)),
+        "relabelled"
+    );
+}
+
+#[test]
+fn a_redeleted_then_rebacked_up_file_reuses_its_revealed_proof() {
+    let c = secure_core2(1);
+    let mut req = request(10, 1);
+    req.enhanced = true;
+    c.start_backup(1, req.clone()).unwrap();
+    let file = c
+        .file_of_base(std::path::Path::new("/src/file"), key(0).file)
+        .unwrap();
+    let chunk = ChunkKey { file, no: 0 };
+    c.putchunk_read(1, chunk, vec![0; 10]).unwrap();
+    c.on_message(msg2(2, MessageKind::Stored { chunk }));
+    assert_eq!(c.instances(), 0, "backup over");
+    let actions = c
+        .start_delete(2, std::path::Path::new("/src/file"), true)
+        .unwrap();
+    let proof = sends(&actions)
+        .iter()
+        .find(|m| matches!(m.kind, MessageKind::Delete { .. }))
+        .unwrap()
+        .extra_lines
+        .clone();
+    // The unchanged file is backed up again: another registration, another id, which the
+    // proof a member saw on MC does not prove.
+    c.start_backup(3, req).unwrap();
+    let again = c
+        .file_of_base(std::path::Path::new("/src/file"), key(0).file)
+        .unwrap();
+    assert_ne!(again, file);
+    assert!(crate::secure::ownership::proves(&file, &proof));
+    assert!(
+        !crate::secure::ownership::proves(&again, &proof),
+        "a revealed proof deletes the re-backup"
+    );
+}
+
+#[test]
+fn a_pending_deletion_loses_its_proof_with_its_tombstone() {
+    let c = secure_core2(1);
+    let file_n = |n: u32| {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        FileId(id)
+    };
+    // Peer 3 is an enhanced peer (it spoke 2.0), then goes down.
+    c.on_message(msg2(3, MessageKind::Alive));
+    let n = metadata::TOMBSTONES_KEPT as u32 + 1;
+    let mut first = None;
+    for i in 0..n {
+        let path = PathBuf::from(format!("/src/f{i}"));
+        let req = BackupRequest {
+            path: path.clone(),
+            file: file_n(i),
+            size: 1,
+            degree: 1,
+            enhanced: true,
+            attrs: Default::default(),
+            keep: 1,
+        };
+        c.start_backup(10 + u64::from(i), req).unwrap();
+        let owned = c.file_of_base(&path, file_n(i)).unwrap();
+        first.get_or_insert(owned);
+        let chunk = ChunkKey { file: owned, no: 0 };
+        c.putchunk_read(10 + u64::from(i), chunk, vec![1]).unwrap();
+        c.on_message(msg2(2, MessageKind::Stored { chunk }));
+        c.start_delete(100_000 + u64::from(i), &path, true).unwrap();
+    }
+    let first = first.unwrap();
+    assert!(c.with_metadata(|m| m.pending_deletes().contains_key(&first)));
+    // Peer 3 comes back: the DELETE of the first file goes out without its proof.
+    let actions = c.on_message(msg2(3, MessageKind::Up));
+    let del = sends(&actions)
+        .into_iter()
+        .find(|m| m.kind == MessageKind::Delete { file: first })
+        .expect("a DELETE of the first file");
+    assert!(
+        crate::secure::ownership::proves(&first, &del.extra_lines),
+        "sent without its proof: {:?}",
+        del.extra_lines
+    );
+}

@@ -42,7 +42,8 @@ const MAX_NACKS: u8 = 12;
 const EXPIRE_MS: u64 = 3_000;
 /// A message put together is remembered this long (its repairs for others are ignored).
 const DONE_KEEP_MS: u64 = 20_000;
-/// Pieces of one message at most (a NACK's bitmap fits a datagram).
+/// Pieces of one message at most (a NACK's bitmap fits a datagram; 4 digits on the wire, so
+/// that every piece of a message but the last has the same length: one GSO send).
 pub const MAX_PIECES: usize = 1024;
 
 /// Which message: its sender, the sender's number for it, its chunk and channel.
@@ -107,7 +108,7 @@ pub fn piece_payload(mtu: usize, seal: usize) -> usize {
 /// The pieces of `message` (for `key`; its sender is `key.origin`), `payload` bytes of it
 /// each.
 pub fn split(key: Key, message: &[u8], payload: usize) -> Vec<Vec<u8>> {
-    let count = message.len().div_ceil(payload).max(1);
+    let count = message.len().div_ceil(payload).clamp(1, MAX_PIECES);
     (0..count).map(|i| piece(key, message, i, count)).collect()
 }
 
@@ -117,7 +118,7 @@ fn piece(key: Key, message: &[u8], index: usize, count: usize) -> Vec<u8> {
     let start = (index * size).min(message.len());
     let end = (start + size).min(message.len());
     let mut out = format!(
-        "PIECE 2.0 {} {} {} {} {} {index} {count} {} \r\n\r\n",
+        "PIECE 2.0 {} {} {} {} {} {index:04} {count:04} {:05} \r\n\r\n",
         key.origin,
         key.seq,
         key.chunk.file,

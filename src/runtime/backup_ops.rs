@@ -209,8 +209,9 @@ fn walk(peer: &Arc<Peer>, root: &Path, opts: Options) -> Tree {
                 Err(e) => tree.found.unreadable.push((path, e.to_string())),
             }
         } else if kind.is_file() {
-            let file = id_of(peer, &path, &meta);
-            if unchanged(peer, &path, file, opts.degree) {
+            // (A home with a data key names a file by its registration: found by plain id.)
+            let file = peer.core.file_of_base(&path, id_of(peer, &path, &meta));
+            if file.is_some_and(|file| unchanged(peer, &path, file, opts.degree)) {
                 tree.found.unchanged += 1;
             } else {
                 tree.tasks.push(file_task(peer, path, &meta, opts));

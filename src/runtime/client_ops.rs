@@ -47,6 +47,7 @@ impl ClientHandler {
             "pieces_expired": pieces.expired,
             "backlog_dropped": world.pool.dropped(),
             "sent": sent.datagrams.load(Ordering::Relaxed),
+            "send_calls": sent.calls.load(Ordering::Relaxed),
             "send_errors": sent.errors.load(Ordering::Relaxed),
             "instances": peer.core.instances(),
             "disk_errors": peer.stats.disk_errors.load(Ordering::Relaxed),

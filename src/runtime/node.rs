@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub capacity_kb: Option<u64>,
     /// Send rate limit, bytes per second (0 = unpaced).
     pub send_rate: u64,
+    /// Runs of pieces go out by UDP GSO where the kernel allows.
+    pub gso: bool,
     /// Worker threads.
     pub workers: usize,
     /// Bytes of received datagrams queued for the workers at most (a full chunk is
@@ -135,7 +137,7 @@ impl Node {
                 RECV_BUFFER
             );
         }
-        let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate)
+        let senders = Senders::start(cfg.channels, cfg.iface, cfg.send_rate, cfg.gso)
             .map_err(|e| socket_err(Channel::Mc, e))?;
         // The catalog document is written in the tree (and backed up from there).
         cfg.core.catalog_path = cfg.dir.join("catalog.json");

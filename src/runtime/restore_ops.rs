@@ -16,7 +16,7 @@ use super::client_ops::{command_refusal, op_name, reply_now};
 use super::effects::Peer;
 use crate::client::{ErrorKind, Reply};
 use crate::core::{Metadata, RestoreRequest};
-use crate::protocol::{ChunkHash, FileId, MAX_CHUNK_SIZE};
+use crate::protocol::{ChunkHash, ChunkNo, FileId};
 
 /// What a RESTORE asks for, besides the path.
 #[derive(Clone, Debug)]
@@ -32,10 +32,12 @@ pub(super) struct Options {
 
 /// One path to restore, as the catalog has it.
 enum Entry {
-    /// A file: its id, size and chunk hashes.
+    /// A file: its id, size, bytes of it per chunk and chunk hashes (on the wire: of the
+    /// ciphertext, for a sealed file).
     File {
         file: FileId,
         size: u64,
+        payload: usize,
         hashes: Vec<Option<ChunkHash>>,
     },
     /// A symbolic link and its target.
@@ -55,6 +57,7 @@ fn entry(m: &Metadata, path: &Path, version: Option<u32>) -> Option<Entry> {
     Some(Entry::File {
         file,
         size: f.size,
+        payload: f.attrs.payload(),
         hashes: f.chunks.iter().map(|c| c.hash).collect(),
     })
 }
@@ -90,7 +93,12 @@ pub(super) fn restore(
     });
     let name = op_name("RESTORE", opts.enhanced);
     match one {
-        Some(Entry::File { file, size, hashes }) => {
+        Some(Entry::File {
+            file,
+            size,
+            payload,
+            hashes,
+        }) => {
             let Some(base) = path.file_name() else {
                 return Err((
                     ErrorKind::BadRequest,
@@ -99,7 +107,7 @@ pub(super) fn restore(
             };
             let dest = target.join(base);
             if !opts.force && dest.symlink_metadata().is_ok() {
-                if same_content(&dest, size, &hashes) {
+                if same_content(peer, &dest, file, size, payload, &hashes) {
                     return Ok(reply_now(Reply::Done {
                         ok: true,
                         kind: None,
@@ -165,9 +173,14 @@ pub(super) fn restore(
                     // Links are made last: a file restored below a link just made could land
                     // wherever the link points.
                     Entry::Link(to) => links.push((p, dest, to)),
-                    Entry::File { size, hashes, .. } => {
+                    Entry::File {
+                        file,
+                        size,
+                        payload,
+                        hashes,
+                    } => {
                         if taken && !opts.force {
-                            let reply = if same_content(&dest, size, &hashes) {
+                            let reply = if same_content(peer, &dest, file, size, payload, &hashes) {
                                 done(format!("{} already restored", dest.display()))
                             } else {
                                 Reply::Error {
@@ -297,20 +310,30 @@ fn make_dir_within(dest: &Path, base: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-/// Whether the file at `dest` has exactly `size` bytes with these chunk hashes (unknown
-/// hashes: no).
-fn same_content(dest: &Path, size: u64, hashes: &[Option<ChunkHash>]) -> bool {
+/// Whether the file at `dest` has exactly `size` bytes with these chunk hashes (`payload`
+/// bytes a chunk; the hashes of `file` on the wire, of the ciphertext for a sealed file;
+/// unknown hashes: no).
+fn same_content(
+    peer: &Peer,
+    dest: &Path,
+    file: FileId,
+    size: u64,
+    payload: usize,
+    hashes: &[Option<ChunkHash>],
+) -> bool {
     let Ok(mut f) = std::fs::File::open(dest) else {
         return false;
     };
     if f.metadata().map(|m| m.len()).ok() != Some(size) {
         return false;
     }
-    let mut buf = vec![0u8; MAX_CHUNK_SIZE];
     for (no, hash) in hashes.iter().enumerate() {
         let Some(hash) = hash else { return false };
-        let len = (size - no as u64 * MAX_CHUNK_SIZE as u64).min(MAX_CHUNK_SIZE as u64) as usize;
-        if f.read_exact(&mut buf[..len]).is_err() || ChunkHash::of(&buf[..len]) != *hash {
+        let len = (size - no as u64 * payload as u64).min(payload as u64) as usize;
+        let mut buf = vec![0u8; len];
+        if f.read_exact(&mut buf).is_err()
+            || peer.core.wire_hash(file, no as ChunkNo, buf) != Some(*hash)
+        {
             return false;
         }
     }

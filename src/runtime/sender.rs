@@ -12,6 +12,7 @@ use crate::core::Channel;
 use crate::exec::Outgoing;
 use crate::exec::pacer::Pacer;
 use crate::log_limit::LogLimit;
+use crate::net::gso::BatchSender;
 use crate::net::{ChannelAddrs, open_sender};
 
 /// Counters of what was sent.
@@ -23,6 +24,8 @@ pub struct SendStats {
     pub bytes: AtomicU64,
     /// Send errors.
     pub errors: AtomicU64,
+    /// System calls that sent them (fewer than datagrams when runs of pieces go by GSO).
+    pub calls: AtomicU64,
 }
 
 /// The sender threads of one peer.
@@ -36,7 +39,14 @@ impl Senders {
     /// Starts one sender thread per channel, each with its own socket on `iface`. Queues are
     /// unbounded: what waits in them is bounded by the protocol's windows, and a chunk waits
     /// as an [`Outgoing::Build`], not as its body.
-    pub fn start(addrs: ChannelAddrs, iface: Ipv4Addr, rate: u64) -> std::io::Result<Self> {
+    /// With `gso`, a run of equal-sized datagrams (a chunk message's pieces) goes out in one
+    /// system call where the kernel allows (`crate::net::gso`).
+    pub fn start(
+        addrs: ChannelAddrs,
+        iface: Ipv4Addr,
+        rate: u64,
+        gso: bool,
+    ) -> std::io::Result<Self> {
         let pacer = Arc::new(Pacer::new(rate));
         // The pacer's timeline, one for all channels.
         let epoch = Instant::now();
@@ -51,26 +61,30 @@ impl Senders {
             std::thread::Builder::new()
                 .name(format!("send-{}", channel.name()))
                 .spawn(move || {
-                    for datagram in rx.iter().flat_map(Outgoing::into_datagrams) {
-                        let wait = pacer.reserve(datagram.len(), epoch.elapsed());
+                    let batch = BatchSender::new(&socket, gso);
+                    let dest = std::net::SocketAddr::V4(dest);
+                    for out in rx {
+                        let datagrams = out.into_datagrams();
+                        let bytes = datagrams.iter().map(Vec::len).sum();
+                        let wait = pacer.reserve(bytes, epoch.elapsed());
                         if !wait.is_zero() {
                             std::thread::sleep(wait);
                         }
-                        match socket.send_to(&datagram, dest) {
-                            Ok(n) => {
-                                stats.datagrams.fetch_add(1, Ordering::Relaxed);
-                                stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
-                                stats.errors.fetch_add(1, Ordering::Relaxed);
-                                crate::log_limited!(
-                                    LIMIT,
-                                    warn,
-                                    "send on {} to {dest}: {e}",
-                                    channel.name()
-                                );
-                            }
+                        let (sent, error) = batch.send(&socket, dest, &datagrams);
+                        stats
+                            .datagrams
+                            .fetch_add(sent.datagrams as u64, Ordering::Relaxed);
+                        stats.bytes.fetch_add(sent.bytes as u64, Ordering::Relaxed);
+                        stats.calls.fetch_add(sent.calls as u64, Ordering::Relaxed);
+                        if let Some(e) = error {
+                            static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
+                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            crate::log_limited!(
+                                LIMIT,
+                                warn,
+                                "send on {} to {dest}: {e}",
+                                channel.name()
+                            );
                         }
                     }
                 })?;

@@ -2,7 +2,8 @@
 //!
 //! Each chunk is sealed with XChaCha20-Poly1305 under its file's key (derived from the data
 //! key and the file id), with the chunk's identity (file id, chunk number) as associated data.
-//! The nonce is derived from the key, the chunk number and the plaintext (a synthetic IV), so
+//! The nonce is an HMAC, under another key of the file, of the chunk number and the plaintext
+//! (a synthetic IV), so
 //! that the same chunk always encrypts to the same bytes: a resumed backup, VERIFY's recorded
 //! proofs and the "changed during the backup" check all compare ciphertexts. A body on the
 //! wire is `nonce (24) | ciphertext | tag (16)`, so a chunk carries [`SEALED_PAYLOAD`] bytes of
@@ -33,7 +34,7 @@ pub fn encrypt(key: &DataKey, chunk: &ChunkKey, plain: &[u8]) -> Vec<u8> {
     debug_assert!(plain.len() <= SEALED_PAYLOAD);
     let file_key = key.file_key(&chunk.file);
     let iv = hmac(
-        &file_key,
+        &key.nonce_key(&chunk.file),
         &[b"dbs-chunk-nonce-v1", &chunk.no.to_be_bytes(), plain],
     );
     let nonce = XNonce::try_from(&iv[..24]).expect("24 bytes");

@@ -7,9 +7,10 @@
 //! is its clock when it sealed the message. A receiver takes a message only if its MAC is
 //! right, it was sealed within [`MAX_AGE_MS`] of the receiver's clock and not before the
 //! receiver started (what it saw in an earlier life cannot come back), and its `(boot, seq)`
-//! was not seen before from that sender (a window of [`WINDOW`] sequence numbers per boot;
-//! the [`BOOTS`] boots of a sender heard from last are kept, so that a rogue member who seals
-//! messages in another's name with a later boot does not silence the real one).
+//! was not taken before from that sender. What was taken is remembered for as long as a
+//! replay of it could still be fresh ([`SEEN_KEEP_MS`]), as a sparse bitmap of sequence
+//! numbers per boot, not as a window below the highest one: a rogue member who seals a message
+//! in another's name with a huge sequence number (or a later boot) silences no one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,12 +32,14 @@ pub const OVERHEAD: usize = HEADER + TAG;
 /// A message sealed longer ago than this (or this far in the receiver's future) is dropped:
 /// the peers' clocks must agree within it (NTP does far better).
 pub const MAX_AGE_MS: u64 = 30_000;
-/// Messages a sender may have in flight out of order (per receiver, across the channels and
-/// the worker pool) before an older one is dropped as a possible replay.
-pub const WINDOW: u64 = 4096;
-
-/// Boots of one sender whose windows are kept (the least recently used goes first).
+/// A sequence number taken is remembered this long (a replay older than [`MAX_AGE_MS`] is
+/// stale anyway; twice that covers the clocks' disagreement).
+pub const SEEN_KEEP_MS: u64 = 2 * MAX_AGE_MS + 5_000;
+/// Boots of one sender remembered (the least recently used goes first).
 pub const BOOTS: usize = 4;
+/// Senders remembered (the least recently used goes first): a member forging many ids
+/// cannot grow the table without bound.
+pub const SENDERS: usize = 4096;
 
 /// Why a datagram was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,66 +90,41 @@ impl Sealer {
     }
 }
 
-/// The sequence numbers seen from one boot of a sender.
+/// The sequence numbers taken lately from one boot of a sender: 64 to a word, each word
+/// with when it last took one.
 #[derive(Debug)]
 struct Window {
     boot: u64,
     /// When it last took a message (the opener's count of messages taken).
     used: u64,
-    /// Highest sequence number seen.
-    top: u64,
-    /// Bit `i`: `top - i` was seen.
-    seen: [u64; (WINDOW / 64) as usize],
+    words: HashMap<u64, (u64, u64)>,
 }
 
 impl Window {
-    fn new(boot: u64, seq: u64) -> Window {
-        let mut w = Window {
+    fn new(boot: u64) -> Window {
+        Window {
             boot,
             used: 0,
-            top: seq,
-            seen: [0; (WINDOW / 64) as usize],
-        };
-        w.seen[0] = 1;
-        w
+            words: HashMap::new(),
+        }
     }
 
-    /// Records `seq`; false if it was seen or is too old.
-    fn admit(&mut self, seq: u64) -> bool {
-        if seq > self.top {
-            let shift = seq - self.top;
-            self.shift(shift);
-            self.top = seq;
-            self.seen[0] |= 1;
-            return true;
-        }
-        let back = self.top - seq;
-        if back >= WINDOW {
+    /// Records `seq` at `now_ms`; false if it was taken before.
+    fn admit(&mut self, seq: u64, now_ms: u64) -> bool {
+        let (bits, last) = self.words.entry(seq / 64).or_insert((0, now_ms));
+        let bit = 1u64 << (seq % 64);
+        if *bits & bit != 0 {
             return false;
         }
-        let (word, bit) = ((back / 64) as usize, back % 64);
-        let fresh = self.seen[word] & (1 << bit) == 0;
-        self.seen[word] |= 1 << bit;
-        fresh
+        *bits |= bit;
+        *last = now_ms;
+        true
     }
 
-    /// Moves the window `by` sequence numbers up.
-    fn shift(&mut self, by: u64) {
-        if by >= WINDOW {
-            self.seen = [0; (WINDOW / 64) as usize];
-            return;
-        }
-        let (words, bits) = ((by / 64) as usize, (by % 64) as u32);
-        let n = self.seen.len();
-        for i in (0..n).rev() {
-            let from = i.checked_sub(words);
-            let hi = from.map_or(0, |j| self.seen[j] << bits);
-            let lo = match (from.and_then(|j| j.checked_sub(1)), bits) {
-                (Some(j), b) if b > 0 => self.seen[j] >> (64 - b),
-                _ => 0,
-            };
-            self.seen[i] = hi | lo;
-        }
+    /// Forgets the words no replay of which could be fresh at `now_ms`.
+    fn prune(&mut self, now_ms: u64) {
+        self.words
+            .retain(|_, (_, last)| now_ms.saturating_sub(*last) <= SEEN_KEEP_MS);
     }
 }
 
@@ -160,7 +138,7 @@ pub struct Opener {
 /// Every sender's windows, and the count of messages taken (for least recently used).
 #[derive(Default)]
 struct Windows {
-    by_sender: HashMap<PeerId, Vec<Window>>,
+    by_sender: HashMap<PeerId, (u64, Vec<Window>)>,
     taken: u64,
 }
 
@@ -197,25 +175,39 @@ impl Opener {
         let mut windows = self.windows.lock();
         windows.taken += 1;
         let taken = windows.taken;
-        let boots = windows.by_sender.entry(sender).or_default();
-        match boots.iter_mut().find(|w| w.boot == boot) {
-            Some(w) => {
-                if !w.admit(seq) {
-                    return Err(Rejected::Replayed);
-                }
-                w.used = taken;
+        if taken.is_multiple_of(4096) {
+            for (_, boots) in windows.by_sender.values_mut() {
+                boots.iter_mut().for_each(|w| w.prune(now_ms));
             }
+        }
+        if !windows.by_sender.contains_key(&sender)
+            && windows.by_sender.len() >= SENDERS
+            && let Some(lru) = windows
+                .by_sender
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(id, _)| *id)
+        {
+            windows.by_sender.remove(&lru);
+        }
+        let (used, boots) = windows.by_sender.entry(sender).or_default();
+        *used = taken;
+        let w = match boots.iter().position(|w| w.boot == boot) {
+            Some(i) => &mut boots[i],
             None => {
                 if boots.len() >= BOOTS
                     && let Some(lru) = (0..boots.len()).min_by_key(|&i| boots[i].used)
                 {
                     boots.swap_remove(lru);
                 }
-                let mut w = Window::new(boot, seq);
-                w.used = taken;
-                boots.push(w);
+                boots.push(Window::new(boot));
+                boots.last_mut().expect("pushed")
             }
+        };
+        if !w.admit(seq, now_ms) {
+            return Err(Rejected::Replayed);
         }
+        w.used = taken;
         Ok(message)
     }
 }
@@ -285,24 +277,29 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_within_the_window_is_taken_and_a_new_boot_resets_it() {
+    fn any_order_is_taken_once_and_forgotten_only_when_stale() {
         let (s, o) = pair();
-        let n = WINDOW as usize + 10;
-        let sealed: Vec<Vec<u8>> = (0..n).map(|_| s.seal(&msg(3), NOW)).collect();
-        // The even ones first, then the odd ones backwards: each is new once, unless it fell
-        // out of the window below the highest seen.
+        let sealed: Vec<Vec<u8>> = (0..10_000).map(|_| s.seal(&msg(3), NOW)).collect();
+        // The even ones, then the odd ones backwards: each is new once, however far apart.
         for m in sealed.iter().step_by(2) {
             assert!(o.open(m, NOW).is_ok());
         }
-        // The first odd one (n - 1) raises the highest seen.
-        let top = n - 1;
-        for i in (1..n).step_by(2).rev() {
-            let in_window = top - i < WINDOW as usize;
-            assert_eq!(o.open(&sealed[i], NOW).is_ok(), in_window, "seq {i}");
+        for m in sealed.iter().skip(1).step_by(2).rev() {
+            assert!(o.open(m, NOW).is_ok());
         }
         for m in &sealed {
-            assert_eq!(o.open(m, NOW), Err(Rejected::Replayed));
+            assert_eq!(o.open(m, NOW + 1), Err(Rejected::Replayed));
         }
+        // Pruning keeps what could still be fresh.
+        o.windows
+            .lock()
+            .by_sender
+            .values_mut()
+            .for_each(|(_, b)| b.iter_mut().for_each(|w| w.prune(NOW + MAX_AGE_MS)));
+        assert_eq!(
+            o.open(&sealed[0], NOW + MAX_AGE_MS),
+            Err(Rejected::Replayed)
+        );
         // Windows are per sender.
         assert!(o.open(&s.seal(&msg(4), NOW), NOW).is_ok());
     }
@@ -329,29 +326,16 @@ mod tests {
     }
 
     #[test]
-    fn the_window_shifts_bit_by_bit() {
-        for by in [
-            1,
-            2,
-            63,
-            64,
-            65,
-            127,
-            128,
-            1000,
-            WINDOW - 1,
-            WINDOW,
-            WINDOW + 1,
-        ] {
-            let mut w = Window::new(0, 0);
-            assert!(w.admit(by));
-            assert!(!w.admit(by));
-            assert!(!w.admit(0), "shift {by}");
-            let ks: std::collections::BTreeSet<u64> = [1, by / 2, by - 1].into_iter().collect();
-            for k in ks.into_iter().filter(|&k| k > 0 && k < by) {
-                assert_eq!(w.admit(k), by - k < WINDOW, "shift {by}, seq {k}");
-                assert!(!w.admit(k));
-            }
-        }
+    fn a_member_jumping_anothers_seq_silences_no_one() {
+        let (s, o) = pair();
+        assert!(o.open(&s.seal(&msg(3), NOW), NOW).is_ok());
+        // A member forges peer 3's message with its boot (seen on the wire) and a huge seq.
+        let key = Arc::new(GroupKey::from_secret(&[9; 32]));
+        let forger = Sealer::new(key, NOW * 1000);
+        forger.seq.store(u64::MAX / 2, Ordering::Relaxed);
+        assert!(o.open(&forger.seal(&msg(3), NOW), NOW).is_ok());
+        // The real peer 3 is not silenced.
+        assert!(o.open(&s.seal(&msg(3), NOW), NOW).is_ok(), "silenced");
+        assert!(o.open(&s.seal(&msg(3), NOW), NOW).is_ok(), "silenced");
     }
 }

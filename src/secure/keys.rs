@@ -199,14 +199,25 @@ impl DataKey {
         key
     }
 
-    /// The key of the chunks of `file`.
+    /// The key that encrypts the chunks of `file`.
     pub(crate) fn file_key(&self, file: &FileId) -> Zeroizing<[u8; 32]> {
         derive(b"dbs-chunk-key-v1", self.chunks.as_ref(), &file.0)
     }
 
-    /// The delete secret of the file whose base id is `base` (see [`super::ownership`]).
-    pub(crate) fn delete_secret(&self, base: &FileId) -> [u8; 32] {
-        hmac(&self.delete, &[b"dbs-delete-v1", &base.0])
+    /// The key the chunks of `file` derive their nonces with (not the encryption key).
+    pub(crate) fn nonce_key(&self, file: &FileId) -> Zeroizing<[u8; 32]> {
+        derive(b"dbs-chunk-nonce-key-v1", self.chunks.as_ref(), &file.0)
+    }
+
+    /// The delete secret of the file whose base id is `base`, registered with `salt` (see
+    /// [`super::ownership`]).
+    pub(crate) fn delete_secret(
+        &self,
+        base: &FileId,
+        salt: Option<&FileId>,
+    ) -> Zeroizing<[u8; 32]> {
+        let salt = salt.map_or(&[][..], |s| &s.0[..]);
+        Zeroizing::new(hmac(&self.delete, &[b"dbs-delete-v2", &base.0, salt]))
     }
 }
 
@@ -268,7 +279,8 @@ mod tests {
             *DataKey::from_secret(&[2; 32], 1).file_key(&f)
         );
         assert_ne!(*a.file_key(&f), *a.file_key(&FileId([4; 32])));
-        assert_ne!(a.delete_secret(&f), *a.file_key(&f));
+        assert_ne!(*a.delete_secret(&f, None), *a.file_key(&f));
+        assert_ne!(*a.nonce_key(&f), *a.file_key(&f));
         assert_eq!(format!("{a:?}"), "DataKey(..)");
     }
 

@@ -29,7 +29,8 @@ pub(super) struct FileJob {
     pub(super) home: u32,
     path: PathBuf,
     pub(super) data: Arc<Vec<u8>>,
-    /// Its id on the wire (see `World::wire_id`).
+    /// Its id on the wire (the plain id until its home registers it: a home with a data key
+    /// names it after a delete secret).
     pub(super) file: FileId,
     /// Its plain id (what a backup request names).
     base: FileId,
@@ -127,7 +128,7 @@ impl World {
             self.slots[home as usize].disk.put_file(&path, data.clone());
             let enhanced = self.slots[home as usize].version != Version::V1_0;
             let base = file_id(&path, size, i as i128, id);
-            let file = self.wire_id(id, base);
+            let file = base;
             let delete = self.rng.f64() < self.sc.delete_share;
             let mut verify_key = [0u8; 32];
             self.rng.fill(&mut verify_key);
@@ -136,7 +137,7 @@ impl World {
                     let mut changed = data.clone();
                     self.rng.fill(&mut changed[..]);
                     let base = file_id(&path, size, 1_000_000 + i as i128, id);
-                    (Arc::new(changed), base, self.wire_id(id, base))
+                    (Arc::new(changed), base, base)
                 });
             self.ledger.files.push(FileJob {
                 home,
@@ -288,6 +289,10 @@ impl World {
             Ok(actions) => {
                 let f = &mut self.ledger.files[i];
                 f.op = Some(op);
+                if step == Step::Backup {
+                    // The id the home gave it (with a data key, its registration's).
+                    f.file = exec.core.file_of_base(&f.path, f.base).unwrap_or(f.base);
+                }
                 exec.run(actions);
                 self.drain(home);
             }

@@ -426,15 +426,6 @@ impl World {
         self.check_lost_copies();
     }
 
-    /// The id peer `home` gives a file whose plain id is `base` (see [`Scenario::secure`]).
-    pub(super) fn wire_id(&self, home: PeerId, base: FileId) -> FileId {
-        if self.sc.secure {
-            crate::secure::ownership::owned_file_id(&sim_data_key(home), &base)
-        } else {
-            base
-        }
-    }
-
     /// Starts (or restarts) peer `i` from its disk.
     fn start_peer(&mut self, i: u32) {
         let slot = &mut self.slots[i as usize];
