@@ -660,3 +660,25 @@ fn chunk_messages_as_pieces_on_a_small_mtu_under_loss_and_crashes() {
         );
     }
 }
+
+/// Pieces at heavy loss (20 % and 50 % of the datagrams, each piece lost on its own): no
+/// invariant breaks; at 20 % most operations still succeed.
+#[test]
+fn pieces_under_heavy_loss_break_no_invariant() {
+    for loss in [0.2, 0.5] {
+        let runs = check(
+            "pieces_under_heavy_loss_break_no_invariant",
+            9_400,
+            10,
+            |seed| Scenario {
+                mtu: Some(1500),
+                ..lossy(seed, Versions::V2, loss)
+            },
+        );
+        if loss < 0.3 {
+            let failed: u64 = runs.iter().map(|s| s.ops_failed).sum();
+            let ops: u64 = runs.iter().map(|s| s.ops).sum();
+            assert!(failed * 4 <= ops, "loss {loss}: {failed} of {ops} failed");
+        }
+    }
+}
