@@ -265,6 +265,7 @@ impl ConnectionPool {
         if conn.connected
             && let Err(source) = conn.flush()
         {
+            conn.queue.pop_back(); // not lost: it goes on MDR
             shared.fail(st, addr, &source);
             return Err(SendError::Broken { addr, source });
         }
