@@ -340,3 +340,69 @@ fn holders_send_bodies_over_tcp_only_to_the_getchunks_sender() {
         "no holder answered over TCP to the sender's own address"
     );
 }
+
+/// An initiator that takes the holders' TCP connections and never reads them (so their
+/// queues to it fill up to their bound, after which its bodies go on MDR) delays no other
+/// restore: a holder's sends to initiators never block.
+#[test]
+fn a_restore_completes_while_another_initiator_never_reads() {
+    use std::net::{SocketAddr, TcpListener};
+    let c = mixed(&[], &[1, 2, 3]);
+    let stuck_file = c.make_file("stuck", 120 * K);
+    let path = c.make_file("wanted", 40 * K + 7);
+    let stuck_id = backup(&c, 1, "BACKUPENH", &stuck_file, 2);
+    backup(&c, 1, "BACKUPENH", &path, 2);
+    // The initiator that never reads: a small receive buffer (its accepted connections take
+    // it too), and every connection accepted and kept.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .unwrap();
+    socket.listen(64).unwrap();
+    let listener: TcpListener = socket.into();
+    listener.set_nonblocking(true).unwrap();
+    let to = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        held.len()
+    });
+    // It asks for every chunk of its file over and over (as often as holders answer).
+    let (s, mc) = (stop.clone(), c.channels[0]);
+    let asker = std::thread::spawn(move || {
+        let socket = common::sender();
+        while !s.load(Ordering::Relaxed) {
+            for no in 0..=120 {
+                let get = format!("GETCHUNK 2.0 9 {stuck_id} {no} \r\nTCP {to}\r\n\r\n");
+                let _ = socket.send_to(get.as_bytes(), mc);
+            }
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    });
+    let full = format!("already queued for {to}");
+    assert!(
+        wait_until(Duration::from_secs(60), || [2, 3]
+            .iter()
+            .all(|&id| c.log(id).contains(&full))),
+        "the holders' queues to the initiator that never reads did not fill"
+    );
+    let start = std::time::Instant::now();
+    restore_identical(&c, 1, "RESTOREENH", &path);
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    asker.join().unwrap();
+    let held = holder.join().unwrap();
+    eprintln!(
+        "restored 41 chunks in {took:?} beside an initiator that never reads ({held} connections held)"
+    );
+    assert!(held >= 2, "{held} holders connected to the stuck initiator");
+    assert!(took < Duration::from_secs(20), "the restore took {took:?}");
+}

@@ -75,7 +75,9 @@ impl Effects for RealEffects {
     }
 
     fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()> {
-        self.tcp_pool.send(addr, &tcp::frame(&message))
+        self.tcp_pool
+            .send(addr, tcp::frame(&message))
+            .map_err(io::Error::other)
     }
 
     fn unix_ms(&self) -> u64 {

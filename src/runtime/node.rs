@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use super::pool::BoundedPool;
 use super::receive::receive;
 use super::replies::Replies;
 use super::sender::Senders;
-use super::tcp::{self, ConnectionPool};
+use super::tcp::{self, ConnectionPool, PoolConfig};
 use super::timer::TimerService;
 use crate::client::server::Handler;
 use crate::core::{Channel, Config};
@@ -57,8 +57,9 @@ pub enum NodeError {
     /// Its tree or metadata cannot be used.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The TCP listener of enhanced restores cannot be opened.
-    #[error("cannot listen for TCP chunk bodies on {iface}: {source}")]
+    /// The TCP listener of enhanced restores, or the TCP connection pool, cannot be opened
+    /// (or its thread started).
+    #[error("cannot set up TCP chunk bodies on {iface}: {source}")]
     Tcp {
         /// The interface.
         iface: Ipv4Addr,
@@ -83,6 +84,8 @@ pub enum NodeError {
 pub struct Node {
     peer: Arc<Peer>,
     threads: Vec<JoinHandle<()>>,
+    /// Enhanced peers: the TCP body listener (its thread stops when it is dropped).
+    bodies: Option<tcp::BodyListener>,
 }
 
 const RECV_POLL: Duration = Duration::from_millis(200);
@@ -152,7 +155,41 @@ impl Node {
         } else {
             None
         };
+        let tcp_pool =
+            ConnectionPool::with_config(PoolConfig::new(TCP_CONNECTIONS)).map_err(|source| {
+                NodeError::Tcp {
+                    iface: cfg.iface,
+                    source,
+                }
+            })?;
+        // Each frame goes to the worker pool while its backlog has room; past that it runs on
+        // the listener's thread, which then reads nothing meanwhile: TCP slows the holders
+        // down, no body is dropped. (The listener starts before the peer exists, so that a
+        // failure leaves nothing running; no frame can come before the peer's first GETCHUNK.)
+        let body_peer = Arc::new(OnceLock::<Weak<Peer>>::new());
+        let bodies = match body_listener {
+            Some(listener) => {
+                let slot = body_peer.clone();
+                let deliver = move |frame: bytes::Bytes| {
+                    let Some(p) = slot.get().and_then(Weak::upgrade) else {
+                        return;
+                    };
+                    let p2 = p.clone();
+                    let len = frame.len();
+                    if let Err(job) = p.effects.pool.offer(len, move || p2.on_tcp_message(frame)) {
+                        job();
+                    }
+                };
+                let bodies = tcp::serve(listener, deliver).map_err(|source| NodeError::Tcp {
+                    iface: cfg.iface,
+                    source,
+                })?;
+                Some(bodies)
+            }
+            None => None,
+        };
         let peer = Executor::new(cfg.core.clone(), booted.meta, |weak: &Weak<Peer>| {
+            let _ = body_peer.set(weak.clone());
             let weak = weak.clone();
             RealEffects {
                 disk,
@@ -167,7 +204,7 @@ impl Node {
                     }
                 }),
                 senders,
-                tcp_pool: ConnectionPool::new(TCP_CONNECTIONS),
+                tcp_pool,
                 replies: Replies::new(),
                 received: AtomicU64::new(0),
                 datagrams: Default::default(),
@@ -198,12 +235,12 @@ impl Node {
                 })
                 .expect("spawn committer"),
         );
-        if let Some(listener) = body_listener {
-            let p = peer.clone();
-            tcp::serve(listener, move |msg| p.on_tcp_message(msg));
-        }
         peer.start(booted.reconciled);
-        Ok(Node { peer, threads })
+        Ok(Node {
+            peer,
+            threads,
+            bodies,
+        })
     }
 
     /// The client-request handler of this peer.
@@ -220,12 +257,18 @@ impl Node {
 
     /// Stops receiving, lets queued work finish, saves the metadata.
     pub fn shutdown(self) -> Result<(), StorageError> {
-        self.peer.effects.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        let Node {
+            peer,
+            threads,
+            bodies,
+        } = self;
+        peer.effects.stop.store(true, Ordering::Relaxed);
+        drop(bodies);
+        for t in threads {
             let _ = t.join();
         }
-        self.peer.effects.pool.join();
-        self.peer.commit();
-        self.peer.save_to_disk()
+        peer.effects.pool.join();
+        peer.commit();
+        peer.save_to_disk()
     }
 }

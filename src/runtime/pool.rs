@@ -35,18 +35,27 @@ impl BoundedPool {
     /// Queues `job`, which holds `bytes` of data, unless that would take the backlog past its
     /// bound; false (and counted) if dropped.
     pub fn try_execute(&self, bytes: usize, job: impl FnOnce() + Send + 'static) -> bool {
+        let queued = self.offer(bytes, job).is_ok();
+        if !queued {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Queues `job`, which holds `bytes` of data, unless that would take the backlog past its
+    /// bound; then gives it back, not counted as dropped (the caller runs it itself).
+    pub fn offer<F: FnOnce() + Send + 'static>(&self, bytes: usize, job: F) -> Result<(), F> {
         let cost = bytes + JOB_OVERHEAD;
         if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.limit {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Err(job);
         }
         let queued = self.queued.clone();
         self.pool.execute(move || {
             queued.fetch_sub(cost, Ordering::AcqRel);
             job();
         });
-        true
+        Ok(())
     }
 
     /// Queues internal work (timer events, client commands) that must not be dropped.
