@@ -406,3 +406,55 @@ fn a_restore_completes_while_another_initiator_never_reads() {
     assert!(held >= 2, "{held} holders connected to the stuck initiator");
     assert!(took < Duration::from_secs(20), "the restore took {took:?}");
 }
+
+/// Benchmark: what UDP GSO buys when chunk messages travel as pieces. On loopback with
+/// `--mtu 1500` (so every chunk is about 49 pieces), 4 enhanced peers back up 128 MB at degree
+/// 2 from peer 1, with GSO and with `--no-gso`; prints MB/s, the home's CPU seconds and its
+/// system calls per datagram sent. Run by hand:
+/// `unshare -rn bash -c 'ip link set lo up; cargo test --release --test enhanced -- --ignored --nocapture gso_effect'`
+#[test]
+#[ignore = "a benchmark (about half a minute), run by hand"]
+fn gso_effect() {
+    const MB: usize = 128_000_000;
+    for gso in [true, false] {
+        let mut c = Cluster::empty();
+        let mut opts = vec!["--mtu", "1500"];
+        if !gso {
+            opts.push("--no-gso");
+        }
+        for id in 1..=4 {
+            c.spawn_version(id, "2.0", &opts);
+        }
+        let path = c.make_file("big", MB);
+        let cpu = |c: &Cluster| -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.pid(1))).unwrap();
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect();
+            let ticks: f64 =
+                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            ticks / 100.0
+        };
+        let cpu0 = cpu(&c);
+        let start = std::time::Instant::now();
+        c.testapp(&[&c.ap(1), "BACKUPENH", path.to_str().unwrap(), "2"])
+            .ok();
+        let secs = start.elapsed().as_secs_f64();
+        let k = c.counters(1);
+        let (sent, calls) = (
+            k["sent"].as_u64().unwrap(),
+            k["send_calls"].as_u64().unwrap(),
+        );
+        eprintln!(
+            "GSO {gso}: {:.1} MB/s, home CPU {:.2} s, {sent} datagrams in {calls} send calls \
+             ({:.1} per call), {} pieces repaired",
+            MB as f64 / 1e6 / secs,
+            cpu(&c) - cpu0,
+            sent as f64 / calls.max(1) as f64,
+            k["pieces_repaired"]
+        );
+    }
+}

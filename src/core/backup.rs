@@ -737,15 +737,6 @@ impl Core {
         }
     }
 
-    /// Enhanced: a receiver asked for pieces of `chunk`'s PUTCHUNK again: a congestion signal
-    /// for the window (once per window of launches, as a timeout).
-    pub fn pieces_nacked(&self, chunk: ChunkKey) {
-        if let Some(launch) = self.pending.get(&chunk).map(|p| p.launch) {
-            self.flow.lock().congestion(launch);
-            Counters::bump(&self.counters.putchunk_late);
-        }
-    }
-
     /// Whether `chunk`'s PUTCHUNK still waits for STOREDs here.
     pub fn putchunk_pending(&self, chunk: ChunkKey) -> bool {
         self.pending.contains_key(&chunk)

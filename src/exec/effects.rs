@@ -57,6 +57,9 @@ pub trait Effects: Send + Sync + 'static {
     fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()>;
     /// The wall clock, milliseconds since the epoch (secure groups seal messages with it).
     fn unix_ms(&self) -> u64;
+    /// A loss signal (a NACK for pieces this peer sent): the send rate goes down for a while
+    /// (`crate::exec::pacer::Pacer::slow_down`).
+    fn slow_down(&self);
     /// Asks for a group commit ([`crate::exec::Executor::commit`]) soon.
     fn wake_commit(&self);
 }

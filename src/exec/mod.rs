@@ -397,10 +397,8 @@ impl<E: Effects> Executor<E> {
         let wanted = nack.key.channel == Channel::Mdr || self.core.putchunk_pending(nack.key.chunk);
         let repairs = state.lock().nacked(&nack, now, wanted);
         if nack.key.origin == self.core.config().id && !repairs.is_empty() {
-            // Pieces were lost on the way: the backup's window takes it as congestion.
-            if nack.key.channel == Channel::Mdb {
-                self.core.pieces_nacked(nack.key.chunk);
-            }
+            // Pieces were lost on the way: the send rate goes down for a while.
+            self.effects.slow_down();
             for piece in repairs {
                 self.send_sealed(nack.key.channel, piece);
             }

@@ -1,37 +1,79 @@
 //! Send pacing: one byte rate shared by a peer's channels, allowing a short burst, so that
 //! bursts do not overrun the receivers' buffers. Time is a [`Duration`] since any fixed
 //! start: the real clock's, or the simulator's virtual one.
+//!
+//! The rate adapts below its cap: each loss signal (a NACK for pieces this peer sent) takes a
+//! tenth off, at most once per [`SLOW_GAP`], down to a twentieth of the cap; every
+//! [`GROW_EVERY`] without one adds a twentieth of the cap back.
 
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-/// Paces sends to `rate` bytes per second across all channels, allowing a short burst.
+/// Loss signals closer together than this count once.
+pub const SLOW_GAP: Duration = Duration::from_millis(10);
+/// The rate grows back after this long without a loss signal, and as often.
+pub const GROW_EVERY: Duration = Duration::from_millis(50);
+
+/// Paces sends to a rate of at most `cap` bytes per second across all channels, allowing a
+/// short burst.
 pub struct Pacer {
-    rate: f64,
+    cap: f64,
     burst: Duration,
-    next: Mutex<Duration>,
+    state: Mutex<State>,
+}
+
+struct State {
+    next: Duration,
+    rate: f64,
+    /// When the rate last changed.
+    changed: Duration,
 }
 
 impl Pacer {
-    /// A pacer for `rate` bytes/s (0 = unpaced).
+    /// A pacer for at most `rate` bytes/s (0 = unpaced).
     pub fn new(rate: u64) -> Self {
         Pacer {
-            rate: rate as f64,
+            cap: rate as f64,
             burst: Duration::from_millis(2),
-            next: Mutex::new(Duration::ZERO),
+            state: Mutex::new(State {
+                next: Duration::ZERO,
+                rate: rate as f64,
+                changed: Duration::ZERO,
+            }),
         }
     }
 
     /// How long to wait before sending `bytes` at time `now`; reserves the slot.
     pub fn reserve(&self, bytes: usize, now: Duration) -> Duration {
-        if self.rate <= 0.0 {
+        if self.cap <= 0.0 {
             return Duration::ZERO;
         }
-        let mut next = self.next.lock();
-        let start = (*next).max(now.saturating_sub(self.burst));
-        *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+        let mut st = self.state.lock();
+        if st.rate < self.cap && now.saturating_sub(st.changed) >= GROW_EVERY {
+            st.rate = (st.rate + self.cap / 20.0).min(self.cap);
+            st.changed = now;
+        }
+        let start = st.next.max(now.saturating_sub(self.burst));
+        st.next = start + Duration::from_secs_f64(bytes as f64 / st.rate);
         start.saturating_sub(now)
+    }
+
+    /// A loss signal at `now`: the rate goes down (see the module's doc).
+    pub fn slow_down(&self, now: Duration) {
+        if self.cap <= 0.0 {
+            return;
+        }
+        let mut st = self.state.lock();
+        if now.saturating_sub(st.changed) >= SLOW_GAP || st.rate >= self.cap {
+            st.rate = (st.rate * 0.9).max(self.cap / 20.0);
+            st.changed = now;
+        }
+    }
+
+    /// The rate now, bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.state.lock().rate
     }
 }
 
@@ -50,5 +92,24 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(Pacer::new(0).reserve(1 << 20, t0), Duration::ZERO);
+    }
+
+    #[test]
+    fn loss_signals_slow_it_and_clean_time_lets_it_grow_back_to_the_cap() {
+        let p = Pacer::new(100_000_000);
+        let t = Duration::from_secs(1);
+        p.slow_down(t);
+        p.slow_down(t + Duration::from_millis(1)); // within SLOW_GAP: once
+        assert_eq!(p.rate(), 90_000_000.0);
+        for i in 1..=100 {
+            p.slow_down(t + SLOW_GAP * i);
+        }
+        assert_eq!(p.rate(), 5_000_000.0, "floor: a twentieth of the cap");
+        let mut now = t + SLOW_GAP * 100;
+        for _ in 0..25 {
+            now += GROW_EVERY;
+            p.reserve(1, now);
+        }
+        assert_eq!(p.rate(), 100_000_000.0);
     }
 }

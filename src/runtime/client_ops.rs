@@ -48,6 +48,7 @@ impl ClientHandler {
             "backlog_dropped": world.pool.dropped(),
             "sent": sent.datagrams.load(Ordering::Relaxed),
             "send_calls": sent.calls.load(Ordering::Relaxed),
+            "send_rate": world.senders.rate() as u64,
             "send_errors": sent.errors.load(Ordering::Relaxed),
             "instances": peer.core.instances(),
             "disk_errors": peer.stats.disk_errors.load(Ordering::Relaxed),

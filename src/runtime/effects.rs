@@ -80,6 +80,10 @@ impl Effects for RealEffects {
             .map_err(io::Error::other)
     }
 
+    fn slow_down(&self) {
+        self.senders.slow_down();
+    }
+
     fn unix_ms(&self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

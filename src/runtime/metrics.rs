@@ -400,6 +400,7 @@ fn help(key: &str) -> String {
         "pieces_expired" => "Incomplete chunk messages dropped without progress",
         "backlog_dropped" => "Datagrams dropped because the workers' backlog was full",
         "sent" => "Datagrams sent",
+        "send_rate" => "The send rate now, bytes per second (below --rate after losses)",
         "send_calls" => "System calls that sent datagrams (a run of pieces by GSO is one)",
         "send_errors" => "Datagram sends that failed",
         "disk_errors" => "Disk operations that failed",

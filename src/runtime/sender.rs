@@ -33,6 +33,8 @@ pub struct Senders {
     queues: Vec<Sender<Outgoing>>,
     /// What was sent.
     pub stats: Arc<SendStats>,
+    pacer: Arc<Pacer>,
+    epoch: Instant,
 }
 
 impl Senders {
@@ -90,7 +92,22 @@ impl Senders {
                 })?;
             queues.push(tx);
         }
-        Ok(Senders { queues, stats })
+        Ok(Senders {
+            queues,
+            stats,
+            pacer,
+            epoch,
+        })
+    }
+
+    /// A loss signal: the send rate goes down for a while (see [`Pacer::slow_down`]).
+    pub fn slow_down(&self) {
+        self.pacer.slow_down(self.epoch.elapsed());
+    }
+
+    /// The send rate now, bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.pacer.rate()
     }
 
     /// Queues a datagram on `channel` (built when its turn comes, if it is to be).

@@ -27,6 +27,8 @@ pub struct Outbox {
     pub tcp: Vec<(SocketAddrV4, Vec<u8>)>,
     /// A group commit was asked for.
     pub commit: bool,
+    /// Loss signals for the pacer.
+    pub slow_downs: u32,
 }
 
 /// Which TCP addresses accept connections now (peers up and reachable from this one).
@@ -74,6 +76,10 @@ impl Effects for SimEffects {
         }
         self.outbox.lock().tcp.push((addr, message));
         Ok(())
+    }
+
+    fn slow_down(&self) {
+        self.outbox.lock().slow_downs += 1;
     }
 
     fn unix_ms(&self) -> u64 {

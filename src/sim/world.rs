@@ -546,6 +546,9 @@ impl World {
                 let life = self.slots[to as usize].life;
                 self.after(self.sc.tcp_delay, Event::Tcp { to, life, msg });
             }
+            for _ in 0..out.slow_downs {
+                self.slots[i as usize].pacer.slow_down(self.now);
+            }
             if out.commit && !self.slots[i as usize].commit_pending {
                 self.slots[i as usize].commit_pending = true;
                 self.after(self.sc.commit_delay, Event::Commit { peer: i, life });

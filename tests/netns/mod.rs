@@ -378,14 +378,24 @@ impl Net {
     /// Field `field` of the `Ip:` line of host `id`'s `/proc/net/snmp` (e.g. `ReasmOKs`:
     /// datagrams reassembled from IP fragments).
     pub fn ip_stat(&mut self, id: u32, field: &str) -> u64 {
+        self.snmp_stat(id, "Ip:", field)
+    }
+
+    /// A counter of the UDP line of `/proc/net/snmp` in peer `id`'s namespace (e.g.
+    /// `RcvbufErrors`).
+    pub fn udp_stat(&mut self, id: u32, field: &str) -> u64 {
+        self.snmp_stat(id, "Udp:", field)
+    }
+
+    fn snmp_stat(&mut self, id: u32, line: &str, field: &str) -> u64 {
         let mut cmd = self.host(id).command(&tool("cat"));
         cmd.arg("/proc/net/snmp");
         let snmp = run(cmd, None, &format!("read /proc/net/snmp of peer {id}"));
-        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-        let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+        let mut rows = snmp.lines().filter(|l| l.starts_with(line));
+        let (names, values) = (rows.next().unwrap_or(""), rows.next().unwrap_or(""));
         let at = names.split_whitespace().position(|n| n == field);
         at.and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
-            .unwrap_or_else(|| panic!("no Ip: {field} in /proc/net/snmp of peer {id}:\n{snmp}"))
+            .unwrap_or_else(|| panic!("no {line} {field} in /proc/net/snmp of peer {id}:\n{snmp}"))
     }
 
     /// Access point of peer `id`.
