@@ -595,8 +595,9 @@ fn plain_backup_and_restore_complete_on_mtu_1500_with_frame_loss() {
 /// links, 1 % of the frames lost on the bridge (with whole datagrams, 36 % of the chunk
 /// datagrams would be lost per receiver and the reassembly memory would fill). Chunk messages
 /// travel as pieces that need no IP fragmentation; NACKs repair the lost ones. A 20 MB
-/// BACKUPENH at degree 2 completes and restores byte for byte, no host reassembles (or fails
-/// to reassemble) a single datagram, and the peers count the pieces put together and repaired.
+/// BACKUPENH at degree 2 completes and restores byte for byte, the hosts reassemble (or fail
+/// to) at most a few datagrams (third sends go whole), no datagram fails to be sent, and the
+/// peers count the pieces put together and repaired.
 #[test]
 fn enhanced_chunks_travel_as_pieces_on_mtu_1500_with_frame_loss() {
     let mut net = Net::with_mtu("pieces", 1500);
@@ -621,12 +622,19 @@ fn enhanced_chunks_travel_as_pieces_on_mtu_1500_with_frame_loss() {
     ]);
     assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
     net.restore_identical(1, "RESTOREENH", &path);
-    assert_eq!(reasm(&mut net) - before, 0, "IP reassembly was needed");
+    // (A PUTCHUNK's third send goes whole, for 1.0 peers not heard of yet: rare here.)
+    let reassembled = reasm(&mut net) - before;
+    assert!(
+        reassembled <= 30,
+        "{reassembled} datagrams needed IP reassembly"
+    );
     let counters = |id: u32, name: &str| net.state(id)["counters"][name].as_u64().unwrap();
     let assembled: u64 = (2..=4).map(|id| counters(id, "pieces_assembled")).sum();
     let nacks: u64 = (2..=4).map(|id| counters(id, "nacks_sent")).sum();
     let repaired = counters(1, "pieces_repaired");
     assert!(assembled >= 313, "{assembled} chunk messages put together");
+    let send_errors: u64 = (1..=4).map(|id| counters(id, "send_errors")).sum();
+    assert_eq!(send_errors, 0, "datagrams the peers could not send");
     assert!(
         nacks > 0 && repaired > 0,
         "{nacks} NACKs, {repaired} pieces repaired"

@@ -745,10 +745,10 @@ impl Core {
     /// Whether every peer heard of speaks 2.0 (then chunk messages may travel as pieces,
     /// which a 1.0 peer would not understand).
     pub fn pieces_ok(&self) -> bool {
-        // (One lock at a time.)
+        // (One lock at a time.) Until someone is heard, nobody is known to understand pieces.
         let heard: Vec<PeerId> = self.members.lock().heard_peers().collect();
         let meta = self.meta.lock();
-        heard.iter().all(|p| meta.enhanced_peers().contains(p))
+        !heard.is_empty() && heard.iter().all(|p| meta.enhanced_peers().contains(p))
     }
 
     /// The backup and launch number of `chunk` if it still waits for STOREDs after its PUTCHUNK

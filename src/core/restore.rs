@@ -231,6 +231,11 @@ impl Core {
         !self.restores.is_empty()
     }
 
+    /// Whether a restore here waits for `chunk`.
+    pub fn awaits_chunk(&self, chunk: ChunkKey) -> bool {
+        self.getting.contains_key(&chunk)
+    }
+
     fn fill_restore_window(&self, op: OpId) -> Vec<Action> {
         let mut actions = Vec::new();
         let Some(mut r) = self.restores.get_mut(&op) else {

@@ -63,6 +63,10 @@ struct Commits<S> {
     after: Vec<Vec<Action>>,
 }
 
+/// The send of a PUTCHUNK from which it goes whole, never as pieces (see
+/// [`Core::pieces_ok`]: a 1.0 peer that was not heard of yet ignores pieces).
+const WHOLE_FROM_SEND: u8 = 3;
+
 /// A secure peer's sealing of what it sends and checking of what it receives.
 struct Guard {
     sealer: Sealer,
@@ -122,8 +126,14 @@ impl<E: Effects> Executor<E> {
                 sealer: Sealer::new(key.clone(), started * 1000),
                 opener: Opener::new(key, started),
             });
-            let pieces = (cfg.mtu.is_some() && cfg.enhanced())
-                .then(|| Mutex::new(Pieces::new(cfg.id, cfg.seed ^ 0x9e37_79b9_7f4a_7c15)));
+            // Every enhanced peer takes pieces; only one with a path MTU sends them.
+            let pieces = cfg.enhanced().then(|| {
+                Mutex::new(Pieces::new(
+                    cfg.id,
+                    cfg.seed ^ 0x9e37_79b9_7f4a_7c15,
+                    started << 20,
+                ))
+            });
             Executor {
                 this: weak.clone(),
                 guard,
@@ -170,7 +180,15 @@ impl<E: Effects> Executor<E> {
             }
         };
         if pieces::is_piece_or_nack(&datagram) {
-            return full > datagram.len() || self.on_piece_or_nack(channel, &datagram, from);
+            if full > datagram.len() {
+                // A peer that restores nothing read only a CHUNK piece's header: enough to
+                // silence its own reply.
+                if let Some((Channel::Mdr, chunk)) = pieces::peek_chunk(&datagram) {
+                    self.core.chunk_seen(chunk);
+                }
+                return true;
+            }
+            return self.on_piece_or_nack(channel, &datagram, from);
         }
         self.on_message_datagram(channel, datagram, full, backlog_filling, from)
     }
@@ -282,6 +300,21 @@ impl<E: Effects> Executor<E> {
         }
     }
 
+    /// Queues `out` on `channel` whole, sealed (when it is built) in a secure group.
+    fn send_whole(&self, channel: Channel, out: Outgoing) {
+        if self.guard.is_none() {
+            return self.effects.send(channel, out);
+        }
+        let s = self.this();
+        let sealed = move || {
+            out.into_datagrams()
+                .into_iter()
+                .map(|d| s.seal(d))
+                .collect()
+        };
+        self.effects.send(channel, Outgoing::Many(Box::new(sealed)));
+    }
+
     /// Queues `out` on `channel`: when it is built, cut into pieces if it is a chunk message
     /// larger than a frame (see [`pieces`]), and sealed in a secure group.
     fn send(&self, channel: Channel, out: Outgoing) {
@@ -368,6 +401,11 @@ impl<E: Effects> Executor<E> {
         };
         let now = self.effects.unix_ms();
         if let Some(piece) = pieces::parse_piece(datagram).filter(|p| p.key.channel == channel) {
+            if channel == Channel::Mdr && !self.core.awaits_chunk(piece.key.chunk) {
+                // A body for another peer's restore: it silences our reply, nothing more.
+                self.core.chunk_seen(piece.key.chunk);
+                return true;
+            }
             let took = state.lock().take(&piece, now);
             match took {
                 pieces::Took::Whole(message) => {
@@ -399,9 +437,17 @@ impl<E: Effects> Executor<E> {
         if nack.key.origin == self.core.config().id && !repairs.is_empty() {
             // Pieces were lost on the way: the send rate goes down for a while.
             self.effects.slow_down();
-            for piece in repairs {
-                self.send_sealed(nack.key.channel, piece);
-            }
+            let (channel, chunk) = (nack.key.channel, nack.key.chunk);
+            let s = self.this();
+            let build = move || {
+                // A PUTCHUNK's repair is sent only while its chunk still waits for STOREDs
+                // (not after its DELETE, say).
+                if channel == Channel::Mdb && !s.core.putchunk_pending(chunk) {
+                    return Vec::new();
+                }
+                repairs.into_iter().map(|p| s.seal(p)).collect()
+            };
+            self.effects.send(channel, Outgoing::Many(Box::new(build)));
         }
         true
     }
@@ -515,7 +561,13 @@ impl<E: Effects> Executor<E> {
                         }
                         Some(datagram)
                     };
-                    self.send(Channel::Mdb, Outgoing::Build(Box::new(build)));
+                    if send >= WHOLE_FROM_SEND {
+                        // A late resend goes whole: a 1.0 peer that ignored the pieces (not
+                        // heard of yet) may take it.
+                        self.send_whole(Channel::Mdb, Outgoing::Build(Box::new(build)));
+                    } else {
+                        self.send(Channel::Mdb, Outgoing::Build(Box::new(build)));
+                    }
                 }
                 Action::WriteCatalog { path, bytes, tag } => {
                     let written = disk.write_catalog(&path, &bytes);

@@ -2,17 +2,18 @@
 //! bursts do not overrun the receivers' buffers. Time is a [`Duration`] since any fixed
 //! start: the real clock's, or the simulator's virtual one.
 //!
-//! The rate adapts below its cap: each loss signal (a NACK for pieces this peer sent) takes a
-//! tenth off, at most once per [`SLOW_GAP`], down to a twentieth of the cap; every
-//! [`GROW_EVERY`] without one adds a twentieth of the cap back.
+//! The rate adapts below its cap: loss signals (NACKs for pieces this peer sent) take a tenth
+//! off, at most once per [`SLOW_GAP`], down to a twentieth of the cap; every [`GROW_EVERY`],
+//! on a clock the signals do not reset, a twentieth of the cap comes back. So steady random
+//! loss (a signal every few milliseconds) costs a balance near the cap, not the floor.
 
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 /// Loss signals closer together than this count once.
-pub const SLOW_GAP: Duration = Duration::from_millis(10);
-/// The rate grows back after this long without a loss signal, and as often.
+pub const SLOW_GAP: Duration = Duration::from_millis(100);
+/// The rate grows back this often.
 pub const GROW_EVERY: Duration = Duration::from_millis(50);
 
 /// Paces sends to a rate of at most `cap` bytes per second across all channels, allowing a
@@ -26,8 +27,9 @@ pub struct Pacer {
 struct State {
     next: Duration,
     rate: f64,
-    /// When the rate last changed.
-    changed: Duration,
+    /// When the rate last went down, and last went up.
+    slowed: Duration,
+    grown: Duration,
 }
 
 impl Pacer {
@@ -39,7 +41,8 @@ impl Pacer {
             state: Mutex::new(State {
                 next: Duration::ZERO,
                 rate: rate as f64,
-                changed: Duration::ZERO,
+                slowed: Duration::ZERO,
+                grown: Duration::ZERO,
             }),
         }
     }
@@ -50,9 +53,9 @@ impl Pacer {
             return Duration::ZERO;
         }
         let mut st = self.state.lock();
-        if st.rate < self.cap && now.saturating_sub(st.changed) >= GROW_EVERY {
+        if now.saturating_sub(st.grown) >= GROW_EVERY {
             st.rate = (st.rate + self.cap / 20.0).min(self.cap);
-            st.changed = now;
+            st.grown = now;
         }
         let start = st.next.max(now.saturating_sub(self.burst));
         st.next = start + Duration::from_secs_f64(bytes as f64 / st.rate);
@@ -65,9 +68,9 @@ impl Pacer {
             return;
         }
         let mut st = self.state.lock();
-        if now.saturating_sub(st.changed) >= SLOW_GAP || st.rate >= self.cap {
+        if now.saturating_sub(st.slowed) >= SLOW_GAP || st.slowed.is_zero() {
             st.rate = (st.rate * 0.9).max(self.cap / 20.0);
-            st.changed = now;
+            st.slowed = now.max(Duration::from_nanos(1));
         }
     }
 
@@ -111,5 +114,15 @@ mod tests {
             p.reserve(1, now);
         }
         assert_eq!(p.rate(), 100_000_000.0);
+        // Found in review: a loss signal every 20 ms (steady 1 % loss) must not sink it to the
+        // floor: growth runs on its own clock.
+        let p = Pacer::new(100_000_000);
+        let mut now = Duration::from_secs(1);
+        for _ in 0..500 {
+            now += Duration::from_millis(20);
+            p.slow_down(now);
+            p.reserve(1, now);
+        }
+        assert!(p.rate() > 60_000_000.0, "{}", p.rate());
     }
 }

@@ -162,6 +162,15 @@ pub fn is_piece_or_nack(datagram: &[u8]) -> bool {
     datagram.starts_with(b"PIECE ") || datagram.starts_with(b"NACK ")
 }
 
+/// The channel and chunk a piece's header names, without its body (a truncated read).
+pub fn peek_chunk(datagram: &[u8]) -> Option<(Channel, ChunkKey)> {
+    let (w, _) = fields(datagram, b"PIECE")?;
+    let [_, _, _, _, file, no, channel, ..] = w.as_slice() else {
+        return None;
+    };
+    Some((channel_of(channel)?, chunk_of(file, no)?))
+}
+
 /// Parses a piece (`None`: not one, or malformed).
 pub fn parse_piece(datagram: &[u8]) -> Option<Piece<'_>> {
     let (w, bytes) = fields(datagram, b"PIECE")?;
@@ -174,10 +183,13 @@ pub fn parse_piece(datagram: &[u8]) -> Option<Piece<'_>> {
         number::<usize>(total)?,
     );
     let size = total.div_ceil(count.max(1));
+    // Every piece starts inside the message (so `count` is the fewest pieces of `size`).
     let fits = index < count
         && count <= MAX_PIECES
+        && total > 0
         && total <= 70_000
-        && bytes.len() == size.min(total.saturating_sub(index * size));
+        && count == total.div_ceil(size)
+        && bytes.len() == size.min(total - index * size);
     fits.then_some(Piece {
         key: Key {
             origin: number(origin).filter(|&id| id > 0)?,
@@ -307,15 +319,17 @@ pub struct Pieces {
     rng: fastrand::Rng,
     serial: u64,
     partial: HashMap<Key, Partial>,
-    /// Incomplete messages in arrival order (entries of completed ones are skipped).
-    order: VecDeque<(u64, Key)>,
+    /// Incomplete messages by arrival.
+    order: std::collections::BTreeMap<u64, Key>,
     assembly_bytes: usize,
     /// NACKs heard lately: when, and the pieces asked for.
     heard: HashMap<Key, (u64, Vec<usize>)>,
     /// Messages put together lately, and when (their late pieces, repairs asked for by
     /// others, are not the start of another message).
     done: HashMap<Key, u64>,
-    /// The number of the next message this peer sends as pieces.
+    /// `done`'s size at which it is pruned next.
+    done_limit: usize,
+    /// The number of the last message this peer sent as pieces.
     next_seq: u64,
     sent: HashMap<Key, Sent>,
     sent_order: VecDeque<Key>,
@@ -325,18 +339,21 @@ pub struct Pieces {
 }
 
 impl Pieces {
-    /// The pieces state of peer `me` (random backoffs from `seed`).
-    pub fn new(me: PeerId, seed: u64) -> Pieces {
+    /// The pieces state of peer `me` (random backoffs from `seed`), whose messages are
+    /// numbered from `first_seq` on (the wall clock at start, so that a restarted peer's do not
+    /// meet its earlier ones).
+    pub fn new(me: PeerId, seed: u64, first_seq: u64) -> Pieces {
         Pieces {
             me,
             rng: fastrand::Rng::with_seed(seed),
             serial: 0,
             partial: HashMap::new(),
-            order: VecDeque::new(),
+            order: std::collections::BTreeMap::new(),
             assembly_bytes: 0,
             heard: HashMap::new(),
             done: HashMap::new(),
-            next_seq: 0,
+            done_limit: 65_536,
+            next_seq: first_seq,
             sent: HashMap::new(),
             sent_order: VecDeque::new(),
             sent_bytes: 0,
@@ -361,7 +378,7 @@ impl Pieces {
             }
             self.make_room(p.total);
             self.serial += 1;
-            self.order.push_back((self.serial, p.key));
+            self.order.insert(self.serial, p.key);
             self.assembly_bytes += p.total;
             self.partial.insert(
                 p.key,
@@ -388,8 +405,7 @@ impl Pieces {
         part.got += 1;
         part.last_ms = now_ms;
         if part.got == part.count {
-            let part = self.partial.remove(&p.key).expect("present");
-            self.assembly_bytes -= part.total;
+            let part = self.forget(&p.key).expect("present");
             self.stats.assembled += 1;
             self.completed(p.key, now_ms);
             return Took::Whole(part.buf);
@@ -404,9 +420,11 @@ impl Pieces {
     /// Remembers that `key`'s message was put together (for [`DONE_KEEP_MS`]).
     fn completed(&mut self, key: Key, now_ms: u64) {
         self.done.insert(key, now_ms);
-        if self.done.len() > 65_536 {
+        if self.done.len() > self.done_limit {
             self.done
                 .retain(|_, at| now_ms.saturating_sub(*at) <= DONE_KEEP_MS);
+            // The next prune when it has doubled: amortised constant time per message.
+            self.done_limit = (self.done.len() * 2).max(65_536);
         }
     }
 
@@ -421,14 +439,21 @@ impl Pieces {
         }
     }
 
+    /// Forgets the incomplete message `key`.
+    fn forget(&mut self, key: &Key) -> Option<Partial> {
+        let part = self.partial.remove(key)?;
+        self.order.remove(&part.serial);
+        self.assembly_bytes -= part.total;
+        Some(part)
+    }
+
     /// Evicts the oldest incomplete messages until `bytes` more fit.
     fn make_room(&mut self, bytes: usize) {
         while self.assembly_bytes + bytes > ASSEMBLY_BYTES {
-            let Some((serial, key)) = self.order.pop_front() else {
+            let Some((_, key)) = self.order.pop_first() else {
                 return;
             };
-            if self.partial.get(&key).is_some_and(|p| p.serial == serial) {
-                let part = self.partial.remove(&key).expect("present");
+            if let Some(part) = self.partial.remove(&key) {
                 self.assembly_bytes -= part.total;
                 self.stats.evicted += 1;
             }
@@ -441,9 +466,11 @@ impl Pieces {
             return Checked::Done;
         };
         if now_ms.saturating_sub(part.last_ms) > EXPIRE_MS || part.nacks >= MAX_NACKS {
-            let part = self.partial.remove(&key).expect("present");
-            self.assembly_bytes -= part.total;
+            self.forget(&key);
             self.stats.expired += 1;
+            // Given up: its late repairs start nothing (the PUTCHUNK is resent as another
+            // message if it is still wanted).
+            self.completed(key, now_ms);
             return Checked::Done;
         }
         if now_ms.saturating_sub(part.last_ms) < FIRST_CHECK_MS && part.nacks == 0 {
@@ -461,17 +488,25 @@ impl Pieces {
         }
         let part = self.partial.get_mut(&key).expect("present");
         part.nacks += 1;
+        // Each unanswered NACK waits longer for its repair (a queue may hold it up).
+        let wait = RECHECK_MS << (part.nacks - 1).min(4);
         self.stats.nacks_sent += 1;
         let nack = nack(self.me, key, count, &missing);
-        Checked::Nack(nack, self.jitter(RECHECK_MS))
+        Checked::Nack(nack, self.jitter(wait))
     }
 
     /// Remembers a message sent as pieces, for repairs.
     pub fn sent(&mut self, key: Key, message: Vec<u8>, count: usize, now_ms: u64) {
-        while self.sent_bytes + message.len() > REPAIR_BYTES {
-            let Some(old) = self.sent_order.pop_front() else {
+        // The oldest go when room is needed, or once too old to be repaired.
+        while let Some(old) = self.sent_order.front().copied() {
+            let stale = self
+                .sent
+                .get(&old)
+                .is_none_or(|s| now_ms.saturating_sub(s.sent_ms) > REPAIR_KEEP_MS);
+            if !stale && self.sent_bytes + message.len() <= REPAIR_BYTES {
                 break;
-            };
+            }
+            self.sent_order.pop_front();
             if let Some(s) = self.sent.remove(&old) {
                 self.sent_bytes -= s.message.len();
             }
@@ -551,7 +586,7 @@ mod tests {
         let payload = piece_payload(1500, 60);
         let pieces = split(key(9), &m, payload);
         assert_eq!(pieces.len(), 64_210usize.div_ceil(payload));
-        let mut p = Pieces::new(2, 1);
+        let mut p = Pieces::new(2, 1, 0);
         let mut whole = None;
         for (i, d) in pieces.iter().enumerate() {
             assert!(d.len() + 60 + IP_UDP <= 1500, "piece {i}: {}", d.len());
@@ -571,9 +606,9 @@ mod tests {
     fn missing_pieces_are_asked_for_and_only_they_are_repaired() {
         let m = message(20_000);
         let pieces = split(key(9), &m, 1_000);
-        let mut sender = Pieces::new(9, 1);
+        let mut sender = Pieces::new(9, 1, 0);
         sender.sent(key(9), m.clone(), pieces.len(), 0);
-        let mut r = Pieces::new(2, 1);
+        let mut r = Pieces::new(2, 1, 0);
         for (i, d) in pieces.iter().enumerate() {
             if i % 7 != 3 {
                 r.take(&parse_piece(d).unwrap(), 0);
@@ -606,8 +641,8 @@ mod tests {
     #[test]
     fn a_nack_heard_for_the_same_pieces_suppresses_ours() {
         let pieces = split(key(9), &message(5_000), 1_000);
-        let mut a = Pieces::new(2, 1);
-        let mut b = Pieces::new(3, 2);
+        let mut a = Pieces::new(2, 1, 0);
+        let mut b = Pieces::new(3, 2, 0);
         for r in [&mut a, &mut b] {
             r.take(&parse_piece(&pieces[0]).unwrap(), 0);
         }
@@ -623,7 +658,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_and_stale_messages_expire() {
-        let mut r = Pieces::new(2, 1);
+        let mut r = Pieces::new(2, 1, 0);
         let mut k = key(9);
         let pieces = |k: Key| split(k, &message(60_000), 1_000);
         for no in 0..(ASSEMBLY_BYTES / 60_000 + 10) as u32 {
@@ -634,6 +669,42 @@ mod tests {
         assert_eq!(r.stats.evicted, 10);
         assert_eq!(r.check(k, EXPIRE_MS + 1), Checked::Done);
         assert_eq!(r.stats.expired, 1);
+    }
+
+    #[test]
+    fn a_piece_past_the_end_of_its_message_is_refused() {
+        let file = "07".repeat(32);
+        // Found in review: index 7 of 8 pieces of a 10-byte message starts past its end.
+        let forged = format!("PIECE 2.0 9 5 {file} 3 MDB 0007 0008 00010 \r\n\r\n");
+        assert!(parse_piece(forged.as_bytes()).is_none());
+        assert!(
+            parse_piece(format!("PIECE 2.0 9 5 {file} 3 MDB 0000 0001 00000 \r\n\r\n").as_bytes())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn completed_and_given_up_messages_leave_nothing_behind() {
+        let mut r = Pieces::new(2, 1, 0);
+        let mut k = key(9);
+        for seq in 0..1_000 {
+            k.seq = seq;
+            for d in split(k, &message(3_000), 1_000) {
+                r.take(&parse_piece(&d).unwrap(), 0);
+            }
+        }
+        assert!(r.partial.is_empty() && r.order.is_empty() && r.assembly_bytes == 0);
+        // Given up after its NACKs: a late repair starts nothing.
+        k.seq = 5_000;
+        let pieces = split(k, &message(3_000), 1_000);
+        r.take(&parse_piece(&pieces[0]).unwrap(), 0);
+        let mut now = 0;
+        while r.check(k, now) != Checked::Done {
+            now += 1_000;
+        }
+        assert!(r.order.is_empty());
+        assert_eq!(r.take(&parse_piece(&pieces[1]).unwrap(), now), Took::Kept);
+        assert!(r.partial.is_empty());
     }
 
     #[test]

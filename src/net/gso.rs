@@ -10,9 +10,8 @@ const MAX_BATCH_BYTES: usize = 65_000;
 
 /// Sends datagrams on one socket, batching equal-sized runs when it can.
 pub struct BatchSender {
-    /// `quinn-udp`'s state of the socket and how many segments one send may carry (absent:
-    /// one datagram per send).
-    gso: Option<(quinn_udp::UdpSocketState, usize)>,
+    /// `quinn-udp`'s state of the socket (absent: one datagram per send).
+    gso: Option<quinn_udp::UdpSocketState>,
 }
 
 /// What one [`BatchSender::send`] did.
@@ -24,34 +23,38 @@ pub struct Sent {
     pub bytes: usize,
     /// System calls made.
     pub calls: usize,
+    /// Datagrams that could not be sent.
+    pub failed: usize,
 }
 
 impl BatchSender {
-    /// A sender on `socket`, with GSO if `use_gso` and the kernel offers it.
+    /// A sender on `socket`, with GSO if `use_gso` and the kernel offers it. The socket stays
+    /// as it was otherwise: blocking, and letting the kernel fragment a datagram larger than
+    /// the path MTU (quinn-udp makes it non-blocking and sets the don't-fragment bit; both are
+    /// undone, whatever it found).
     pub fn new(socket: &UdpSocket, use_gso: bool) -> BatchSender {
-        let gso = use_gso
-            .then(|| quinn_udp::UdpSocketState::new(socket.into()).ok())
-            .flatten()
-            .map(|state| {
-                let segments = state.max_gso_segments();
-                (state, segments)
-            })
-            .filter(|(_, segments)| *segments > 1);
-        if gso.is_some() {
-            // quinn-udp sets the don't-fragment bit (path MTU probing); a whole 64,000-byte
-            // chunk datagram (protocol 1.0) must still be fragmented by the kernel.
-            let _ = allow_fragments(socket);
+        if !use_gso {
+            return BatchSender { gso: None };
         }
-        BatchSender { gso }
+        let discover = mtu_discover(socket);
+        let state = quinn_udp::UdpSocketState::new(socket.into()).ok();
+        let _ = socket.set_nonblocking(false);
+        if let Some(value) = discover {
+            let _ = set_mtu_discover(socket, value);
+        }
+        BatchSender {
+            gso: state.filter(|s| s.max_gso_segments() > 1),
+        }
     }
 
     /// Whether sends are batched.
     pub fn batching(&self) -> bool {
-        self.gso.is_some()
+        self.gso.as_ref().is_some_and(|s| s.max_gso_segments() > 1)
     }
 
-    /// Sends `datagrams` to `dest`, in order. Stops at the first error, returning it with what
-    /// was sent before.
+    /// Sends `datagrams` to `dest`, in order. A run that GSO cannot send goes again one
+    /// datagram at a time; a datagram that fails is counted and the rest still go. Returns
+    /// what was done and the last error.
     pub fn send(
         &self,
         socket: &UdpSocket,
@@ -59,11 +62,12 @@ impl BatchSender {
         datagrams: &[Vec<u8>],
     ) -> (Sent, Option<io::Error>) {
         let mut sent = Sent::default();
+        let mut error = None;
         let mut rest = datagrams;
         while !rest.is_empty() {
             let run = self.run_len(rest);
-            let result = if run > 1 {
-                let (state, _) = self.gso.as_ref().expect("runs only with GSO");
+            if run > 1 {
+                let state = self.gso.as_ref().expect("runs only with GSO");
                 let contents: Vec<u8> = rest[..run].concat();
                 let transmit = quinn_udp::Transmit {
                     destination: dest,
@@ -72,29 +76,45 @@ impl BatchSender {
                     segment_size: Some(rest[0].len()),
                     src_ip: None,
                 };
-                state.try_send(socket.into(), &transmit)
-            } else {
-                socket.send_to(&rest[0], dest).map(drop)
-            };
-            if let Err(e) = result {
-                return (sent, Some(e));
+                sent.calls += 1;
+                if state.try_send(socket.into(), &transmit).is_ok() {
+                    sent.datagrams += run;
+                    sent.bytes += contents.len();
+                    rest = &rest[run..];
+                    continue;
+                }
+                // (quinn-udp turns GSO off for the socket on errors that say it is not
+                // supported; `run_len` then gives 1.) This run goes one by one.
             }
-            sent.calls += 1;
-            sent.datagrams += run;
-            sent.bytes += rest[..run].iter().map(Vec::len).sum::<usize>();
+            for d in &rest[..run] {
+                sent.calls += 1;
+                match socket.send_to(d, dest) {
+                    Ok(_) => {
+                        sent.datagrams += 1;
+                        sent.bytes += d.len();
+                    }
+                    Err(e) => {
+                        sent.failed += 1;
+                        error = Some(e);
+                    }
+                }
+            }
             rest = &rest[run..];
         }
-        (sent, None)
+        (sent, error)
     }
 
     /// How many of `datagrams`, from the first, one send carries: a run of the first one's
     /// size (the last of it may be shorter), within the segment and byte limits.
     fn run_len(&self, datagrams: &[Vec<u8>]) -> usize {
-        let Some((_, segments)) = &self.gso else {
+        let Some(state) = &self.gso else {
             return 1;
         };
         let size = datagrams[0].len();
-        let max = (*segments).min(MAX_BATCH_BYTES / size.max(1)).max(1);
+        let max = state
+            .max_gso_segments()
+            .min(MAX_BATCH_BYTES / size.max(1))
+            .max(1);
         let mut n = 1;
         while n < datagrams.len().min(max) {
             let len = datagrams[n].len();
@@ -110,10 +130,27 @@ impl BatchSender {
     }
 }
 
-/// Lets the kernel fragment datagrams larger than the path MTU again (`IP_PMTUDISC_DONT`).
-fn allow_fragments(socket: &UdpSocket) -> io::Result<()> {
+/// The socket's `IP_MTU_DISCOVER` setting.
+fn mtu_discover(socket: &UdpSocket) -> Option<libc::c_int> {
     use std::os::fd::AsRawFd;
-    let value: libc::c_int = libc::IP_PMTUDISC_DONT;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a c_int buffer of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+/// Sets the socket's `IP_MTU_DISCOVER` to `value`.
+fn set_mtu_discover(socket: &UdpSocket, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: a valid socket and a c_int option value of the right size.
     let rc = unsafe {
         libc::setsockopt(
@@ -160,6 +197,32 @@ mod tests {
                 assert_eq!(&buf[..n], &d[..]);
             }
         }
+    }
+
+    #[test]
+    fn the_socket_stays_blocking_and_lets_the_kernel_fragment() {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = mtu_discover(&tx).unwrap();
+        let sender = BatchSender::new(&tx, true);
+        assert!(sender.batching());
+        assert_eq!(mtu_discover(&tx), Some(before), "IP_MTU_DISCOVER changed");
+        // Blocking: a read with no data waits for its timeout instead of failing at once.
+        tx.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let err = tx.recv(&mut [0u8; 16]).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+        let start = std::time::Instant::now();
+        let _ = tx.recv(&mut [0u8; 16]);
+        assert!(
+            start.elapsed() >= Duration::from_millis(40),
+            "the socket is non-blocking"
+        );
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl Senders {
                         stats.calls.fetch_add(sent.calls as u64, Ordering::Relaxed);
                         if let Some(e) = error {
                             static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .errors
+                                .fetch_add(sent.failed as u64, Ordering::Relaxed);
                             crate::log_limited!(
                                 LIMIT,
                                 warn,
