@@ -2455,9 +2455,9 @@ fn rebackups_after_removeds_from_one_sender_wait_for_its_budget() {
     assert_eq!(over(), 2);
 }
 
-// ---- Review reproductions ----
+// Secure groups: reproductions of what the review found (each failed before its fix).
 
-fn secure_core2(id: PeerId) -> Core {
+fn secure_core(id: PeerId) -> Core {
     let mut cfg = Config::new(id, V2);
     cfg.seed = 11;
     cfg.window = 2;
@@ -2471,6 +2471,17 @@ fn secure_core2(id: PeerId) -> Core {
         id,
     )));
     Core::new(cfg, Metadata::default())
+}
+
+/// Catalog generation `generation` of `home` (a 10-byte document).
+fn catalog_tag(home: PeerId, generation: u64) -> crate::protocol::CatalogTag {
+    crate::protocol::CatalogTag {
+        home,
+        generation,
+        size: 10,
+        files: 1,
+        hash: ChunkHash::of(b"doc"),
+    }
 }
 
 /// Stores a catalog chunk at `holder` as sent by `sender` with `tag`, under `file`.
@@ -2502,15 +2513,9 @@ fn store_catalog_chunk(
 }
 
 #[test]
-fn a_member_forging_a_newer_catalog_tag_drops_the_homes_generations() {
-    let tag = |home, generation| crate::protocol::CatalogTag {
-        home,
-        generation,
-        size: 10,
-        files: 1,
-        hash: ChunkHash::of(b"doc"),
-    };
-    let holder = secure_core2(5);
+fn a_members_newer_catalog_tag_drops_no_generation_in_a_secure_group() {
+    let tag = catalog_tag;
+    let holder = secure_core(5);
     // Home 1's real generation 3 (named by its delete secret; opaque to the holder).
     let real = FileId([0x11; 32]);
     store_catalog_chunk(&holder, 1, real, tag(1, 3));
@@ -2526,15 +2531,9 @@ fn a_member_forging_a_newer_catalog_tag_drops_the_homes_generations() {
 }
 
 #[test]
-fn a_member_relabels_a_real_catalog_generation() {
-    let tag = |home, generation| crate::protocol::CatalogTag {
-        home,
-        generation,
-        size: 10,
-        files: 1,
-        hash: ChunkHash::of(b"doc"),
-    };
-    let holder = secure_core2(5);
+fn a_member_cannot_relabel_a_stored_catalog_generation() {
+    let tag = catalog_tag;
+    let holder = secure_core(5);
     let real = FileId([0x11; 32]);
     store_catalog_chunk(&holder, 1, real, tag(1, 3));
     // A member re-sends a PUTCHUNK of the same file id with another tag.
@@ -2547,8 +2546,8 @@ fn a_member_relabels_a_real_catalog_generation() {
 }
 
 #[test]
-fn a_redeleted_then_rebacked_up_file_reuses_its_revealed_proof() {
-    let c = secure_core2(1);
+fn a_file_backed_up_again_after_its_delete_is_not_deleted_by_the_revealed_proof() {
+    let c = secure_core(1);
     let mut req = request(10, 1);
     req.enhanced = true;
     c.start_backup(1, req.clone()).unwrap();
@@ -2583,8 +2582,8 @@ fn a_redeleted_then_rebacked_up_file_reuses_its_revealed_proof() {
 }
 
 #[test]
-fn a_pending_deletion_loses_its_proof_with_its_tombstone() {
-    let c = secure_core2(1);
+fn a_pending_deletion_keeps_its_proof_past_the_tombstone_limit() {
+    let c = secure_core(1);
     let file_n = |n: u32| {
         let mut id = [0u8; 32];
         id[..4].copy_from_slice(&n.to_be_bytes());
