@@ -22,11 +22,6 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    /// The datagram to send now, if any (`Many`: the first of them, for tests).
-    pub fn into_datagram(self) -> Option<Vec<u8>> {
-        self.into_datagrams().into_iter().next()
-    }
-
     /// The datagrams to send now, in order.
     pub fn into_datagrams(self) -> Vec<Vec<u8>> {
         match self {
