@@ -4,12 +4,15 @@
 //! constant number of threads; past its cap the listener closes the connections idle the
 //! longest.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::wait_until;
 use dbs::runtime::tcp::{self, ServeConfig};
 
 /// Threads of this process now.
@@ -35,17 +38,6 @@ fn raise_open_files(want: u64) {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cond()
 }
 
 fn connect(addr: SocketAddrV4, n: usize) -> Vec<TcpStream> {

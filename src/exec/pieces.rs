@@ -150,6 +150,19 @@ fn number<T: std::str::FromStr>(f: &[u8]) -> Option<T> {
         .flatten()
 }
 
+/// The message key named by the wire fields `origin seq fileid chunkno channel`.
+fn key_of(fields: &[&[u8]]) -> Option<Key> {
+    let [origin, seq, file, no, channel] = fields else {
+        return None;
+    };
+    Some(Key {
+        origin: number(origin).filter(|&id| id > 0)?,
+        seq: number(seq)?,
+        chunk: chunk_of(file, no)?,
+        channel: channel_of(channel)?,
+    })
+}
+
 fn chunk_of(file: &[u8], no: &[u8]) -> Option<ChunkKey> {
     Some(ChunkKey {
         file: FileId::from_hex(file).ok()?,
@@ -165,16 +178,14 @@ pub fn is_piece_or_nack(datagram: &[u8]) -> bool {
 /// The channel and chunk a piece's header names, without its body (a truncated read).
 pub fn peek_chunk(datagram: &[u8]) -> Option<(Channel, ChunkKey)> {
     let (w, _) = fields(datagram, b"PIECE")?;
-    let [_, _, _, _, file, no, channel, ..] = w.as_slice() else {
-        return None;
-    };
-    Some((channel_of(channel)?, chunk_of(file, no)?))
+    let key = key_of(w.get(2..7)?)?;
+    Some((key.channel, key.chunk))
 }
 
 /// Parses a piece (`None`: not one, or malformed).
 pub fn parse_piece(datagram: &[u8]) -> Option<Piece<'_>> {
     let (w, bytes) = fields(datagram, b"PIECE")?;
-    let [_, _, origin, seq, file, no, channel, index, count, total] = w.as_slice() else {
+    let [_, _, key @ .., index, count, total] = w.as_slice() else {
         return None;
     };
     let (index, count, total) = (
@@ -191,12 +202,7 @@ pub fn parse_piece(datagram: &[u8]) -> Option<Piece<'_>> {
         && count == total.div_ceil(size)
         && bytes.len() == size.min(total - index * size);
     fits.then_some(Piece {
-        key: Key {
-            origin: number(origin).filter(|&id| id > 0)?,
-            seq: number(seq)?,
-            chunk: chunk_of(file, no)?,
-            channel: channel_of(channel)?,
-        },
+        key: key_of(key)?,
         index,
         count,
         total,
@@ -225,7 +231,7 @@ pub fn nack(from: PeerId, key: Key, count: usize, missing: &[usize]) -> Vec<u8> 
 /// Parses a NACK.
 pub fn parse_nack(datagram: &[u8]) -> Option<Nack> {
     let (w, _) = fields(datagram, b"NACK")?;
-    let [_, _, from, origin, seq, file, no, channel, count, bitmap] = w.as_slice() else {
+    let [_, _, from, key @ .., count, bitmap] = w.as_slice() else {
         return None;
     };
     let count = number::<usize>(count).filter(|&c| c > 0 && c <= MAX_PIECES)?;
@@ -241,12 +247,7 @@ pub fn parse_nack(datagram: &[u8]) -> Option<Nack> {
         .collect();
     Some(Nack {
         from: number(from).filter(|&id| id > 0)?,
-        key: Key {
-            origin: number(origin).filter(|&id| id > 0)?,
-            seq: number(seq)?,
-            chunk: chunk_of(file, no)?,
-            channel: channel_of(channel)?,
-        },
+        key: key_of(key)?,
         count,
         missing,
     })
