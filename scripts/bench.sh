@@ -27,6 +27,8 @@
 #     chunk), right after the plain run of the same N; the report sets secure MB/s and peer CPU
 #     beside plain and their ratio (target: secure >= 0.8 of plain).
 #  3. BENCH_BIG=1: the same with a BENCH_BIG_MB (1000) MB file and 4 peers (peak RSS vs 256 MB).
+#  BENCH_LAN=1: only the emulated Ethernet LAN (1 Gbit/s links, MTU 1,500, frame loss), see
+#     scripts/bench-lan.sh (BENCH_MB, BENCH_LAN_MTU, BENCH_LAN_LOSS, BENCH_LAN_VERSIONS).
 #  4. BENCH_SCALE=1: 16 peers, 20 files of 5-10 MB backed up at once at degree 2 from peers
 #     1..16 round robin; every backup must succeed and every chunk be stored by >= 2 other
 #     peers (per their STATE); each peer's peak RSS and backlog drops.
@@ -46,6 +48,10 @@
 # get SIGTERM (SIGKILL after 10 s) and the temporary directory is removed.
 set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+# BENCH_LAN=1: the emulated Ethernet LAN instead (scripts/bench-lan.sh says what it measures).
+if [ "${BENCH_LAN:-0}" = 1 ]; then
+    exec "$(dirname "$self")/bench-lan.sh" "$@"
+fi
 root="$(dirname "$(dirname "$self")")"
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"

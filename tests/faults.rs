@@ -738,7 +738,13 @@ fn lan_throughput() {
     let mtu = env("DBS_LAN_MTU", 1500) as u32;
     // DBS_LAN_ONLY=2.0 (or 1.0) runs one protocol (1.0 at 1 % loss takes many minutes at 256 MB).
     let only = std::env::var("DBS_LAN_ONLY").ok();
-    for per_mille in [0, 1, 10] {
+    // DBS_LAN_LOSS: the frame losses to run, in per mille ("0 1 10": 0, 0.1 and 1 %).
+    let losses: Vec<u32> = std::env::var("DBS_LAN_LOSS")
+        .unwrap_or_else(|_| "0 1 10".into())
+        .split_whitespace()
+        .map(|v| v.parse().expect("DBS_LAN_LOSS: per mille numbers"))
+        .collect();
+    for per_mille in losses {
         for (version, backup, restore) in [
             ("1.0", "BACKUP", "RESTORE"),
             ("2.0", "BACKUPENH", "RESTOREENH"),
@@ -755,6 +761,31 @@ fn lan_throughput() {
                 net.set_rate(id, 1000);
             }
             net.set_frame_loss(per_mille);
+            if version == "2.0" || only.is_some() {
+                // The LAN itself, once per loss: what dbs's figures compare with.
+                for size in [1_400, 64_000] {
+                    let (mbps, fewest, sent) = raw_multicast(&mut net, size, mb as u64);
+                    eprintln!(
+                        "raw multicast, MTU {mtu}, {}.{} % frame loss, {size}-byte datagrams: \
+                         {mbps:.1} MB/s ({:.2} of line rate), fewest received {fewest} of {sent} \
+                         ({:.2} %)",
+                        per_mille / 10,
+                        per_mille % 10,
+                        mbps / 125.0,
+                        f64::from(fewest) * 100.0 / f64::from(sent)
+                    );
+                    let doc = serde_json::json!({
+                        "kind": "lan-raw", "mtu": mtu, "loss_per_mille": per_mille,
+                        "datagram_bytes": size, "mbps": mbps, "ratio": mbps / 125.0,
+                        "sent": sent, "fewest_received": fewest,
+                    });
+                    eprintln!("lan-json {doc}");
+                }
+            }
+            // (The raw run's 64,000-byte datagrams counted their own.)
+            let reasm_before: Vec<u64> = (2..=4).map(|id| net.ip_stat(id, "ReasmFails")).collect();
+            let rcvbuf_before: Vec<u64> =
+                (1..=4).map(|id| net.udp_stat(id, "RcvbufErrors")).collect();
             let path = net.make_file("doc", mb);
             let p = path.to_str().unwrap();
             let timed = |op: &str| {
@@ -764,8 +795,16 @@ fn lan_throughput() {
                 );
                 (run, start.elapsed().as_secs_f64())
             };
+            let cpu = |net: &Net| (1..=4).map(|id| net.usage(id).0).collect::<Vec<_>>();
             let (b, b_secs) = timed(backup);
+            let b_cpu = cpu(&net);
             let (r, r_secs) = timed(restore);
+            let r_cpu: Vec<f64> = cpu(&net)
+                .iter()
+                .zip(&b_cpu)
+                .map(|(a, b)| ((a - b) * 100.0).round() / 100.0)
+                .collect();
+            let peak_mb: Vec<u64> = (1..=4).map(|id| net.usage(id).1 / 1024).collect();
             let (bd, rd) = (b.json(), r.json());
             let sum = |name: &str| -> u64 {
                 (1..=4)
@@ -778,15 +817,20 @@ fn lan_throughput() {
                 sum("pieces_repaired"),
                 sum("putchunk_resends"),
             );
-            let reasm: Vec<u64> = (2..=4).map(|id| net.ip_stat(id, "ReasmFails")).collect();
-            let rcvbuf: Vec<u64> = (1..=4).map(|id| net.udp_stat(id, "RcvbufErrors")).collect();
+            let reasm: Vec<u64> = (2..=4)
+                .map(|id| net.ip_stat(id, "ReasmFails") - reasm_before[id as usize - 2])
+                .collect();
+            let rcvbuf: Vec<u64> = (1..=4)
+                .map(|id| net.udp_stat(id, "RcvbufErrors") - rcvbuf_before[id as usize - 1])
+                .collect();
             let (bm, rm) = (mb as f64 / 1e6 / b_secs, mb as f64 / 1e6 / r_secs);
             eprintln!(
                 "{version}, MTU {mtu}, {}.{} % frame loss: {backup} exit {} in {b_secs:.1} s ({bm:.1} \
                  MB/s, {:.2} of line rate, {} chunks short, {resends} PUTCHUNK resends), {restore} \
                  exit {} in {r_secs:.1} s ({rm:.1} MB/s, {:.2}, missing {}); pieces: {assembled} \
                  messages put together, {nacks} NACKs, {repaired} repaired; {} frames dropped; \
-                 ReasmFails {reasm:?}, RcvbufErrors {rcvbuf:?}",
+                 ReasmFails {reasm:?}, RcvbufErrors {rcvbuf:?}; CPU s per peer: {backup} \
+                 {b_cpu:.1?}, {restore} {r_cpu:.1?}; peak RSS MB {peak_mb:?}",
                 per_mille / 10,
                 per_mille % 10,
                 b.code,
@@ -797,8 +841,69 @@ fn lan_throughput() {
                 rd["missing"].as_array().map_or(0, Vec::len),
                 net.frames_dropped()
             );
+            let doc = serde_json::json!({
+                "kind": "lan", "version": version, "mtu": mtu, "loss_per_mille": per_mille,
+                "mb": mb / 1_000_000,
+                "backup": {"exit": b.code, "secs": b_secs, "mbps": bm, "ratio": bm / 125.0,
+                    "short": bd["short"].as_array().map_or(0, Vec::len), "resends": resends},
+                "restore": {"exit": r.code, "secs": r_secs, "mbps": rm, "ratio": rm / 125.0,
+                    "missing": rd["missing"].as_array().map_or(0, Vec::len)},
+                "pieces_assembled": assembled, "nacks": nacks, "pieces_repaired": repaired,
+                "frames_dropped": net.frames_dropped(), "reasm_fails": reasm,
+                "rcvbuf_errors": rcvbuf, "cpu_backup_s": b_cpu, "cpu_restore_s": r_cpu,
+                "peak_rss_mb": peak_mb,
+            });
+            eprintln!("lan-json {doc}");
         }
     }
+}
+
+/// The LAN without dbs: `dbs-bench mc-send` on host 1 sends `bytes` in `size`-byte datagrams,
+/// unpaced (the link's queue sets the pace), to `dbs-bench mc-receive` on hosts 2-4. Returns
+/// the sender's MB/s, the fewest datagrams a receiver got, and how many were sent.
+fn raw_multicast(net: &mut Net, size: u32, bytes: u64) -> (f64, u32, u32) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let bench = common::bin("dbs-bench");
+    let group = "239.99.7.1:9107";
+    let mut receivers = Vec::new();
+    for id in 2..=4 {
+        let iface = Net::addr(id).to_string();
+        let mut cmd = net.command_in(id, &bench);
+        cmd.args(["mc-receive", "--group", group, "--iface", &iface])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("start dbs-bench mc-receive");
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("mc-receive's first line");
+        assert_eq!(line.trim(), "ready", "mc-receive on host {id}");
+        receivers.push((child, out));
+    }
+    let mut send = net.command_in(1, &bench);
+    let (size_s, bytes_s) = (size.to_string(), bytes.to_string());
+    send.args(["mc-send", "--group", group, "--iface", "10.99.0.1"])
+        .args(["--size", &size_s, "--bytes", &bytes_s]);
+    let out = send.output().expect("run dbs-bench mc-send");
+    assert!(out.status.success(), "mc-send: {out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("mc-send's JSON line");
+    let sent = doc["sent"].as_u64().expect("sent") as u32;
+    let mut fewest = sent;
+    for (mut child, mut out) in receivers {
+        let mut stdin = child.stdin.take().expect("piped");
+        writeln!(stdin, "count 1").expect("ask mc-receive");
+        let mut line = String::new();
+        out.read_line(&mut line).expect("mc-receive's count");
+        let got: u32 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("mc-receive answered {line:?}"));
+        fewest = fewest.min(got);
+        drop(stdin);
+        let _ = child.wait();
+    }
+    (doc["mbps"].as_f64().expect("mbps"), fewest, sent)
 }
 
 /// The disaster case at 25 % loss: a home whose disk died gets its catalog back with RECOVER

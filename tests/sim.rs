@@ -682,3 +682,38 @@ fn pieces_under_heavy_loss_break_no_invariant() {
         }
     }
 }
+
+/// Holders whose TCP sends find the initiator's connection queue full (it reads slower than
+/// they send) send nothing rather than the body on MDR: every restore still completes
+/// (another holder, or the next GETCHUNK, takes the chunk), under loss, and MDR carries about
+/// what it carries when every TCP send goes (same seeds), not half the bodies more.
+#[test]
+fn holders_hold_back_chunks_for_a_busy_initiator_instead_of_flooding_mdr() {
+    let mut mdr = Vec::new();
+    for busy in [0.0, 0.5] {
+        let runs = check(
+            "holders_hold_back_chunks_for_a_busy_initiator_instead_of_flooding_mdr",
+            9_500,
+            10,
+            |seed| Scenario {
+                tcp_busy: busy,
+                delete_share: 0.0,
+                ..lossy(seed, Versions::V2, 0.05)
+            },
+        );
+        let failed: u64 = runs.iter().map(|s| s.ops_failed).sum();
+        let ops: u64 = runs.iter().map(|s| s.ops).sum();
+        assert!(failed * 20 <= ops, "busy {busy}: {failed} of {ops} failed");
+        mdr.push(runs.iter().map(|s| s.net.sent[2].bytes).sum::<u64>());
+    }
+    eprintln!(
+        "MDR bytes: all TCP sends go {}, half find the queue full {}",
+        mdr[0], mdr[1]
+    );
+    assert!(
+        mdr[1] * 10 <= mdr[0] * 12,
+        "MDR bytes: {} with every TCP send, {} with half held back",
+        mdr[0],
+        mdr[1]
+    );
+}

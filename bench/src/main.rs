@@ -30,13 +30,22 @@ enum Command {
     /// Highest paced rate at which 64,000-byte datagrams reach every receiving process with no
     /// loss (doubling, then bisecting; each trial a fixed number of datagrams).
     Multicast(multicast::Options),
-    /// Receiving process of `multicast` (started by it; not for direct use).
+    /// Receiving process of `multicast` and `mc-send`: counts the datagrams of the newest
+    /// trial and answers `count <trial>` lines on stdin with `<trial> <datagrams> <bytes>
+    /// <µs from the first to the last>`. Started by `multicast`, or by a harness in another
+    /// host's namespace.
     #[command(hide = true)]
     McReceive {
         /// Multicast group and port.
         #[arg(long)]
         group: SocketAddrV4,
+        /// Address of the interface to join the group on (127.0.0.1 unless named).
+        #[arg(long, default_value = "127.0.0.1")]
+        iface: std::net::Ipv4Addr,
     },
+    /// One unpaced run of datagrams to a group, for `mc-receive` processes to count (the raw
+    /// multicast figure of an emulated LAN).
+    McSend(multicast::SendOptions),
     /// Rate at which this disk takes 64,000-byte chunk files made durable (stage + group
     /// commit, as a peer does).
     Disk(disk::Options),
@@ -59,7 +68,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Multicast(opts) => multicast::run(&opts),
-        Command::McReceive { group } => multicast::receive(group),
+        Command::McReceive { group, iface } => multicast::receive(group, iface),
+        Command::McSend(opts) => multicast::send(&opts),
         Command::Disk(opts) => disk::run(&opts),
         Command::Crypto(opts) => crypto::run(&opts),
         Command::Replication { min, states } => replication::run(min, &states),

@@ -5,6 +5,9 @@
 //! loss-free when every receiver got them all. A rate counts as lossy when `--tries` trials in
 //! a row lose datagrams. The rate doubles until it is lossy (or the sender cannot keep up),
 //! then the last interval is bisected.
+//!
+//! `mc-send` with `mc-receive` measure one unpaced run between hosts (the emulated LAN of
+//! `tests/netns`), each on the interface it is given: the raw figure beside dbs's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -273,7 +276,14 @@ impl Receivers {
         let answers = self.collect(|line| line.starts_with(&prefix))?;
         answers
             .iter()
-            .map(|line| line[prefix.len()..].parse().context("a receiver's answer"))
+            .map(|line| {
+                line[prefix.len()..]
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .context("a receiver's answer")
+            })
             .collect()
     }
 
@@ -312,11 +322,11 @@ impl Drop for Receivers {
 /// The receiving process: counts the datagrams of the current trial on one thread (copying
 /// each, as a peer's receiver does) and answers `count <trial>` lines on stdin with
 /// `<trial> <count>` once the group has been quiet for [`QUIET`]. Exits when stdin closes.
-pub fn receive(group: SocketAddrV4) -> anyhow::Result<()> {
-    let socket = open_receiver(group, Ipv4Addr::LOCALHOST, Duration::from_millis(100))
-        .with_context(|| format!("join {group} on 127.0.0.1"))?;
-    // (trial, datagrams of it received)
-    let current = Arc::new(Mutex::new((0u32, 0u32)));
+pub fn receive(group: SocketAddrV4, iface: Ipv4Addr) -> anyhow::Result<()> {
+    let socket = open_receiver(group, iface, Duration::from_millis(100))
+        .with_context(|| format!("join {group} on {iface}"))?;
+    // (trial, datagrams of it received, bytes, µs of its first and last datagram)
+    let current = Arc::new(Mutex::new(Count::default()));
     let start = Instant::now();
     let last_rx = Arc::new(AtomicU64::new(0));
     {
@@ -334,12 +344,19 @@ pub fn receive(group: SocketAddrV4) -> anyhow::Result<()> {
                     continue;
                 }
                 let no = u32::from_be_bytes(copy[4..8].try_into().expect("4 bytes"));
+                let now = start.elapsed().as_micros() as u64;
                 let mut cur = current.lock().expect("not poisoned");
-                if no > cur.0 {
-                    *cur = (no, 0);
+                if no > cur.trial {
+                    *cur = Count {
+                        trial: no,
+                        first_us: now,
+                        ..Count::default()
+                    };
                 }
-                if no == cur.0 {
-                    cur.1 += 1;
+                if no == cur.trial {
+                    cur.datagrams += 1;
+                    cur.bytes += n as u64;
+                    cur.last_us = now;
                 }
             }
         });
@@ -365,10 +382,82 @@ pub fn receive(group: SocketAddrV4) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
         let cur = *current.lock().expect("not poisoned");
-        let count = if cur.0 == no { cur.1 } else { 0 };
-        writeln!(out, "{no} {count}")?;
+        let cur = if cur.trial == no {
+            cur
+        } else {
+            Count::default()
+        };
+        writeln!(
+            out,
+            "{no} {} {} {}",
+            cur.datagrams,
+            cur.bytes,
+            cur.last_us - cur.first_us
+        )?;
         out.flush()?;
     }
+    Ok(())
+}
+
+/// What a receiving process got of one trial.
+#[derive(Clone, Copy, Default)]
+struct Count {
+    trial: u32,
+    datagrams: u32,
+    bytes: u64,
+    first_us: u64,
+    last_us: u64,
+}
+
+/// Options of `dbs-bench mc-send`.
+#[derive(clap::Args, Debug)]
+pub struct SendOptions {
+    /// Multicast group and port.
+    #[arg(long)]
+    group: SocketAddrV4,
+    /// Address of the interface to send on (127.0.0.1 unless named).
+    #[arg(long, default_value = "127.0.0.1")]
+    iface: Ipv4Addr,
+    /// Bytes of each datagram (at least 12, at most 65,507).
+    #[arg(long, default_value_t = CHUNK_BYTES as u32, value_parser = clap::value_parser!(u32).range(12..=65_507))]
+    size: u32,
+    /// Bytes to send in all.
+    #[arg(long)]
+    bytes: u64,
+    /// The trial's number (the receivers count the datagrams of the newest trial).
+    #[arg(long, default_value_t = 1)]
+    trial: u32,
+}
+
+/// `dbs-bench mc-send`: sends `--bytes` in `--size`-byte datagrams as fast as the socket
+/// takes them (one `send_to` each, blocking: the link's queue sets the pace), and prints one
+/// JSON line (datagrams sent, seconds, MB/s).
+pub fn send(opts: &SendOptions) -> anyhow::Result<()> {
+    if !opts.group.ip().is_multicast() {
+        bail!("{} is not a multicast group", opts.group);
+    }
+    let socket = open_sender(opts.iface).with_context(|| format!("send on {}", opts.iface))?;
+    let size = opts.size as usize;
+    let mut datagram = vec![0u8; size];
+    datagram[..4].copy_from_slice(MAGIC);
+    datagram[4..8].copy_from_slice(&opts.trial.to_be_bytes());
+    let count = opts.bytes.div_ceil(u64::from(opts.size)) as u32;
+    let start = Instant::now();
+    for seq in 0..count {
+        datagram[8..12].copy_from_slice(&seq.to_be_bytes());
+        socket
+            .send_to(&datagram, opts.group)
+            .context("send a datagram")?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let out = json!({
+        "kind": "mc-send",
+        "datagram_bytes": opts.size,
+        "sent": count,
+        "secs": round2(secs),
+        "mbps": round2(mbps(u64::from(count) * u64::from(opts.size), secs)),
+    });
+    println!("{out}");
     Ok(())
 }
 

@@ -101,6 +101,10 @@ struct Args {
     /// (each lost, or not, on its own; NACKs repair them). Default: every message whole.
     #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65_535))]
     mtu: Option<u32>,
+    /// Share (0-1) of TCP sends of CHUNK bodies that find the initiator's connection queue
+    /// full: those holders send nothing (another holder, or the next GETCHUNK, takes it).
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    tcp_busy: f64,
     /// Print the summary as one JSON object (the last line).
     #[arg(long)]
     json: bool,
@@ -227,6 +231,7 @@ fn real_main() -> anyhow::Result<bool> {
         forge_deletes: args.forge_deletes,
         new_versions: args.new_versions,
         mtu: args.mtu.map(|m| m as usize),
+        tcp_busy: args.tcp_busy,
         ..Scenario::default()
     };
     let summary = run_traced(sc, measure, trace);

@@ -226,6 +226,33 @@ impl Core {
         Ok(actions)
     }
 
+    /// A GETCHUNK of `chunk`: for an enhanced restore, asking for the body over TCP.
+    fn getchunk(&self, chunk: ChunkKey, enhanced: bool) -> Action {
+        match self.cfg.restore_tcp.filter(|_| enhanced) {
+            Some(addr) => self.send_v(
+                Channel::Mc,
+                Version::V2_0,
+                MessageKind::Getchunk { chunk },
+                vec![enhanced::tcp_reply_line(addr)],
+            ),
+            None => self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
+        }
+    }
+
+    /// A GETCHUNK of `chunk` asked again for restore `op`: over TCP still if the restore is
+    /// enhanced and every holder known of the chunk speaks 2.0 (a holder that held a body
+    /// back for a busy connection answers it then; one whose TCP failed answers on MDR
+    /// anyway); as 1.0 otherwise, which 1.0 holders answer too.
+    fn getchunk_again(&self, op: OpId, chunk: ChunkKey) -> Action {
+        let enhanced = self.restores.get(&op).is_some_and(|r| r.enhanced) && {
+            let meta = self.meta.lock();
+            meta.own_chunk(&chunk).is_some_and(|c| {
+                !c.holders.is_empty() && c.holders.iter().all(|p| meta.enhanced_peers().contains(p))
+            })
+        };
+        self.getchunk(chunk, enhanced)
+    }
+
     /// Whether a restore is in progress here (CHUNK bodies on MDR may be for it).
     pub fn restoring(&self) -> bool {
         !self.restores.is_empty()
@@ -258,15 +285,7 @@ impl Core {
                     persisted: 0,
                 },
             );
-            actions.push(match self.cfg.restore_tcp.filter(|_| r.enhanced) {
-                Some(addr) => self.send_v(
-                    Channel::Mc,
-                    Version::V2_0,
-                    MessageKind::Getchunk { chunk },
-                    vec![enhanced::tcp_reply_line(addr)],
-                ),
-                None => self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
-            });
+            actions.push(self.getchunk(chunk, r.enhanced));
             actions.push(Action::Schedule {
                 delay: wait_after_send(self.cfg.getchunk_wait, 1),
                 event: TimerEvent::GetchunkWait { chunk, send: 1 },
@@ -413,7 +432,7 @@ impl Core {
         Counters::bump(&self.counters.getchunk_resends);
         tracing::debug!("no CHUNK for {chunk} after GETCHUNK {send}: asking again");
         vec![
-            self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
+            self.getchunk_again(op, chunk),
             Action::Schedule {
                 delay: wait_after_send(self.cfg.getchunk_wait, send + 1),
                 event: TimerEvent::GetchunkWait {
@@ -447,7 +466,7 @@ impl Core {
         Counters::bump(&self.counters.getchunk_persisted);
         tracing::debug!("no CHUNK for {chunk} yet, a holder is alive: asking again");
         Some(vec![
-            self.send(Channel::Mc, MessageKind::Getchunk { chunk }),
+            self.getchunk_again(op, chunk),
             Action::Schedule {
                 delay: PERSIST_WAIT,
                 event: TimerEvent::GetchunkWait { chunk, send },

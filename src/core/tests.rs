@@ -1112,16 +1112,24 @@ fn enhanced_restore_asks_for_tcp_first_then_falls_back_to_plain_getchunk() {
     let get = sends(&first)[0];
     assert_eq!(get.version, V2);
     assert_eq!(get.extra_lines, vec!["TCP 127.0.0.1:4000".to_string()]);
-    // A header-only CHUNK is not a body: no refusal, no re-ask.
-    assert!(
-        c.on_message(enhanced::header_only_chunk(2, key(0)))
-            .is_empty()
-    );
-    // No body came: the resend is a plain 1.0 GETCHUNK.
+    // No body came, and the holder was never heard speaking 2.0: the resend is a plain 1.0
+    // GETCHUNK, which a 1.0 holder answers.
     let (_, wait) = timers(&first).pop().unwrap();
     let resend = c.on_timer(wait);
     let get = sends(&resend)[0];
     assert_eq!((get.version, get.extra_lines.len()), (Version::V1_0, 0));
+    // A header-only CHUNK is not a body: no refusal, no re-ask. It says the holder speaks 2.0
+    // (it answered over TCP, or held the body back for a busy connection): the next resend
+    // asks over TCP again.
+    assert!(
+        c.on_message(enhanced::header_only_chunk(2, key(0)))
+            .is_empty()
+    );
+    let (_, wait) = timers(&resend).pop().unwrap();
+    let again = c.on_timer(wait);
+    let get = sends(&again)[0];
+    assert_eq!(get.version, V2);
+    assert_eq!(get.extra_lines, vec!["TCP 127.0.0.1:4000".to_string()]);
     // The body over TCP (a CHUNK 2.0 with its body) is accepted.
     let got = c.on_message(msg2(
         2,

@@ -47,8 +47,10 @@ pub trait Effects: Send + Sync + 'static {
     fn report(&self, op: OpId, event: OpEvent);
     /// Enhanced: sends a whole message (a CHUNK, encoded and sealed if the group is secure)
     /// over TCP to an initiator, without waiting: `Ok` when it is on its way (it may still be
-    /// lost if the connection fails later; the initiator asks again), an error when it cannot
-    /// go by TCP now (the caller sends it on MDR).
+    /// lost if the connection fails later; the initiator asks again); `WouldBlock` when the
+    /// connection has too much queued already (the caller sends nothing: the initiator reads
+    /// slower than it asks); another error when it cannot go by TCP now (the caller sends it
+    /// on MDR).
     fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()>;
     /// The wall clock, milliseconds since the epoch (secure groups seal messages with it).
     fn unix_ms(&self) -> u64;

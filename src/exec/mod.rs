@@ -38,6 +38,9 @@ pub struct ExecStats {
     pub rejected: [AtomicU64; 4],
     /// GETCHUNK 2.0s naming a TCP address other than their sender's (answered on MDR).
     pub foreign_tcp: AtomicU64,
+    /// CHUNK replies not sent because the initiator's TCP connection had too much queued
+    /// (another holder, or the initiator's next GETCHUNK, takes them).
+    pub tcp_held_back: AtomicU64,
     /// Datagrams dropped as malformed (or on the wrong channel).
     pub malformed: AtomicU64,
     /// Disk operations that failed (writing, syncing, removing chunks; saving metadata).
@@ -61,6 +64,15 @@ struct Commits<S> {
     staged: Vec<StagedWrite<S>>,
     /// Action sequences that follow a `SyncMetadata`, to run once the metadata is saved.
     after: Vec<Vec<Action>>,
+}
+
+/// What a piece or a NACK needs after [`Executor::intake_piece`].
+#[derive(Debug)]
+pub enum Intake {
+    /// Nothing more: it was taken (true) or dropped (false: malformed, or a bad seal).
+    Done(bool),
+    /// It completed a message, to handle with [`Executor::on_message`].
+    Message(Bytes),
 }
 
 /// The send of a PUTCHUNK from which it goes whole, never as pieces (see
@@ -168,6 +180,12 @@ impl<E: Effects> Executor<E> {
         backlog_filling: bool,
         from: Option<std::net::IpAddr>,
     ) -> bool {
+        if let Some(intake) = self.intake_piece(channel, &datagram, full) {
+            return match intake {
+                Intake::Done(ok) => ok,
+                Intake::Message(message) => self.on_message(channel, message, from),
+            };
+        }
         let (datagram, full) = match self.open(&datagram) {
             // (The seal is not part of the message.)
             Ok(message) => {
@@ -179,18 +197,47 @@ impl<E: Effects> Executor<E> {
                 return false;
             }
         };
-        if pieces::is_piece_or_nack(&datagram) {
-            if full > datagram.len() {
-                // A peer that restores nothing read only a CHUNK piece's header: enough to
-                // silence its own reply.
-                if let Some((Channel::Mdr, chunk)) = pieces::peek_chunk(&datagram) {
-                    self.core.chunk_seen(chunk);
-                }
-                return true;
-            }
-            return self.on_piece_or_nack(channel, &datagram, from);
-        }
         self.on_message_datagram(channel, datagram, full, backlog_filling, from)
+    }
+
+    /// The cheap part of receiving a piece or a NACK (see [`pieces`]), fit for the thread
+    /// that receives it: opens it (in a secure group), takes a piece into its message,
+    /// answers a NACK. `None` if `datagram` is neither: it goes to [`Executor::on_datagram`]
+    /// whole. A message the piece completes comes back as [`Intake::Message`], for
+    /// [`Executor::on_message`] (on a worker: it may write to disk).
+    pub fn intake_piece(&self, channel: Channel, datagram: &[u8], full: usize) -> Option<Intake> {
+        // Looked at before the seal is checked: a seal is checked (and its number taken)
+        // once, by whichever path the datagram goes.
+        if !pieces::is_piece_or_nack(crate::secure::envelope::unchecked_message(datagram)) {
+            return None;
+        }
+        let message = match self.open_slice(datagram) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::debug!("dropped a datagram on {}: {e}", channel.name());
+                return Some(Intake::Done(false));
+            }
+        };
+        if full - (datagram.len() - message.len()) > message.len() {
+            // A peer that restores nothing read only a CHUNK piece's header: enough to
+            // silence its own reply.
+            if let Some((Channel::Mdr, chunk)) = pieces::peek_chunk(message) {
+                self.core.chunk_seen(chunk);
+            }
+            return Some(Intake::Done(true));
+        }
+        Some(self.on_piece_or_nack(channel, message))
+    }
+
+    /// Handles a message put together from pieces ([`Intake::Message`]).
+    pub fn on_message(
+        &self,
+        channel: Channel,
+        message: Bytes,
+        from: Option<std::net::IpAddr>,
+    ) -> bool {
+        let len = message.len();
+        self.on_message_datagram(channel, message, len, false, from)
     }
 
     /// Handles one message (opened, whole or put together from pieces); see
@@ -280,16 +327,21 @@ impl<E: Effects> Executor<E> {
     /// The message in a received datagram or frame: itself in a plain group; in a secure one,
     /// what its seal holds if it is authentic, fresh and new (else it is counted and dropped).
     fn open(&self, received: &Bytes) -> Result<Bytes, Rejected> {
+        self.open_slice(received)
+            .map(|message| received.slice_ref(message))
+    }
+
+    /// [`Executor::open`] of a borrowed datagram.
+    fn open_slice<'a>(&self, received: &'a [u8]) -> Result<&'a [u8], Rejected> {
         let Some(guard) = &self.guard else {
-            return Ok(received.clone());
+            return Ok(received);
         };
-        match guard.opener.open(received, self.effects.unix_ms()) {
-            Ok(message) => Ok(received.slice_ref(message)),
-            Err(e) => {
-                self.stats.rejected[e as usize].fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+        guard
+            .opener
+            .open(received, self.effects.unix_ms())
+            .inspect_err(|e| {
+                self.stats.rejected[*e as usize].fetch_add(1, Ordering::Relaxed);
+            })
     }
 
     /// `message` as it goes out: sealed in a secure group.
@@ -389,46 +441,32 @@ impl<E: Effects> Executor<E> {
         self.run(self.core.on_timer(event));
     }
 
-    /// A piece or a NACK arrived (on `channel`, from `from`). Returns whether it was one.
-    fn on_piece_or_nack(
-        &self,
-        channel: Channel,
-        datagram: &[u8],
-        from: Option<std::net::IpAddr>,
-    ) -> bool {
+    /// A piece or a NACK arrived (opened, on `channel`).
+    fn on_piece_or_nack(&self, channel: Channel, datagram: &[u8]) -> Intake {
         let Some(state) = &self.pieces else {
-            return false; // a plain (or 1.0) peer ignores them
+            return Intake::Done(false); // a plain (or 1.0) peer ignores them
         };
         let now = self.effects.unix_ms();
         if let Some(piece) = pieces::parse_piece(datagram).filter(|p| p.key.channel == channel) {
             if channel == Channel::Mdr && !self.core.awaits_chunk(piece.key.chunk) {
                 // A body for another peer's restore: it silences our reply, nothing more.
                 self.core.chunk_seen(piece.key.chunk);
-                return true;
+                return Intake::Done(true);
             }
             let took = state.lock().take(&piece, now);
             match took {
-                pieces::Took::Whole(message) => {
-                    let len = message.len();
-                    return self.on_message_datagram(
-                        channel,
-                        Bytes::from(message),
-                        len,
-                        false,
-                        from,
-                    );
-                }
+                pieces::Took::Whole(message) => return Intake::Message(Bytes::from(message)),
                 pieces::Took::Check(delay) => self.schedule_check(piece.key, delay),
                 pieces::Took::Kept => {}
             }
-            return true;
+            return Intake::Done(true);
         }
         let Some(nack) = pieces::parse_nack(datagram).filter(|_| channel == Channel::Mc) else {
             self.malformed(format_args!(
                 "a malformed PIECE or NACK on {}",
                 channel.name()
             ));
-            return false;
+            return Intake::Done(false);
         };
         // A PUTCHUNK whose chunk no longer waits for STOREDs (its backup is over, or it was
         // deleted) is not repaired: only NACKs of others are noted.
@@ -449,7 +487,7 @@ impl<E: Effects> Executor<E> {
             };
             self.effects.send(channel, Outgoing::Many(Box::new(build)));
         }
-        true
+        Intake::Done(true)
     }
 
     fn schedule_check(&self, key: pieces::Key, delay: Duration) {
@@ -798,6 +836,13 @@ impl<E: Effects> Executor<E> {
                     Ok(()) => {
                         let id = self.core.config().id;
                         return Some(header_only_chunk(id, chunk).encode());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // The initiator reads slower than its holders send: a body on MDR
+                        // would crowd every link of the group, so nothing goes now.
+                        tracing::debug!("chunk {chunk} held back: {e}");
+                        self.stats.tcp_held_back.fetch_add(1, Ordering::Relaxed);
+                        return None;
                     }
                     Err(e) => {
                         static LIMIT: LogLimit = LogLimit::new(Duration::from_secs(1));

@@ -1,5 +1,6 @@
 //! Networking: multicast channel addresses and sockets pinned to one interface.
 
+pub mod batch_recv;
 pub mod gso;
 pub mod lan;
 pub mod multicast;

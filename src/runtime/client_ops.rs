@@ -33,8 +33,10 @@ impl ClientHandler {
         let pieces = peer.piece_stats();
         let extra = json!({
             "received": world.received.load(Ordering::Relaxed),
+            "recv_calls": world.recv_calls.load(Ordering::Relaxed),
             "malformed": peer.stats.malformed.load(Ordering::Relaxed),
             "foreign_tcp": peer.stats.foreign_tcp.load(Ordering::Relaxed),
+            "tcp_held_back": peer.stats.tcp_held_back.load(Ordering::Relaxed),
             "unsealed": peer.stats.rejected[0].load(Ordering::Relaxed),
             "bad_mac": peer.stats.rejected[1].load(Ordering::Relaxed),
             "stale": peer.stats.rejected[2].load(Ordering::Relaxed),

@@ -33,6 +33,8 @@ pub(super) struct RealEffects {
     pub(super) replies: Replies,
     /// Datagrams received, all channels.
     pub(super) received: AtomicU64,
+    /// System calls that received datagrams, all channels (one `recvmmsg` may take many).
+    pub(super) recv_calls: AtomicU64,
     /// What became of the datagrams received, by channel (in [`Channel::ALL`] order).
     pub(super) datagrams: [DatagramCounts; 3],
     /// Set when the peer stops.
@@ -77,7 +79,12 @@ impl Effects for RealEffects {
     fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()> {
         self.tcp_pool
             .send(addr, tcp::frame(&message))
-            .map_err(io::Error::other)
+            .map_err(|e| match e {
+                tcp::SendError::QueueFull { .. } | tcp::SendError::Busy(_) => {
+                    io::Error::new(io::ErrorKind::WouldBlock, e)
+                }
+                e => io::Error::other(e),
+            })
     }
 
     fn slow_down(&self) {

@@ -381,8 +381,12 @@ fn help(key: &str) -> String {
             "Re-backups after REMOVED held back: the REMOVED's sender's budget was spent"
         }
         "received" => "Datagrams received, all channels",
+        "recv_calls" => "System calls that received datagrams (one recvmmsg may take many)",
         "malformed" => "Datagrams dropped as malformed (or received on the wrong channel)",
         "foreign_tcp" => "GETCHUNK 2.0s naming a TCP address other than their sender's",
+        "tcp_held_back" => {
+            "CHUNK replies held back: the initiator's TCP connection had too much queued"
+        }
         "deletes_unproven" => "Secure groups: DELETEs ignored for want of their home's proof",
         "unsealed" => "Secure groups: datagrams and TCP frames dropped as not sealed",
         "bad_mac" => {

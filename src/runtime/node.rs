@@ -207,6 +207,7 @@ impl Node {
                 tcp_pool,
                 replies: Replies::new(),
                 received: AtomicU64::new(0),
+                recv_calls: AtomicU64::new(0),
                 datagrams: Default::default(),
                 stop: AtomicBool::new(false),
                 commit_signal: crossbeam_channel::bounded(1),

@@ -35,6 +35,9 @@ pub struct Outbox {
 pub trait Reachable: Send + Sync {
     /// Whether a connection from peer `from` to `addr` would be accepted.
     fn accepts(&self, from: u32, addr: SocketAddrV4) -> bool;
+    /// Whether the connection's queue is full for this send (see
+    /// [`super::Scenario::tcp_busy`]).
+    fn queue_full(&self) -> bool;
 }
 
 /// One simulated peer's world.
@@ -73,6 +76,9 @@ impl Effects for SimEffects {
     fn send_tcp(&self, addr: SocketAddrV4, message: Vec<u8>) -> io::Result<()> {
         if !self.net.accepts(self.index, addr) {
             return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        if self.net.queue_full() {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         self.outbox.lock().tcp.push((addr, message));
         Ok(())

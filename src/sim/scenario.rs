@@ -112,6 +112,9 @@ pub struct Scenario {
     /// The path MTU: enhanced peers send chunk messages larger than a frame as pieces, each a
     /// datagram lost (or not) on its own. `None`: every message whole.
     pub mtu: Option<usize>,
+    /// Share of TCP sends of CHUNK bodies that find the initiator's connection queue full (it
+    /// reads slower than its holders send): those holders send nothing.
+    pub tcp_busy: f64,
 }
 
 impl Default for Scenario {
@@ -150,6 +153,7 @@ impl Default for Scenario {
             secure: false,
             forge_deletes: false,
             mtu: None,
+            tcp_busy: 0.0,
         }
     }
 }

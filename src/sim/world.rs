@@ -117,6 +117,9 @@ impl Ord for Scheduled {
 pub(super) struct NetState {
     up: Vec<AtomicBool>,
     groups: Mutex<Option<Vec<u32>>>,
+    /// [`Scenario::tcp_busy`], and the seeded draws for it (in event order).
+    tcp_busy: f64,
+    busy_rng: Mutex<fastrand::Rng>,
 }
 
 impl NetState {
@@ -136,6 +139,10 @@ impl Reachable for NetState {
     fn accepts(&self, from: u32, addr: SocketAddrV4) -> bool {
         let to = u32::from(addr.port().wrapping_sub(TCP_PORT_BASE));
         (to as usize) < self.up.len() && self.is_up(to) && self.connected(from, to)
+    }
+
+    fn queue_full(&self) -> bool {
+        self.tcp_busy > 0.0 && self.busy_rng.lock().f64() < self.tcp_busy
     }
 }
 
@@ -229,6 +236,8 @@ impl World {
         let net = Arc::new(NetState {
             up: (0..n).map(|_| AtomicBool::new(false)).collect(),
             groups: Mutex::new(None),
+            tcp_busy: sc.tcp_busy,
+            busy_rng: Mutex::new(fastrand::Rng::with_seed(sc.seed ^ 0x7c9_b05e)),
         });
         let slots = (0..n)
             .map(|i| Slot {

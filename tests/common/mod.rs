@@ -27,7 +27,9 @@ pub fn bin(name: &str) -> PathBuf {
     );
     let built = mtime(&path);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for src in ["src", &format!("{name}/src")] {
+    // The crate of `dbs-sim` is `sim/`, of `dbs-bench` `bench/`.
+    let crate_dir = name.strip_prefix("dbs-").unwrap_or(name);
+    for src in ["src", &format!("{crate_dir}/src")] {
         let newest = newest_mtime(&root.join(src));
         assert!(
             newest <= built,

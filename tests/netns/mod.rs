@@ -398,6 +398,29 @@ impl Net {
             .unwrap_or_else(|| panic!("no {line} {field} in /proc/net/snmp of peer {id}:\n{snmp}"))
     }
 
+    /// CPU seconds (user + system, all threads) and peak resident memory in KiB (`VmHWM`) of
+    /// peer `id`'s process so far.
+    pub fn usage(&self, id: u32) -> (f64, u64) {
+        let pid = self.peers[&id].id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("peer's stat");
+        // Fields after the command name (which may hold spaces): utime and stime are the 12th
+        // and 13th of them, in clock ticks (100 a second on Linux).
+        let after = stat.rsplit_once(')').expect("stat fields").1;
+        let ticks: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().expect("tick count"))
+            .collect();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        (ticks.iter().sum::<u64>() as f64 / 100.0, hwm)
+    }
+
     /// Access point of peer `id`.
     pub fn ap(&self, id: u32) -> String {
         format!("peer{id}")
@@ -617,24 +640,32 @@ table netdev dbsdup {{
         run(cmd, None, &format!("set {key} for peer {id}"));
     }
 
-    /// Shapes what host `id` sends to `mbit` Mbit/s (`tc tbf` on its `eth0`), as a link of
-    /// that speed would.
+    /// Shapes host `id`'s link to `mbit` Mbit/s each way, as a switch port of that speed
+    /// would: `tc tbf` on its `eth0` (what it sends) and on the bridge's side of its veth
+    /// (what the bridge forwards to it, several senders together).
     pub fn set_rate(&mut self, id: u32, mbit: u32) {
         let rate = format!("{mbit}mbit");
-        let h = self.host(id);
-        let mut cmd = h.command(&tool("tc"));
-        cmd.args([
-            "qdisc", "replace", "dev", IFACE, "root", "tbf", "rate", &rate,
-        ])
-        .args(["burst", "256kb", "latency", "50ms"]);
-        run(cmd, None, &format!("shape the link of peer {id}"));
-        let mut show = h.command(&tool("tc"));
-        show.args(["qdisc", "show", "dev", IFACE]);
-        let shown = run(show, None, &format!("show the qdisc of peer {id}"));
-        assert!(
-            shown.contains("tbf") && shown.contains(&format!("rate {}", tc_rate(mbit))),
-            "netns harness: peer {id} is not shaped to {rate}: {shown}"
-        );
+        let port = Net::port(id);
+        self.host(id);
+        for (holder, dev) in [(&self.hosts[&id], IFACE), (&self.bridge, port.as_str())] {
+            let mut cmd = holder.command(&tool("tc"));
+            cmd.args(["qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate])
+                .args(["burst", "256kb", "latency", "50ms"]);
+            run(cmd, None, &format!("shape {dev} of peer {id}"));
+            let mut show = holder.command(&tool("tc"));
+            show.args(["qdisc", "show", "dev", dev]);
+            let shown = run(show, None, &format!("show the qdisc of {dev}"));
+            assert!(
+                shown.contains("tbf") && shown.contains(&format!("rate {}", tc_rate(mbit))),
+                "netns harness: {dev} of peer {id} is not shaped to {rate}: {shown}"
+            );
+        }
+    }
+
+    /// A command running `program` in host `id`'s namespace (e.g. a raw sender or receiver to
+    /// measure the LAN itself).
+    pub fn command_in(&mut self, id: u32, program: &Path) -> Command {
+        self.host(id).command(program)
     }
 
     /// Cuts peer `id` off the LAN: the bridge side of its veth goes down, so its `eth0` loses
