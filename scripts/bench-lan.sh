@@ -10,6 +10,7 @@
 # (125 MB/s), resends, NACKs and repairs, the hosts' ReasmFails/RcvbufErrors, CPU seconds and
 # peak RSS per peer, then one JSON line (the last line of stdout).
 #
+# BENCH_PEER_OPTS: more options for every peer (e.g. "--window 2048").
 # Usage: scripts/bench-lan.sh    BENCH_LAN_MTU=9000 BENCH_LAN_LOSS="0 1" scripts/bench-lan.sh
 # Exit status: 0 every run succeeded, 1 a run failed, 2 bad settings, 3 no namespaces.
 set -euo pipefail
@@ -41,7 +42,7 @@ failed=0
 for v in $VERSIONS; do
     log "protocol $v, MTU $MTU, $MB MB, frame loss (per mille) $LOSS"
     # Every host, the bridge and the test itself in namespaces of their own: nothing leaves.
-    if ! (cd "$root" && DBS_LAN_MB="$MB" DBS_LAN_MTU="$MTU" DBS_LAN_LOSS="$LOSS" DBS_LAN_ONLY="$v" \
+    if ! (cd "$root" && DBS_LAN_MB="$MB" DBS_LAN_MTU="$MTU" DBS_LAN_LOSS="$LOSS" DBS_LAN_ONLY="$v" DBS_LAN_PEER_OPTS="${BENCH_PEER_OPTS:-}" \
         timeout 3600 unshare -rn bash -c 'ip link set lo up &&
             cargo test --release --test faults -- --ignored --nocapture --exact lan_throughput') \
         2>&1 | tee -a "$out" | grep -E '^(raw multicast|[12]\.0, MTU)' >&2; then

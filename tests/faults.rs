@@ -744,6 +744,9 @@ fn lan_throughput() {
         .split_whitespace()
         .map(|v| v.parse().expect("DBS_LAN_LOSS: per mille numbers"))
         .collect();
+    // DBS_LAN_PEER_OPTS: more options for every peer (e.g. "--window 2048").
+    let opts = std::env::var("DBS_LAN_PEER_OPTS").unwrap_or_default();
+    let extra: Vec<&str> = opts.split_whitespace().collect();
     for per_mille in losses {
         for (version, backup, restore) in [
             ("1.0", "BACKUP", "RESTORE"),
@@ -757,7 +760,7 @@ fn lan_throughput() {
                 // The reassembly limits the peer advises on such a LAN (README), for 1.0.
                 net.sysctl(id, "net.ipv4.ipfrag_high_thresh", "33554432");
                 net.sysctl(id, "net.ipv4.ipfrag_time", "5");
-                net.spawn(id, Some(version), &[]);
+                net.spawn(id, Some(version), &extra);
                 net.set_rate(id, 1000);
             }
             net.set_frame_loss(per_mille);

@@ -19,6 +19,10 @@ pub enum Outgoing {
     /// Builds the datagrams, sent back to back, just before they are sent (a message sealed,
     /// or cut into pieces).
     Many(Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>),
+    /// Pieces asked for by a NACK, built just before they are sent. A repair goes ahead of
+    /// everything else queued on its channel (after earlier repairs): behind a window of
+    /// PUTCHUNKs it would come after the chunk's wait ran out.
+    Repair(Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>),
 }
 
 impl Outgoing {
@@ -27,8 +31,27 @@ impl Outgoing {
         match self {
             Outgoing::Ready(d) => vec![d],
             Outgoing::Build(build) => build().into_iter().collect(),
-            Outgoing::Many(build) => build(),
+            Outgoing::Many(build) | Outgoing::Repair(build) => build(),
         }
+    }
+
+    /// Whether it goes ahead of what is queued (see [`Outgoing::Repair`]).
+    pub fn is_repair(&self) -> bool {
+        matches!(self, Outgoing::Repair(_))
+    }
+
+    /// Puts `self` in `queue` where it belongs: at the back, or a repair after the repairs
+    /// at its front.
+    pub fn enqueue(self, queue: &mut std::collections::VecDeque<Outgoing>) {
+        let at = if self.is_repair() {
+            queue
+                .iter()
+                .position(|o| !o.is_repair())
+                .unwrap_or(queue.len())
+        } else {
+            queue.len()
+        };
+        queue.insert(at, self);
     }
 }
 
@@ -59,4 +82,25 @@ pub trait Effects: Send + Sync + 'static {
     fn slow_down(&self);
     /// Asks for a group commit ([`crate::exec::Executor::commit`]) soon.
     fn wake_commit(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(o: Outgoing) -> u8 {
+        o.into_datagrams()[0][0]
+    }
+
+    #[test]
+    fn repairs_go_ahead_of_queued_sends_in_their_own_order() {
+        let mut q = std::collections::VecDeque::new();
+        Outgoing::Ready(vec![1]).enqueue(&mut q);
+        Outgoing::Many(Box::new(|| vec![vec![2]])).enqueue(&mut q);
+        Outgoing::Repair(Box::new(|| vec![vec![3]])).enqueue(&mut q);
+        Outgoing::Ready(vec![4]).enqueue(&mut q);
+        Outgoing::Repair(Box::new(|| vec![vec![5]])).enqueue(&mut q);
+        let order: Vec<u8> = q.into_iter().map(label).collect();
+        assert_eq!(order, [3, 5, 1, 2, 4]);
+    }
 }

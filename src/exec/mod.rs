@@ -485,7 +485,8 @@ impl<E: Effects> Executor<E> {
                 }
                 repairs.into_iter().map(|p| s.seal(p)).collect()
             };
-            self.effects.send(channel, Outgoing::Many(Box::new(build)));
+            self.effects
+                .send(channel, Outgoing::Repair(Box::new(build)));
         }
         Intake::Done(true)
     }

@@ -30,7 +30,8 @@ pub struct SendStats {
 
 /// The sender threads of one peer.
 pub struct Senders {
-    queues: Vec<Sender<Outgoing>>,
+    /// Per channel: the queue, and the repairs' queue (served first).
+    queues: Vec<(Sender<Outgoing>, Sender<Outgoing>)>,
     /// What was sent.
     pub stats: Arc<SendStats>,
     pacer: Arc<Pacer>,
@@ -57,6 +58,7 @@ impl Senders {
         for channel in Channel::ALL {
             let socket: UdpSocket = open_sender(iface)?;
             let (tx, rx) = unbounded::<Outgoing>();
+            let (urgent_tx, urgent_rx) = unbounded::<Outgoing>();
             let dest = addrs.get(channel);
             let pacer = pacer.clone();
             let stats = stats.clone();
@@ -65,7 +67,16 @@ impl Senders {
                 .spawn(move || {
                     let batch = BatchSender::new(&socket, gso);
                     let dest = std::net::SocketAddr::V4(dest);
-                    for out in rx {
+                    // Repairs first (see `Outgoing::Repair`); both queues end together.
+                    let next = || {
+                        urgent_rx.try_recv().or_else(|_| {
+                            crossbeam_channel::select_biased! {
+                                recv(urgent_rx) -> out => out,
+                                recv(rx) -> out => out,
+                            }
+                        })
+                    };
+                    while let Ok(out) = next() {
                         let datagrams = out.into_datagrams();
                         let bytes = datagrams.iter().map(Vec::len).sum();
                         let wait = pacer.reserve(bytes, epoch.elapsed());
@@ -92,7 +103,7 @@ impl Senders {
                         }
                     }
                 })?;
-            queues.push(tx);
+            queues.push((tx, urgent_tx));
         }
         Ok(Senders {
             queues,
@@ -112,8 +123,10 @@ impl Senders {
         self.pacer.rate()
     }
 
-    /// Queues a datagram on `channel` (built when its turn comes, if it is to be).
+    /// Queues a datagram on `channel` (built when its turn comes, if it is to be); a repair
+    /// ahead of the rest.
     pub fn send(&self, channel: Channel, out: Outgoing) {
-        let _ = self.queues[channel.index()].send(out);
+        let (queue, repairs) = &self.queues[channel.index()];
+        let _ = if out.is_repair() { repairs } else { queue }.send(out);
     }
 }

@@ -536,7 +536,7 @@ impl World {
             }
             for (channel, o) in out.sends {
                 let slot = &mut self.slots[i as usize];
-                slot.sends[channel.index()].push_back(o);
+                o.enqueue(&mut slot.sends[channel.index()]);
                 if !slot.sending[channel.index()] {
                     slot.sending[channel.index()] = true;
                     self.after(
