@@ -67,7 +67,7 @@ for r in runs:
               f"({s['ratio']:.2f}, exit {s['exit']}); NACKs {r['nacks']}, repaired "
               f"{r['pieces_repaired']}, ReasmFails {r['reasm_fails']}, RcvbufErrors "
               f"{r['rcvbuf_errors']}, CPU s {r['cpu_backup_s']} / {r['cpu_restore_s']}, "
-              f"peak RSS MB {r['peak_rss_mb']}")
+              f"peak RSS MB {r['peak_rss_mb']}, copies written {r['copies_written_per_chunk']}")
 ok = all(r["kind"] == "lan-raw" or (r["backup"]["exit"] == 0 and r["restore"]["exit"] == 0)
          for r in runs)
 print(json.dumps({"kind": "dbs-bench-lan", "ok": ok, "runs": runs}))

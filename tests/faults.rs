@@ -744,7 +744,8 @@ fn lan_throughput() {
         .split_whitespace()
         .map(|v| v.parse().expect("DBS_LAN_LOSS: per mille numbers"))
         .collect();
-    // DBS_LAN_PEER_OPTS: more options for every peer (e.g. "--window 2048").
+    // DBS_LAN_PEER_OPTS: more options for every peer (e.g. "--window 2048"); DBS_LAN_COUNTERS:
+    // print every peer's STATE counters after the backup.
     let opts = std::env::var("DBS_LAN_PEER_OPTS").unwrap_or_default();
     let extra: Vec<&str> = opts.split_whitespace().collect();
     for per_mille in losses {
@@ -801,6 +802,20 @@ fn lan_throughput() {
             let cpu = |net: &Net| (1..=4).map(|id| net.usage(id).0).collect::<Vec<_>>();
             let (b, b_secs) = timed(backup);
             let b_cpu = cpu(&net);
+            if std::env::var_os("DBS_LAN_COUNTERS").is_some() {
+                for id in 1..=4 {
+                    eprintln!("peer {id} after {backup}: {}", net.state(id)["counters"]);
+                }
+            }
+            // Chunk copies the storers wrote for the backup (degree 2: 2 per chunk at best).
+            let written: u64 = (2..=4)
+                .map(|id| {
+                    net.state(id)["counters"]["chunks_stored"]
+                        .as_u64()
+                        .unwrap_or(0)
+                })
+                .sum();
+            let copies = written as f64 / mb.div_ceil(64_000) as f64;
             let (r, r_secs) = timed(restore);
             let r_cpu: Vec<f64> = cpu(&net)
                 .iter()
@@ -833,7 +848,8 @@ fn lan_throughput() {
                  exit {} in {r_secs:.1} s ({rm:.1} MB/s, {:.2}, missing {}); pieces: {assembled} \
                  messages put together, {nacks} NACKs, {repaired} repaired; {} frames dropped; \
                  ReasmFails {reasm:?}, RcvbufErrors {rcvbuf:?}; CPU s per peer: {backup} \
-                 {b_cpu:.1?}, {restore} {r_cpu:.1?}; peak RSS MB {peak_mb:?}",
+                 {b_cpu:.1?}, {restore} {r_cpu:.1?}; peak RSS MB {peak_mb:?}; {copies:.2} copies \
+                 written per chunk",
                 per_mille / 10,
                 per_mille % 10,
                 b.code,
@@ -851,6 +867,7 @@ fn lan_throughput() {
                     "short": bd["short"].as_array().map_or(0, Vec::len), "resends": resends},
                 "restore": {"exit": r.code, "secs": r_secs, "mbps": rm, "ratio": rm / 125.0,
                     "missing": rd["missing"].as_array().map_or(0, Vec::len)},
+                "copies_written_per_chunk": (copies * 100.0).round() / 100.0,
                 "pieces_assembled": assembled, "nacks": nacks, "pieces_repaired": repaired,
                 "frames_dropped": net.frames_dropped(), "reasm_fails": reasm,
                 "rcvbuf_errors": rcvbuf, "cpu_backup_s": b_cpu, "cpu_restore_s": r_cpu,
