@@ -684,9 +684,11 @@ fn pieces_under_heavy_loss_break_no_invariant() {
 }
 
 /// Holders whose TCP sends find the initiator's connection queue full (it reads slower than
-/// they send) send nothing rather than the body on MDR: every restore still completes
-/// (another holder, or the next GETCHUNK, takes the chunk), under loss, and MDR carries about
-/// what it carries when every TCP send goes (same seeds), not half the bodies more.
+/// they send) send nothing rather than the body on MDR: under 5 % loss, restores complete as
+/// often as with every TCP send going (at most 1 operation in 20 fails; another holder, or
+/// the next GETCHUNK, takes the chunk), and MDR carries little more than it carries then
+/// (same seeds): the bodies of the few last, plain GETCHUNKs, not half the bodies. (The
+/// simulated queue is full at random, send by send; a real one stays full until it drains.)
 #[test]
 fn holders_hold_back_chunks_for_a_busy_initiator_instead_of_flooding_mdr() {
     let mut mdr = Vec::new();
@@ -710,8 +712,10 @@ fn holders_hold_back_chunks_for_a_busy_initiator_instead_of_flooding_mdr() {
         "MDR bytes: all TCP sends go {}, half find the queue full {}",
         mdr[0], mdr[1]
     );
+    // (A chunk held back at every send gets its last, plain GETCHUNK answered on MDR: at most
+    // about one body per run here. Sending every held-back body on MDR instead carried 7.3 MB.)
     assert!(
-        mdr[1] * 10 <= mdr[0] * 12,
+        mdr[1] <= mdr[0] + 10 * 64_000,
         "MDR bytes: {} with every TCP send, {} with half held back",
         mdr[0],
         mdr[1]

@@ -240,11 +240,13 @@ impl Core {
     }
 
     /// A GETCHUNK of `chunk` asked again for restore `op`: over TCP still if the restore is
-    /// enhanced and every holder known of the chunk speaks 2.0 (a holder that held a body
-    /// back for a busy connection answers it then; one whose TCP failed answers on MDR
-    /// anyway); as 1.0 otherwise, which 1.0 holders answer too.
-    fn getchunk_again(&self, op: OpId, chunk: ChunkKey) -> Action {
-        let enhanced = self.restores.get(&op).is_some_and(|r| r.enhanced) && {
+    /// enhanced, every holder known of the chunk speaks 2.0 (a holder that held a body back
+    /// for a busy connection answers it then; one whose TCP failed answers on MDR anyway) and
+    /// `plain` is false; as 1.0 otherwise, which 1.0 holders answer too. (`plain` on the last
+    /// fixed send and every other persisting one: a holder may speak 1.0 unknown to us, its
+    /// STORED lost, or another implementation under a known id.)
+    fn getchunk_again(&self, op: OpId, chunk: ChunkKey, plain: bool) -> Action {
+        let enhanced = !plain && self.restores.get(&op).is_some_and(|r| r.enhanced) && {
             let meta = self.meta.lock();
             meta.own_chunk(&chunk).is_some_and(|c| {
                 !c.holders.is_empty() && c.holders.iter().all(|p| meta.enhanced_peers().contains(p))
@@ -432,7 +434,7 @@ impl Core {
         Counters::bump(&self.counters.getchunk_resends);
         tracing::debug!("no CHUNK for {chunk} after GETCHUNK {send}: asking again");
         vec![
-            self.getchunk_again(op, chunk),
+            self.getchunk_again(op, chunk, send + 1 >= self.cfg.max_getchunk_sends),
             Action::Schedule {
                 delay: wait_after_send(self.cfg.getchunk_wait, send + 1),
                 event: TimerEvent::GetchunkWait {
@@ -462,11 +464,12 @@ impl Core {
             return None;
         }
         p.persisted += 1;
+        let p_persisted = p.persisted;
         drop(p);
         Counters::bump(&self.counters.getchunk_persisted);
         tracing::debug!("no CHUNK for {chunk} yet, a holder is alive: asking again");
         Some(vec![
-            self.getchunk_again(op, chunk),
+            self.getchunk_again(op, chunk, p_persisted % 2 == 0),
             Action::Schedule {
                 delay: PERSIST_WAIT,
                 event: TimerEvent::GetchunkWait { chunk, send },

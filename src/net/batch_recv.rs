@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// Buffers filled by one system call at most (quinn-udp's own batch on Linux is 32).
 pub const BATCH: usize = 32;
+/// System calls one [`BatchReceiver::receive`] makes at most.
+const MAX_CALLS: usize = 64;
 /// Bytes of each buffer: the largest UDP datagram, or one GRO run (at most 64 KB).
 const BUF_BYTES: usize = 65_536;
 
@@ -24,6 +26,8 @@ pub struct BatchReceiver {
     pub calls: u64,
     /// Datagrams received.
     pub datagrams: u64,
+    /// The last receive stopped at [`MAX_CALLS`]: datagrams may be waiting.
+    more: bool,
 }
 
 impl BatchReceiver {
@@ -45,20 +49,27 @@ impl BatchReceiver {
             meta: vec![quinn_udp::RecvMeta::default(); batch],
             calls: 0,
             datagrams: 0,
+            more: false,
         })
     }
 
     /// Waits at most `timeout` for the socket to be readable, then receives until it has
-    /// nothing more, handing each datagram and its source to `each`. Returns how many it
+    /// nothing more (or [`MAX_CALLS`] calls), handing each datagram and its source to `each`. Returns how many it
     /// received (0: the wait ran out). Errors other than "nothing more" end the call.
     pub fn receive(
         &mut self,
         timeout: Duration,
         mut each: impl FnMut(&[u8], SocketAddr),
     ) -> io::Result<usize> {
-        self.poll.poll(&mut self.events, Some(timeout))?;
+        // (The wait is edge-triggered: after a receive cut short, the next one does not wait.)
+        if !self.more {
+            self.poll.poll(&mut self.events, Some(timeout))?;
+        }
+        self.more = false;
         let mut received = 0;
-        loop {
+        // At most this many calls before returning (the caller looks whether to stop), even
+        // if datagrams keep coming.
+        for _ in 0..MAX_CALLS {
             let mut slices: Vec<io::IoSliceMut<'_>> = self
                 .bufs
                 .iter_mut()
@@ -94,6 +105,8 @@ impl BatchReceiver {
                 }
             }
         }
+        self.more = true;
+        Ok(received)
     }
 }
 

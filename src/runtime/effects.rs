@@ -80,9 +80,9 @@ impl Effects for RealEffects {
         self.tcp_pool
             .send(addr, tcp::frame(&message))
             .map_err(|e| match e {
-                tcp::SendError::QueueFull { .. } | tcp::SendError::Busy(_) => {
-                    io::Error::new(io::ErrorKind::WouldBlock, e)
-                }
+                // The initiator's own queue is full: hold back (a pool busy with other
+                // initiators is not this one's doing: that body goes on MDR).
+                tcp::SendError::QueueFull { .. } => io::Error::new(io::ErrorKind::WouldBlock, e),
                 e => io::Error::other(e),
             })
     }

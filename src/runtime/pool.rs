@@ -12,6 +12,18 @@ use threadpool::ThreadPool;
 /// What one queued job costs besides its datagram (the closure, the queue slot, the allocation).
 pub const JOB_OVERHEAD: usize = 256;
 
+/// Room taken in a [`BoundedPool`]'s backlog (see [`BoundedPool::room`]).
+pub struct Room {
+    queued: Arc<AtomicUsize>,
+    cost: usize,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.cost, Ordering::AcqRel);
+    }
+}
+
 /// A thread pool whose queue of not-yet-started jobs from receivers is bounded in bytes.
 pub struct BoundedPool {
     pool: ThreadPool,
@@ -56,6 +68,30 @@ impl BoundedPool {
             job();
         });
         Ok(())
+    }
+
+    /// Room in the backlog for a job of `bytes` that does not exist yet (the message a piece
+    /// may complete): taken now, given back when the [`Room`] is dropped, or when the job run
+    /// in it ([`BoundedPool::execute_in`]) starts. `None` if the backlog has no such room (not
+    /// counted: the caller drops what it holds).
+    pub fn room(&self, bytes: usize) -> Option<Room> {
+        let cost = bytes + JOB_OVERHEAD;
+        if self.queued.fetch_add(cost, Ordering::AcqRel) + cost > self.limit {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            return None;
+        }
+        Some(Room {
+            queued: self.queued.clone(),
+            cost,
+        })
+    }
+
+    /// Queues `job` in the `room` taken for it.
+    pub fn execute_in(&self, room: Room, job: impl FnOnce() + Send + 'static) {
+        self.pool.execute(move || {
+            drop(room);
+            job();
+        });
     }
 
     /// Queues internal work (timer events, client commands) that must not be dropped.
@@ -119,5 +155,24 @@ mod tests {
         gate_tx.send(()).unwrap();
         pool.join();
         assert_eq!(ran.load(Ordering::SeqCst), 10);
+    }
+
+    #[test]
+    fn room_is_held_until_given_back_or_used() {
+        let pool = BoundedPool::new(1, 2 * (1000 + JOB_OVERHEAD));
+        let a = pool.room(1000).expect("room for one");
+        let b = pool.room(1000).expect("room for two");
+        assert!(pool.room(1000).is_none(), "the backlog is full of rooms");
+        assert!(
+            !pool.try_execute(0, || {}),
+            "and has no room for a job either"
+        );
+        drop(a);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        pool.execute_in(b, move || tx.send(()).unwrap());
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        pool.join();
+        assert!(!pool.filling(), "both rooms given back");
+        assert!(pool.room(1000).is_some() && pool.room(1000).is_some());
     }
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::effects::Peer;
 use crate::core::Channel;
 use crate::exec::Intake;
+use crate::exec::pieces::is_piece_or_nack;
 use crate::log_limit::LogLimit;
 use crate::net::batch_recv::{BATCH, BatchReceiver};
 use crate::net::recv_head;
@@ -21,6 +22,8 @@ use crate::secure::envelope::unchecked_message;
 
 /// Bytes of a CHUNK received by a peer that restores nothing: room for any header it sends.
 const CHUNK_HEAD: usize = 1024;
+/// Bytes of the largest message pieces put together (a chunk message, sealed).
+const MAX_MESSAGE: usize = 65_536;
 /// How long a receiver waits for a datagram before looking whether the peer stops.
 const WAKE: Duration = Duration::from_millis(100);
 
@@ -113,6 +116,19 @@ fn hand_on(peer: &Arc<Peer>, channel: Channel, datagram: &[u8], full: usize, fro
         counts.own.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    // A piece may complete its message, which then needs a worker: the room for it is taken
+    // first, or the piece is dropped (and repaired later) like any datagram the backlog has no
+    // room for. (Dropping the completed message instead would lose it for good: its pieces
+    // are forgotten once it is whole.)
+    let piece = channel != Channel::Mc && is_piece_or_nack(message);
+    let room = match piece.then(|| world.pool.room(MAX_MESSAGE)) {
+        Some(None) => {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Some(room) => room,
+        None => None,
+    };
     let queued = match peer.intake_piece(channel, datagram, full) {
         Some(Intake::Done(ok)) => {
             let counter = if ok { &counts.ok } else { &counts.malformed };
@@ -121,13 +137,22 @@ fn hand_on(peer: &Arc<Peer>, channel: Channel, datagram: &[u8], full: usize, fro
         }
         Some(Intake::Message(message)) => {
             let p = peer.clone();
-            let queued = world.pool.try_execute(message.len(), move || {
-                p.on_message(channel, message, from);
-            });
-            if queued {
-                counts.ok.fetch_add(1, Ordering::Relaxed);
+            let job = move || {
+                let counts = &p.effects.datagrams[channel.index()];
+                let counter = if p.on_message(channel, message, from) {
+                    &counts.ok
+                } else {
+                    &counts.malformed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            };
+            match room {
+                Some(room) => {
+                    world.pool.execute_in(room, job);
+                    true
+                }
+                None => world.pool.try_execute(MAX_MESSAGE, job),
             }
-            queued
         }
         None => {
             let datagram = Bytes::copy_from_slice(datagram);
