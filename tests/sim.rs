@@ -54,6 +54,17 @@ fn check(name: &str, first: u64, count: u64, make: impl Fn(u64) -> Scenario) -> 
     all
 }
 
+/// Fails, naming `what`, unless at most one in `one_in` of the operations of `runs` failed.
+fn assert_failed_at_most_one_in(runs: &[Summary], one_in: u64, what: &str) {
+    let (ops, failed) = runs
+        .iter()
+        .fold((0, 0), |(o, f), s| (o + s.ops, f + s.ops_failed));
+    assert!(
+        failed * one_in <= ops,
+        "{what}: {failed} of {ops} operations failed"
+    );
+}
+
 fn lossy(seed: u64, versions: Versions, loss: f64) -> Scenario {
     Scenario {
         seed,
@@ -114,13 +125,7 @@ fn loss_of_ten_and_twenty_five_percent() {
                 lossy(seed, versions, loss)
             });
             // The protocol's retries carry nearly everything through at these rates.
-            let (ops, failed) = runs
-                .iter()
-                .fold((0, 0), |(o, f), s| (o + s.ops, f + s.ops_failed));
-            assert!(
-                failed * 20 <= ops,
-                "{versions:?} at {loss}: {failed} of {ops} operations failed"
-            );
+            assert_failed_at_most_one_in(&runs, 20, &format!("{versions:?} at {loss}"));
         }
     }
 }
@@ -652,12 +657,7 @@ fn chunk_messages_as_pieces_on_a_small_mtu_under_loss_and_crashes() {
                 ..lossy(seed, versions, 0.05)
             },
         );
-        let failed: u64 = runs.iter().map(|s| s.ops_failed).sum();
-        let ops: u64 = runs.iter().map(|s| s.ops).sum();
-        assert!(
-            failed * 20 <= ops,
-            "{versions:?} secure {secure}: {failed} of {ops} failed"
-        );
+        assert_failed_at_most_one_in(&runs, 20, &format!("{versions:?} secure {secure}"));
     }
 }
 
@@ -676,9 +676,7 @@ fn pieces_under_heavy_loss_break_no_invariant() {
             },
         );
         if loss < 0.3 {
-            let failed: u64 = runs.iter().map(|s| s.ops_failed).sum();
-            let ops: u64 = runs.iter().map(|s| s.ops).sum();
-            assert!(failed * 4 <= ops, "loss {loss}: {failed} of {ops} failed");
+            assert_failed_at_most_one_in(&runs, 4, &format!("loss {loss}"));
         }
     }
 }
@@ -703,9 +701,7 @@ fn holders_hold_back_chunks_for_a_busy_initiator_instead_of_flooding_mdr() {
                 ..lossy(seed, Versions::V2, 0.05)
             },
         );
-        let failed: u64 = runs.iter().map(|s| s.ops_failed).sum();
-        let ops: u64 = runs.iter().map(|s| s.ops).sum();
-        assert!(failed * 20 <= ops, "busy {busy}: {failed} of {ops} failed");
+        assert_failed_at_most_one_in(&runs, 20, &format!("busy {busy}"));
         mdr.push(runs.iter().map(|s| s.net.sent[2].bytes).sum::<u64>());
     }
     eprintln!(

@@ -464,12 +464,12 @@ impl Core {
             return None;
         }
         p.persisted += 1;
-        let p_persisted = p.persisted;
+        let persisted = p.persisted;
         drop(p);
         Counters::bump(&self.counters.getchunk_persisted);
         tracing::debug!("no CHUNK for {chunk} yet, a holder is alive: asking again");
         Some(vec![
-            self.getchunk_again(op, chunk, p_persisted % 2 == 0),
+            self.getchunk_again(op, chunk, persisted % 2 == 0),
             Action::Schedule {
                 delay: PERSIST_WAIT,
                 event: TimerEvent::GetchunkWait { chunk, send },

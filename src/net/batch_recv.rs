@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 /// Buffers filled by one system call at most (quinn-udp's own batch on Linux is 32).
-pub const BATCH: usize = 32;
+const BATCH: usize = 32;
 /// System calls one [`BatchReceiver::receive`] makes at most.
 const MAX_CALLS: usize = 64;
 /// Bytes of each buffer: the largest UDP datagram, or one GRO run (at most 64 KB).
@@ -20,8 +20,10 @@ pub struct BatchReceiver {
     poll: mio::Poll,
     events: mio::Events,
     state: quinn_udp::UdpSocketState,
-    bufs: Vec<Vec<u8>>,
-    meta: Vec<quinn_udp::RecvMeta>,
+    /// [`BATCH`] buffers of [`BUF_BYTES`], one allocation (zeroed lazily by the system:
+    /// only the bytes datagrams fill become resident).
+    bufs: Box<[u8]>,
+    meta: [quinn_udp::RecvMeta; BATCH],
     /// System calls that received at least one datagram.
     pub calls: u64,
     /// Datagrams received.
@@ -31,22 +33,21 @@ pub struct BatchReceiver {
 }
 
 impl BatchReceiver {
-    /// Takes `socket` over, with `batch` buffers (1 to [`BATCH`]).
-    pub fn new(socket: UdpSocket, batch: usize) -> io::Result<BatchReceiver> {
+    /// Takes `socket` over, with [`BATCH`] buffers.
+    pub fn new(socket: UdpSocket) -> io::Result<BatchReceiver> {
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
         socket.set_nonblocking(true)?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
         let poll = mio::Poll::new()?;
         poll.registry()
             .register(&mut socket, mio::Token(0), mio::Interest::READABLE)?;
-        let batch = batch.clamp(1, BATCH);
         Ok(BatchReceiver {
             socket,
             poll,
             events: mio::Events::with_capacity(1),
             state,
-            bufs: vec![vec![0; BUF_BYTES]; batch],
-            meta: vec![quinn_udp::RecvMeta::default(); batch],
+            bufs: vec![0; BUF_BYTES * BATCH].into_boxed_slice(),
+            meta: [quinn_udp::RecvMeta::default(); BATCH],
             calls: 0,
             datagrams: 0,
             more: false,
@@ -70,11 +71,9 @@ impl BatchReceiver {
         // At most this many calls before returning (the caller looks whether to stop), even
         // if datagrams keep coming.
         for _ in 0..MAX_CALLS {
-            let mut slices: Vec<io::IoSliceMut<'_>> = self
-                .bufs
-                .iter_mut()
-                .map(|b| io::IoSliceMut::new(b))
-                .collect();
+            let mut bufs = self.bufs.chunks_exact_mut(BUF_BYTES);
+            let mut slices: [io::IoSliceMut<'_>; BATCH] =
+                std::array::from_fn(|_| io::IoSliceMut::new(bufs.next().expect("BATCH buffers")));
             let n = match self
                 .state
                 .recv((&self.socket).into(), &mut slices, &mut self.meta)
@@ -85,7 +84,7 @@ impl BatchReceiver {
                 Err(e) => return Err(e),
             };
             self.calls += 1;
-            for (meta, buf) in self.meta[..n].iter().zip(&self.bufs) {
+            for (meta, buf) in self.meta[..n].iter().zip(self.bufs.chunks_exact(BUF_BYTES)) {
                 if meta.len == 0 {
                     // An empty datagram is one too (to count, and refuse).
                     received += 1;
@@ -119,7 +118,7 @@ mod tests {
     fn a_burst_arrives_in_few_calls_and_in_order_empty_datagrams_too() {
         let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let to = rx.local_addr().unwrap();
-        let mut r = BatchReceiver::new(rx, BATCH).unwrap();
+        let mut r = BatchReceiver::new(rx).unwrap();
         let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         // (60 fit in the default receive buffer.) Every tenth is short, every tenth empty.
         let len = |i: u32| match i % 10 {

@@ -15,7 +15,7 @@ use crate::core::Channel;
 use crate::exec::Intake;
 use crate::exec::pieces::is_piece_or_nack;
 use crate::log_limit::LogLimit;
-use crate::net::batch_recv::{BATCH, BatchReceiver};
+use crate::net::batch_recv::BatchReceiver;
 use crate::net::recv_head;
 use crate::protocol::peek_sender;
 use crate::secure::envelope::unchecked_message;
@@ -34,7 +34,7 @@ pub(super) fn receive(peer: Arc<Peer>, channel: Channel, socket: UdpSocket) {
     if channel == Channel::Mdr {
         return receive_one_by_one(&peer, channel, &socket);
     }
-    let mut batch = match BatchReceiver::new(socket, BATCH) {
+    let mut batch = match BatchReceiver::new(socket) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!("receive on {}: cannot batch: {e}", channel.name());
